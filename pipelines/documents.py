@@ -1,0 +1,116 @@
+"""The document record that flows between stages, and its Arrow schema (the corpus contract).
+
+A document is a plain dict (cheap to pickle between Beam workers). Columns of a corpus shard:
+
+==================  =========  =====================================================================
+column              type       meaning
+==================  =========  =====================================================================
+id                  string     stable id: WARC-Record-ID, the JSONL/Parquet id field, or
+                               ``<source>#<record index>``
+text                string     cleaned text (UTF-8, NFC, ``\\n`` line ends)
+url                 string     page URL (null when unknown)
+source              string     input file, relative to the common directory of all inputs
+crawl_date          string     WARC-Date or the record's date field (ISO 8601 as given)
+lang                string     fastText label (``en``, ``de``, ``zho_Hans`` with GlotLID ...)
+lang_score          float32    fastText probability of ``lang``
+n_chars             int32      characters in ``text``
+<signals>           see below  quality signals; null when the filter did not run on this document
+==================  =========  =====================================================================
+
+Rejected shards carry the same columns plus ``reason`` (``stage:rule``) and ``detail``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+#: quality signals written as columns, in this order; filters emit a subset of them
+SIGNAL_FIELDS: dict[str, pa.DataType] = {
+    "n_words": pa.int32(),
+    "mean_word_length": pa.float32(),
+    "alpha_words_frac": pa.float32(),
+    "stop_words": pa.int32(),
+    "dup_line_frac": pa.float32(),
+    "dup_para_frac": pa.float32(),
+    "c4_lines_removed_frac": pa.float32(),
+    "pii_emails": pa.int32(),
+    "pii_ips": pa.int32(),
+    "control_chars_removed": pa.int32(),
+}
+
+BASE_FIELDS: list[pa.Field] = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("url", pa.string()),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("crawl_date", pa.string()),
+    pa.field("lang", pa.string()),
+    pa.field("lang_score", pa.float32()),
+    pa.field("n_chars", pa.int32()),
+]
+
+CORPUS_SCHEMA = pa.schema(
+    BASE_FIELDS + [pa.field(k, t) for k, t in SIGNAL_FIELDS.items()],
+    metadata={"gristmill.schema_version": SCHEMA_VERSION},
+)
+REJECTED_SCHEMA = pa.schema(
+    list(CORPUS_SCHEMA) + [pa.field("reason", pa.string(), nullable=False), pa.field("detail", pa.string())],
+    metadata={"gristmill.schema_version": SCHEMA_VERSION},
+)
+
+
+def new_document(
+    doc_id: str,
+    text: str,
+    source: str,
+    url: str | None = None,
+    crawl_date: str | None = None,
+) -> dict:
+    return {
+        "id": doc_id,
+        "text": text,
+        "url": url,
+        "source": source,
+        "crawl_date": crawl_date,
+        "lang": None,
+        "lang_score": None,
+        "signals": {},
+        "reason": None,
+        "detail": None,
+    }
+
+
+def dropped(doc: dict, reason: str, detail: str | None = None) -> dict:
+    doc["reason"] = reason
+    if detail is not None:
+        doc["detail"] = detail
+    return doc
+
+
+def sort_key(doc: dict) -> tuple[str, str]:
+    """Order of documents everywhere it matters: by id, then source (the same file given under two
+    names yields equal ids)."""
+    return (doc["id"], doc["source"])
+
+
+def to_table(docs: list[dict], rejected: bool = False) -> pa.Table:
+    schema = REJECTED_SCHEMA if rejected else CORPUS_SCHEMA
+    cols: dict[str, list] = {f.name: [] for f in schema}
+    for d in docs:
+        sig = d.get("signals") or {}
+        cols["id"].append(d["id"])
+        cols["text"].append(d["text"])
+        cols["url"].append(d.get("url"))
+        cols["source"].append(d["source"])
+        cols["crawl_date"].append(d.get("crawl_date"))
+        cols["lang"].append(d.get("lang"))
+        cols["lang_score"].append(d.get("lang_score"))
+        cols["n_chars"].append(len(d["text"]))
+        for k in SIGNAL_FIELDS:
+            cols[k].append(sig.get(k))
+        if rejected:
+            cols["reason"].append(d["reason"])
+            cols["detail"].append(d.get("detail"))
+    return pa.table([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema)

@@ -1,0 +1,90 @@
+"""HTTP payloads and HTML → main text.
+
+Resiliparse (default) extracts main content at C++ speed; trafilatura is the slower, more careful
+alternative. Both run on the decoded HTML string; the charset comes from the HTTP header, else from
+Resiliparse's detector (which reads <meta charset> and falls back to statistical detection).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+_CHARSET_RE = re.compile(rb"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out, pos = bytearray(), 0
+    while True:
+        eol = body.find(b"\r\n", pos)
+        if eol < 0:
+            raise ValueError("chunked body without chunk size line")
+        size = int(body[pos:eol].split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return bytes(out)
+        start = eol + 2
+        out += body[start : start + size]
+        pos = start + size + 2
+        if start + size > len(body):
+            raise ValueError("chunked body shorter than its chunk sizes")
+
+
+def parse_http_response(block: bytes) -> tuple[int, str, str | None, bytes]:
+    """(status, content type, charset or None, decoded body) of a raw HTTP response block."""
+    head, sep, body = block.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = block.partition(b"\n\n")
+        if not sep:
+            raise ValueError("no end of HTTP headers")
+    lines = head.split(b"\n")
+    status_line = lines[0].strip().split(None, 2)
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+        raise ValueError(f"not an HTTP status line: {lines[0][:80]!r}")
+    try:
+        status = int(status_line[1])
+    except ValueError:
+        raise ValueError(f"bad HTTP status: {status_line[1][:20]!r}") from None
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        headers[k.strip().lower()] = v.strip()
+    ctype = headers.get(b"content-type", b"").decode("latin-1")
+    m = _CHARSET_RE.search(headers.get(b"content-type", b""))
+    charset = m.group(1).decode("ascii") if m else None
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        body = _dechunk(body)
+    encoding = headers.get(b"content-encoding", b"").lower().strip()
+    if encoding in (b"gzip", b"x-gzip"):
+        body = zlib.decompress(body, wbits=47)
+    elif encoding == b"deflate":
+        try:
+            body = zlib.decompress(body)
+        except zlib.error:
+            body = zlib.decompress(body, wbits=-15)
+    elif encoding not in (b"", b"identity"):
+        raise ValueError(f"unsupported Content-Encoding {encoding.decode('latin-1')!r}")
+    return status, ctype, charset, body
+
+
+def is_html(content_type: str, body: bytes) -> bool:
+    ct = content_type.lower()
+    if "html" in ct:
+        return True
+    if ct and not ct.startswith(("text/plain", "application/octet-stream")):
+        return False  # images, PDF, JSON, JavaScript ...
+    head = body[:1024].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
+
+
+def html_to_text(body: bytes, charset: str | None, extractor: str = "resiliparse") -> str:
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    enc = charset or detect_encoding(body)
+    html = bytes_to_str(body, enc)
+    if extractor == "trafilatura":
+        import trafilatura
+
+        return trafilatura.extract(html, include_comments=False, include_tables=False) or ""
+    from resiliparse.extract.html2text import extract_plain_text
+
+    return extract_plain_text(html, main_content=True, alt_texts=False, links=False, list_bullets=True)

@@ -1,0 +1,27 @@
+"""The one logging setup: rich on a terminal, plain lines otherwise (CI, cluster logs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    level = getattr(logging, os.environ.get("GRISTMILL_LOG_LEVEL", ""), level)
+    root = logging.getLogger()
+    root.handlers.clear()
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="%H:%M:%S"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Beam and friends are chatty at INFO; keep their warnings
+    for noisy in ("apache_beam", "distributed", "urllib3", "absl", "trafilatura"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,332 @@
+"""Readers: crawl files in, documents out, every record accounted for.
+
+One function per format (WARC/WET, JSONL, Parquet). Each yields document dicts (some already marked
+dropped, with the reason, e.g. a non-HTML WARC payload) and finally one :class:`FileStats` with the
+file's size, SHA-256 and record counts. A file that breaks part-way (corrupt gzip, truncated
+record) yields what it could read plus one quarantine record naming the error and byte offset: the
+run goes on and the manifest says what happened.
+
+Files are opened through Beam's ``FileSystems``, so ``gs://``, ``s3://`` and ``hdfs://`` inputs work
+wherever the matching Beam extra is installed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from pipelines.config import JsonlConfig, ReadConfig
+from pipelines.documents import dropped, new_document
+
+FORMATS = ("warc", "jsonl", "parquet")
+
+
+class InputError(Exception):
+    """An input file that cannot be read at all. The message names the file and the problem."""
+
+
+@dataclass
+class FileStats:
+    path: str
+    source: str
+    format: str
+    size: int = 0
+    sha256: str = ""
+    documents: int = 0  # records that are documents (each counted as read)
+    skipped_records: dict[str, int] = field(default_factory=dict)  # WARC request/metadata/... records
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def detect_format(path: str) -> tuple[str, str | None]:
+    """(format, compression) from the file name."""
+    name = path.lower()
+    compression = None
+    for ext, comp in ((".gz", "gzip"), (".zst", "zstd"), (".zstd", "zstd")):
+        if name.endswith(ext):
+            compression, name = comp, name[: -len(ext)]
+            break
+    if name.endswith((".warc", ".wet", ".arc")):
+        return "warc", compression
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl", compression
+    if name.endswith(".parquet"):
+        if compression:
+            raise InputError(f"{path}: a compressed Parquet file is not supported; Parquet compresses its own pages")
+        return "parquet", None
+    raise InputError(
+        f"{path}: unknown input format; expected .warc[.gz], .wet[.gz], .jsonl[.gz|.zst] or .parquet"
+    )
+
+
+def _open_raw(path: str):
+    from apache_beam.io.filesystems import FileSystems
+
+    # CompressionTypes.UNCOMPRESSED: we decompress ourselves, to see (and report) corruption
+    return FileSystems.open(path, compression_type="uncompressed")
+
+
+class _HashingReader(io.RawIOBase):
+    """Counts and hashes the raw bytes as the parser pulls them, so each file is read once."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.nbytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self.raw.read(len(buf))
+        if not data:
+            return 0
+        n = len(data)
+        buf[:n] = data
+        self.sha.update(data)
+        self.nbytes += n
+        return n
+
+    def drain(self) -> None:
+        while True:
+            data = self.raw.read(1 << 20)
+            if not data:
+                return
+            self.sha.update(data)
+            self.nbytes += len(data)
+
+
+def _decompressed(raw: io.RawIOBase, compression: str | None):
+    buffered = io.BufferedReader(raw, buffer_size=1 << 20)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=buffered, mode="rb")
+    if compression == "zstd":
+        import zstandard
+
+        # BufferedReader adds the readline() that line iteration needs
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True))
+    return buffered
+
+
+# ---------------------------------------------------------------------------------------------
+# Up-front probe: is the file what its name says?
+# ---------------------------------------------------------------------------------------------
+
+
+def probe(path: str, cfg: ReadConfig) -> tuple[int, str | None]:
+    """(size in bytes, problem or None), from at most ``cfg.probe_bytes`` of the file's start.
+
+    Catches the errors that make a whole file unreadable (not gzip, not a WARC, not Parquet, not
+    JSON Lines) before the pipeline starts; damage further in is handled while reading.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        fmt, compression = detect_format(path)
+        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    except InputError as e:
+        return 0, str(e).split(": ", 1)[-1]
+    except Exception as e:  # noqa: BLE001 - any filesystem error is reported with the path
+        return 0, f"cannot stat: {e}"
+    if size == 0:
+        return 0, None  # an empty file holds no documents; reported, not fatal
+    try:
+        with _open_raw(path) as f:
+            head = f.read(cfg.probe_bytes)
+            if fmt == "parquet":
+                if head[:4] != b"PAR1":
+                    return size, "not a Parquet file (no PAR1 magic)"
+                return size, None
+            if compression == "gzip":
+                if head[:2] != b"\x1f\x8b":
+                    return size, "not gzip-compressed (no gzip magic) although the name ends in .gz"
+                try:
+                    head = zlib.decompressobj(wbits=31).decompress(head, cfg.probe_bytes)
+                except zlib.error as e:
+                    return size, f"gzip data corrupt at the start: {e}"
+            elif compression == "zstd":
+                if head[:4] != b"\x28\xb5\x2f\xfd":
+                    return size, "not zstd-compressed (no zstd magic) although the name ends in .zst"
+                import zstandard
+
+                try:
+                    head = zstandard.ZstdDecompressor().decompressobj().decompress(head)[: cfg.probe_bytes]
+                except zstandard.ZstdError as e:
+                    return size, f"zstd data corrupt at the start: {e}"
+    except Exception as e:  # noqa: BLE001
+        return size, f"cannot read: {e}"
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if fmt == "warc" and head and not head.startswith((b"WARC/", b"filedesc://")):
+        return size, "not a WARC file (does not start with a 'WARC/1.x' record header)"
+    if fmt == "jsonl" and head and not head.startswith(b"{"):
+        return size, "not JSON Lines (the first record does not start with '{')"
+    return size, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_file(path: str, source: str, cfg: ReadConfig) -> Iterator[dict | FileStats]:
+    """Yield the documents of one input file, then its :class:`FileStats`."""
+    fmt, compression = detect_format(path)
+    stats = FileStats(path=path, source=source, format=fmt)
+    with _open_raw(path) as raw_file:
+        raw = _HashingReader(raw_file)
+        try:
+            if fmt == "parquet":
+                # Parquet needs random access: hash the whole file, then read the bytes in memory
+                raw.drain()
+                stream = None
+            else:
+                stream = _decompressed(raw, compression)
+            if fmt == "warc":
+                yield from _read_warc(stream, source, cfg, stats)
+            elif fmt == "jsonl":
+                yield from _read_jsonl(stream, source, cfg, stats)
+            else:
+                yield from _read_parquet(path, source, cfg, stats)
+        except (OSError, EOFError, zlib.error, ValueError) as e:
+            # Damage part-way: keep what was read, quarantine the rest of the file as one record.
+            problem = f"{type(e).__name__}: {e}"
+            stats.error = f"stopped after {stats.documents} documents at compressed offset {raw.nbytes}: {problem}"
+            stats.documents += 1
+            yield dropped(
+                new_document(f"{source}#unreadable", "", source), "read:corrupt_file", stats.error
+            )
+        finally:
+            raw.drain()
+    stats.size = raw.nbytes
+    stats.sha256 = raw.sha.hexdigest()
+    yield stats
+
+
+def _dig(record: dict, dotted: str):
+    node = record
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _first(record: dict, names) -> str | None:
+    for name in names:
+        v = _dig(record, name)
+        if v not in (None, ""):
+            return str(v)
+    return None
+
+
+def _record_to_doc(record, index: int, source: str, jcfg: JsonlConfig, max_bytes: int) -> dict:
+    if not isinstance(record, dict):
+        return dropped(new_document(f"{source}#{index}", "", source), "read:not_an_object")
+    rid = _dig(record, jcfg.id_field)
+    doc_id = str(rid) if rid not in (None, "") else f"{source}#{index}"
+    url = _first(record, (jcfg.url_field, *jcfg.url_fallbacks))
+    date = _first(record, (jcfg.date_field, *jcfg.date_fallbacks))
+    text = _dig(record, jcfg.text_field)
+    doc = new_document(doc_id, "", source, url, date)
+    if text is None:
+        return dropped(doc, "read:no_text_field", f"field {jcfg.text_field!r} missing")
+    if not isinstance(text, str):
+        return dropped(doc, "read:no_text_field", f"field {jcfg.text_field!r} is {type(text).__name__}")
+    if len(text) > max_bytes:  # characters ≤ bytes: a cheap, safe bound before encoding
+        return dropped(doc, "read:too_large", f"{len(text)} characters")
+    doc["text"] = text
+    return doc
+
+
+def _read_jsonl(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
+    for index, line in enumerate(stream):
+        if not line.strip():
+            continue
+        stats.documents += 1
+        if len(line) > cfg.max_doc_bytes * 2:
+            yield dropped(new_document(f"{source}#{index}", "", source), "read:too_large", f"{len(line)} bytes")
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            # invalid UTF-8 inside one record: that record is quarantined, the file goes on
+            yield dropped(new_document(f"{source}#{index}", "", source), "read:invalid_json", str(e)[:200])
+            continue
+        yield _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)
+
+
+def _read_parquet(path: str, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    with _open_raw(path) as f:  # seekable for local files and object stores
+        index = 0
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                stats.documents += 1
+                yield _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)
+                index += 1
+
+
+_DOC_RECORD_TYPES = ("response", "conversion", "resource")
+
+
+def _read_warc(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
+    from fastwarc.warc import ArchiveIterator
+
+    from pipelines.extract import html_to_text, is_html, parse_http_response
+
+    skipped: Counter[str] = Counter()
+    for rec in ArchiveIterator(stream, parse_http=False, auto_decode="none"):
+        rtype = rec.headers.get("WARC-Type", "unknown")
+        if rtype not in _DOC_RECORD_TYPES:
+            skipped[rtype] += 1
+            continue
+        stats.documents += 1
+        record_id = (rec.record_id or "").strip("<>").removeprefix("urn:uuid:") or f"{source}#{stats.documents - 1}"
+        url = (rec.headers.get("WARC-Target-URI") or "").strip().strip("<>") or None
+        doc = new_document(record_id, "", source, url, rec.headers.get("WARC-Date"))
+        if rec.content_length > cfg.max_doc_bytes:
+            rec.reader.consume()
+            yield dropped(doc, "read:too_large", f"{rec.content_length} bytes")
+            continue
+        block = rec.reader.read()
+        if len(block) < rec.content_length:
+            yield dropped(doc, "read:truncated_record", f"{len(block)} of {rec.content_length} bytes")
+            continue
+        if rtype == "conversion":  # WET: the text is the block
+            doc["text"] = block.decode("utf-8", errors="replace")
+            yield doc
+            continue
+        if rtype == "resource":
+            ctype = rec.headers.get("Content-Type", "")
+            if not is_html(ctype, block):
+                yield dropped(doc, "extract:not_html", ctype or "no content type")
+                continue
+            body, charset = block, None
+        else:
+            try:
+                status, ctype, charset, body = parse_http_response(block)
+            except ValueError as e:
+                yield dropped(doc, "extract:bad_http", str(e)[:200])
+                continue
+            if status != 200:
+                yield dropped(doc, "extract:http_status", str(status))
+                continue
+            if not is_html(ctype, body):
+                yield dropped(doc, "extract:not_html", ctype or "no content type")
+                continue
+        text = html_to_text(body, charset, cfg.extractor)
+        if not text.strip():
+            yield dropped(doc, "extract:no_text")
+            continue
+        doc["text"] = text
+        yield doc
+    stats.skipped_records = dict(sorted(skipped.items()))

@@ -1,0 +1,100 @@
+"""Run report: the funnel and language tables on the terminal, and a self-contained HTML page
+(inline SVG bar charts, no scripts or downloads) next to the manifest."""
+
+from __future__ import annotations
+
+import html
+
+from pipelines import shards
+
+
+def print_summary(manifest: dict, seconds: float | None = None, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(stderr=False)
+    c = manifest["counts"]
+    t = Table(title="funnel", title_justify="left")
+    for col in ("stage", "in", "dropped", "out"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for row in manifest["funnel"]:
+        t.add_row(row["stage"], f"{row['in']:,}", f"{row['dropped']:,}", f"{row['out']:,}")
+    t.add_row("[b]kept[/b]", "", "", f"[b]{c['kept']:,}[/b]")
+    console.print(t)
+
+    reasons = Table(title="dropped by reason", title_justify="left")
+    reasons.add_column("reason")
+    reasons.add_column("documents", justify="right")
+    for reason, n in sorted(c["dropped"].items(), key=lambda kv: -kv[1]):
+        reasons.add_row(reason, f"{n:,}")
+    console.print(reasons)
+
+    langs = Table(title="languages", title_justify="left")
+    for col in ("lang", "kept", "dropped after lid"):
+        langs.add_column(col, justify="left" if col == "lang" else "right")
+    items = list(manifest["languages"].items())
+    for lang, v in items[:15]:
+        langs.add_row(lang, f"{v['kept']:,}", f"{v['dropped']:,}")
+    if len(items) > 15:
+        rest_k = sum(v["kept"] for _, v in items[15:])
+        rest_d = sum(v["dropped"] for _, v in items[15:])
+        langs.add_row(f"({len(items) - 15} more)", f"{rest_k:,}", f"{rest_d:,}")
+    console.print(langs)
+    balance = c["kept"] + sum(c["dropped"].values())
+    line = (
+        f"read {c['read']:,} = kept {c['kept']:,} + dropped {sum(c['dropped'].values()):,}"
+        f"  [{'green' if balance == c['read'] else 'red'}]{'balanced' if balance == c['read'] else 'UNBALANCED'}[/]"
+        f"   shards: {len(manifest['shards'])}"
+    )
+    if seconds is not None:
+        line += f"   {seconds:.1f} s"
+    console.print(line)
+
+
+def _bars(rows: list[tuple[str, int, str]], width: int = 560) -> str:
+    """Horizontal bar chart as inline SVG; rows are (label, value, colour)."""
+    if not rows:
+        return "<p>(none)</p>"
+    top = max(v for _, v, _ in rows) or 1
+    h, label_w = 22, 190
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 80}" height="{h * len(rows) + 6}">']
+    for i, (label, v, colour) in enumerate(rows):
+        y = i * h + 3
+        w = max(1, int(width * v / top)) if v else 0
+        out.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12">{html.escape(label)}</text>')
+        out.append(f'<rect x="{label_w}" y="{y}" width="{w}" height="{h - 5}" fill="{colour}"/>')
+        out.append(f'<text x="{label_w + w + 4}" y="{y + 15}" font-size="12">{v:,}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def render_html(manifest: dict, seconds: float | None = None) -> str:
+    c = manifest["counts"]
+    funnel_rows = [(f"after {r['stage']}", r["out"], "#4c78a8") for r in manifest["funnel"]]
+    funnel_rows.insert(0, ("read", c["read"], "#9ecae9"))
+    reason_rows = [(r, n, "#e45756") for r, n in sorted(c["dropped"].items(), key=lambda kv: -kv[1])]
+    lang_rows = [(lang, v["kept"], "#54a24b") for lang, v in list(manifest["languages"].items())[:30] if v["kept"]]
+    inputs = "".join(
+        f"<tr><td>{html.escape(f['source'])}</td><td>{f['format']}</td><td>{f['size']:,}</td>"
+        f"<td>{f['documents']:,}</td><td>{html.escape(f['error'] or '')}</td></tr>"
+        for f in manifest["inputs"]
+    )
+    timing = f" in {seconds:.1f} s" if seconds is not None else ""
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>gristmill corpus report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}}td,th{{padding:2px 8px;text-align:left}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}code{{background:#eee;padding:1px 4px}}</style>
+</head><body>
+<h1>gristmill corpus report</h1>
+<p>Read <b>{c['read']:,}</b> documents from {c['input_files']} files{timing}; kept <b>{c['kept']:,}</b>,
+dropped {sum(c['dropped'].values()):,}; {len(manifest['shards'])} shards. Config <code>{manifest['config_sha256'][:12]}</code>.</p>
+<h2>Funnel</h2>{_bars(funnel_rows)}
+<h2>Dropped by reason</h2>{_bars(reason_rows)}
+<h2>Languages kept</h2>{_bars(lang_rows)}
+<h2>Inputs</h2><table><tr><th>file</th><th>format</th><th>bytes</th><th>documents</th><th>error</th></tr>{inputs}</table>
+</body></html>
+"""
+
+
+def write_html_report(manifest: dict, path: str, seconds: float | None = None) -> None:
+    shards.write_bytes_atomic(path, render_html(manifest, seconds).encode())
