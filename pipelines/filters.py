@@ -49,6 +49,9 @@ _NEWLINES_RE = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 def normalize_text(text: str, cfg: NormalizeConfig) -> Verdict:
     """ftfy repair, Unicode normalisation, newline and control-character clean-up."""
     text = _NEWLINES_RE.sub("\n", text)
+    n_controls = 0
+    if _CONTROL_RE.search(text):
+        text, n_controls = _CONTROL_RE.subn("", text)
     if cfg.fix_unicode and not text.isascii():
         import ftfy  # imported lazily: ~0.2 s, only needed for non-ASCII text
 
@@ -56,9 +59,6 @@ def normalize_text(text: str, cfg: NormalizeConfig) -> Verdict:
         text = ftfy.fix_text(text, normalization=None if cfg.unicode_form == "none" else cfg.unicode_form)
     elif cfg.unicode_form != "none" and not text.isascii():
         text = unicodedata.normalize(cfg.unicode_form, text)
-    n_controls = 0
-    if _CONTROL_RE.search(text):
-        text, n_controls = _CONTROL_RE.subn("", text)
     text = text.strip()
     if not text:
         return Verdict(text, "empty")
@@ -296,7 +296,8 @@ _EMAIL_RE = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}\b"
 )
 _IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|\.\d)")
-_IPV6_RE = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w])")
+# loose on purpose (matches "::1", "12:30:45"); ipaddress decides what is an address
+_IPV6_RE = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w])")
 
 
 def _public_ip(match: re.Match) -> bool:

@@ -183,18 +183,15 @@ def read_file(path: str, source: str, cfg: ReadConfig) -> Iterator[dict | FileSt
     with _open_raw(path) as raw_file:
         raw = _HashingReader(raw_file)
         try:
-            if fmt == "parquet":
-                # Parquet needs random access: hash the whole file, then read the bytes in memory
-                raw.drain()
-                stream = None
-            else:
-                stream = _decompressed(raw, compression)
-            if fmt == "warc":
-                yield from _read_warc(stream, source, cfg, stats)
-            elif fmt == "jsonl":
-                yield from _read_jsonl(stream, source, cfg, stats)
-            else:
+            if _is_empty(path):
+                pass  # zero-length: no documents; the manifest lists it with documents = 0
+            elif fmt == "parquet":
+                raw.drain()  # hash it first; Parquet is then read with random access
                 yield from _read_parquet(path, source, cfg, stats)
+            elif fmt == "warc":
+                yield from _read_warc(_decompressed(raw, compression), source, cfg, stats)
+            else:
+                yield from _read_jsonl(_decompressed(raw, compression), source, cfg, stats)
         except (OSError, EOFError, zlib.error, ValueError) as e:
             # Damage part-way: keep what was read, quarantine the rest of the file as one record.
             problem = f"{type(e).__name__}: {e}"
@@ -208,6 +205,12 @@ def read_file(path: str, source: str, cfg: ReadConfig) -> Iterator[dict | FileSt
     stats.size = raw.nbytes
     stats.sha256 = raw.sha.hexdigest()
     yield stats
+
+
+def _is_empty(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes == 0
 
 
 def _dig(record: dict, dotted: str):
@@ -255,9 +258,9 @@ def _read_jsonl(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Itera
             yield dropped(new_document(f"{source}#{index}", "", source), "read:too_large", f"{len(line)} bytes")
             continue
         try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            # invalid UTF-8 inside one record: that record is quarantined, the file goes on
+            # invalid UTF-8 becomes U+FFFD rather than costing the whole record
+            record = json.loads(line.decode("utf-8", errors="replace"))
+        except json.JSONDecodeError as e:
             yield dropped(new_document(f"{source}#{index}", "", source), "read:invalid_json", str(e)[:200])
             continue
         yield _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)

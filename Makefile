@@ -1,0 +1,44 @@
+# gristmill: the two commands a new user needs are `make demo` and `make test`.
+# Both create .venv/ (Python >= 3.11) and install the project with pinned dependencies first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench-clean constraints clean help
+
+help:
+	@echo "make demo    set up .venv and run the main job end to end on the bundled sample crawl"
+	@echo "make test    set up .venv and run every test (unit + end-to-end on real runners)"
+	@echo "make setup   only create .venv and install gristmill (+ test tools)"
+	@echo "make bench-clean  benchmark the clean stage against datatrove (separate venv)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gristmill needs Python >= 3.11; set PYTHON=python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gristmill demo --output runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-clean:
+	bash bench/setup_bench_env.sh
+	bench/.venv-bench/bin/python bench/bench_clean.py
+
+constraints: $(STAMP)
+	$(BIN)/python -m pip freeze | grep -v -e '^-e' -e '^gristmill' -e '@ file' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf runs .pytest_cache
