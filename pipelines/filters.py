@@ -82,8 +82,11 @@ def dedup_key(text: str) -> str:
 def url_host(url: str | None) -> str:
     if not url:
         return ""
+    url = url.strip().strip("<>")
+    if "://" not in url:  # Dolma and others store URLs without a scheme
+        url = "http://" + url
     try:
-        host = urlsplit(url.strip().strip("<>")).hostname or ""
+        host = urlsplit(url).hostname or ""
     except ValueError:
         return ""
     return host.lower().rstrip(".")

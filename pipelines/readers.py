@@ -185,17 +185,25 @@ def read_file(path: str, source: str, cfg: ReadConfig) -> Iterator[dict | FileSt
         try:
             if _is_empty(path):
                 pass  # zero-length: no documents; the manifest lists it with documents = 0
-            elif fmt == "parquet":
-                raw.drain()  # hash it first; Parquet is then read with random access
-                yield from _read_parquet(path, source, cfg, stats)
-            elif fmt == "warc":
-                yield from _read_warc(_decompressed(raw, compression), source, cfg, stats)
             else:
-                yield from _read_jsonl(_decompressed(raw, compression), source, cfg, stats)
-        except (OSError, EOFError, zlib.error, ValueError) as e:
+                if fmt == "parquet" or compression is None:
+                    # Random access (Parquet; FastWARC seeks on uncompressed input): hash the file in
+                    # one pass, then parse it from a second, seekable handle.
+                    raw.drain()
+                    stream = _open_raw(path)
+                else:
+                    stream = _decompressed(raw, compression)
+                with stream:
+                    parse = {"warc": _read_warc, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt]
+                    for doc in parse(stream, source, cfg, stats):
+                        stats.documents += 1
+                        yield doc
+        except BaseException as e:  # noqa: BLE001 - FastWARC reports some damage as a Rust panic
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
+                raise
             # Damage part-way: keep what was read, quarantine the rest of the file as one record.
             problem = f"{type(e).__name__}: {e}"
-            stats.error = f"stopped after {stats.documents} documents at compressed offset {raw.nbytes}: {problem}"
+            stats.error = f"stopped after {stats.documents} documents: {problem}"
             stats.documents += 1
             yield dropped(
                 new_document(f"{source}#unreadable", "", source), "read:corrupt_file", stats.error
@@ -253,7 +261,6 @@ def _read_jsonl(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Itera
     for index, line in enumerate(stream):
         if not line.strip():
             continue
-        stats.documents += 1
         if len(line) > cfg.max_doc_bytes * 2:
             yield dropped(new_document(f"{source}#{index}", "", source), "read:too_large", f"{len(line)} bytes")
             continue
@@ -266,16 +273,14 @@ def _read_jsonl(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Itera
         yield _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)
 
 
-def _read_parquet(path: str, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
+def _read_parquet(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
-    with _open_raw(path) as f:  # seekable for local files and object stores
-        index = 0
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-            for record in batch.to_pylist():
-                stats.documents += 1
-                yield _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)
-                index += 1
+    index = 0
+    for batch in pq.ParquetFile(stream).iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)
+            index += 1
 
 
 _DOC_RECORD_TYPES = ("response", "conversion", "resource")
@@ -292,8 +297,7 @@ def _read_warc(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterat
         if rtype not in _DOC_RECORD_TYPES:
             skipped[rtype] += 1
             continue
-        stats.documents += 1
-        record_id = (rec.record_id or "").strip("<>").removeprefix("urn:uuid:") or f"{source}#{stats.documents - 1}"
+        record_id = (rec.record_id or "").strip("<>").removeprefix("urn:uuid:") or f"{source}@{rec.stream_pos}"
         url = (rec.headers.get("WARC-Target-URI") or "").strip().strip("<>") or None
         doc = new_document(record_id, "", source, url, rec.headers.get("WARC-Date"))
         if rec.content_length > cfg.max_doc_bytes:
