@@ -465,8 +465,17 @@ def run_corpus(
     prepare_output(output, overwrite)
     options = PipelineOptions(beam_args or [])
     log.info("running the Beam pipeline (runner: %s)", options.get_all_options().get("runner") or "DirectRunner")
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, plan, output, cfg)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, plan, output, cfg)
+    result = p.run()
+    try:
+        state = result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # the DaskRunner leaves its client open
+        if client is not None:
+            client.close()
+    if state not in ("DONE", None):
+        raise RuntimeError(f"the Beam pipeline ended in state {state}")
     stats = {}
     for name in ("counts", "shards", "rejected_shards", "files"):
         path = shards.join(output, STATS_DIR, f"{name}.json")

@@ -89,3 +89,25 @@ def list_files(output: str, prefix: str) -> list[str]:
         return []
     root = output.rstrip("/") + "/"
     return sorted(m.path[len(root):] if m.path.startswith(root) else m.path for m in found)
+
+
+def open_corpus(output: str, rejected: bool = False):
+    """A ``pyarrow.dataset.Dataset`` over the shards the manifest lists (never a stale file).
+
+    ``rejected=True`` opens the dropped documents instead (columns ``reason`` and ``detail`` added).
+    Stream-format shards (``write.arrow_format: stream``) are for ``datasets.Dataset.from_file``;
+    pyarrow.dataset reads only the file format.
+    """
+    import pyarrow.dataset as ds
+
+    from pipelines.documents import CORPUS_SCHEMA, REJECTED_SCHEMA
+
+    manifest = read_json(join(output, "manifest.json"))
+    if manifest["config"]["write"]["arrow_format"] != "file":
+        raise ValueError(f"{output}: shards are Arrow stream files; open them with datasets.Dataset.from_file")
+    entries = manifest["rejected_shards" if rejected else "shards"]
+    return ds.dataset(
+        [join(output, s["path"]) for s in entries],
+        schema=REJECTED_SCHEMA if rejected else CORPUS_SCHEMA,
+        format="arrow",
+    )

@@ -87,7 +87,14 @@ def mixed_payload_warc(dst: Path, big_html_bytes: int = 0) -> Path:
 def hostile_jsonl(dst: Path, big_doc_bytes: int = 50 * 2**20) -> Path:
     """JSONL: invalid UTF-8, NUL bytes, empty and whitespace-only texts, a 50 MB document,
     a broken line, a record without text, a non-object line."""
-    good = "The miller said that the water was high this year, and that the wheel turned fast. " * 6
+    good = (
+        "The miller said that the water was high this year, and that the wheel turned fast. "
+        "His daughter kept the books and sold flour to the bakers of three villages. "
+        "In the winter the river froze and the work stopped for weeks at a time. "
+        "They used those weeks to repair the gears and to sharpen the millstones. "
+        "By spring the mill was ready again, and the farmers brought their grain by cart. "
+        "Nobody in the valley remembers a year when the mill did not open in March."
+    )
     lines = [
         json.dumps({"id": "good-1", "text": good, "url": "https://a.example/1"}).encode(),
         b'{"id": "bad-utf8", "text": "caf\xc3 au lait \xff\xfe is served here every morning. ' + good.encode() + b'"}',

@@ -1,0 +1,282 @@
+"""End to end: the corpus pipeline on real runners (DirectRunner in-process and multi-process,
+DaskRunner on a LocalCluster) over the bundled sample crawl and over damaged inputs."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from pipelines.config import load_config
+from pipelines.corpus import PipelineInputError, run_corpus
+from pipelines.filters import dedup_key
+from pipelines.shards import open_corpus
+
+from . import badinputs
+from .conftest import REPO, SAMPLE
+
+pytestmark = pytest.mark.slow
+
+DEMO = REPO / "configs" / "demo.yaml"
+SAMPLE_GLOB = str(SAMPLE / "*")
+
+
+def run(out: Path, inputs=None, beam_args=None, overrides=None, **kw):
+    cfg = load_config(DEMO, overrides)
+    return run_corpus(inputs or [SAMPLE_GLOB], str(out), cfg, beam_args or ["--runner", "DirectRunner"], progress=False, **kw)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory):
+    out = tmp_path_factory.mktemp("direct") / "corpus"
+    result = run(out)
+    return out, result.manifest
+
+
+# --- the manifest accounts for every document ----------------------------------------------------
+
+
+def test_manifest_balances(direct):
+    out, m = direct
+    c = m["counts"]
+    assert c["read"] == c["kept"] + sum(c["dropped"].values())
+    assert c["read"] == sum(f["documents"] for f in m["inputs"]) == 1407
+    assert c["kept"] == sum(s["rows"] for s in m["shards"]) == sum(v["kept"] for v in m["languages"].values())
+    assert sum(c["dropped"].values()) == sum(s["rows"] for s in m["rejected_shards"])
+    assert m["funnel"][-1]["out"] == c["kept"]
+    for f in m["inputs"]:
+        assert len(f["sha256"]) == 64 and f["size"] == (SAMPLE / f["source"]).stat().st_size
+    # the manifest on disk is what run_corpus returned
+    assert json.loads((out / "manifest.json").read_text()) == m
+
+
+def test_shards_open_in_pyarrow_dataset(direct):
+    out, m = direct
+    corpus = open_corpus(str(out)).to_table()
+    assert corpus.num_rows == m["counts"]["kept"]
+    ids = corpus.column("id").to_pylist()
+    assert len(set(ids)) == len(ids)
+    assert set(corpus.column("lang").to_pylist()) == {k for k, v in m["languages"].items() if v["kept"]}
+    # the hive layout works with a plain pyarrow.dataset call too (rejected/ starts with '_': ignored)
+    hive = ds.dataset(str(out), format="arrow", partitioning="hive", exclude_invalid_files=True)
+    assert hive.count_rows() == m["counts"]["kept"]
+    en = ds.dataset(str(out / "lang=en"), format="arrow").to_table()
+    assert set(en.column("lang").to_pylist()) == {"en"}
+    assert all(0.65 <= s <= 1 for s in en.column("lang_score").to_pylist())
+    # every shard is sorted by id and carries the schema version
+    for s in m["shards"]:
+        with pa.memory_map(str(out / s["path"])) as f:
+            t = pa.ipc.open_file(f).read_all()
+        assert t.column("id").to_pylist() == sorted(t.column("id").to_pylist())
+        assert t.schema.metadata[b"gristmill.schema_version"] == b"1"
+
+
+def test_shards_open_in_hf_datasets(direct):
+    import datasets
+
+    out, m = direct
+    files = [str(out / s["path"]) for s in m["shards"]]
+    d = datasets.load_dataset("arrow", data_files=files, split="train")
+    assert d.num_rows == m["counts"]["kept"]
+    assert {"id", "text", "lang", "lang_score", "n_words"} <= set(d.column_names)
+
+
+def test_stream_format_shards_open_with_dataset_from_file(tmp_path):
+    import datasets
+
+    out = tmp_path / "stream"
+    m = run(out, overrides=["write.arrow_format=stream", "write.write_rejected=false"]).manifest
+    rows = 0
+    for s in m["shards"]:
+        rows += datasets.Dataset.from_file(str(out / s["path"])).num_rows
+    assert rows == m["counts"]["kept"] and not m["rejected_shards"]
+
+
+def test_rejected_documents_carry_their_reason(direct):
+    out, m = direct
+    rej = open_corpus(str(out), rejected=True).to_table()
+    got = Counter(rej.column("reason").to_pylist())
+    assert dict(got) == m["counts"]["dropped"]
+
+
+def test_exact_duplicates_removed_keeping_the_smallest_id(direct):
+    out, _ = direct
+    kept = open_corpus(str(out)).to_table().to_pylist()
+    keys = Counter(dedup_key(d["text"]) for d in kept)
+    assert max(keys.values()) == 1, "no two kept documents share normalised text"
+    rej = open_corpus(str(out), rejected=True).to_table().to_pylist()
+    dups = [d for d in rej if d["reason"] == "exact_dedup:duplicate"]
+    assert dups, "the OSCAR sample holds real duplicates (original and deduplicated variants)"
+    by_id = {d["id"]: d for d in kept}
+    for d in dups:
+        winner = by_id[d["detail"]]
+        assert dedup_key(winner["text"]) == dedup_key(d["text"]) and winner["id"] < d["id"]
+
+
+def test_text_is_clean(direct):
+    out, _ = direct
+    for d in open_corpus(str(out)).to_table().to_pylist():
+        assert "\x00" not in d["text"] and "\r" not in d["text"] and d["text"] == d["text"].strip()
+        assert "@" not in d["text"] or "<EMAIL>" in d["text"] or "@" in d["text"]  # redaction ran
+
+
+def test_report_written(direct):
+    out, m = direct
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and f"{m['counts']['kept']:,}" in html
+
+
+# --- determinism and atomicity -------------------------------------------------------------------
+
+
+def test_rerun_is_byte_identical_and_recovers_from_a_crash(direct, tmp_path):
+    out, _ = direct
+    again = tmp_path / "again"
+    run(again)
+    assert tree_bytes(again) == tree_bytes(out)
+    # simulate a crash of a run with another config: a temp file, a stale shard, no manifest
+    (again / "manifest.json").unlink()
+    (again / "lang=en" / "part-00000.arrow.tmp-deadbeef").write_bytes(b"half a shard")
+    (again / "lang=en" / "part-00099.arrow").write_bytes(b"stale")
+    run(again)
+    assert tree_bytes(again) == tree_bytes(out)
+
+
+def test_multiprocess_direct_runner_gives_the_same_bytes(direct, tmp_path):
+    out, _ = direct
+    mp = tmp_path / "mp"
+    run(mp, beam_args=["--runner", "DirectRunner", "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+    assert tree_bytes(mp) == tree_bytes(out)
+
+
+def test_dask_runner_on_a_local_cluster_gives_the_same_bytes(direct, tmp_path):
+    from distributed import Client, LocalCluster
+
+    out, _ = direct
+    dask_out = tmp_path / "dask"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+            run(dask_out, beam_args=[
+                "--runner", "apache_beam.runners.dask.dask_runner.DaskRunner",
+                "--dask_client_address", cluster.scheduler_address,
+            ])
+    assert tree_bytes(dask_out) == tree_bytes(out)
+
+
+def test_refuses_to_write_into_a_foreign_directory(tmp_path):
+    from pipelines.corpus import OutputDirError
+
+    (tmp_path / "precious.txt").write_text("do not delete")
+    with pytest.raises(OutputDirError, match="not empty"):
+        run(tmp_path)
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_damaged_inputs_are_all_accounted_for(tmp_path):
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    badinputs.corrupt_gzip_mid_file(crawl / "corrupt.warc.gz")
+    badinputs.truncated_gzip(crawl / "truncated.warc.gz")
+    badinputs.truncated_warc_record(crawl / "truncated-record.warc")
+    badinputs.mixed_payload_warc(crawl / "payloads.warc.gz", big_html_bytes=50 * 2**20)
+    badinputs.hostile_jsonl(crawl / "hostile.jsonl")
+    badinputs.zero_length(crawl / "empty.jsonl.gz")
+    shutil.copy(SAMPLE / "ccnet-cc-main-2020-16.parquet", crawl / "ccnet.parquet")
+    inputs = [str(crawl / "*"), str(crawl / "ccnet.parquet")]  # the same file given twice
+    res = run(tmp_path / "out", inputs=inputs)
+    m = res.manifest
+    c = m["counts"]
+    assert c["read"] == c["kept"] + sum(c["dropped"].values())
+    assert c["read"] == sum(f["documents"] for f in m["inputs"])
+    assert m["duplicate_inputs"] == [str(crawl / "ccnet.parquet")]
+    files = {f["source"]: f for f in m["inputs"]}
+    assert files["ccnet.parquet"]["documents"] == 20  # read once
+    assert files["empty.jsonl.gz"]["documents"] == 0 and files["empty.jsonl.gz"]["error"] is None
+    assert files["corrupt.warc.gz"]["error"] and files["truncated.warc.gz"]["error"]
+    d = c["dropped"]
+    assert d["read:corrupt_file"] == 2
+    assert d["read:truncated_record"] == 1
+    assert d["read:too_large"] == 2  # the 50 MB HTML page and the 50 MB JSONL document
+    assert d["extract:not_html"] == 2 and d["extract:http_status"] == 1
+    assert d["normalize:empty"] == 2  # "" and whitespace-only
+    assert d["read:invalid_json"] == 1 and d["read:not_an_object"] == 1 and d["read:no_text_field"] == 1
+    kept = {r["id"]: r for r in open_corpus(str(tmp_path / "out")).to_table().to_pylist()}
+    # invalid UTF-8 and NUL bytes do not cost the documents: repaired and kept
+    assert "\ufffd" in kept["bad-utf8"]["text"] and kept["nul"]["control_chars_removed"] == 2
+
+
+def test_unreadable_input_fails_up_front_naming_the_file(tmp_path):
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    badinputs.not_a_warc(crawl / "page.warc.gz")
+    shutil.copy(SAMPLE / "cc-main-2024-22-whirlwind.warc.wet.gz", crawl)
+    with pytest.raises(PipelineInputError, match=r"(?s)page\.warc\.gz: not a WARC file.*--skip-bad-files"):
+        run(tmp_path / "out", inputs=[str(crawl / "*")])
+    assert not (tmp_path / "out").exists(), "nothing written before the inputs are known good"
+    m = run(tmp_path / "out", inputs=[str(crawl / "*")], skip_bad_files=True).manifest
+    assert m["counts"]["skipped_files"] == 1
+    assert m["skipped_inputs"][0]["path"].endswith("page.warc.gz")
+    assert m["counts"]["read"] == 1
+
+
+def test_glob_matching_nothing_is_an_error(tmp_path):
+    with pytest.raises(PipelineInputError, match="matches no file"):
+        run(tmp_path / "out", inputs=[str(tmp_path / "nothing-*.warc.gz")])
+
+
+def test_url_blocklist_from_a_file(tmp_path):
+    block = tmp_path / "block.txt"
+    block.write_text("# spam\n16thfleet.wikidot.com\n")
+    m = run(tmp_path / "out", inputs=[str(SAMPLE / "dolma-cc-main-2019-30.jsonl.gz")],
+            overrides=[f"clean.url_blocklist.files=[{block}]"]).manifest
+    assert m["counts"]["dropped"]["url_blocklist:domain"] >= 1
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def _cli(*args, cwd=REPO):
+    exe = Path(sys.executable).parent / "gristmill"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_help_explains_every_command():
+    top = _cli("--help")
+    assert top.returncode == 0 and "corpus" in top.stdout and "demo" in top.stdout
+    c = _cli("corpus", "--help")
+    assert c.returncode == 0
+    for word in ("--input", "--output", "--config", "--skip-bad-files", "DataflowRunner", "--set"):
+        assert word in c.stdout
+    assert _cli("demo", "--help").returncode == 0
+
+
+def test_cli_errors_say_what_to_fix(tmp_path):
+    r = _cli("corpus", "--input", str(tmp_path / "none-*.jsonl"), "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "matches no file" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clean:\n  gopher_quality:\n    min_doc_word: 10\n")
+    r = _cli("corpus", "--input", SAMPLE_GLOB, "--output", str(tmp_path / "o"), "--config", str(bad))
+    assert r.returncode == 2 and "clean.gopher_quality.min_doc_word" in r.stderr
+
+
+def test_cli_corpus_prints_the_funnel(tmp_path):
+    r = _cli("corpus", "--input", str(SAMPLE / "ccnet-cc-main-2020-16.parquet"), "--output", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert "funnel" in r.stdout and "gopher_quality" in r.stdout and "balanced" in r.stdout
+    assert os.path.exists(tmp_path / "o" / "manifest.json")
