@@ -181,11 +181,18 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
 
 
 def _top_ngram_chars(words: list[str], n: int) -> int:
-    """Characters covered by the most frequent n-gram (count × its length with single spaces)."""
+    """Characters covered by the most frequent n-gram (count × its length with single spaces).
+
+    An n-gram seen once is not repetition: unlike datatrove, which scores the first n-gram of a
+    document without repeats, and so drops every short document (under ~25 words) as
+    "repetitive", we return 0 then. See bench/README.md.
+    """
     grams = Counter(zip(*(words[i:] for i in range(n))))
     if not grams:
         return 0
     gram, count = grams.most_common(1)[0]  # first-seen among ties, like the reference
+    if count < 2:
+        return 0
     return (sum(map(len, gram)) + n - 1) * count
 
 

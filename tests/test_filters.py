@@ -246,3 +246,8 @@ def test_real_web_documents_get_a_verdict_and_some_are_dropped():
     dropped = sum(not v.keep for v in verdicts)
     # raw CC text with boilerplate: the repetition rules remove a real share, not none and not all
     assert 0.05 * len(verdicts) < dropped < 0.6 * len(verdicts)
+
+
+def test_short_text_without_repeats_is_not_repetitive():
+    # a single sentence repeats nothing; the reference implementation would call it a top-4-gram
+    assert filters.gopher_repetition("The mill by the river was built in 1720.", GopherRepetitionConfig()).keep
