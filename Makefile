@@ -37,7 +37,8 @@ bench-clean:
 	bench/.venv-bench/bin/python bench/bench_clean.py
 
 constraints: $(STAMP)
-	$(BIN)/python -m pip freeze | grep -v -e '^-e' -e '^gristmill' -e '@ file' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' > constraints.txt.new
+	head -2 constraints.txt > constraints.txt.new
+	$(BIN)/python -m pip freeze | grep -v -e '^-e' -e '^gristmill' -e '@ file' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean:

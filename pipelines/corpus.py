@@ -140,7 +140,8 @@ def prepare_output(output: str, overwrite: bool) -> None:
                 f"output directory {output} is not empty and was not written by gristmill; "
                 "choose an empty or new directory (or pass --overwrite)"
             )
-    FileSystems.mkdirs(output) if not FileSystems.exists(output) else None
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
     shards.write_bytes_atomic(marker, b"gristmill corpus output\n")
 
 
@@ -164,6 +165,7 @@ class ReadFileFn(beam.DoFn):
         path, source = item
         for out in read_file(path, source, self.read_cfg):
             if isinstance(out, FileStats):
+                log.info("read %s: %d documents%s", source, out.documents, f" ({out.error})" if out.error else "")
                 yield {FILE_STATS: out.to_json()}
             else:
                 self.docs_read.inc()
@@ -184,7 +186,10 @@ class CleanFn(beam.DoFn):
 
     def process(self, doc):
         # never mutate an input element: runners may share it with other consumers (Dask does)
-        yield self.cleaner.process({**doc, "signals": dict(doc["signals"])})
+        doc = self.cleaner.process({**doc, "signals": dict(doc["signals"])})
+        # per-reason counters show the funnel live in the runner's UI (Dataflow, Flink)
+        Metrics.counter("gristmill", doc["reason"] or "kept").inc()
+        yield doc
 
 
 def _dedup_hash(doc: dict) -> str:

@@ -7,6 +7,16 @@ import os
 import sys
 
 
+# Harmless import-time warnings of Beam's optional cloud extras, printed on every run.
+_KNOWN_NOISE = ("Failed to import GCSFileSystem", "apitools not found", "Missing pipeline option (runner)")
+
+
+class _DropKnownNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(n in msg for n in _KNOWN_NOISE)
+
+
 def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     level = getattr(logging, os.environ.get("GRISTMILL_LOG_LEVEL", ""), level)
@@ -20,6 +30,7 @@ def setup_logging(verbosity: int = 0) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(_DropKnownNoise())
     root.addHandler(handler)
     root.setLevel(level)
     # Beam and friends are chatty at INFO; keep their warnings
