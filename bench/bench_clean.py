@@ -10,7 +10,8 @@ Compares, on the same documents and on one CPU core:
   LanguageFilter -> GopherRepetitionFilter -> GopherQualityFilter (the last on ``en`` only, as
   gristmill's default config scopes it), plus gristmill's own filters chained the same way.
 
-Speed is docs/s (time.perf_counter, single process, pinned to one CPU, warm-up pass excluded);
+Speed is docs/s (time.perf_counter, single process, pinned to one CPU, warm-up pass excluded; the
+sides take turns in blocks of 500 documents so that load from other processes hits both alike);
 agreement is the fraction of documents on which keep/drop decisions match, with a confusion count,
 the top reasons on each side and examples of disagreements written to
 ``bench/work/disagreements_<filter>.jsonl``.
@@ -241,14 +242,25 @@ def dt_result(res) -> tuple[bool, str | None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def timed(fn, items, warmup: int):
-    for x in items[:warmup]:
-        fn(x)
-    out = [None] * len(items)
-    t0 = time.perf_counter()
-    for i, x in enumerate(items):
-        out[i] = fn(x)
-    return out, time.perf_counter() - t0
+def timed(sides, warmup: int, block: int):
+    """Time each (fn, items) side over all its items; the sides take turns block by block, so that
+    background load on a shared machine hits all sides alike. Returns (outputs, seconds) per side."""
+    for fn, items in sides:
+        for x in items[:warmup]:
+            fn(x)
+    n = len(sides[0][1])
+    outs = [[None] * n for _ in sides]
+    secs = [0.0] * len(sides)
+    clock = time.perf_counter
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        for k, (fn, items) in enumerate(sides):
+            out = outs[k]
+            t0 = clock()
+            for i in range(start, stop):
+                out[i] = fn(items[i])
+            secs[k] += clock() - t0
+    return list(zip(outs, secs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,8 +331,9 @@ def dt_repetition_values(text: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def agreement(name, docs, gm, dt, examples: int, extra=None) -> dict:
-    """gm, dt: lists of (keep, reason). Writes disagreements_<name>.jsonl."""
+def agreement(name, docs, gm, dt, examples: int, extra=None, en=None) -> dict:
+    """gm, dt: lists of (keep, reason). Writes disagreements_<name>.jsonl. ``en``: mask of the
+    documents LID labels English, for the agreement where gristmill's default config applies the rule."""
     conf = Counter()
     gm_reasons, dt_reasons = Counter(), Counter()
     rows = []
@@ -342,6 +355,12 @@ def agreement(name, docs, gm, dt, examples: int, extra=None) -> dict:
     with open(WORK / f"disagreements_{name}.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    en_stats = {}
+    if en is not None:
+        n_en = sum(en)
+        agree_en = sum(1 for m, (gk, _), (dk, _) in zip(en, gm, dt) if m and gk == dk)
+        en_stats = {"n_en": n_en, "agree_frac_en": round(agree_en / n_en, 5) if n_en else None,
+                    "disagree_en": n_en - agree_en}
     both_drop_same = sum(1 for (gk, gr), (dk, dr) in zip(gm, dt) if not gk and not dk and _same_reason(gr, dr))
     both_drop = conf[("drop", "drop")]
     return {
@@ -349,6 +368,7 @@ def agreement(name, docs, gm, dt, examples: int, extra=None) -> dict:
         "agree_frac": round(1 - len(rows) / n, 5) if n else None,
         "disagree": len(rows),
         "confusion_gm_vs_dt": {f"gm_{a}/dt_{b}": c for (a, b), c in sorted(conf.items())},
+        **en_stats,
         "both_drop_same_rule_frac": round(both_drop_same / both_drop, 4) if both_drop else None,
         "gm_drop_dt_keep_top_gm_reasons": gm_reasons.most_common(8),
         "gm_keep_dt_drop_top_dt_reasons": dt_reasons.most_common(8),
@@ -391,6 +411,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N documents")
     ap.add_argument("--warmup", type=int, default=200, help="documents run untimed before each timing")
+    ap.add_argument("--block", type=int, default=500, help="documents per turn when the sides alternate")
     ap.add_argument("--examples", type=int, default=5, help="example ids per disagreement direction")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--cpu", type=int, default=0, help="CPU to pin to (-1: do not pin)")
@@ -422,6 +443,7 @@ def main(argv=None) -> int:
             "python": platform.python_version(), "platform": platform.platform(),
             "cpu": _cpu_name(), "cores_visible": os.cpu_count(),
             "pinned_cpu": args.cpu if args.cpu >= 0 else None,
+            "loadavg_start": _loadavg(),
         },
         "versions": {"datatrove": _version("datatrove"), "spacy": spacy.__version__,
                      "fasttext-predict": _version("fasttext-predict"), "ftfy": _version("ftfy")},
@@ -442,13 +464,13 @@ def main(argv=None) -> int:
     # --- per filter -------------------------------------------------------------------------
     print("speed (docs/s, one core, warm-up excluded):", flush=True)
     gq = c.gopher_quality
-    gm_q, s_gm = timed(lambda t: filters.gopher_quality(t, gq), texts, args.warmup)
-    dt_q, s_dt = timed(dt_quality.filter, dt_docs, args.warmup)
+    (gm_q, s_gm), (dt_q, s_dt) = timed(
+        [(lambda t: filters.gopher_quality(t, gq), texts), (dt_quality.filter, dt_docs)], args.warmup, args.block)
     record("gopher_quality", s_gm, s_dt)
 
     gr = c.gopher_repetition
-    gm_r, s_gm = timed(lambda t: filters.gopher_repetition(t, gr), texts, args.warmup)
-    dt_r, s_dt = timed(dt_repetition.filter, dt_docs, args.warmup)
+    (gm_r, s_gm), (dt_r, s_dt) = timed(
+        [(lambda t: filters.gopher_repetition(t, gr), texts), (dt_repetition.filter, dt_docs)], args.warmup, args.block)
     record("gopher_repetition", s_gm, s_dt)
 
     lc = cfg.langid
@@ -461,8 +483,7 @@ def main(argv=None) -> int:
         keep = dt_lang.filter(doc)
         return doc.metadata["language"], doc.metadata["language_score"], keep
 
-    gm_l, s_gm = timed(gm_lid, texts, args.warmup)
-    dt_l, s_dt = timed(dt_lid, dt_docs, args.warmup)
+    (gm_l, s_gm), (dt_l, s_dt) = timed([(gm_lid, texts), (dt_lid, dt_docs)], args.warmup, args.block)
     record("langid", s_gm, s_dt)
 
     # --- whole stage ----------------------------------------------------------------------
@@ -499,10 +520,9 @@ def main(argv=None) -> int:
                 return f"gopher_quality:{why}"
         return None
 
-    st_gm, s_gm = timed(gm_stage, docs, args.warmup)
-    st_dt, s_dt = timed(dt_stage, docs, args.warmup)
+    (st_gm, s_gm), (st_dt, s_dt), (st_gc, s_gc) = timed(
+        [(gm_stage, docs), (dt_stage, docs), (gm_chain, docs)], args.warmup, args.block)
     record("stage", s_gm, s_dt)
-    st_gc, s_gc = timed(gm_chain, docs, args.warmup)
     record("stage_same_work", s_gc, s_dt)
     results["speed"]["stage"]["what"] = {
         "gristmill": "Cleaner.process with default config: ftfy+NFC normalize -> fastText lid.176.ftz "
@@ -519,21 +539,27 @@ def main(argv=None) -> int:
 
     # --- agreement -----------------------------------------------------------------------
     ex = args.examples
-    by_id = {d["id"]: d for d in docs}  # noqa: F841 (handy when debugging)
+    en = [lang == "en" for lang, _, _ in gm_l]  # gristmill's LID label on the raw text
     results["agreement"]["gopher_quality"] = agreement(
         "gopher_quality", docs, [(v.keep, v.reason) for v in gm_q], [dt_result(r) for r in dt_q], ex,
         extra=lambda d: {"gm_values": gm_quality_values(d["text"]), "dt_values": dt_quality_values(d["text"])},
+        en=en,
     )
     results["agreement"]["gopher_repetition"] = agreement(
         "gopher_repetition", docs, [(v.keep, v.reason) for v in gm_r], [dt_result(r) for r in dt_r], ex,
         extra=lambda d: {"gm_values": gm_repetition_values(d["text"], gr),
                          "dt_values": dt_repetition_values(d["text"])},
+        en=en,
     )
     lid_by_id = {d["id"]: (g, t) for d, g, t in zip(docs, gm_l, dt_l)}
+
+    def lid_reason(text, why):  # gristmill reads only the first max_chars characters
+        return why and f"{why}{' (doc > max_chars)' if len(text) > lc.max_chars else ''}"
+
     results["agreement"]["langid_keep"] = agreement(
         "langid_keep", docs,
-        [(why is None, why and f"{why} ({lang} {score:.3f})") for lang, score, why in gm_l],
-        [(bool(keep), None if keep else f"low_score ({lang} {score:.3f})") for lang, score, keep in dt_l], ex,
+        [(why is None, lid_reason(t, why)) for t, (lang, score, why) in zip(texts, gm_l)],
+        [(bool(keep), None if keep else lid_reason(t, "low_score")) for t, (_, _, keep) in zip(texts, dt_l)], ex,
         extra=lambda d: {"gm_lang": lid_by_id[d["id"]][0][:2], "dt_lang": lid_by_id[d["id"]][1][:2]},
     )
     same_label = sum(1 for (gl, _, _), (dl, _, _) in zip(gm_l, dt_l) if gl == dl)
@@ -568,7 +594,8 @@ def main(argv=None) -> int:
     print("agreement (keep/drop decisions, gristmill vs datatrove):")
     for k, v in results["agreement"].items():
         if "confusion_gm_vs_dt" in v:
-            print(f"  {k:<18} {100 * v['agree_frac']:.3f}%  confusion {v['confusion_gm_vs_dt']}")
+            en_txt = f" (LID=en docs: {100 * v['agree_frac_en']:.3f}%)" if v.get("agree_frac_en") is not None else ""
+            print(f"  {k:<18} {100 * v['agree_frac']:.3f}%{en_txt}  confusion {v['confusion_gm_vs_dt']}")
             print(f"  {'':<18} gm drops/dt keeps: {v['gm_drop_dt_keep_top_gm_reasons'][:5]}")
             print(f"  {'':<18} dt drops/gm keeps: {v['gm_keep_dt_drop_top_dt_reasons'][:5]}")
         elif k == "langid_label":
@@ -578,6 +605,7 @@ def main(argv=None) -> int:
         else:
             print(f"  {k:<18} {100 * v['agree_frac']:.3f}%  kept gm {v['gm_kept']} / dt {v['dt_kept']}")
     print(f"disagreement examples: {WORK.relative_to(REPO)}/disagreements_<filter>.jsonl")
+    results["machine"]["loadavg_end"] = _loadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
@@ -591,6 +619,13 @@ def _version(dist: str) -> str | None:
     try:
         return version(dist)
     except PackageNotFoundError:
+        return None
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
         return None
 
 

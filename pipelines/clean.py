@@ -24,6 +24,7 @@ STAGES = (
     "gopher_quality",
     "c4_lines",
     "exact_dedup",
+    "near_dedup",
 )
 
 

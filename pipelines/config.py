@@ -139,6 +139,34 @@ class ExactDedupConfig(_Section):
     enabled: bool = True
 
 
+class NearDedupConfig(_Section):
+    """MinHash LSH near-duplicate removal (see dedupe/ and docs/dedup.md)."""
+
+    enabled: bool = True
+    ngram: int = Field(default=5, ge=1)  # words per shingle
+    num_perm: int = Field(default=256, ge=8)
+    seed: int = 1
+    threshold: float = Field(default=0.8, gt=0.0, lt=1.0)  # Jaccard similarity of shingle sets
+    #: (false positive, false negative) weights of datasketch's band/row optimisation
+    lsh_weights: tuple[float, float] = (0.5, 0.5)
+    #: set both to override the optimisation
+    bands: int | None = None
+    rows: int | None = None
+    #: drop candidate pairs whose exact shingle Jaccard is below the threshold
+    verify: bool = True
+    #: connected-components rounds; the run fails with a clear error if they do not converge
+    max_rounds: int = Field(default=8, ge=1)
+
+    @field_validator("rows")
+    @classmethod
+    def _bands_and_rows_together(cls, v, info):
+        if (v is None) != (info.data.get("bands") is None):
+            raise ValueError("set both near_dedup.bands and near_dedup.rows, or neither")
+        if v is not None and v * info.data["bands"] > info.data.get("num_perm", 256):
+            raise ValueError("near_dedup.bands × rows must not exceed num_perm")
+        return v
+
+
 class WriteConfig(_Section):
     #: a language partition is split into ceil(max(docs/max_docs, bytes/max_bytes)) shards
     max_docs_per_shard: int = Field(default=100_000, gt=0)
@@ -155,6 +183,7 @@ class GristmillConfig(_Section):
     langid: LangIdConfig = LangIdConfig()
     clean: CleanConfig = CleanConfig()
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
+    near_dedup: NearDedupConfig = NearDedupConfig()
     write: WriteConfig = WriteConfig()
 
     @field_validator("*", mode="before")

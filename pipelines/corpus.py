@@ -26,6 +26,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from dedupe.beam import near_dedup
+from dedupe.components import node_id, node_key
+from dedupe.minhash import SCHEME as MINHASH_SCHEME
+from dedupe.minhash import optimal_params
 from pipelines import __version__, shards
 from pipelines.clean import STAGES, Cleaner
 from pipelines.config import GristmillConfig, ReadConfig
@@ -196,13 +200,16 @@ def _dedup_hash(doc: dict) -> str:
     return hashlib.blake2b(dedup_key(doc["text"]).encode(), digest_size=16).hexdigest()
 
 
-def _keep_first(item):
-    """Of documents with the same normalised text keep the smallest (id, source); mark the rest."""
-    _, group = item
-    docs = sorted(group, key=sort_key)
-    yield docs[0]
-    for d in docs[1:]:
-        yield dropped(dict(d), "exact_dedup:duplicate", docs[0]["id"])  # a copy: inputs are immutable
+def _keep_smallest(item):
+    """Of documents with the same normalised text keep the smallest (id, source); mark the rest.
+    Two passes over the group, holding only the smallest node (see dedupe/components.py)."""
+    _, docs = item
+    winner = min(node_key(d["id"], d["source"]) for d in docs)
+    for d in docs:
+        if node_key(d["id"], d["source"]) != winner:
+            yield dropped(dict(d), "exact_dedup:duplicate", node_id(winner))  # a copy: inputs are immutable
+        else:
+            yield d
 
 
 def _count_keys(doc: dict):
@@ -214,6 +221,8 @@ def _count_keys(doc: dict):
     else:
         yield "kept"
         yield "lang_kept\x00" + doc["lang"]
+        if (doc.get("cluster_size") or 1) > 1:
+            yield "near_dup_clusters"
 
 
 class _WriteShardFn(beam.DoFn):
@@ -330,11 +339,17 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, output: str, cfg: Gristmil
             kept
             | "DedupKey" >> beam.Map(lambda d: (_dedup_hash(d), d))
             | "DedupGroup" >> beam.GroupByKey()
-            | "DedupKeepFirst" >> beam.FlatMap(_keep_first)
+            | "ExactDedupKeep" >> beam.FlatMap(_keep_smallest)
         )
         kept = deduped | "Unique" >> beam.Filter(lambda d: not d["reason"])
         dups = deduped | "Duplicates" >> beam.Filter(lambda d: bool(d["reason"]))
         rejected = (rejected, dups) | "AllRejected" >> beam.Flatten()
+    cc_changes = p | "NoClustering" >> beam.Create([])
+    if cfg.near_dedup.enabled:
+        clustered, cc_changes = near_dedup(kept, cfg.near_dedup)
+        kept = clustered | "NearUnique" >> beam.Filter(lambda d: not d["reason"])
+        near_dups = clustered | "NearDuplicates" >> beam.Filter(lambda d: bool(d["reason"]))
+        rejected = (rejected, near_dups) | "AllRejectedNear" >> beam.Flatten()
 
     counts = (
         (kept, rejected)
@@ -352,6 +367,7 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, output: str, cfg: Gristmil
         collect_stats("shards", kept_shards, output),
         collect_stats("rejected_shards", rejected_shards, output),
         collect_stats("files", file_stats, output),
+        collect_stats("cc_rounds", cc_changes, output),
     ]
     # One sink that depends on every branch, applied last: the DaskRunner computes only the graph
     # of the pipeline's last transform, so a branch not feeding it would silently not run.
@@ -396,6 +412,25 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
         else:
             counts[kind] = n
     read, kept = counts["read"], counts["kept"]
+    near = None
+    if cfg.near_dedup.enabled:
+        nd = cfg.near_dedup
+        changed = {int(k.split("-")[1]): n for k, n in stats["cc_rounds"]}
+        if nd.max_rounds in changed:
+            raise RuntimeError(
+                f"near-dedup clustering did not converge in {nd.max_rounds} rounds "
+                f"({changed[nd.max_rounds]} edges still changed in the last one); "
+                "raise near_dedup.max_rounds and run again"
+            )
+        bands, rows = (nd.bands, nd.rows) if nd.bands else optimal_params(nd.threshold, nd.num_perm, *nd.lsh_weights)
+        near = {
+            "bands": bands,
+            "rows": rows,
+            "minhash_scheme": MINHASH_SCHEME,
+            "rounds_to_converge": max(changed, default=0) + 1,
+            "clusters": counts["near_dup_clusters"],
+            "duplicates_removed": dropped_by.get("near_dedup:duplicate", 0),
+        }
     if read != kept + sum(dropped_by.values()):
         raise RuntimeError(f"accounting error: read {read} != kept {kept} + dropped {sum(dropped_by.values())}")
     per_file_docs = sum(f["documents"] for f in stats["files"])
@@ -419,6 +454,7 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
             "skipped_files": len(plan.skipped),
         },
         "funnel": funnel(read, dropped_by),
+        "near_dedup": near,
         "languages": dict(sorted(langs.items(), key=lambda kv: (-kv[1]["kept"], kv[0]))),
         "shards": stats["shards"],
         "rejected_shards": stats["rejected_shards"],
@@ -482,7 +518,7 @@ def run_corpus(
     if state not in ("DONE", None):
         raise RuntimeError(f"the Beam pipeline ended in state {state}")
     stats = {}
-    for name in ("counts", "shards", "rejected_shards", "files"):
+    for name in ("counts", "shards", "rejected_shards", "files", "cc_rounds"):
         path = shards.join(output, STATS_DIR, f"{name}.json")
         stats[name] = shards.read_json(path) if FileSystems.exists(path) else []
     stats["counts"] = dict(stats["counts"])

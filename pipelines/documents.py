@@ -14,6 +14,8 @@ crawl_date          string     WARC-Date or the record's date field (ISO 8601 as
 lang                string     fastText label (``en``, ``de``, ``zho_Hans`` with GlotLID ...)
 lang_score          float32    fastText probability of ``lang``
 n_chars             int32      characters in ``text``
+cluster_id          string     near-dedup cluster: the id of its smallest member (the one kept)
+cluster_size        int32      documents in the cluster before near-dedup (1: no near duplicate)
 <signals>           see below  quality signals; null when the filter did not run on this document
 ==================  =========  =====================================================================
 
@@ -49,6 +51,8 @@ BASE_FIELDS: list[pa.Field] = [
     pa.field("lang", pa.string()),
     pa.field("lang_score", pa.float32()),
     pa.field("n_chars", pa.int32()),
+    pa.field("cluster_id", pa.string()),
+    pa.field("cluster_size", pa.int32()),
 ]
 
 CORPUS_SCHEMA = pa.schema(
@@ -108,6 +112,8 @@ def to_table(docs: list[dict], rejected: bool = False) -> pa.Table:
         cols["lang"].append(d.get("lang"))
         cols["lang_score"].append(d.get("lang_score"))
         cols["n_chars"].append(len(d["text"]))
+        cols["cluster_id"].append(d.get("cluster_id"))
+        cols["cluster_size"].append(d.get("cluster_size"))
         for k in SIGNAL_FIELDS:
             cols[k].append(sig.get(k))
         if rejected:

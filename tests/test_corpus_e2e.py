@@ -216,9 +216,14 @@ def test_damaged_inputs_are_all_accounted_for(tmp_path):
     assert d["extract:not_html"] == 2 and d["extract:http_status"] == 1
     assert d["normalize:empty"] == 2  # "" and whitespace-only
     assert d["read:invalid_json"] == 1 and d["read:not_an_object"] == 1 and d["read:no_text_field"] == 1
-    kept = {r["id"]: r for r in open_corpus(str(tmp_path / "out")).to_table().to_pylist()}
-    # invalid UTF-8 and NUL bytes do not cost the documents: repaired and kept
-    assert "\ufffd" in kept["bad-utf8"]["text"] and kept["nul"]["control_chars_removed"] == 2
+    out = str(tmp_path / "out")
+    docs = {r["id"]: r for r in open_corpus(out).to_table().to_pylist() + open_corpus(out, rejected=True).to_table().to_pylist()}
+    # invalid UTF-8 and NUL bytes do not cost the documents: repaired, and they go on through the
+    # pipeline (the NUL one is then a near duplicate of the other documents built on the same text)
+    assert "\ufffd" in docs["bad-utf8"]["text"] and docs["bad-utf8"].get("reason") is None
+    assert docs["nul"]["control_chars_removed"] == 2 and docs["nul"]["reason"] == "near_dedup:duplicate"
+    kept_twin = docs[docs["nul"]["detail"]]
+    assert kept_twin.get("reason") is None and kept_twin["cluster_size"] >= 2 and kept_twin["id"] < "nul"
 
 
 def test_unreadable_input_fails_up_front_naming_the_file(tmp_path):

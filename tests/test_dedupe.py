@@ -1,0 +1,252 @@
+"""Near-dedup clustering on Beam equals an in-memory reference (datasketch MinHashLSH +
+union-find over the same signatures), on the DirectRunner and the DaskRunner; every grouping
+step reads its group once (a corpus of identical documents never sits in one worker's memory)."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import tracemalloc
+
+import apache_beam as beam
+import datasketch
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from dedupe import components as cc
+from dedupe import minhash as mh
+from dedupe.beam import connected_components, near_dedup
+from pipelines.config import NearDedupConfig, load_config
+from pipelines.corpus import build_manifest
+from pipelines.documents import new_document
+
+from .conftest import SAMPLE, shared
+
+pytestmark = pytest.mark.slow
+
+
+def reference_clusters(docs: list[dict], cfg: NearDedupConfig) -> dict[str, str]:
+    """datasketch MinHashLSH over our signatures, every candidate pair verified, union-find."""
+    bands, rows = mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+    lsh = datasketch.MinHashLSH(num_perm=cfg.num_perm, params=(bands, rows))
+    nodes, shingles = [], {}
+    for d in docs:
+        node = cc.node_key(d["id"], d["source"])
+        nodes.append(node)
+        sig = mh.text_signature(d["text"], cfg.ngram, cfg.num_perm, cfg.seed)
+        if sig is None:
+            continue
+        lsh.insert(node, datasketch.MinHash(hashvalues=sig, seed=cfg.seed, scheme=mh.SCHEME))
+        shingles[node] = np.unique(mh.shingle_hashes64(d["text"], cfg.ngram))
+    edges = []
+    for node in shingles:
+        sig = datasketch.MinHash(hashvalues=mh.text_signature(docs[nodes.index(node)]["text"], cfg.ngram, cfg.num_perm, cfg.seed), seed=cfg.seed, scheme=mh.SCHEME)
+        for other in lsh.query(sig):
+            if other != node and (not cfg.verify or mh.jaccard(shingles[node], shingles[other]) >= cfg.threshold):
+                edges.append((node, other))
+    return cc.union_find_components(nodes, edges)
+
+
+def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str]) -> list[dict]:
+    out: list[dict] = []
+
+    class Collect(beam.DoFn):  # results come back through a file: works on every runner
+        def __init__(self, path):
+            self.path = path
+
+        def process(self, item):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(item) + "\n")
+            yield item
+
+    import tempfile
+
+    path = tempfile.mktemp(suffix=".jsonl")
+    p = beam.Pipeline(options=PipelineOptions(beam_args))
+    clustered, _ = near_dedup(p | beam.Create(docs), cfg)
+    _ = (
+        clustered
+        | beam.Map(lambda d: {"id": d["id"], "source": d["source"], "cluster_id": d["cluster_id"], "cluster_size": d["cluster_size"], "reason": d["reason"]})
+        | beam.ParDo(Collect(path))
+    )
+    result = p.run()
+    result.wait_until_finish()
+    if getattr(result, "client", None) is not None:
+        result.client.close()
+    with open(path) as f:
+        out = [json.loads(line) for line in f]
+    return out
+
+
+def check_against_reference(docs, cfg, beam_args):
+    ref = reference_clusters(docs, cfg)
+    got = run_near_dedup(docs, cfg, beam_args)
+    assert len(got) == len(docs)
+    by_node = {cc.node_key(d["id"], d["source"]): d for d in got}
+    sizes = {}
+    for root in ref.values():
+        sizes[root] = sizes.get(root, 0) + 1
+    for node, root in ref.items():
+        d = by_node[node]
+        assert d["cluster_id"] == cc.node_id(root), node
+        assert d["cluster_size"] == sizes[root]
+        assert (d["reason"] is None) == (node == root)
+    return sizes
+
+
+@pytest.fixture(scope="module")
+def gutenberg_docs():
+    with gzip.open(shared("neardup/gutenberg_edition_clusters.jsonl.gz"), "rt", encoding="utf-8") as f:
+        recs = [json.loads(line) for line in f]
+    return [{**new_document(r["id"], r["text"], "gutenberg"), "truth": r["cluster"]} for r in recs]
+
+
+@pytest.fixture(scope="module")
+def sample_docs():
+    docs = []
+    with open(shared("web/oscar2019_hf_dummy_multilingual.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            docs.append(new_document(r["id"], r["text"], "oscar"))
+    with gzip.open(SAMPLE / "dolma-cc-main-2019-30.jsonl.gz", "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            docs.append(new_document(f"dolma-{i:04d}", json.loads(line)["text"], "dolma"))
+    return docs
+
+
+def test_gutenberg_editions_cluster_as_labelled(gutenberg_docs):
+    cfg = NearDedupConfig()
+    sizes = check_against_reference(gutenberg_docs, cfg, ["--runner", "DirectRunner"])
+    truth = {}
+    for d in gutenberg_docs:
+        truth.setdefault(d["truth"], set()).add(d["id"])
+    assert sorted(sizes.values()) == sorted(len(v) for v in truth.values())
+
+
+def test_web_sample_equals_reference_direct(sample_docs):
+    sizes = check_against_reference(sample_docs, NearDedupConfig(), ["--runner", "DirectRunner"])
+    assert any(s > 1 for s in sizes.values()), "OSCAR original/deduplicated variants are near duplicates"
+
+
+def test_web_sample_equals_reference_without_verification(sample_docs):
+    check_against_reference(sample_docs, NearDedupConfig(verify=False, threshold=0.7), ["--runner", "DirectRunner"])
+
+
+def test_web_sample_equals_reference_dask(sample_docs):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+        check_against_reference(
+            sample_docs, NearDedupConfig(),
+            ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner", "--dask_client_address", cluster.scheduler_address],
+        )
+
+
+def test_all_identical_documents_form_one_cluster():
+    text = "the miller ground the grain while the river turned the wheel of the old mill every day"
+    docs = [new_document(f"doc-{i:05d}", text, "same") for i in range(2000)]
+    got = run_near_dedup(docs, NearDedupConfig(), ["--runner", "DirectRunner"])
+    kept = [d for d in got if d["reason"] is None]
+    assert len(kept) == 1 and kept[0]["id"] == "doc-00000"
+    assert {d["cluster_size"] for d in got} == {2000} and {d["cluster_id"] for d in got} == {"doc-00000"}
+
+
+# --- the grouping steps stream: O(1) memory in the group size --------------------------------
+
+
+class Streamed:
+    """Grouped values as streaming runners hand them over: generated lazily, re-iterable."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return self.make()
+
+
+def _peak_bytes(fn, item, *args) -> int:
+    tracemalloc.start()
+    for _ in fn(item, *args):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+N = 300_000
+
+
+@pytest.mark.parametrize("step,args", [(cc.bucket_edges, ()), (cc.large_star, (1,)), (cc.small_star, (1,))])
+def test_grouping_steps_hold_no_group_in_memory(step, args):
+    group = Streamed(lambda: (f"node-{i:07d}" for i in range(1, N)))
+    peak = _peak_bytes(step, ("node-0500000", group), *args)
+    assert peak < 1_000_000, f"{step.__name__} held {peak} bytes for a group of {N}"
+
+
+def test_exact_dedup_and_cluster_marking_stream_their_groups():
+    from dedupe.beam import _mark_cluster
+    from pipelines.corpus import _keep_smallest
+
+    docs = Streamed(lambda: ({**new_document(f"d{i:07d}", "same text", "s")} for i in range(N)))
+    assert _peak_bytes(_keep_smallest, ("h", docs)) < 1_000_000
+    assert _peak_bytes(_mark_cluster, (cc.node_key("d0000000", "s"), docs)) < 1_000_000
+
+
+# --- connected components -------------------------------------------------------------------------
+
+
+def test_connected_components_on_random_graphs_equal_union_find():
+    rng = np.random.RandomState(7)
+    nodes = [f"n{i:04d}" for i in range(400)]
+    edges = set()
+    for _ in range(300):  # random sparse edges, plus a long path (large diameter)
+        a, b = rng.choice(400, 2, replace=False)
+        edges.add((nodes[a], nodes[b]))
+    edges |= {(nodes[i], nodes[i + 1]) for i in range(100, 180)}
+    ref = cc.union_find_components(nodes, edges)
+    import tempfile
+
+    path = tempfile.mktemp()
+    with beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"])) as p:
+        labels, changes = connected_components(p | beam.Create(sorted(edges)), max_rounds=12)
+        _ = (labels, changes | beam.Map(lambda kv: ("round", kv))) | beam.Flatten() | beam.combiners.ToList() | beam.Map(
+            lambda xs: open(path, "w").write(json.dumps(xs))
+        )
+    items = json.load(open(path))
+    labels = {u: m for u, m in (x for x in items if x[0] != "round")}
+    rounds = dict(x[1] for x in items if x[0] == "round")
+    for node, root in ref.items():
+        assert labels.get(node, node) == root
+    assert "round-12" not in rounds and rounds, "converged, after at least one changing round"
+
+
+def test_non_convergence_is_a_clear_error():
+    cfg = load_config(None, ["near_dedup.max_rounds=3"])
+    stats = {
+        "counts": {"read": 1, "kept": 1, "lang_kept\x00en": 1},
+        "files": [{"documents": 1}],
+        "shards": [], "rejected_shards": [],
+        "cc_rounds": [["round-01", 10], ["round-02", 4], ["round-03", 1]],
+    }
+    from pipelines.corpus import InputPlan
+
+    with pytest.raises(RuntimeError, match=r"did not converge in 3 rounds.*near_dedup.max_rounds"):
+        build_manifest(InputPlan(), stats, cfg)
+    stats["cc_rounds"] = stats["cc_rounds"][:2]
+    assert build_manifest(InputPlan(), stats, cfg)["near_dedup"]["rounds_to_converge"] == 3
+
+
+def test_config_rejects_half_overridden_lsh_params():
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bands"):
+        load_config(None, ["near_dedup.rows=10"])
+    assert load_config(None, ["near_dedup.bands=16", "near_dedup.rows=16"]).near_dedup.rows == 16
+
+
+def test_itertools_pairs_in_small_buckets():
+    members = [f"m{i}" for i in range(5)]
+    edges = set(cc.bucket_edges(("k", members)))
+    assert edges == {(b, a) for a, b in itertools.combinations(members, 2)}
