@@ -23,23 +23,24 @@ def _node(doc) -> str:
     return cc.node_key(doc["id"], doc["source"])
 
 
-class _BandKeysFn(beam.DoFn):
-    def __init__(self, ngram: int, num_perm: int, seed: int, bands: int, rows: int):
-        self.ngram, self.num_perm, self.seed, self.bands, self.rows = ngram, num_perm, seed, bands, rows
+def _sign(doc, ngram: int, num_perm: int, seed: int, bands: int, rows: int):
+    """The document (a copy) with its signature and band keys; None for both when it is shorter
+    than one shingle (exact dedup only)."""
+    sig = mh.text_signature(doc["text"], ngram, num_perm, seed)
+    keys = None if sig is None else mh.band_keys(sig, bands, rows)
+    return {**doc, "_sig": sig, "_band_keys": keys}
 
-    def process(self, doc):
-        sig = mh.text_signature(doc["text"], self.ngram, self.num_perm, self.seed)
-        if sig is None:
-            return  # shorter than one shingle: exact dedup only
+
+def _bucket_entries(doc):
+    if doc["_band_keys"] is not None:
         node = _node(doc)
-        for band, key in enumerate(mh.band_keys(sig, self.bands, self.rows)):
+        for band, key in enumerate(doc["_band_keys"]):
             yield (band, key), node
 
 
 def _shingle_set(doc, ngram: int):
-    hashes = mh.shingle_hashes64(doc["text"], ngram)
-    if hashes.size:
-        yield _node(doc), np.unique(hashes)
+    if doc["_sig"] is not None:
+        yield _node(doc), (np.unique(mh.shingle_hashes64(doc["text"], ngram)), doc["_sig"])
 
 
 def _attach_first(item):
@@ -59,8 +60,17 @@ def _verify(item, threshold: float):
     if sh_v is None:
         return
     for u, sh_u in tags["e"]:
-        if mh.jaccard(sh_u, sh_v) >= threshold:
+        if similarity(sh_u, sh_v) >= threshold:
             yield u, v
+
+
+def similarity(a, b) -> float:
+    """Exact Jaccard of the shingle sets when both are at hand; for a document of a published
+    corpus (whose shingles are not stored) the MinHash estimate from the two signatures."""
+    (sh_a, sig_a), (sh_b, sig_b) = a, b
+    if sh_a is not None and sh_b is not None:
+        return mh.jaccard(sh_a, sh_b)
+    return float(np.mean(sig_a == sig_b))
 
 
 def _normalised(edge):
@@ -80,12 +90,13 @@ def _mark_cluster(item):
     """Group of one cluster (two passes: count, then mark) → documents with cluster_id and size;
     all but the smallest member marked ``near_dedup:duplicate``."""
     cluster, docs = item
-    size = sum(1 for _ in docs)
+    size = sum(1 for _ in docs) + cc.is_published(cluster)
     cluster_id = cc.node_id(cluster)
     for doc in docs:
         doc = {**doc, "cluster_id": cluster_id, "cluster_size": size}  # a copy: inputs are immutable
         if _node(doc) != cluster:
-            doc["reason"], doc["detail"] = "near_dedup:duplicate", cluster_id
+            why = "near_dedup:published_duplicate" if cc.is_published(cluster) else "near_dedup:duplicate"
+            doc["reason"], doc["detail"] = why, cluster_id
         yield doc
 
 
@@ -123,18 +134,42 @@ def connected_components(edges, max_rounds: int, label: str = "CC"):
     return labels, changes
 
 
-def near_dedup(docs, cfg, label: str = "NearDedup"):
-    """Returns (documents with cluster_id/cluster_size, near duplicates marked; round changes)."""
+def _published_buckets(row):
+    for band, key in enumerate(row["band_keys"] or ()):
+        yield (band, key), row["node"]
+
+
+def _published_signature(row):
+    if row["signature"] is not None:
+        yield row["node"], (None, np.asarray(row["signature"], dtype=np.uint32))
+
+
+def near_dedup(docs, cfg, label: str = "NearDedup", published=None):
+    """Returns (documents with cluster_id/cluster_size, near duplicates marked; round changes).
+
+    ``published``: index rows of a published corpus (refresh). Its documents join the buckets and
+    the clustering but are never output; a new document clustered with one is marked
+    ``near_dedup:published_duplicate``. Their signatures stand in for their shingles when a
+    candidate pair is verified (estimated instead of exact Jaccard): a refresh never reads or
+    re-signs the published text.
+    """
     bands, rows = (cfg.bands, cfg.rows) if cfg.bands else mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+    docs = docs | f"{label}Sign" >> beam.Map(_sign, cfg.ngram, cfg.num_perm, cfg.seed, bands, rows)
+    entries = docs | f"{label}BandKeys" >> beam.FlatMap(_bucket_entries)  # ((band, key), node)
+    if published is not None:
+        pub_entries = published | f"{label}PublishedBands" >> beam.FlatMap(_published_buckets)
+        entries = (entries, pub_entries) | f"{label}WithPublished" >> beam.Flatten()
     edges = (
-        docs
-        | f"{label}BandKeys" >> beam.ParDo(_BandKeysFn(cfg.ngram, cfg.num_perm, cfg.seed, bands, rows))
+        entries
         | f"{label}Buckets" >> beam.GroupByKey()
         | f"{label}BucketEdges" >> beam.FlatMap(cc.bucket_edges)
         | f"{label}DistinctCandidates" >> beam.Distinct()
     )
     if cfg.verify:
         shingles = docs | f"{label}Shingles" >> beam.FlatMap(_shingle_set, cfg.ngram)
+        if published is not None:
+            pub_sigs = published | f"{label}PublishedSignatures" >> beam.FlatMap(_published_signature)
+            shingles = (shingles, pub_sigs) | f"{label}ShinglesWithPublished" >> beam.Flatten()
         first = {"sh": shingles, "e": edges} | f"{label}JoinFirst" >> beam.CoGroupByKey()
         halves = first | f"{label}AttachFirst" >> beam.FlatMap(_attach_first)
         second = {"sh": shingles, "e": halves} | f"{label}JoinSecond" >> beam.CoGroupByKey()

@@ -24,12 +24,23 @@ from collections.abc import Iterable, Iterator
 MARKER = "\x00changes"  # sorts before every node; never a node (nodes start with a document id)
 
 
+PUBLISHED = "\x01"  # prefix of the nodes of a published corpus: they sort first, so they are kept
+
+
 def node_key(doc_id: str, source: str) -> str:
     return f"{doc_id}\x00{source}"
 
 
+def published_node(doc_id: str, source: str) -> str:
+    return PUBLISHED + node_key(doc_id, source)
+
+
+def is_published(node: str) -> bool:
+    return node.startswith(PUBLISHED)
+
+
 def node_id(node: str) -> str:
-    return node.split("\x00", 1)[0]
+    return node.split("\x00", 1)[0].removeprefix(PUBLISHED)
 
 
 #: buckets up to this size yield every pair (each is then verified); larger ones a star

@@ -57,6 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that gristmill did not create")
     _common(c)
 
+    r = sub.add_parser(
+        "refresh",
+        help="a new crawl → a new corpus version, deduplicated against itself and a published corpus",
+        description="Run the corpus pipeline on a new crawl and remove, besides its own exact and near duplicates, "
+        "every document that duplicates one of the published corpus (any of its versions): exact duplicates by text "
+        "hash, near duplicates through the published LSH index (index/ next to its shards; the published text is "
+        "never re-read, its shards never rewritten). OUTPUT holds only the new documents, with manifest.json "
+        "(parent, versions) and versions.json listing every version and what it added and removed. Without --config "
+        "the published corpus's own config is used. Unknown arguments are Beam pipeline options.",
+        epilog="example: gristmill refresh --published corpus/2024-10 --input 'crawl-2024-11/*.warc.gz' --output corpus/2024-11",
+    )
+    r.add_argument("--published", required=True, metavar="DIR", help="the latest published corpus version")
+    r.add_argument("--input", nargs="+", required=True, metavar="GLOB", help="the new crawl's files or globs")
+    r.add_argument("--output", required=True, metavar="DIR", help="directory of the new version")
+    _config_args(r)
+    r.add_argument("--skip-bad-files", action="store_true", help="skip input files that cannot be read at all")
+    r.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that gristmill did not create")
+    _common(r)
+
     d = sub.add_parser(
         "demo",
         help="the main job end to end on the bundled sample crawl (CPU, minutes)",
@@ -86,6 +105,31 @@ def _cmd_corpus(args, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_refresh(args, beam_args: list[str]) -> int:
+    from pipelines.config import load_config
+    from pipelines.corpus import run_corpus
+    from pipelines.refresh_index import PublishedCorpus
+    from pipelines.report import print_summary
+
+    published = PublishedCorpus.open(args.published)
+    if args.config or args.set:
+        cfg = load_config(args.config, args.set)
+    else:
+        cfg = published.default_config()
+    published.check_compatible(cfg)
+    result = run_corpus(
+        args.input, args.output, cfg, beam_args,
+        skip_bad_files=args.skip_bad_files, overwrite=args.overwrite, progress=not args.quiet, published=published,
+    )
+    if not args.quiet:
+        print_summary(result.manifest, result.seconds)
+        for v in result.manifest["versions"]:
+            removed = sum(v["removed_as_duplicates_of_published"].values())
+            print(f"version {v['path']}: read {v['read']:,}, added {v['added']:,}, removed as published duplicates {removed:,}")
+    print(f"manifest: {result.manifest_path}")
+    return 0
+
+
 def _cmd_demo(args, beam_args: list[str]) -> int:
     ns = argparse.Namespace(
         input=[SAMPLE_GLOB], output=args.output, config=str(DEMO_CONFIG), set=[],
@@ -104,18 +148,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(-1 if getattr(args, "quiet", False) else args.verbose)
-    if rest and args.command not in ("corpus", "demo"):
+    if rest and args.command not in ("corpus", "refresh", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from pipelines.config import ConfigError
     from pipelines.corpus import OutputDirError, PipelineInputError
     from pipelines.langid import ModelError
+    from pipelines.refresh_index import RefreshError
 
     try:
         if args.command == "corpus":
             return _cmd_corpus(args, rest)
+        if args.command == "refresh":
+            return _cmd_refresh(args, rest)
         if args.command == "demo":
             return _cmd_demo(args, rest)
-    except (ConfigError, PipelineInputError, OutputDirError, ModelError, FileNotFoundError) as e:
+    except (ConfigError, PipelineInputError, OutputDirError, ModelError, RefreshError, FileNotFoundError) as e:
         print(f"gristmill {args.command}: error: {e}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")

@@ -27,7 +27,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dedupe.beam import near_dedup
-from dedupe.components import node_id, node_key
+from dedupe.components import is_published, node_id, node_key
 from dedupe.minhash import SCHEME as MINHASH_SCHEME
 from dedupe.minhash import optimal_params
 from pipelines import __version__, shards
@@ -36,6 +36,7 @@ from pipelines.config import GristmillConfig, ReadConfig
 from pipelines.documents import CORPUS_SCHEMA, SCHEMA_VERSION, dropped, sort_key
 from pipelines.filters import dedup_key
 from pipelines.readers import FileStats, probe, read_file
+from pipelines.refresh_index import PublishedCorpus, read_index_rows
 
 log = logging.getLogger("gristmill.corpus")
 
@@ -196,18 +197,28 @@ class CleanFn(beam.DoFn):
         yield doc
 
 
-def _dedup_hash(doc: dict) -> str:
-    return hashlib.blake2b(dedup_key(doc["text"]).encode(), digest_size=16).hexdigest()
+def _with_text_hash(doc: dict) -> dict:
+    """A copy of the document with its exact-dedup key (the hash of its normalised text)."""
+    return {**doc, "text_hash": hashlib.blake2b(dedup_key(doc["text"]).encode(), digest_size=16).hexdigest()}
+
+
+def _node_of(item) -> str:
+    # a document, or the node (a string) of a published document with the same text
+    return item if isinstance(item, str) else node_key(item["id"], item["source"])
 
 
 def _keep_smallest(item):
     """Of documents with the same normalised text keep the smallest (id, source); mark the rest.
-    Two passes over the group, holding only the smallest node (see dedupe/components.py)."""
+    A published document (refresh) sorts before every new one, so it wins. Two passes over the
+    group, holding only the smallest node (see dedupe/components.py)."""
     _, docs = item
-    winner = min(node_key(d["id"], d["source"]) for d in docs)
+    winner = min(_node_of(d) for d in docs)
+    reason = "exact_dedup:published_duplicate" if is_published(winner) else "exact_dedup:duplicate"
     for d in docs:
+        if isinstance(d, str):
+            continue
         if node_key(d["id"], d["source"]) != winner:
-            yield dropped(dict(d), "exact_dedup:duplicate", node_id(winner))  # a copy: inputs are immutable
+            yield dropped(dict(d), reason, node_id(winner))  # a copy: inputs are immutable
         else:
             yield d
 
@@ -226,13 +237,13 @@ def _count_keys(doc: dict):
 
 
 class _WriteShardFn(beam.DoFn):
-    def __init__(self, output: str, prefix: str, rejected: bool, arrow_format: str):
-        self.output, self.prefix, self.rejected, self.arrow_format = output, prefix, rejected, arrow_format
+    def __init__(self, output: str, prefix: str, kind: str, arrow_format: str):
+        self.output, self.prefix, self.kind, self.arrow_format = output, prefix, kind, arrow_format
 
     def process(self, item):
         (partition, index), docs = item
         info = shards.write_shard(
-            self.output, f"{self.prefix}{partition}", index, list(docs), self.rejected, self.arrow_format
+            self.output, f"{self.prefix}{partition}", index, list(docs), self.kind, self.arrow_format
         )
         info["partition"] = partition
         yield info
@@ -268,7 +279,7 @@ def _assign_shards(item, max_docs: int, max_bytes: int):
         yield (part, shards.shard_index(doc["id"], doc["source"], n)), doc
 
 
-def write_partitioned(docs, label: str, key_fn, output: str, prefix: str, rejected: bool, cfg: GristmillConfig):
+def write_partitioned(docs, label: str, key_fn, output: str, prefix: str, kind: str, cfg: GristmillConfig):
     """Hash-partition ``docs`` by ``key_fn`` into shards sized from each partition's totals and
     write them; returns the shard entries.
 
@@ -289,12 +300,16 @@ def write_partitioned(docs, label: str, key_fn, output: str, prefix: str, reject
         | f"{label}JoinSizes" >> beam.CoGroupByKey()
         | f"{label}Assign" >> beam.FlatMap(_assign_shards, w.max_docs_per_shard, w.max_bytes_per_shard)
         | f"{label}Group" >> beam.GroupByKey()
-        | f"{label}Write" >> beam.ParDo(_WriteShardFn(output, prefix, rejected, w.arrow_format))
+        | f"{label}Write" >> beam.ParDo(_WriteShardFn(output, prefix, kind, w.arrow_format))
     )
 
 
 def _lang_of(d):
     return d["lang"]
+
+
+def _no_partition(d):
+    return ""
 
 
 def _stage_of(d):
@@ -323,7 +338,19 @@ def collect_stats(name: str, pcoll, output: str):
     )
 
 
-def build_pipeline(p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig) -> None:
+def build_pipeline(
+    p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig, published_index: list[str] | None = None
+) -> None:
+    """The corpus pipeline; with ``published_index`` (the index files of a published corpus), new
+    documents are also deduplicated against that corpus (``gristmill refresh``)."""
+    published = None
+    if published_index:
+        published = (
+            p
+            | "PublishedIndexFiles" >> beam.Create(sorted(published_index))
+            | "SpreadIndexFiles" >> beam.Reshuffle()
+            | "ReadPublishedIndex" >> beam.FlatMap(read_index_rows)
+        )
     read = (
         p
         | "Inputs" >> beam.Create(plan.files)
@@ -334,10 +361,14 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, output: str, cfg: Gristmil
     cleaned = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x) | "Clean" >> beam.ParDo(CleanFn(cfg))
     kept = cleaned | "Kept" >> beam.Filter(lambda d: not d["reason"])
     rejected = cleaned | "Rejected" >> beam.Filter(lambda d: bool(d["reason"]))
+    kept = kept | "TextHash" >> beam.Map(_with_text_hash)
     if cfg.exact_dedup.enabled:
+        keyed = kept | "DedupKey" >> beam.Map(lambda d: (d["text_hash"], d))
+        if published is not None:
+            pub_hashes = published | "PublishedHashes" >> beam.Map(lambda r: (r["text_hash"], r["node"]))
+            keyed = (keyed, pub_hashes) | "WithPublishedHashes" >> beam.Flatten()
         deduped = (
-            kept
-            | "DedupKey" >> beam.Map(lambda d: (_dedup_hash(d), d))
+            keyed
             | "DedupGroup" >> beam.GroupByKey()
             | "ExactDedupKeep" >> beam.FlatMap(_keep_smallest)
         )
@@ -346,7 +377,7 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, output: str, cfg: Gristmil
         rejected = (rejected, dups) | "AllRejected" >> beam.Flatten()
     cc_changes = p | "NoClustering" >> beam.Create([])
     if cfg.near_dedup.enabled:
-        clustered, cc_changes = near_dedup(kept, cfg.near_dedup)
+        clustered, cc_changes = near_dedup(kept, cfg.near_dedup, published=published)
         kept = clustered | "NearUnique" >> beam.Filter(lambda d: not d["reason"])
         near_dups = clustered | "NearDuplicates" >> beam.Filter(lambda d: bool(d["reason"]))
         rejected = (rejected, near_dups) | "AllRejectedNear" >> beam.Flatten()
@@ -357,15 +388,20 @@ def build_pipeline(p: beam.Pipeline, plan: InputPlan, output: str, cfg: Gristmil
         | "CountKeys" >> beam.FlatMap(_count_keys)
         | "Count" >> beam.combiners.Count.PerElement()
     )
-    kept_shards = write_partitioned(kept, "Kept", _lang_of, output, "lang=", False, cfg)
+    kept_shards = write_partitioned(kept, "Kept", _lang_of, output, "lang=", "corpus", cfg)
     if cfg.write.write_rejected:
-        rejected_shards = write_partitioned(rejected, "Rejected", _stage_of, output, "_rejected/reason=", True, cfg)
+        rejected_shards = write_partitioned(rejected, "Rejected", _stage_of, output, "_rejected/reason=", "rejected", cfg)
     else:
         rejected_shards = p | "NoRejected" >> beam.Create([])
+    if cfg.near_dedup.enabled:
+        index_shards = write_partitioned(kept, "Index", _no_partition, output, "index/", "index", cfg)
+    else:
+        index_shards = p | "NoIndex" >> beam.Create([])
     written = [
         collect_stats("counts", counts, output),
         collect_stats("shards", kept_shards, output),
         collect_stats("rejected_shards", rejected_shards, output),
+        collect_stats("index_shards", index_shards, output),
         collect_stats("files", file_stats, output),
         collect_stats("cc_rounds", cc_changes, output),
     ]
@@ -458,15 +494,16 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
         "languages": dict(sorted(langs.items(), key=lambda kv: (-kv[1]["kept"], kv[0]))),
         "shards": stats["shards"],
         "rejected_shards": stats["rejected_shards"],
+        "index_shards": stats.get("index_shards", []),
     }
 
 
 def _remove_stale(output: str, manifest: dict) -> list[str]:
     """Delete shards and temporaries not written by this run (a crashed or differently configured
     earlier run into the same directory)."""
-    keep = {s["path"] for s in manifest["shards"]} | {s["path"] for s in manifest["rejected_shards"]}
+    keep = {s["path"] for key in ("shards", "rejected_shards", "index_shards") for s in manifest[key]}
     stale = []
-    for rel in shards.list_files(output, "lang=") + shards.list_files(output, "_rejected/"):
+    for rel in shards.list_files(output, "lang=") + shards.list_files(output, "_rejected/") + shards.list_files(output, "index/"):
         if rel not in keep:
             stale.append(rel)
     if stale:
@@ -490,6 +527,7 @@ def run_corpus(
     skip_bad_files: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    published: "PublishedCorpus | None" = None,
 ) -> RunResult:
     t0 = time.time()
     output = output.rstrip("/") if "://" in output else os.path.abspath(output)
@@ -507,7 +545,7 @@ def run_corpus(
     options = PipelineOptions(beam_args or [])
     log.info("running the Beam pipeline (runner: %s)", options.get_all_options().get("runner") or "DirectRunner")
     p = beam.Pipeline(options=options)
-    build_pipeline(p, plan, output, cfg)
+    build_pipeline(p, plan, output, cfg, published.index_files if published else None)
     result = p.run()
     try:
         state = result.wait_until_finish()
@@ -518,14 +556,18 @@ def run_corpus(
     if state not in ("DONE", None):
         raise RuntimeError(f"the Beam pipeline ended in state {state}")
     stats = {}
-    for name in ("counts", "shards", "rejected_shards", "files", "cc_rounds"):
+    for name in ("counts", "shards", "rejected_shards", "index_shards", "files", "cc_rounds"):
         path = shards.join(output, STATS_DIR, f"{name}.json")
         stats[name] = shards.read_json(path) if FileSystems.exists(path) else []
     stats["counts"] = dict(stats["counts"])
     stats["shards"].sort(key=lambda x: x["path"])
     stats["rejected_shards"].sort(key=lambda x: x["path"])
+    stats["index_shards"].sort(key=lambda x: x["path"])
     stats["files"].sort(key=lambda x: x["path"])
     manifest = build_manifest(plan, stats, cfg)
+    if published is not None:
+        manifest.update(published.lineage(output, manifest))
+        shards.write_json_atomic(shards.join(output, "versions.json"), manifest["versions"])
     stale = _remove_stale(output, manifest)
     if stale:
         log.info("removed %d stale file(s) from an earlier run", len(stale))

@@ -99,6 +99,34 @@ def sort_key(doc: dict) -> tuple[str, str]:
     return (doc["id"], doc["source"])
 
 
+#: the LSH index written next to the shards (one row per kept document): what a refresh needs to
+#: deduplicate a new crawl against this corpus without reading its text again
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("text_hash", pa.string(), nullable=False),  # exact-dedup key (blake2b-128 hex)
+        pa.field("band_keys", pa.list_(pa.uint64())),  # null: shorter than one shingle
+        pa.field("signature", pa.list_(pa.uint32())),  # for verifying candidates against this corpus
+    ],
+    metadata={"gristmill.schema_version": SCHEMA_VERSION},
+)
+
+
+def to_index_table(docs: list[dict]) -> pa.Table:
+    sigs = [d.get("_sig") for d in docs]
+    return pa.table(
+        [
+            pa.array([d["id"] for d in docs], pa.string()),
+            pa.array([d["source"] for d in docs], pa.string()),
+            pa.array([d["text_hash"] for d in docs], pa.string()),
+            pa.array([None if s is None else d["_band_keys"] for s, d in zip(sigs, docs)], pa.list_(pa.uint64())),
+            pa.array([None if s is None else s for s in sigs], pa.list_(pa.uint32())),
+        ],
+        schema=INDEX_SCHEMA,
+    )
+
+
 def to_table(docs: list[dict], rejected: bool = False) -> pa.Table:
     schema = REJECTED_SCHEMA if rejected else CORPUS_SCHEMA
     cols: dict[str, list] = {f.name: [] for f in schema}

@@ -14,7 +14,7 @@ import uuid
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.documents import sort_key, to_table
+from pipelines.documents import sort_key, to_index_table, to_table
 
 TMP_MARK = ".tmp-"
 OUTPUT_MARKER = ".gristmill-output"
@@ -59,11 +59,14 @@ def shard_name(partition_dir: str, index: int) -> str:
     return f"{partition_dir}/part-{index:05d}.arrow"
 
 
-def write_shard(output: str, partition_dir: str, index: int, docs: list[dict], rejected: bool, arrow_format: str) -> dict:
-    """Sort by id, write one Arrow shard atomically, return its manifest entry."""
+def write_shard(output: str, partition_dir: str, index: int, docs: list[dict], kind: str, arrow_format: str) -> dict:
+    """Sort by id, write one Arrow shard (kind: corpus, rejected or index) atomically, return its
+    manifest entry."""
     docs = sorted(docs, key=sort_key)
-    data = table_bytes(to_table(docs, rejected=rejected), arrow_format)
-    rel = shard_name(partition_dir, index)
+    table = to_index_table(docs) if kind == "index" else to_table(docs, rejected=kind == "rejected")
+    # the index is read by refreshes with pyarrow directly: always the random-access file format
+    data = table_bytes(table, "file" if kind == "index" else arrow_format)
+    rel = shard_name(partition_dir.rstrip("/"), index)
     write_bytes_atomic(join(output, rel), data)
     return {"path": rel, "rows": len(docs), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
