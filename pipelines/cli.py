@@ -29,6 +29,16 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_args(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """Arguments of the commands that run the corpus pipeline."""
+    parser.add_argument("--input", nargs="+", required=True, metavar="GLOB", help="input files or globs (quote globs); local paths or gs://, s3:// ...")
+    parser.add_argument("--output", required=True, metavar="DIR", help=output_help)
+    _config_args(parser)
+    parser.add_argument("--skip-bad-files", action="store_true", help="skip input files that cannot be read at all (listed in the manifest) instead of stopping")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that gristmill did not create")
+    _common(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gristmill",
@@ -43,19 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="crawl files → clean, language-partitioned Arrow shards + manifest (Apache Beam)",
         description="Read WARC/WET/JSONL/Parquet crawl files, extract and clean the text (ftfy, URL blocklist, "
         "fastText language ID, Gopher repetition and quality rules, C4 line rules, PII redaction), remove exact "
-        "duplicates and write Arrow shards under OUTPUT/lang=xx/ with OUTPUT/manifest.json (every input document "
+        "and MinHash near duplicates and write Arrow shards under OUTPUT/lang=xx/ with OUTPUT/manifest.json (every input document "
         "counted: read = kept + dropped by reason) and OUTPUT/report.html. "
         "Arguments this command does not know are Beam pipeline options, passed through unchanged: "
         "--runner DataflowRunner|FlinkRunner|SparkRunner|..., --direct_num_workers 2 "
         "--direct_running_mode multi_processing, --project, --temp_location, --setup_file ./setup.py ...",
         epilog="example: gristmill corpus --input 'crawl/*.warc.gz' --output corpus/ --config configs/corpus.yaml",
     )
-    c.add_argument("--input", nargs="+", required=True, metavar="GLOB", help="input files or globs (quote globs); local paths or gs://, s3:// ...")
-    c.add_argument("--output", required=True, metavar="DIR", help="output directory (created; an earlier gristmill output there is replaced)")
-    _config_args(c)
-    c.add_argument("--skip-bad-files", action="store_true", help="skip input files that cannot be read at all (listed in the manifest) instead of stopping")
-    c.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that gristmill did not create")
-    _common(c)
+    _run_args(c, output_help="output directory (created; an earlier gristmill output there is replaced)")
 
     r = sub.add_parser(
         "refresh",
@@ -69,12 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: gristmill refresh --published corpus/2024-10 --input 'crawl-2024-11/*.warc.gz' --output corpus/2024-11",
     )
     r.add_argument("--published", required=True, metavar="DIR", help="the latest published corpus version")
-    r.add_argument("--input", nargs="+", required=True, metavar="GLOB", help="the new crawl's files or globs")
-    r.add_argument("--output", required=True, metavar="DIR", help="directory of the new version")
-    _config_args(r)
-    r.add_argument("--skip-bad-files", action="store_true", help="skip input files that cannot be read at all")
-    r.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that gristmill did not create")
-    _common(r)
+    _run_args(r, output_help="directory of the new version")
 
     d = sub.add_parser(
         "demo",
