@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a new crawl → a new corpus version, deduplicated against itself and a published corpus",
         description="Run the corpus pipeline on a new crawl and remove, besides its own exact and near duplicates, "
         "every document that duplicates one of the published corpus (any of its versions): exact duplicates by text "
-        "hash, near duplicates through the published LSH index (index/ next to its shards; the published text is "
+        "hash, near duplicates through the published LSH index (_index/ next to its shards; the published text is "
         "never re-read, its shards never rewritten). OUTPUT holds only the new documents, with manifest.json "
         "(parent, versions) and versions.json listing every version and what it added and removed. Without --config "
         "the published corpus's own config is used. Unknown arguments are Beam pipeline options.",

@@ -394,7 +394,7 @@ def build_pipeline(
     else:
         rejected_shards = p | "NoRejected" >> beam.Create([])
     if cfg.near_dedup.enabled:
-        index_shards = write_partitioned(kept, "Index", _no_partition, output, "index/", "index", cfg)
+        index_shards = write_partitioned(kept, "Index", _no_partition, output, "_index/", "index", cfg)
     else:
         index_shards = p | "NoIndex" >> beam.Create([])
     written = [
@@ -503,7 +503,7 @@ def _remove_stale(output: str, manifest: dict) -> list[str]:
     earlier run into the same directory)."""
     keep = {s["path"] for key in ("shards", "rejected_shards", "index_shards") for s in manifest[key]}
     stale = []
-    for rel in shards.list_files(output, "lang=") + shards.list_files(output, "_rejected/") + shards.list_files(output, "index/"):
+    for rel in shards.list_files(output, "lang=") + shards.list_files(output, "_rejected/") + shards.list_files(output, "_index/"):
         if rel not in keep:
             stale.append(rel)
     if stale:

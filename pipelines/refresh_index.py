@@ -1,7 +1,7 @@
 """A published corpus as a refresh sees it: its versions, their LSH index files, and the checks
 that a new crawl can be deduplicated against it.
 
-A corpus directory written with near-dedup on holds ``index/part-NNNNN.arrow`` (one row per kept
+A corpus directory written with near-dedup on holds ``_index/part-NNNNN.arrow`` (one row per kept
 document: id, source, exact-dedup hash, band keys, signature; see pipelines/documents.py). A
 refresh reads only these files of every earlier version: it never re-reads old text, never
 recomputes old signatures and never rewrites old shards.
@@ -61,7 +61,7 @@ class PublishedCorpus:
             vm = manifest if v["path"] == path else _read_manifest(v["path"])
             if not vm.get("near_dedup") or not vm.get("index_shards"):
                 raise RefreshError(
-                    f"published corpus {v['path']} has no LSH index (index/): it was written with "
+                    f"published corpus {v['path']} has no LSH index (_index/): it was written with "
                     "near_dedup disabled; rebuild it with `gristmill corpus` and near_dedup.enabled: true"
                 )
             for s in vm["index_shards"]:

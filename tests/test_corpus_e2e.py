@@ -70,7 +70,7 @@ def test_shards_open_in_pyarrow_dataset(direct):
     ids = corpus.column("id").to_pylist()
     assert len(set(ids)) == len(ids)
     assert set(corpus.column("lang").to_pylist()) == {k for k, v in m["languages"].items() if v["kept"]}
-    # the hive layout works with a plain pyarrow.dataset call too (rejected/ starts with '_': ignored)
+    # the hive layout works with a plain pyarrow.dataset call too (_rejected/ and _index/ start with "_": ignored)
     hive = ds.dataset(str(out), format="arrow", partitioning="hive", exclude_invalid_files=True)
     assert hive.count_rows() == m["counts"]["kept"]
     en = ds.dataset(str(out / "lang=en"), format="arrow").to_table()

@@ -52,7 +52,7 @@ def refreshed(published, tmp_path_factory):
 
 def index_hashes(corpus: Path) -> set[str]:
     hashes = set()
-    for f in sorted((corpus / "index").glob("*.arrow")):
+    for f in sorted((corpus / "_index").glob("*.arrow")):
         hashes |= set(pa.ipc.open_file(str(f)).read_all().column("text_hash").to_pylist())
     return hashes
 
@@ -123,6 +123,6 @@ def test_missing_index_file_is_refused(published, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(published, copy)
-    next((copy / "index").glob("*.arrow")).unlink()
+    next((copy / "_index").glob("*.arrow")).unlink()
     with pytest.raises(RefreshError, match="missing its index file"):
         PublishedCorpus.open(str(copy))

@@ -1,0 +1,501 @@
+"""Near-dedup benchmarks: quality (P/R/F1 of duplicate pairs against exact Jaccard), signature
+speed (gristmill vs datasketch vs datatrove) and scale (the whole Beam near_dedup stage at 10k to 1M
+documents). See bench/DEDUP.md for the commands and the measured numbers.
+
+    .venv/bin/python bench/bench_dedup.py quality [--json out.json]
+    .venv/bin/python bench/bench_dedup.py speed   [--docs 1500] [--repeat 3]
+    .venv/bin/python bench/bench_dedup.py scale   --n 10000 100000 1000000 [--time-limit 2400] [--mem-limit-gb 18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
+logging.getLogger("root").setLevel(logging.ERROR)  # Beam's GCS/apitools import warnings
+
+import numpy as np  # noqa: E402
+
+import bench_dedup_data as data  # noqa: E402
+from dedupe import components as cc  # noqa: E402
+from dedupe import minhash as mh  # noqa: E402
+from pipelines.config import NearDedupConfig  # noqa: E402
+from pipelines.documents import new_document  # noqa: E402
+
+DATATROVE_PY = HERE / ".venv-bench/bin/python"  # the other helper's venv (read-only use)
+WORK = Path(os.environ.get("DEDUP_BENCH_WORK", "/tmp/gristmill-dedup-bench"))
+
+
+# =============================================================================================
+# helpers
+# =============================================================================================
+
+
+def prf(pred: set, truth: set) -> dict:
+    tp = len(pred & truth)
+    p = tp / len(pred) if pred else 1.0
+    r = tp / len(truth) if truth else 1.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"P": p, "R": r, "F1": f, "tp": tp, "pred": len(pred), "truth": len(truth)}
+
+
+def fmt(m: dict) -> str:
+    return f"P={m['P']:.4f} R={m['R']:.4f} F1={m['F1']:.4f} (tp={m['tp']}, pred={m['pred']}, truth={m['truth']})"
+
+
+def shingle_sets(texts, n: int) -> list[np.ndarray]:
+    return [np.unique(mh.shingle_hashes64(t, n)) for t in texts]
+
+
+def exact_jaccard_pairs(sets: list[np.ndarray]) -> dict[tuple[int, int], float]:
+    """Exact Jaccard of every pair of documents sharing at least one shingle (i < j), via a sparse
+    document × shingle matrix product (intersection sizes)."""
+    from scipy import sparse
+
+    sizes = np.array([s.size for s in sets], dtype=np.int64)
+    allh = np.concatenate(sets) if sets else np.empty(0, np.uint64)
+    _, cols = np.unique(allh, return_inverse=True)
+    rows = np.repeat(np.arange(len(sets)), sizes)
+    m = sparse.csr_matrix((np.ones(cols.size, dtype=np.int32), (rows, cols)), shape=(len(sets), int(cols.max(initial=-1)) + 1))
+    inter = sparse.triu(m @ m.T, k=1).tocoo()
+    j = inter.data / (sizes[inter.row] + sizes[inter.col] - inter.data)
+    return {(int(a), int(b)): float(x) for a, b, x in zip(inter.row, inter.col, j)}
+
+
+def pairs_of_groups(labels: list) -> set[tuple[int, int]]:
+    """Pairs (i < j) with equal labels."""
+    groups = defaultdict(list)
+    for i, lab in enumerate(labels):
+        groups[lab].append(i)
+    out = set()
+    for members in groups.values():
+        for a in range(len(members)):
+            for b in range(a + 1, len(members)):
+                out.add((members[a], members[b]))
+    return out
+
+
+def components_of(n: int, edges) -> list[int]:
+    nodes = [f"{i:08d}" for i in range(n)]
+    comp = cc.union_find_components(nodes, ((nodes[a], nodes[b]) for a, b in edges))
+    return [int(comp[x]) for x in nodes]
+
+
+def lsh_replica(docs: list[dict], cfg: NearDedupConfig, jac: dict) -> tuple[set, set]:
+    """The candidate and verified edges near_dedup builds (same signatures, band keys, bucket
+    rule and threshold), computed in memory so edge-level metrics are available; pairs as (i, j)
+    document indices, i < j."""
+    bands, rows = (cfg.bands, cfg.rows) if cfg.bands else mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+    node_index = {cc.node_key(d["id"], d["source"]): i for i, d in enumerate(docs)}
+    buckets = defaultdict(list)
+    for i, d in enumerate(docs):
+        sig = d.get("_sig_cache")
+        if sig is None:
+            sig = d["_sig_cache"] = mh.text_signature(d["text"], cfg.ngram, cfg.num_perm, cfg.seed)
+        if sig is None:
+            continue
+        for band, key in enumerate(mh.band_keys(sig, bands, rows)):
+            buckets[(band, key)].append(cc.node_key(d["id"], d["source"]))
+    cand = set()
+    for item in buckets.items():
+        for u, v in cc.bucket_edges(item):
+            a, b = node_index[u], node_index[v]
+            cand.add((min(a, b), max(a, b)))
+    verified = {e for e in cand if jac.get(e, 0.0) >= cfg.threshold}
+    return cand, verified
+
+
+def beam_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args=("--runner", "DirectRunner")) -> list[dict]:
+    """gristmill's near_dedup on Beam; returns id, source, cluster_id, cluster_size, reason per doc."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from dedupe.beam import near_dedup
+
+    fd, path = tempfile.mkstemp(suffix=".jsonl")
+    os.close(fd)
+
+    class Collect(beam.DoFn):
+        def __init__(self, path):
+            self.path = path
+
+        def process(self, d):
+            with open(self.path, "a") as f:
+                f.write(json.dumps({k: d[k] for k in ("id", "source", "cluster_id", "cluster_size", "reason")}) + "\n")
+
+    inputs = [{k: v for k, v in d.items() if not k.startswith("_")} for d in docs]
+    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
+        clustered, _ = near_dedup(p | beam.Create(inputs, reshuffle=False), cfg)
+        _ = clustered | beam.ParDo(Collect(path))
+    with open(path) as f:
+        out = [json.loads(line) for line in f]
+    os.unlink(path)
+    return out
+
+
+# =============================================================================================
+# quality
+# =============================================================================================
+
+CONFIGS = [
+    ("verify, w=(0.5,0.5) [default]", dict(verify=True, lsh_weights=(0.5, 0.5))),
+    ("verify, w=(0.3,0.7)", dict(verify=True, lsh_weights=(0.3, 0.7))),
+    ("verify, w=(0.1,0.9)", dict(verify=True, lsh_weights=(0.1, 0.9))),
+    ("no verify, w=(0.5,0.5)", dict(verify=False, lsh_weights=(0.5, 0.5))),
+    ("no verify, w=(0.3,0.7)", dict(verify=False, lsh_weights=(0.3, 0.7))),
+    ("no verify, w=(0.1,0.9)", dict(verify=False, lsh_weights=(0.1, 0.9))),
+]
+
+BINS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0001]
+
+
+def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None = None, configs=CONFIGS) -> dict:
+    """All metrics of one dataset under each configuration (Beam near_dedup + in-memory replica)."""
+    n = len(docs)
+    t0 = time.perf_counter()
+    sets = shingle_sets([d["text"] for d in docs], 5)
+    jac = exact_jaccard_pairs(sets)
+    truth = {e for e, j in jac.items() if j >= threshold}
+    truth_comp_pairs = pairs_of_groups(components_of(n, truth))
+    truth_docs = {i for e in truth for i in e}
+    print(f"\n=== {name}: {n} documents, {len(jac)} pairs sharing a shingle, {len(truth)} pairs with exact "
+          f"5-gram Jaccard >= {threshold} ({len(truth_comp_pairs)} pairs in their transitive closure); "
+          f"ground truth in {time.perf_counter() - t0:.1f}s")
+    hist = np.histogram([j for j in jac.values() if j >= 0.5], bins=BINS)[0]
+    print("pairs by Jaccard bin:", ", ".join(f"[{a:.2f},{min(b, 1):.2f}{']' if b > 1 else ')'}: {c}" for a, b, c in zip(BINS, BINS[1:], hist)))
+    results = {"dataset": name, "documents": n, "truth_pairs": len(truth), "truth_closure_pairs": len(truth_comp_pairs),
+               "jaccard_hist": dict(zip([f"{b:.2f}" for b in BINS[:-1]], hist.tolist())), "configs": {}}
+    if labels is not None:
+        results["label_pairs"] = len(pairs_of_groups(labels))
+    for cname, overrides in configs:
+        cfg = NearDedupConfig(threshold=threshold, **overrides)
+        bands, rows = mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+        t0 = time.perf_counter()
+        got = beam_near_dedup(docs, cfg)
+        beam_s = time.perf_counter() - t0
+        by_node = {cc.node_key(g["id"], g["source"]): g for g in got}
+        assert len(by_node) == n, (len(by_node), n)
+        cluster = [by_node[cc.node_key(d["id"], d["source"])]["cluster_id"] for d in docs]
+        same_cluster = pairs_of_groups(cluster)
+        cand, verified = lsh_replica(docs, cfg, jac)
+        edges = verified if cfg.verify else cand
+        replica = components_of(n, edges)
+        consistent = pairs_of_groups(replica) == same_cluster
+        removed = {i for i, d in enumerate(docs) if by_node[cc.node_key(d["id"], d["source"])]["reason"] == "near_dedup:duplicate"}
+        flagged = {i for i, d in enumerate(docs) if by_node[cc.node_key(d["id"], d["source"])]["cluster_size"] > 1}
+        m = {
+            "bands": bands, "rows": rows, "beam_seconds": round(beam_s, 2), "replica_equals_beam": consistent,
+            "candidates": len(cand), "candidates_true": len(cand & truth),
+            "edges": prf(edges, truth),
+            "same_cluster": prf(same_cluster, truth),
+            "same_cluster_vs_closure": prf(same_cluster, truth_comp_pairs),
+            "docs_in_dup_cluster": prf(flagged, truth_docs),
+            "docs_removed": len(removed),
+        }
+        if labels is not None:
+            m["same_cluster_vs_labels"] = prf(same_cluster, pairs_of_groups(labels))
+        # recall of the edges by Jaccard bin, next to the S-curve's candidate probability
+        by_bin = []
+        for a, b in zip(BINS[:-1], BINS[1:]):
+            inbin = {e for e, j in jac.items() if a <= j < b}
+            if inbin:
+                mid = (a + min(b, 1.0)) / 2
+                by_bin.append((f"{a:.2f}", len(inbin), len(inbin & cand) / len(inbin), float(mh.candidate_probability(mid, bands, rows))))
+        m["candidate_rate_by_bin"] = by_bin
+        results["configs"][cname] = m
+        print(f"-- {cname}: {bands} bands x {rows} rows; Beam DirectRunner {beam_s:.1f}s; replica == Beam clusters: {consistent}")
+        print(f"   edges ({'verified' if cfg.verify else 'candidates'}) vs truth pairs : {fmt(m['edges'])}")
+        print(f"   same-cluster pairs vs truth pairs      : {fmt(m['same_cluster'])}")
+        print(f"   same-cluster pairs vs truth closure    : {fmt(m['same_cluster_vs_closure'])}")
+        print(f"   docs in a dup cluster vs docs with a true partner: {fmt(m['docs_in_dup_cluster'])}")
+        if labels is not None:
+            print(f"   same-cluster pairs vs labelled clusters: {fmt(m['same_cluster_vs_labels'])}")
+        print("   candidate rate by Jaccard bin (observed / S-curve at bin middle): "
+              + ", ".join(f"{b}:{r:.2f}/{p:.2f} (n={k})" for b, k, r, p in by_bin))
+    return results
+
+
+def cmd_quality(args) -> dict:
+    out = {}
+    # (a) Gutenberg editions
+    recs = data.gutenberg_editions()
+    docs = [new_document(r["id"], r["text"], "gutenberg") for r in recs]
+    out["gutenberg"] = evaluate("Gutenberg editions (25 books, 4 labelled clusters)", docs, args.threshold,
+                                labels=[r["cluster"] for r in recs], configs=CONFIGS if not args.quick else CONFIGS[:1])
+    # (b) controlled edits
+    ce = data.controlled_edit_set(seed=args.seed, big_family=0)
+    docs = [{**new_document(d["id"], d["text"], "edits"), "family": d["family"]} for d in ce]
+    out["controlled"] = evaluate(f"Controlled edits (seed {args.seed}: {sum(d['parent'] is None for d in ce)} real base docs + "
+                                 f"{sum(d['parent'] is not None for d in ce)} edited variants)", docs, args.threshold,
+                                 configs=CONFIGS if not args.quick else CONFIGS[:1])
+    # (c) one large family: buckets beyond ALL_PAIRS_MAX are stars, verified against their smallest member only
+    if not args.quick:
+        ce = data.controlled_edit_set(seed=args.seed, n_book=50, n_web=50, variant_share=0.0, big_family=60)
+        docs = [new_document(d["id"], d["text"], "edits") for d in ce]
+        out["big_family"] = evaluate("Large family (100 unrelated docs + 1 base with 60 variants at target J 0.9 to the base)",
+                                     docs, args.threshold, configs=CONFIGS[:2] + CONFIGS[3:4])
+    return out
+
+
+# =============================================================================================
+# speed
+# =============================================================================================
+
+
+def best_of(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cmd_speed(args) -> dict:
+    import datasketch
+
+    docs = data.speed_docs(args.docs)
+    n = len(docs)
+    words = [len(mh.shingle_words(t)) for t in docs]
+    print(f"{n} real documents, mean {np.mean(words):.0f} words (gristmill words), 5-gram shingles, 256 permutations, one process")
+    res = {"documents": n, "mean_words": float(np.mean(words)), "rows": []}
+
+    def row(name, seconds, note=""):
+        r = {"name": name, "seconds": seconds, "docs_per_s": n / seconds, "note": note}
+        res["rows"].append(r)
+        print(f"  {name:62s} {n / seconds:9.0f} docs/s  ({seconds:.2f}s) {note}")
+        return r
+
+    for t in docs[:20]:
+        mh.text_signature(t, 5, 256, 1)
+    g = row("gristmill text_signature (text -> signature)", best_of(lambda: [mh.text_signature(t, 5, 256, 1) for t in docs], args.repeat))
+    row("gristmill shingle_hashes only", best_of(lambda: [mh.shingle_hashes(t, 5) for t in docs], args.repeat))
+    hashes = [mh.shingle_hashes(t, 5) for t in docs]
+    row("gristmill signature only (hashes given)", best_of(lambda: [mh.signature(h, 256, 1) for h in hashes], args.repeat))
+
+    def make_shingles():
+        return [mh.shingles_as_bytes(mh.shingle_words(t), 5) for t in docs]
+
+    sh_s = best_of(make_shingles, 1)
+    shingles = make_shingles()
+    ds = row("datasketch MinHash.bulk (shingles as bytes given; sha1)",
+             best_of(lambda: datasketch.MinHash.bulk(shingles, num_perm=256, seed=1), args.repeat))
+    ds_total = row("datasketch MinHash.bulk incl. shingle construction", ds["seconds"] + sh_s, f"(shingles: {sh_s:.2f}s)")
+    # equality check: datasketch with gristmill's shingle hash gives the same signatures
+    chk = datasketch.MinHash.bulk(shingles[:50], num_perm=256, seed=1, hashfunc=mh.shingle_hash_bytes)
+    same = all(np.array_equal(m.hashvalues.astype(np.uint32), mh.text_signature(t, 5, 256, 1)) for m, t in zip(chk, docs[:50]))
+    print(f"  (check: gristmill signatures == datasketch MinHash with hashfunc=shingle_hash_bytes on 50 docs: {same})")
+    res["datasketch_equal"] = same
+
+    if DATATROVE_PY.exists() and not args.no_datatrove:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(docs, f)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        import subprocess
+
+        proc = subprocess.run([str(DATATROVE_PY), str(HERE / "bench_dedup_datatrove.py"), f.name, str(args.repeat)],
+                              capture_output=True, text=True, env=env)
+        os.unlink(f.name)
+        if proc.returncode != 0:
+            print("datatrove run failed:\n" + proc.stderr[-3000:])
+        else:
+            dt = json.loads(proc.stdout.strip().splitlines()[-1])
+            res["datatrove_version"] = dt["version"]
+            for r in dt["rows"]:
+                row(r["name"], r["seconds"], r.get("note", ""))
+            print("  (* datatrove's xxhash64 of a str fails with xxhash 4.x; timed with the str encoded to UTF-8 first)")
+    print("ratios (gristmill text_signature docs/s ÷ other):")
+    for r in res["rows"]:
+        if not r["name"].startswith("gristmill"):
+            ratio = g["docs_per_s"] / r["docs_per_s"]
+            r["gristmill_speedup"] = ratio
+            print(f"  vs {r['name'].strip():62s} {ratio:6.1f}x")
+    gt_in_dt = [r for r in res["rows"] if r["name"].startswith("[datatrove venv] gristmill")]
+    if gt_in_dt:
+        print(f"  (gristmill in the datatrove venv process: {gt_in_dt[0]['docs_per_s']:.0f} docs/s)")
+    return res
+
+
+# =============================================================================================
+# scale
+# =============================================================================================
+
+
+def cmd_scale_run(args) -> None:
+    """Child process: the whole near_dedup stage on the DirectRunner over JSONL shards."""
+    import resource
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from dedupe.beam import near_dedup
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    logging.getLogger("root").setLevel(logging.INFO)
+    out = Path(args.out)
+
+    def summarise(d):
+        yield "docs", 1
+        if d["reason"] == "near_dedup:duplicate":
+            yield "removed", 1
+        if d["cluster_size"] > 1 and d["reason"] is None:
+            yield "dup_clusters", 1
+
+    def write(kv_list):
+        out.with_suffix(".counts.json").write_text(json.dumps(dict(kv_list)))
+
+    cfg = NearDedupConfig()
+    t0 = time.perf_counter()
+    p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner", *args.beam_args]))
+    docs = p | beam.io.ReadFromText(str(Path(args.data) / "part-*.jsonl")) | "Parse" >> beam.Map(json.loads)
+    if args.baseline:
+        counted = docs | beam.Map(lambda d: ("docs", 1))
+    else:
+        clustered, _ = near_dedup(docs, cfg)
+        counted = clustered | beam.FlatMap(summarise)
+    _ = counted | beam.CombinePerKey(sum) | beam.combiners.ToList() | beam.Map(write)
+    p.run().wait_until_finish()
+    wall = time.perf_counter() - t0
+    ru_self = resource.getrusage(resource.RUSAGE_SELF)
+    ru_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    counts = json.loads(out.with_suffix(".counts.json").read_text())
+    out.write_text(json.dumps({"wall_s": wall, "maxrss_self_kb": ru_self.ru_maxrss, "maxrss_children_kb": ru_children.ru_maxrss,
+                               "cpu_user_s": ru_self.ru_utime + ru_children.ru_utime, "counts": counts}))
+
+
+def _tree_rss(proc) -> int:
+    import psutil
+
+    total = 0
+    try:
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def cmd_scale(args) -> dict:
+    import signal
+    import subprocess
+
+    import psutil
+
+    results = []
+    mem_cap = int(args.mem_limit_gb * 2**30)
+    for n in args.n:
+        ddir = WORK / f"synth-{n}"
+        if not (ddir / "DONE").exists():
+            t0 = time.perf_counter()
+            paths = data.write_synth(n, ddir, seed=args.seed)
+            (ddir / "DONE").write_text(str(len(paths)))
+            print(f"[N={n}] synthesised {n} documents into {len(paths)} shards in {time.perf_counter() - t0:.0f}s ({ddir})", flush=True)
+        for mode in (["baseline"] if args.baseline else []) + ["near_dedup"]:
+            res_path = WORK / f"result-{n}-{mode}-{'mp' if args.beam_args else 'inproc'}.json"
+            log_path = res_path.with_suffix(".log")
+            res_path.unlink(missing_ok=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "scale-run", "--data", str(ddir), "--out", str(res_path)]
+            if mode == "baseline":
+                cmd.append("--baseline")
+            if args.beam_args:
+                cmd += ["--beam-args", *args.beam_args]
+            t0 = time.perf_counter()
+            with open(log_path, "w") as log:
+                child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            ps = psutil.Process(child.pid)
+            peak, killed, samples = 0, None, []
+            while child.poll() is None:
+                rss = _tree_rss(ps)
+                peak = max(peak, rss)
+                el = time.perf_counter() - t0
+                if not samples or el - samples[-1][0] >= 10:
+                    samples.append((round(el, 1), rss))
+                if rss > mem_cap:
+                    killed = f"memory cap {args.mem_limit_gb} GiB"
+                elif el > args.time_limit:
+                    killed = f"time limit {args.time_limit}s"
+                if killed:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+                    break
+                time.sleep(0.5)
+            wall = time.perf_counter() - t0
+            r = {"n": n, "mode": mode, "beam_args": args.beam_args, "process_wall_s": wall, "peak_rss_gib": peak / 2**30,
+                 "rss_samples": samples, "log": str(log_path)}
+            if res_path.exists():
+                child_res = json.loads(res_path.read_text())
+                r.update(child_res)
+                r["docs_per_s"] = n / child_res["wall_s"]
+                r["maxrss_gib"] = max(child_res["maxrss_self_kb"], child_res["maxrss_children_kb"]) / 2**20
+                print(f"[N={n} {mode}] pipeline {child_res['wall_s']:.0f}s = {r['docs_per_s']:.0f} docs/s; peak RSS (tree, sampled) "
+                      f"{r['peak_rss_gib']:.2f} GiB, ru_maxrss {r['maxrss_gib']:.2f} GiB; counts {child_res['counts']}", flush=True)
+            else:
+                lines = log_path.read_text(errors="replace").splitlines()
+                stages = [ln for ln in lines if "Running (" in ln or "Running ((" in ln]
+                r["failed"] = killed or f"exit {child.returncode}"
+                r["last_stage"] = stages[-1][-300:] if stages else None
+                r["stages_started"] = len(stages)
+                print(f"[N={n} {mode}] DID NOT FINISH ({r['failed']}) after {wall:.0f}s; peak RSS {r['peak_rss_gib']:.2f} GiB; "
+                      f"{len(stages)} stages started; last: {r['last_stage']}\n  log tail: {lines[-3:] if lines else ''}", flush=True)
+            results.append(r)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+    return {"scale": results}
+
+
+# =============================================================================================
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--threshold", type=float, default=0.8)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--quick", action="store_true", help="default configuration only")
+    s = sub.add_parser("speed")
+    s.add_argument("--docs", type=int, default=1500)
+    s.add_argument("--repeat", type=int, default=3)
+    s.add_argument("--no-datatrove", action="store_true")
+    c = sub.add_parser("scale")
+    c.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--time-limit", type=float, default=2400)
+    c.add_argument("--mem-limit-gb", type=float, default=18)
+    c.add_argument("--baseline", action="store_true", help="also time read + parse + count only")
+    c.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[], help="extra DirectRunner options (last)")
+    r = sub.add_parser("scale-run")
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--baseline", action="store_true")
+    r.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[])
+    for x in (q, s, c):
+        x.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    if args.cmd == "scale-run":
+        return cmd_scale_run(args)
+    WORK.mkdir(parents=True, exist_ok=True)
+    res = {"quality": cmd_quality, "speed": cmd_speed, "scale": cmd_scale}[args.cmd](args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
