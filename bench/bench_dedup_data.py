@@ -163,7 +163,7 @@ def rate_for_jaccard(j: float, n: int = 5) -> float:
 
 
 def controlled_edit_set(seed: int = 0, n_book: int = 500, n_web: int = 500, variant_share: float = 0.6,
-                        big_family: int = 0) -> list[dict]:
+                        big_family: int = 0, big_j: float = 0.9) -> list[dict]:
     """Near-duplicate set with controlled edits.
 
     Bases: ``n_book`` ~1000-word chunks of the long texts and ``n_web`` real web documents of at
@@ -206,8 +206,8 @@ def controlled_edit_set(seed: int = 0, n_book: int = 500, n_web: int = 500, vari
         text = web_pool[n_web] if len(web_pool) > n_web else book_pool[n_book]
         docs.append({"text": text, "family": fam, "kind": "big", "parent": None, "target_j": 1.0, "rate": 0.0})
         for _ in range(big_family):
-            docs.append({"text": edit(text, rate_for_jaccard(0.9), rng), "family": fam, "kind": "big",
-                         "parent": 0, "target_j": 0.9, "rate": rate_for_jaccard(0.9)})
+            docs.append({"text": edit(text, rate_for_jaccard(big_j), rng), "family": fam, "kind": "big",
+                         "parent": 0, "target_j": big_j, "rate": rate_for_jaccard(big_j)})
     rng.shuffle(docs)
     for i, d in enumerate(docs):
         d["id"] = f"ce-{i:05d}"
@@ -237,7 +237,7 @@ def sentence_pool() -> tuple[tuple[str, ...], tuple[int, ...]]:
 def synth_corpus(n: int, seed: int = 0, dup_share: float = 0.1, words=(200, 300)):
     """Yields ``n`` documents {"id", "text", "dup_of"} of ``words`` words made of random sentences
     from :func:`sentence_pool` (so unrelated documents share only the odd sentence); a share
-    ``dup_share`` are edited copies (edit rate uniform in [0, 0.06], boilerplate with probability
+    ``dup_share`` are edited copies (edit rate uniform in [0, 0.03], boilerplate with probability
     1/3) of one of the last 1000 documents."""
     rng = random.Random(seed)
     sents, counts = sentence_pool()
@@ -245,7 +245,7 @@ def synth_corpus(n: int, seed: int = 0, dup_share: float = 0.1, words=(200, 300)
     for i in range(n):
         if recent and rng.random() < dup_share:
             j, src = rng.choice(recent)
-            text = edit(src, rng.uniform(0.0, 0.06), rng, boilerplate=rng.randint(1, 2) if rng.random() < 1 / 3 else 0)
+            text = edit(src, rng.uniform(0.0, 0.03), rng, boilerplate=rng.randint(1, 2) if rng.random() < 1 / 3 else 0)
             dup_of = j
         else:
             target = rng.randint(*words)

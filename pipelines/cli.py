@@ -76,11 +76,49 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--published", required=True, metavar="DIR", help="the latest published corpus version")
     _run_args(r, output_help="directory of the new version")
 
+    t = sub.add_parser(
+        "tokenizer",
+        help="train a SentencePiece tokenizer on a corpus; encode / decode text with one",
+        description="SentencePiece (BPE by default) trained from the corpus's Arrow shards, streamed; exported to a "
+        "Hugging Face tokenizer.json that encodes identically. See docs/tokenizer.md.",
+    )
+    tsub = t.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    tt = tsub.add_parser("train", help="train from corpus shards", description="Train SentencePiece on the documents of CORPUS "
+                         "(language-sampled by tokenizer.language_weights) and write OUTPUT/tokenizer.model, .vocab, "
+                         "tokenizer.json, tokenizer_config.json (chat template) and tokenizer_meta.json.")
+    tt.add_argument("--corpus", required=True, metavar="DIR", help="a corpus directory written by `gristmill corpus`")
+    tt.add_argument("--output", required=True, metavar="DIR", help="where to write the tokenizer files")
+    _config_args(tt)
+    _common(tt)
+    for name, what in (("encode", "text → ids (or pieces with --pieces)"), ("decode", "ids → text")):
+        e = tsub.add_parser(name, help=what, description=f"{what}; reads the arguments, or standard input if none.")
+        e.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer directory or .model file")
+        e.add_argument("text", nargs="*", help="text to encode, or ids to decode")
+        if name == "encode":
+            e.add_argument("--pieces", action="store_true", help="print pieces instead of ids")
+        _common(e)
+
+    k = sub.add_parser(
+        "tokenize",
+        help="corpus shards → packed token shards for training (Apache Beam)",
+        description="Encode every document of CORPUS, join documents with eos, pack them into sequences of SEQ_LEN + 1 "
+        "tokens and write OUTPUT/train/ and OUTPUT/val/ Arrow files (a fixed-size-list column of uint16/uint32, "
+        "memory-mappable) with OUTPUT/manifest.json (token counts per split and language). Unknown arguments are "
+        "Beam pipeline options.",
+    )
+    k.add_argument("--corpus", required=True, metavar="DIR", help="a corpus directory written by `gristmill corpus`")
+    k.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer directory or .model file")
+    k.add_argument("--output", required=True, metavar="DIR", help="where to write the token shards")
+    k.add_argument("--seq-len", type=int, metavar="N", help="tokens per training sequence (default: tokenize.seq_len)")
+    _config_args(k)
+    _common(k)
+
     d = sub.add_parser(
         "demo",
         help="the main job end to end on the bundled sample crawl (CPU, minutes)",
-        description="Run the corpus pipeline on the sample crawl bundled in sample/crawl with configs/demo.yaml and "
-        "print the funnel. Later stages (tokenizer, training) join this command as they land.",
+        description="The main job on the sample crawl bundled in sample/crawl with configs/demo.yaml: the corpus "
+        "pipeline (OUTPUT/corpus), tokenizer training (OUTPUT/tokenizer) and token shards (OUTPUT/tokens). "
+        "Training joins this command as it lands.",
     )
     d.add_argument("--output", default="runs/demo", metavar="DIR", help="where to write (default: runs/demo)")
     _common(d)
@@ -130,13 +168,62 @@ def _cmd_refresh(args, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_tokenizer(args, beam_args: list[str]) -> int:
+    import sys as _sys
+
+    from pipelines.config import load_config
+    from tokenizer.train import load, train_tokenizer
+
+    if args.tokenizer_command == "train":
+        cfg = load_config(args.config, args.set)
+        result = train_tokenizer(args.corpus, args.output, cfg.tokenizer)
+        m = result.meta
+        print(f"tokenizer: {m['vocab_size']:,} pieces ({cfg.tokenizer.model_type}) from {m['documents']:,} documents, "
+              f"{m['lines_streamed']:,} lines, in {result.seconds:.1f} s → {args.output}")
+        return 0
+    sp = load(args.tokenizer)
+    items = args.text or [_sys.stdin.read()]
+    if args.tokenizer_command == "encode":
+        for text in items:
+            out = sp.encode(text, out_type=str) if args.pieces else sp.encode(text)
+            print(" ".join(map(str, out)))
+        return 0
+    ids = [int(x) for item in items for x in item.split()]
+    print(sp.decode(ids))
+    return 0
+
+
+def _cmd_tokenize(args, beam_args: list[str]) -> int:
+    from pipelines.config import load_config
+    from pipelines.tokenize import run_tokenize
+
+    overrides = list(args.set) + ([f"tokenize.seq_len={args.seq_len}"] if args.seq_len else [])
+    cfg = load_config(args.config, overrides)
+    result = run_tokenize(args.corpus, args.tokenizer, args.output, cfg.tokenize, beam_args)
+    for split, s in result.manifest["splits"].items():
+        print(f"{split}: {s['documents']:,} documents, {s['tokens']:,} tokens → {s['sequences']:,} sequences of "
+              f"{cfg.tokenize.seq_len + 1} ({s['tokens_dropped']:,} tokens dropped at bucket ends), {len(s['shards'])} shards")
+    print(f"manifest: {result.manifest_path}")
+    return 0
+
+
 def _cmd_demo(args, beam_args: list[str]) -> int:
+    from pathlib import Path
+
+    out = Path(args.output)
+    corpus, tok, tokens = out / "corpus", out / "tokenizer", out / "tokens"
+    log.info("demo 1/3: corpus pipeline on %s", SAMPLE_GLOB)
     ns = argparse.Namespace(
-        input=[SAMPLE_GLOB], output=args.output, config=str(DEMO_CONFIG), set=[],
+        input=[SAMPLE_GLOB], output=str(corpus), config=str(DEMO_CONFIG), set=[],
         skip_bad_files=False, overwrite=False, quiet=args.quiet,
     )
-    log.info("demo: corpus pipeline on %s", SAMPLE_GLOB)
-    return _cmd_corpus(ns, beam_args)
+    _cmd_corpus(ns, beam_args)
+    log.info("demo 2/3: tokenizer training on %s", corpus)
+    _cmd_tokenizer(argparse.Namespace(tokenizer_command="train", corpus=str(corpus), output=str(tok),
+                                      config=str(DEMO_CONFIG), set=[]), beam_args)
+    log.info("demo 3/3: token shards")
+    return _cmd_tokenize(argparse.Namespace(corpus=str(corpus), tokenizer=str(tok), output=str(tokens),
+                                            config=str(DEMO_CONFIG), set=[], seq_len=None), beam_args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,21 +235,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(-1 if getattr(args, "quiet", False) else args.verbose)
-    if rest and args.command not in ("corpus", "refresh", "demo"):
+    if rest and args.command not in ("corpus", "refresh", "tokenize", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from pipelines.config import ConfigError
     from pipelines.corpus import OutputDirError, PipelineInputError
     from pipelines.langid import ModelError
     from pipelines.refresh_index import RefreshError
+    from tokenizer.train import TokenizerError
 
     try:
         if args.command == "corpus":
             return _cmd_corpus(args, rest)
         if args.command == "refresh":
             return _cmd_refresh(args, rest)
+        if args.command == "tokenizer":
+            if not args.tokenizer_command:
+                parser.parse_args(["tokenizer", "--help"])
+            return _cmd_tokenizer(args, rest)
+        if args.command == "tokenize":
+            return _cmd_tokenize(args, rest)
         if args.command == "demo":
             return _cmd_demo(args, rest)
-    except (ConfigError, PipelineInputError, OutputDirError, ModelError, RefreshError, FileNotFoundError) as e:
+    except (ConfigError, PipelineInputError, OutputDirError, ModelError, RefreshError, TokenizerError, FileNotFoundError) as e:
         print(f"gristmill {args.command}: error: {e}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")

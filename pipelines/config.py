@@ -178,6 +178,49 @@ class WriteConfig(_Section):
     html_report: bool = True
 
 
+class TokenizerConfig(_Section):
+    """SentencePiece training (``gristmill tokenizer train``; docs/tokenizer.md)."""
+
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    vocab_size: int = Field(default=32_000, ge=300)
+    character_coverage: float = Field(default=0.9995, gt=0.0, le=1.0)
+    #: sentences (lines) SentencePiece samples from what the corpus streams
+    input_sentence_size: int = Field(default=2_000_000, gt=0)
+    #: lines longer than this (bytes) are skipped by SentencePiece
+    max_sentence_length: int = Field(default=8192, gt=0)
+    #: per-language share of documents streamed to the trainer (language → weight in [0, 1]);
+    #: languages not listed use ``default_language_weight``
+    language_weights: dict[str, float] = Field(default_factory=dict)
+    default_language_weight: float = Field(default=1.0, ge=0.0, le=1.0)
+    byte_fallback: bool = True
+    split_digits: bool = True
+    #: the corpus is already NFC (pipelines/filters.py); "identity" keeps text as it is
+    normalization: Literal["identity", "nfkc", "nmt_nfkc"] = "identity"
+    #: reserved pieces: ids 0..3 are unk, bos, eos, pad; then these (chat markers for fine-tuning)
+    user_defined_symbols: tuple[str, ...] = ("<|im_start|>", "<|im_end|>")
+    seed: int = 0
+    num_threads: int = Field(default=2, ge=1)
+
+    @field_validator("language_weights")
+    @classmethod
+    def _weights_in_range(cls, v):
+        bad = {k: w for k, w in v.items() if not 0.0 <= w <= 1.0}
+        if bad:
+            raise ValueError(f"language weights must be in [0, 1]: {bad}")
+        return v
+
+
+class TokenizeConfig(_Section):
+    """Packing the corpus into fixed-length token sequences (``gristmill tokenize``)."""
+
+    seq_len: int = Field(default=1024, ge=8)
+    add_bos: bool = False  # documents are joined with eos; bos before each document if true
+    val_fraction: float = Field(default=0.01, ge=0.0, lt=1.0)  # by document-id hash
+    seed: int = 0
+    #: a token shard holds at most this many sequences
+    max_sequences_per_shard: int = Field(default=65_536, gt=0)
+
+
 class GristmillConfig(_Section):
     read: ReadConfig = ReadConfig()
     langid: LangIdConfig = LangIdConfig()
@@ -185,6 +228,8 @@ class GristmillConfig(_Section):
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
     write: WriteConfig = WriteConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
 
     @field_validator("*", mode="before")
     @classmethod

@@ -114,3 +114,57 @@ def open_corpus(output: str, rejected: bool = False):
         schema=REJECTED_SCHEMA if rejected else CORPUS_SCHEMA,
         format="arrow",
     )
+
+
+def read_manifest(output: str) -> dict:
+    path = join(output, "manifest.json")
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"{output} is not a gristmill corpus: no manifest.json (run `gristmill corpus` first)")
+    return read_json(path)
+
+
+def iter_batches(path: str, columns: list[str] | None = None):
+    """Record batches of one shard, file or stream format, read incrementally (memory-mapped when
+    local), with ``columns`` selected."""
+    local = "://" not in path
+    source = pa.memory_map(path) if local else pa.BufferReader(FileSystems.open(path, compression_type="uncompressed").read())
+    with source:
+        magic = source.read(6)
+        source.seek(0)
+        if magic == b"ARROW1":
+            reader = pa.ipc.open_file(source)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        else:
+            batches = pa.ipc.open_stream(source)
+        for batch in batches:
+            yield batch.select(columns) if columns else batch
+
+
+def json_bytes(obj) -> bytes:
+    """Canonical JSON bytes (sorted keys): what manifests are hashed as."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()
+
+
+def shard_schema(path: str) -> pa.Schema:
+    local = "://" not in path
+    source = pa.memory_map(path) if local else pa.BufferReader(FileSystems.open(path, compression_type="uncompressed").read())
+    with source:
+        magic = source.read(6)
+        source.seek(0)
+        return pa.ipc.open_file(source).schema if magic == b"ARROW1" else pa.ipc.open_stream(source).schema
+
+
+def check_corpus_shards(corpus: str, manifest: dict, columns: tuple[str, ...] = ("id", "text", "lang")) -> None:
+    """Every shard the manifest lists exists and has the columns a consumer needs (checked from the
+    files' schemas, which costs a footer read each) — or a ValueError naming the shard."""
+    for entry in manifest["shards"]:
+        path = join(corpus, entry["path"])
+        if not FileSystems.exists(path):
+            raise ValueError(f"corpus shard {path} listed in the manifest is missing")
+        try:
+            names = set(shard_schema(path).names)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"corpus shard {path} is not an Arrow IPC file: {e}") from None
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ValueError(f"corpus shard {path} has an unexpected schema: no column(s) {missing} (has {sorted(names)})")

@@ -1,0 +1,1 @@
+"""SentencePiece tokenizer trained from corpus shards, exported to Hugging Face tokenizer.json."""

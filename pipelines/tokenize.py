@@ -1,0 +1,238 @@
+"""The ``tokenize`` pipeline: corpus shards → packed token sequences for training (Apache Beam).
+
+Each document is encoded with the SentencePiece model and followed by eos (preceded by bos if
+``tokenize.add_bos``), assigned to train or val by a hash of its id, and to one of B buckets by
+another hash. A bucket (a GroupByKey group, bounded by ``tokenize.max_sequences_per_shard``
+sequences) is sorted by id, concatenated and cut into sequences of ``seq_len + 1`` tokens (inputs
+and shifted targets); the last partial sequence of each bucket is dropped and counted. Each bucket
+becomes one Arrow IPC file with a single fixed-size-list column ``tokens`` of uint16 (vocabularies
+under 65,536) or uint32: memory-mapped, a shard is a zero-copy ``(n, seq_len + 1)`` numpy array.
+
+    OUTPUT/train/part-NNNNN.arrow, OUTPUT/val/part-NNNNN.arrow, OUTPUT/manifest.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import __version__, shards
+from pipelines.config import TokenizeConfig
+
+log = logging.getLogger("gristmill.tokenize")
+
+SPLITS = ("train", "val")
+STATS_DIR = "_stats"
+#: characters per token assumed when sizing buckets before anything is encoded
+CHARS_PER_TOKEN_ESTIMATE = 3.0
+
+
+def _unit(key: str, seed: int) -> float:
+    h = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 65_536 else np.uint32
+
+
+def pack(docs: list[tuple[str, np.ndarray]], seq_len: int) -> tuple[np.ndarray, int]:
+    """Documents (id, tokens) → (sequences of seq_len + 1 tokens in id order, tokens dropped)."""
+    docs = sorted(docs, key=lambda d: d[0])
+    stream = np.concatenate([t for _, t in docs]) if docs else np.empty(0, dtype=np.uint32)
+    width = seq_len + 1
+    n = stream.size // width
+    return stream[: n * width].reshape(n, width), int(stream.size - n * width)
+
+
+def sequences_table(seqs: np.ndarray, dtype) -> pa.Table:
+    width = seqs.shape[1] if seqs.ndim == 2 else 0
+    flat = pa.array(seqs.astype(dtype, copy=False).reshape(-1))
+    return pa.table({"tokens": pa.FixedSizeListArray.from_arrays(flat, width)})
+
+
+def open_sequences(path: str) -> np.ndarray:
+    """A token shard as an (n, seq_len + 1) numpy array over the memory-mapped file (no copy)."""
+    source = pa.memory_map(path)
+    table = pa.ipc.open_file(source).read_all()
+    col = table.column("tokens")
+    width = col.type.list_size
+    arrays = [chunk.values.to_numpy(zero_copy_only=True).reshape(-1, width) for chunk in col.chunks]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+class EncodeFn(beam.DoFn):
+    def __init__(self, model: bytes, cfg: TokenizeConfig, n_buckets: int, bos: int, eos: int):
+        self.model, self.cfg, self.n_buckets, self.bos, self.eos = model, cfg, n_buckets, bos, eos
+        self.sp = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "sp": None}
+
+    def setup(self):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_proto=self.model)
+
+    def process(self, doc):
+        ids = self.sp.encode(doc["text"])
+        if self.cfg.add_bos:
+            ids = [self.bos, *ids]
+        ids.append(self.eos)
+        split = "val" if _unit(doc["id"], self.cfg.seed) < self.cfg.val_fraction else "train"
+        bucket = int(_unit(doc["id"], self.cfg.seed + 1) * self.n_buckets)
+        yield (split, bucket), (doc["id"], np.asarray(ids, dtype=np.uint32), doc["lang"])
+
+
+class _WriteBucketFn(beam.DoFn):
+    def __init__(self, output: str, seq_len: int, dtype_name: str):
+        self.output, self.seq_len, self.dtype_name = output, seq_len, dtype_name
+
+    def process(self, item):
+        (split, bucket), docs = item
+        docs = list(docs)
+        seqs, dropped = pack([(d, t) for d, t, _ in docs], self.seq_len)
+        rel = f"{split}/part-{bucket:05d}.arrow"
+        if len(seqs):
+            data = shards.table_bytes(sequences_table(seqs, np.dtype(self.dtype_name)), "file")
+            shards.write_bytes_atomic(shards.join(self.output, rel), data)
+        per_lang: dict[str, int] = {}
+        for _, t, lang in docs:
+            per_lang[lang] = per_lang.get(lang, 0) + int(t.size)
+        yield {
+            "path": rel if len(seqs) else None,
+            "split": split,
+            "documents": len(docs),
+            "sequences": int(len(seqs)),
+            "tokens": int(sum(t.size for _, t, _ in docs)),
+            "tokens_dropped": dropped,
+            "tokens_by_lang": per_lang,
+            "sha256": hashlib.sha256(data).hexdigest() if len(seqs) else None,
+        }
+
+
+def _read_docs(path: str):
+    for batch in shards.iter_batches(path, ["id", "text", "lang"]):
+        cols = batch.to_pydict()
+        for doc_id, text, lang in zip(cols["id"], cols["text"], cols["lang"]):
+            yield {"id": doc_id, "text": text, "lang": lang}
+
+
+class _WriteStatsFn(beam.DoFn):
+    def __init__(self, output: str):
+        self.output = output
+
+    def process(self, item):
+        _, entries = item
+        entries = sorted(entries, key=lambda e: (e["split"], e["path"] or ""))
+        shards.write_json_atomic(shards.join(self.output, STATS_DIR, "buckets.json"), entries)
+        yield len(entries)
+
+
+@dataclass
+class TokenizeResult:
+    manifest: dict
+    manifest_path: str
+    seconds: float
+
+
+def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig, beam_args: list[str] | None = None) -> TokenizeResult:
+    from tokenizer.train import TokenizerError, load
+
+    t0 = time.time()
+    output = output.rstrip("/") if "://" in output else os.path.abspath(output)
+    manifest = shards.read_manifest(corpus)
+    if manifest.get("kind") != "corpus":
+        raise TokenizerError(f"{corpus} is not a corpus directory (manifest kind {manifest.get('kind')!r})")
+    if not manifest["shards"]:
+        raise TokenizerError(f"corpus {corpus} is empty (0 documents kept): nothing to tokenize")
+    try:
+        shards.check_corpus_shards(corpus, manifest)
+    except ValueError as e:
+        raise TokenizerError(str(e)) from None
+    sp = load(tokenizer)
+    model_path = shards.join(tokenizer, "tokenizer.model") if not tokenizer.endswith(".model") else tokenizer
+    with FileSystems.open(model_path, compression_type="uncompressed") as f:
+        model = f.read()
+    vocab = sp.get_piece_size()
+    dtype = token_dtype(vocab)
+    total_chars = sum(s["bytes"] for s in manifest["shards"])  # an upper bound: file bytes ≥ text
+    per_bucket = cfg.max_sequences_per_shard * (cfg.seq_len + 1)
+    n_buckets = max(1, math.ceil(total_chars / CHARS_PER_TOKEN_ESTIMATE / per_bucket))
+    shards.write_bytes_atomic(shards.join(output, shards.OUTPUT_MARKER), b"gristmill token shards\n")
+
+    p = beam.Pipeline(options=PipelineOptions(beam_args or []))
+    (
+        p
+        | "Shards" >> beam.Create(sorted(shards.join(corpus, s["path"]) for s in manifest["shards"]))
+        | "Spread" >> beam.Reshuffle()
+        | "ReadDocs" >> beam.FlatMap(_read_docs)
+        | "Encode" >> beam.ParDo(EncodeFn(model, cfg, n_buckets, sp.bos_id(), sp.eos_id()))
+        | "Bucket" >> beam.GroupByKey()
+        | "Pack" >> beam.ParDo(_WriteBucketFn(output, cfg.seq_len, np.dtype(dtype).name))
+        | "KeyStats" >> beam.Map(lambda e: ("buckets", e))
+        | "GatherStats" >> beam.GroupByKey()
+        | "WriteStats" >> beam.ParDo(_WriteStatsFn(output))
+    )
+    result = p.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        if getattr(result, "client", None) is not None:
+            result.client.close()
+
+    entries = shards.read_json(shards.join(output, STATS_DIR, "buckets.json"))
+    FileSystems.delete([shards.join(output, STATS_DIR)])
+    splits = {}
+    for split in SPLITS:
+        es = [e for e in entries if e["split"] == split]
+        langs: dict[str, int] = {}
+        for e in es:
+            for lang, n in e["tokens_by_lang"].items():
+                langs[lang] = langs.get(lang, 0) + n
+        splits[split] = {
+            "documents": sum(e["documents"] for e in es),
+            "tokens": sum(e["tokens"] for e in es),
+            "sequences": sum(e["sequences"] for e in es),
+            "tokens_in_sequences": sum(e["sequences"] for e in es) * (cfg.seq_len + 1),
+            "tokens_dropped": sum(e["tokens_dropped"] for e in es),
+            "tokens_by_lang": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
+            "shards": [{k: e[k] for k in ("path", "sequences", "sha256")} for e in es if e["path"]],
+        }
+    docs = sum(s["documents"] for s in splits.values())
+    if docs != manifest["counts"]["kept"]:
+        raise RuntimeError(f"accounting error: tokenized {docs} documents, corpus has {manifest['counts']['kept']}")
+    keep = {s["path"] for sp_ in splits.values() for s in sp_["shards"]}
+    stale = [r for r in shards.list_files(output, "train/") + shards.list_files(output, "val/") if r not in keep]
+    if stale:
+        FileSystems.delete([shards.join(output, r) for r in stale])
+    tok_meta_path = shards.join(tokenizer, "tokenizer_meta.json") if not tokenizer.endswith(".model") else None
+    out = {
+        "gristmill_version": __version__,
+        "kind": "tokens",
+        "corpus": corpus,
+        "corpus_manifest_sha256": hashlib.sha256(shards.json_bytes(manifest)).hexdigest(),
+        "tokenizer": tokenizer,
+        "tokenizer_model_sha256": hashlib.sha256(model).hexdigest(),
+        "tokenizer_meta": shards.read_json(tok_meta_path) if tok_meta_path and FileSystems.exists(tok_meta_path) else None,
+        "vocab_size": vocab,
+        "dtype": np.dtype(dtype).name,
+        "seq_len": cfg.seq_len,
+        "config": cfg.model_dump(mode="json"),
+        "special_tokens": {"bos": sp.bos_id(), "eos": sp.eos_id(), "pad": sp.pad_id(), "unk": sp.unk_id()},
+        "buckets": n_buckets,
+        "splits": splits,
+    }
+    path = shards.join(output, "manifest.json")
+    shards.write_json_atomic(path, out)
+    return TokenizeResult(out, path, time.time() - t0)

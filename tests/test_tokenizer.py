@@ -1,0 +1,209 @@
+"""SentencePiece training from corpus shards, tokenizer.json parity, packed token shards."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines.config import load_config
+from pipelines.corpus import run_corpus
+from pipelines.tokenize import open_sequences, pack, run_tokenize
+from tokenizer.train import TokenizerError, load, train_tokenizer
+
+from .conftest import REPO, SAMPLE, shared
+
+pytestmark = pytest.mark.slow
+
+DEMO = REPO / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    run_corpus([str(SAMPLE / "*")], str(out), load_config(DEMO), ["--runner", "DirectRunner"], progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok") / "t"
+    train_tokenizer(str(corpus), str(out), load_config(DEMO).tokenizer)
+    return out
+
+
+def test_training_is_deterministic_and_writes_every_file(corpus, tok, tmp_path):
+    for name in ("tokenizer.model", "tokenizer.vocab", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer_meta.json"):
+        assert (tok / name).is_file(), name
+    again = tmp_path / "again"
+    train_tokenizer(str(corpus), str(again), load_config(DEMO).tokenizer)
+    assert (again / "tokenizer.model").read_bytes() == (tok / "tokenizer.model").read_bytes()
+    meta = json.loads((tok / "tokenizer_meta.json").read_text())
+    assert meta["vocab_size"] == 8000 and meta["documents"] > 500 and len(meta["corpus_manifest_sha256"]) == 64
+    sp = load(str(tok))
+    assert [sp.id_to_piece(i) for i in range(6)] == ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    # split digits, byte fallback for what the vocabulary lacks
+    assert sp.encode("2024", out_type=str) == ["2", "0", "2", "4"]
+    assert all(p.startswith("<0x") for p in sp.encode("\ue000", out_type=str)) and len(sp.encode("\ue000")) == 3
+
+
+def test_language_weights_sample_documents(corpus, tmp_path):
+    cfg = load_config(DEMO, ["tokenizer.language_weights={en: 0.0}", "tokenizer.vocab_size=6000"]).tokenizer
+    meta = train_tokenizer(str(corpus), str(tmp_path / "t"), cfg).meta
+    assert "en" not in meta["languages"] and meta["documents_skipped_by_language_weight"] > 50
+
+
+def _real_texts() -> list[str]:
+    texts = [json.loads(line)["text"] for line in open(shared("web/oscar2019_hf_dummy_multilingual.jsonl"), encoding="utf-8")]
+    with gzip.open(shared("web/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"), "rt", encoding="utf-8") as f:
+        texts += [json.loads(line)["text"] for line in f]
+    with open(shared("lid/lingua_testdata_sentences.tsv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    texts += [r["text"] for r in rows[::150]]
+    return texts
+
+
+def test_tokenizer_json_encodes_identically(tok):
+    from tokenizers import Tokenizer
+
+    sp = load(str(tok))
+    hf = Tokenizer.from_file(str(tok / "tokenizer.json"))
+    texts = _real_texts()
+    assert len(texts) > 1500 and len({t[:2] for t in texts}) > 100  # many languages and scripts
+    for text in texts + ["  leading spaces", "<|im_start|>user\nhi<|im_end|>", "x<|im_end|>y", "tab\tand\nnewline", ""]:
+        assert hf.encode(text, add_special_tokens=False).ids == sp.encode(text), text[:80]
+        assert hf.decode(sp.encode(text), skip_special_tokens=False) == sp.decode(sp.encode(text))
+
+
+def test_transformers_loads_it_with_the_chat_template(tok):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tok))
+    sp = load(str(tok))
+    messages = [{"role": "user", "content": "What grinds grain?"}, {"role": "assistant", "content": "A mill."}]
+    rendered = hf.apply_chat_template(messages, tokenize=False)
+    assert rendered == "<|im_start|>user\nWhat grinds grain?<|im_end|>\n<|im_start|>assistant\nA mill.<|im_end|>\n"
+    ids = hf.apply_chat_template(messages, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert list(ids) == sp.encode(rendered)
+    assert hf.eos_token == "</s>" and hf.pad_token_id == 3
+
+
+# --- token shards --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokens(corpus, tok, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokens") / "k"
+    cfg = load_config(DEMO, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000"]).tokenize
+    return out, run_tokenize(str(corpus), str(tok), str(out), cfg, ["--runner", "DirectRunner"]).manifest
+
+
+def test_token_shards_account_for_every_token(corpus, tokens):
+    out, m = tokens
+    kept = json.loads((corpus / "manifest.json").read_text())["counts"]["kept"]
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == kept
+    for split in ("train", "val"):
+        s = m["splits"][split]
+        seqs = sum(open_sequences(str(out / sh["path"])).shape[0] for sh in s["shards"])
+        assert seqs == s["sequences"]
+        assert s["tokens"] == s["tokens_in_sequences"] + s["tokens_dropped"]
+        assert sum(s["tokens_by_lang"].values()) == s["tokens"]
+    val_share = m["splits"]["val"]["documents"] / kept
+    assert 0.02 < val_share < 0.09  # val_fraction 0.05 by id hash
+    assert m["dtype"] == "uint16" and m["vocab_size"] == 8000 and m["buckets"] > 1
+
+
+def test_token_shards_are_memory_mapped_without_copy(tokens):
+    out, m = tokens
+    path = str(out / m["splits"]["train"]["shards"][0]["path"])
+    arr = open_sequences(path)
+    assert arr.dtype == np.uint16 and arr.shape[1] == 129
+    assert not arr.flags.owndata and not arr.flags.writeable  # a view of the read-only memory map
+
+
+def test_sequences_are_documents_joined_by_eos_in_id_order(corpus, tok, tokens):
+    out, m = tokens
+    sp = load(str(tok))
+    seqs = open_sequences(str(out / m["splits"]["val"]["shards"][0]["path"]))
+    stream = seqs.reshape(-1).tolist()
+    first_doc = stream[: stream.index(sp.eos_id())]
+    texts = {r["id"]: r["text"] for r in __import__("pipelines.shards", fromlist=["open_corpus"]).open_corpus(str(corpus)).to_table().to_pylist()}
+    assert sp.decode(first_doc) in texts.values()
+    assert stream.count(sp.eos_id()) >= 2
+
+
+def test_tokenize_is_deterministic(corpus, tok, tokens, tmp_path):
+    out, m = tokens
+    cfg = load_config(DEMO, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000"]).tokenize
+    again = run_tokenize(str(corpus), str(tok), str(tmp_path / "again"), cfg, ["--runner", "DirectRunner"]).manifest
+    assert again["splits"] == m["splits"]
+
+
+def test_pack_cuts_and_counts():
+    docs = [("b", np.arange(5, dtype=np.uint32)), ("a", np.arange(100, 107, dtype=np.uint32))]
+    seqs, dropped = pack(docs, seq_len=3)
+    assert seqs.tolist() == [[100, 101, 102, 103], [104, 105, 106, 0], [1, 2, 3, 4]] and dropped == 0
+    seqs, dropped = pack(docs, seq_len=4)
+    assert seqs.shape == (2, 5) and dropped == 2
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_empty_corpus_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty"
+    run_corpus([str(SAMPLE / "ccnet-cc-main-2020-16.parquet")], str(empty), load_config(DEMO, ["langid.keep=[xx]"]), ["--runner", "DirectRunner"], progress=False)
+    with pytest.raises(TokenizerError, match="is empty"):
+        train_tokenizer(str(empty), str(tmp_path / "t"), load_config(DEMO).tokenizer)
+
+
+def test_vocab_the_data_cannot_support(corpus, tmp_path):
+    with pytest.raises(TokenizerError, match=r"vocab_size=1000 is too small.*Raise tokenizer.vocab_size"):
+        train_tokenizer(str(corpus), str(tmp_path / "t"), load_config(DEMO, ["tokenizer.vocab_size=1000"]).tokenizer)
+    small = tmp_path / "small"
+    run_corpus([str(SAMPLE / "ccnet-cc-main-2020-16.parquet")], str(small), load_config(DEMO), ["--runner", "DirectRunner"], progress=False)
+    with pytest.raises(TokenizerError, match=r"cannot support tokenizer.vocab_size=60000.*Lower tokenizer.vocab_size"):
+        train_tokenizer(str(small), str(tmp_path / "t2"), load_config(DEMO, ["tokenizer.vocab_size=60000"]).tokenizer)
+
+
+def test_shard_with_unexpected_schema(corpus, tokens, tmp_path, tok):
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus, broken)
+    m = json.loads((broken / "manifest.json").read_text())
+    victim = broken / m["shards"][0]["path"]
+    out, tm = tokens
+    shutil.copy(out / tm["splits"]["train"]["shards"][0]["path"], victim)  # a token shard where text should be
+    with pytest.raises(TokenizerError, match=r"unexpected schema: no column\(s\) \['id', 'text', 'lang'\]"):
+        train_tokenizer(str(broken), str(tmp_path / "t"), load_config(DEMO).tokenizer)
+    with pytest.raises(TokenizerError, match=str(victim.name)):
+        run_tokenize(str(broken), str(tok), str(tmp_path / "k"), load_config(DEMO).tokenize, ["--runner", "DirectRunner"])
+
+
+def test_not_a_sentencepiece_model(tmp_path):
+    bogus = tmp_path / "model.model"
+    bogus.write_bytes(b"this is not a model")
+    with pytest.raises(TokenizerError, match=r"model\.model is not a SentencePiece model"):
+        load(str(bogus))
+    with pytest.raises(TokenizerError, match="no SentencePiece model"):
+        load(str(tmp_path))
+
+
+def test_cli_encode_decode(tok):
+    exe = str(Path(sys.executable).parent / "gristmill")
+    enc = subprocess.run([exe, "tokenizer", "encode", "--tokenizer", str(tok), "The old mill"], capture_output=True, text=True, check=True)
+    ids = enc.stdout.split()
+    dec = subprocess.run([exe, "tokenizer", "decode", "--tokenizer", str(tok), *ids], capture_output=True, text=True, check=True)
+    assert dec.stdout.strip() == "The old mill"
+    pieces = subprocess.run([exe, "tokenizer", "encode", "--pieces", "--tokenizer", str(tok), "The old mill"], capture_output=True, text=True, check=True)
+    assert "▁old" in pieces.stdout
+    bad = subprocess.run([exe, "tokenizer", "encode", "--tokenizer", "/nonexistent", "x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no SentencePiece model" in bad.stderr

@@ -1,0 +1,175 @@
+"""Train a SentencePiece model from the Arrow shards of a corpus, streaming.
+
+Documents are read shard by shard (never a text dump), sampled per language by a hash of their id
+(deterministic), split into lines, and handed to SentencePiece through ``sentence_iterator``;
+SentencePiece samples ``input_sentence_size`` of them with a fixed seed. Output directory:
+
+    tokenizer.model, tokenizer.vocab       SentencePiece
+    tokenizer.json, tokenizer_config.json  Hugging Face (same ids, chat template), special_tokens_map.json
+    tokenizer_meta.json                    config, corpus manifest hash, counts, versions
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from pipelines import shards
+from pipelines.config import TokenizerConfig
+
+log = logging.getLogger("gristmill.tokenizer")
+
+SPECIAL = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad>"}
+SPECIAL_IDS = {"unk": 0, "bos": 1, "eos": 2, "pad": 3}
+MODEL_FILE = "tokenizer.model"
+
+
+class TokenizerError(Exception):
+    """A tokenizer that cannot be trained or loaded; the message names the file and what to change."""
+
+
+def _keep_fraction(doc_id: str, seed: int) -> float:
+    h = hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
+def iter_corpus_lines(corpus: str, cfg: TokenizerConfig, stats: Counter | None = None):
+    """Lines of the corpus's documents, language-sampled, in manifest (shard) order."""
+    manifest = shards.read_manifest(corpus)
+    stats = stats if stats is not None else Counter()
+    for entry in manifest["shards"]:
+        path = shards.join(corpus, entry["path"])
+        for batch in shards.iter_batches(path, ["id", "text", "lang"]):
+            cols = batch.to_pydict()
+            for doc_id, text, lang in zip(cols["id"], cols["text"], cols["lang"]):
+                weight = cfg.language_weights.get(lang, cfg.default_language_weight)
+                if weight < 1.0 and _keep_fraction(doc_id, cfg.seed) >= weight:
+                    stats["documents_skipped"] += 1
+                    continue
+                stats["documents"] += 1
+                stats[f"lang:{lang}"] += 1
+                for line in text.split("\n"):
+                    if line.strip():
+                        stats["lines"] += 1
+                        yield line
+
+
+def trainer_options(cfg: TokenizerConfig) -> dict:
+    return {
+        "model_type": cfg.model_type,
+        "vocab_size": cfg.vocab_size,
+        "character_coverage": cfg.character_coverage,
+        "input_sentence_size": cfg.input_sentence_size,
+        "shuffle_input_sentence": True,
+        "max_sentence_length": cfg.max_sentence_length,
+        "byte_fallback": cfg.byte_fallback,
+        "split_digits": cfg.split_digits,
+        "normalization_rule_name": cfg.normalization,
+        "remove_extra_whitespaces": False,  # keep the text's spacing (code, tables) exactly
+        # no dummy "▁" before the first word: a document's first word is tokenized as it is written
+        # (as GPT-style BPEs do), and tokenizer.json can reproduce every segmentation exactly
+        "add_dummy_prefix": False,
+        "user_defined_symbols": list(cfg.user_defined_symbols),
+        "unk_id": SPECIAL_IDS["unk"],
+        "bos_id": SPECIAL_IDS["bos"],
+        "eos_id": SPECIAL_IDS["eos"],
+        "pad_id": SPECIAL_IDS["pad"],
+        "unk_piece": SPECIAL["unk"],
+        "bos_piece": SPECIAL["bos"],
+        "eos_piece": SPECIAL["eos"],
+        "pad_piece": SPECIAL["pad"],
+        "num_threads": cfg.num_threads,
+        "minloglevel": 2,
+    }
+
+
+@dataclass
+class TrainResult:
+    output: str
+    meta: dict
+    seconds: float
+
+
+def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig) -> TrainResult:
+    import sentencepiece as spm
+
+    t0 = time.time()
+    manifest = shards.read_manifest(corpus)
+    if manifest["counts"]["kept"] == 0 or not manifest["shards"]:
+        raise TokenizerError(f"corpus {corpus} is empty (0 documents kept): nothing to train a tokenizer on")
+    try:
+        shards.check_corpus_shards(corpus, manifest)
+    except ValueError as e:
+        raise TokenizerError(str(e)) from None
+    stats: Counter = Counter()
+    model = io.BytesIO()
+    spm.set_random_generator_seed(cfg.seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter_corpus_lines(corpus, cfg, stats), model_writer=model, **trainer_options(cfg)
+        )
+    except RuntimeError as e:
+        msg = str(e).strip()
+        seen = f"({stats['lines']:,} lines from {stats['documents']:,} documents)"
+        if "smaller than required_chars" in msg:
+            raise TokenizerError(
+                f"tokenizer.vocab_size={cfg.vocab_size} is too small for the characters of corpus {corpus} {seen}: "
+                f"{msg.split('] ', 1)[-1]} Raise tokenizer.vocab_size or lower tokenizer.character_coverage."
+            ) from None
+        if "Vocabulary size is too high" in msg or "vocab_size" in msg:
+            raise TokenizerError(
+                f"corpus {corpus} {seen} cannot support tokenizer.vocab_size={cfg.vocab_size}: "
+                f"{msg.split('] ', 1)[-1]} Lower tokenizer.vocab_size, or train on a larger corpus."
+            ) from None
+        raise TokenizerError(f"SentencePiece training on {corpus} failed: {msg.strip()}") from None
+    if stats["lines"] == 0:
+        raise TokenizerError(f"corpus {corpus} has no text lines after language sampling: check tokenizer.language_weights")
+    data = model.getvalue()
+    sp = spm.SentencePieceProcessor(model_proto=data)
+    shards.write_bytes_atomic(shards.join(output, MODEL_FILE), data)
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
+    shards.write_bytes_atomic(shards.join(output, "tokenizer.vocab"), vocab.encode())
+    manifest_bytes = shards.json_bytes(manifest)
+    meta = {
+        "kind": "tokenizer",
+        "sentencepiece_version": spm.__version__,
+        "config": cfg.model_dump(mode="json"),
+        "trainer_options": trainer_options(cfg),
+        "corpus": corpus,
+        "corpus_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "model_sha256": hashlib.sha256(data).hexdigest(),
+        "vocab_size": sp.get_piece_size(),
+        "special_tokens": {k: {"piece": SPECIAL[k], "id": SPECIAL_IDS[k]} for k in SPECIAL},
+        "user_defined_symbols": {s: sp.piece_to_id(s) for s in cfg.user_defined_symbols},
+        "documents": stats["documents"],
+        "documents_skipped_by_language_weight": stats["documents_skipped"],
+        "lines_streamed": stats["lines"],
+        "languages": {k.split(":", 1)[1]: n for k, n in sorted(stats.items()) if k.startswith("lang:")},
+    }
+    from tokenizer.hf import export_hf
+
+    export_hf(data, output, meta)
+    shards.write_json_atomic(shards.join(output, "tokenizer_meta.json"), meta)
+    return TrainResult(output, meta, time.time() - t0)
+
+
+def load(path: str):
+    """A SentencePiece processor from a tokenizer directory or a .model file, with a clear error."""
+    import sentencepiece as spm
+
+    from apache_beam.io.filesystems import FileSystems
+
+    model_path = shards.join(path, MODEL_FILE) if not path.endswith(".model") else path
+    if not FileSystems.exists(model_path):
+        raise TokenizerError(f"no SentencePiece model at {model_path} (train one with `gristmill tokenizer train`)")
+    with FileSystems.open(model_path, compression_type="uncompressed") as f:
+        data = f.read()
+    try:
+        return spm.SentencePieceProcessor(model_proto=data)
+    except RuntimeError as e:
+        raise TokenizerError(f"{model_path} is not a SentencePiece model ({str(e).strip()}); pass the .model file or the directory `gristmill tokenizer train` wrote") from None
