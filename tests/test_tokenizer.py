@@ -78,7 +78,7 @@ def test_tokenizer_json_encodes_identically(tok):
     hf = Tokenizer.from_file(str(tok / "tokenizer.json"))
     texts = _real_texts()
     assert len(texts) > 1500 and len({t[:2] for t in texts}) > 100  # many languages and scripts
-    for text in texts + ["  leading spaces", "<|im_start|>user\nhi<|im_end|>", "x<|im_end|>y", "tab\tand\nnewline", ""]:
+    for text in texts + ["नमस्ते १२३४ and 1234", "ျပည္ နဲ႔ ၁၂၃", "  leading spaces", "<|im_start|>user\nhi<|im_end|>", "x<|im_end|>y", "tab\tand\nnewline", ""]:
         assert hf.encode(text, add_special_tokens=False).ids == sp.encode(text), text[:80]
         assert hf.decode(sp.encode(text), skip_special_tokens=False) == sp.decode(sp.encode(text))
 

@@ -38,7 +38,7 @@ def _merges(sp, vocab: dict[str, int], normal: set[str]) -> list[tuple[str, str]
 
 def build_tokenizer(model_proto: bytes, meta: dict):
     import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE, Unigram
 
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -65,7 +65,9 @@ def build_tokenizer(model_proto: bytes, meta: dict):
         tok.normalizer = normalizers.NFKC()  # nmt_nfkc's extra control-character rules are not reproduced
     pre = [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)]
     if opts["split_digits"]:
-        pre.append(pre_tokenizers.Digits(individual_digits=True))
+        # SentencePiece splits ASCII digits only; pre_tokenizers.Digits would also split every
+        # Unicode decimal digit (Myanmar, Devanagari ...), which SentencePiece merges like letters
+        pre.append(pre_tokenizers.Split(Regex("[0-9]"), behavior="isolated"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     specials = [opts[f"{k}_piece"] for k in ("unk", "bos", "eos", "pad")]
