@@ -84,6 +84,9 @@ class GopherRepetitionConfig(_LanguageScoped):
     dup_line_char_frac: float | None = 0.20
     dup_para_char_frac: float | None = 0.20
     top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
+    #: 1 (the reference behaviour): the most frequent n-gram counts even if it occurs once, which
+    #: drops documents under ~25 words as repetitive; 2: only repeated n-grams count
+    top_ngram_min_count: int = Field(default=1, ge=1)
     dup_n_grams: tuple[tuple[int, float], ...] = (
         (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10),
     )

@@ -4,8 +4,8 @@ Each filter returns a :class:`Verdict`: ``reason`` is None when the document is 
 (possibly rewritten) text, ``signals`` are the measured values (stored as columns in the shards). No
 filter touches I/O or global state, so each is testable without a runner and cheap to reason about.
 
-Words are Unicode word runs (``\\w+``) plus runs of punctuation as separate tokens, which is what the
-spaCy/NLTK tokenizers of the reference implementations produce on Latin-script text, at regex speed.
+Words are tokens as spaCy's English tokenizer (the reference implementation's) makes them on web
+text, approximated by one regex at regex speed (see ``_TOKEN_RE``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import urlsplit
+
+import numpy as np
 
 from pipelines.config import (
     C4LinesConfig,
@@ -46,6 +48,26 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _NEWLINES_RE = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 
 
+@lru_cache(maxsize=4)
+def _ftfy_config(unicode_form: str):
+    import ftfy  # imported lazily: ~0.2 s, only needed for non-ASCII text
+
+    # Typographic quotes and full-width characters are kept as written (they are text, not damage);
+    # no explanations (they cost more than the fixing).
+    return ftfy.TextFixerConfig(
+        uncurl_quotes=False,
+        fix_character_width=False,
+        normalization=None if unicode_form == "none" else unicode_form,
+        explain=False,
+    )
+
+
+def _ftfy_fix(text: str, unicode_form: str) -> str:
+    import ftfy
+
+    return ftfy.fix_text(text, _ftfy_config(unicode_form))
+
+
 def normalize_text(text: str, cfg: NormalizeConfig) -> Verdict:
     """ftfy repair, Unicode normalisation, newline and control-character clean-up."""
     text = _NEWLINES_RE.sub("\n", text)
@@ -53,10 +75,8 @@ def normalize_text(text: str, cfg: NormalizeConfig) -> Verdict:
     if _CONTROL_RE.search(text):
         text, n_controls = _CONTROL_RE.subn("", text)
     if cfg.fix_unicode and not text.isascii():
-        import ftfy  # imported lazily: ~0.2 s, only needed for non-ASCII text
-
-        # ftfy also unescapes HTML entities and normalises to NFC unless told otherwise
-        text = ftfy.fix_text(text, normalization=None if cfg.unicode_form == "none" else cfg.unicode_form)
+        # mojibake, HTML entities, C1 controls, surrogates, ligatures; then NFC
+        text = _ftfy_fix(text, cfg.unicode_form)
     elif cfg.unicode_form != "none" and not text.isascii():
         text = unicodedata.normalize(cfg.unicode_form, text)
     text = text.strip()
@@ -110,29 +130,52 @@ def url_blocked(url: str | None, domains: frozenset[str], urls: frozenset[str]) 
 # Gopher (MassiveText) rules
 # ---------------------------------------------------------------------------------------------
 
-_WORD_RE = re.compile(r"\w+")
-_SYMBOL_TOKEN_RE = re.compile(r"[^\w\s]+")
-_NUMERIC_WORD_RE = re.compile(r"(?<!\w)[\d_]+(?!\w)")
-_TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
+# One pass of one regex tokenises the way spaCy's English tokenizer does on web text (what the
+# reference implementation, datatrove, uses): URLs, e-mail addresses, numbers with separators and
+# dotted abbreviations stay whole; contractions split before the apostrophe ("do" "n't" ~ "don"
+# "'t"); every other punctuation character is its own token except "..." and "--". Three groups:
+# words (1), numbers (2), symbols (3).
+_TOKEN_RE = re.compile(
+    r"((?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"  # URL
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail address
+    r"|(?:[^\W\d_]\.){2,}"  # U.S.  e.g.
+    r"|['’][^\W\d_]+"  # 's  'll  't
+    r")|(\d+(?:[.,:/]\d+)*\b)"  # 2011  12,000  3.5  10:30
+    r"|(\.{2,}|-{2,}|[^\w\s])"  # ...  --  and any single symbol
+    r"|(\w+)"  # words
+)
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
 _LINES_RE = re.compile(r"\n+")
 
 
+def _token_groups(text: str) -> tuple[list[str], list[str], int]:
+    """(words with a letter, numbers, number of symbol tokens)."""
+    words, numbers, symbols = [], [], 0
+    for special, number, symbol, word in _TOKEN_RE.findall(text):
+        if word or special:
+            words.append(word or special)
+        elif number:
+            numbers.append(number)
+        else:
+            symbols += 1
+    return words, numbers, symbols
+
+
 def tokenize_words(text: str) -> list[str]:
-    return _TOKEN_RE.findall(text)
+    """All tokens, symbols included, in order."""
+    return [a or b or c or d for a, b, c, d in _TOKEN_RE.findall(text)]
 
 
 def gopher_quality(text: str, cfg: GopherQualityConfig) -> Verdict:
-    words = _WORD_RE.findall(text)  # tokens that are not pure punctuation
-    n_symbol_tokens = len(_SYMBOL_TOKEN_RE.findall(text))
-    n_words = len(words)
-    n_tokens = n_words + n_symbol_tokens
+    words, numbers, n_symbols = _token_groups(text)
+    n_words = len(words) + len(numbers)  # tokens that are not pure punctuation
+    n_tokens = n_words + n_symbols
     signals: dict[str, float | int] = {"n_words": n_words}
     if cfg.min_doc_words and n_words < cfg.min_doc_words:
         return Verdict(text, "short_doc", signals)
     if cfg.max_doc_words and n_words > cfg.max_doc_words:
         return Verdict(text, "long_doc", signals)
-    mean_len = sum(map(len, words)) / n_words if n_words else 0.0
+    mean_len = (sum(map(len, words)) + sum(map(len, numbers))) / n_words if n_words else 0.0
     signals["mean_word_length"] = round(mean_len, 4)
     if cfg.min_avg_word_length and mean_len < cfg.min_avg_word_length:
         return Verdict(text, "mean_word_length_low", signals)
@@ -154,7 +197,7 @@ def gopher_quality(text: str, cfg: GopherQualityConfig) -> Verdict:
         ends = sum(1 for s in lines if s.rstrip().endswith(("...", "…")))
         if ends / len(lines) > cfg.max_ellipsis_lines_ratio:
             return Verdict(text, "too_many_end_ellipsis", signals)
-    alpha_frac = (n_words - len(_NUMERIC_WORD_RE.findall(text))) / n_tokens
+    alpha_frac = len(words) / n_tokens
     signals["alpha_words_frac"] = round(alpha_frac, 4)
     if cfg.min_alpha_words_ratio and alpha_frac < cfg.min_alpha_words_ratio:
         return Verdict(text, "alpha_words_low", signals)
@@ -180,34 +223,77 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return dup_items, dup_chars
 
 
-def _top_ngram_chars(words: list[str], n: int) -> int:
+class _Ngrams:
+    """The tokens of a document as integer ids, with an id per n-gram: numpy does the counting,
+    Python only walks the few documents that repeat themselves."""
+
+    # odd 64-bit multipliers: an n-gram's key is sum(id_k * M_k) mod 2^64 over its n token ids, a
+    # collision between different n-grams of one document is a ~2^-64 event
+    _MUL = np.random.RandomState(20211208).randint(1, 2**62, size=16, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+
+    def __init__(self, tokens: list[str]):
+        vocab: dict[str, int] = {}
+        self.ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in tokens), dtype=np.uint64, count=len(tokens))
+        self.cum = np.concatenate(([0], np.cumsum(np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens)))))
+        self._grams: dict[int, np.ndarray] = {}
+
+    def grams(self, n: int) -> np.ndarray:
+        """A small integer per n-gram position: equal n-grams, equal numbers."""
+        if n not in self._grams:
+            count = self.ids.size - n + 1
+            key = np.zeros(max(count, 0), dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                for k in range(n):
+                    key += self.ids[k : k + count] * self._MUL[k]
+            self._grams[n] = np.unique(key, return_inverse=True)[1].reshape(-1)
+        return self._grams[n]
+
+    def chars(self, start, n: int):
+        """Characters of the n tokens from ``start`` (spaces excluded)."""
+        return self.cum[start + n] - self.cum[start]
+
+
+def _top_ngram_chars(ng: _Ngrams, n: int, min_count: int = 1) -> int:
     """Characters covered by the most frequent n-gram (count × its length with single spaces).
 
-    An n-gram seen once is not repetition: unlike datatrove, which scores the first n-gram of a
-    document without repeats, and so drops every short document (under ~25 words) as
-    "repetitive", we return 0 then. See bench/README.md.
+    With ``min_count`` 1 (the reference behaviour) an n-gram seen once still counts, so a document
+    of fewer than ~25 words is "repetitive"; 2 scores only n-grams that repeat.
     """
-    grams = Counter(zip(*(words[i:] for i in range(n))))
-    if not grams:
+    grams = ng.grams(n)
+    if grams.size == 0:
         return 0
-    gram, count = grams.most_common(1)[0]  # first-seen among ties, like the reference
-    if count < 2:
+    counts = np.bincount(grams)
+    top = counts.max()
+    if top < min_count:
         return 0
-    return (sum(map(len, gram)) + n - 1) * count
+    first_top = int(np.flatnonzero(counts[grams] == top)[0])  # first-seen among ties, like the reference
+    return int((ng.chars(first_top, n) + n - 1) * top)
 
 
-def _duplicate_ngram_chars(words: list[str], word_lens_cum: list[int], n: int) -> int:
+def _duplicate_ngram_chars(ng: _Ngrams, n: int, limit: float = float("inf")) -> int:
     """Characters in n-grams that repeat an earlier n-gram, scanning left to right and jumping over
-    a repeated n-gram (so overlapping repeats are not counted twice). Characters exclude spaces."""
-    grams = list(zip(*(words[i:] for i in range(n))))
-    if len(set(grams)) == len(grams):  # the common case: nothing repeats
+    a repeated n-gram (so overlapping repeats are not counted twice). Characters exclude spaces.
+    Stops as soon as the count passes ``limit``."""
+    grams = ng.grams(n)
+    total = grams.size
+    if total == 0:
         return 0
-    seen: set[tuple[str, ...]] = set()
-    idx, repeated, total = 0, 0, len(grams)
+    first = np.full(int(grams.max()) + 1, total, dtype=np.int64)
+    np.minimum.at(first, grams, np.arange(total))
+    repeats = np.flatnonzero(first[grams] < np.arange(total))
+    if repeats.size == 0:  # the common case: nothing repeats
+        return 0
+    start = int(repeats[0])  # before the first repeat every position is visited and new
+    seen = set(grams[:start].tolist())
+    gl = grams.tolist()
+    cum = ng.cum.tolist()
+    idx, repeated = start, 0
     while idx < total:
-        g = grams[idx]
+        g = gl[idx]
         if g in seen:
-            repeated += word_lens_cum[idx + n] - word_lens_cum[idx]
+            repeated += cum[idx + n] - cum[idx]
+            if repeated > limit:
+                return repeated
             idx += n
         else:
             seen.add(g)
@@ -233,17 +319,14 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> Verdict:
         return Verdict(text, "dup_line_frac", signals)
     if cfg.dup_line_char_frac is not None and dup_line_chars / n_chars > cfg.dup_line_char_frac:
         return Verdict(text, "dup_line_char_frac", signals)
-    words = _TOKEN_RE.findall(text)
+    tokens = tokenize_words(text)
+    ng = _Ngrams(tokens)
     for n, frac in cfg.top_n_grams:
-        if len(words) >= n and _top_ngram_chars(words, n) / n_chars > frac:
+        if len(tokens) >= n and _top_ngram_chars(ng, n, cfg.top_ngram_min_count) / n_chars > frac:
             return Verdict(text, f"top_{n}_gram", signals)
-    if cfg.dup_n_grams:
-        cum = [0]
-        for w in words:
-            cum.append(cum[-1] + len(w))
-        for n, frac in cfg.dup_n_grams:
-            if len(words) >= n and _duplicate_ngram_chars(words, cum, n) / n_chars > frac:
-                return Verdict(text, f"dup_{n}_gram", signals)
+    for n, frac in cfg.dup_n_grams:
+        if len(tokens) >= n and _duplicate_ngram_chars(ng, n, frac * n_chars) / n_chars > frac:
+            return Verdict(text, f"dup_{n}_gram", signals)
     return Verdict(text, None, signals)
 
 

@@ -125,17 +125,17 @@ def test_gopher_repetition_duplicate_ngrams():
 
 def test_duplicate_ngram_chars_matches_reference_semantics():
     # reference: scan left to right, a repeated n-gram counts its characters and jumps n words ahead
-    words = "a b c a b c a b c d".split()
-    cum = [0]
-    for w in words:
-        cum.append(cum[-1] + len(w))
+    ng = filters._Ngrams("a b c a b c a b c d".split())
     # 3-grams: abc bca cab [abc]→count 3 chars, jump to idx 6: abc→count 3, jump to 9: end
-    assert filters._duplicate_ngram_chars(words, cum, 3) == 6
-    assert filters._duplicate_ngram_chars("a b c d e".split(), [0, 1, 2, 3, 4, 5], 2) == 0
+    assert filters._duplicate_ngram_chars(ng, 3) == 6
+    assert filters._duplicate_ngram_chars(ng, 3, limit=2) == 3  # stops once past the limit
+    assert filters._duplicate_ngram_chars(filters._Ngrams("a b c d e".split()), 2) == 0
 
 
 def test_top_ngram_counts_first_seen_among_ties():
-    assert filters._top_ngram_chars("ab cd ab cd xyz".split(), 2) == (4 + 1) * 2
+    assert filters._top_ngram_chars(filters._Ngrams("ab cd ab cd xyz".split()), 2) == (4 + 1) * 2
+    assert filters._top_ngram_chars(filters._Ngrams("aaa b c".split()), 2) == 5  # seen once: counted (reference)
+    assert filters._top_ngram_chars(filters._Ngrams("aaa b c".split()), 2, min_count=2) == 0
 
 
 # --- C4 ------------------------------------------------------------------------------------------
@@ -248,6 +248,53 @@ def test_real_web_documents_get_a_verdict_and_some_are_dropped():
     assert 0.05 * len(verdicts) < dropped < 0.6 * len(verdicts)
 
 
-def test_short_text_without_repeats_is_not_repetitive():
-    # a single sentence repeats nothing; the reference implementation would call it a top-4-gram
-    assert filters.gopher_repetition("The mill by the river was built in 1720.", GopherRepetitionConfig()).keep
+def test_short_texts_and_the_top_ngram_min_count():
+    short = "The mill by the river was built in 1720."
+    # the reference counts an n-gram seen once: a single sentence is "repetitive"
+    assert filters.gopher_repetition(short, GopherRepetitionConfig()).reason == "top_3_gram"
+    # with top_ngram_min_count 2 only repeats count
+    assert filters.gopher_repetition(short, GopherRepetitionConfig(top_ngram_min_count=2)).keep
+
+
+def test_tokens_follow_spacy_on_web_text():
+    text = "I don't know... 12,000 people (3.5%) at http://www.example.com/x?y=1 or a.b@c.org -- U.S. 1990s!!"
+    assert filters.tokenize_words(text) == [
+        "I", "don", "'t", "know", "...", "12,000", "people", "(", "3.5", "%", ")", "at",
+        "http://www.example.com/x?y=1", "or", "a.b@c.org", "--", "U.S.", "1990s", "!", "!",
+    ]
+
+
+def _reference_top(tokens, n):
+    from collections import Counter
+
+    grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    gram, count = grams.most_common(1)[0]
+    return (sum(map(len, gram)) + n - 1) * count
+
+
+def _reference_dup(tokens, n):
+    seen, idx, rep = set(), 0, 0
+    while idx < len(tokens) - n + 1:
+        g = tuple(tokens[idx : idx + n])
+        if g in seen:
+            rep += sum(map(len, g))
+            idx += n
+        else:
+            seen.add(g)
+            idx += 1
+    return rep
+
+
+def test_vectorised_ngram_statistics_equal_the_reference_loops():
+    path = shared("web/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
+    texts = [json.loads(line)["text"] for line in gzip.open(path, "rt", encoding="utf-8")][:250]
+    texts += ["\n".join(["same line here"] * 20), "a b a b a b c " * 30]
+    for text in texts:
+        tokens = filters.tokenize_words(text)
+        ng = filters._Ngrams(tokens)
+        for n in (2, 3, 4):
+            if len(tokens) >= n:
+                assert filters._top_ngram_chars(ng, n) == _reference_top(tokens, n)
+        for n in range(5, 11):
+            if len(tokens) >= n:
+                assert filters._duplicate_ngram_chars(ng, n) == _reference_dup(tokens, n)
