@@ -31,7 +31,6 @@ _FMIX64 = (_U64(33), _U64(0xFF51AFD7ED558CCD), _U64(33), _U64(0xC4CEB9FE1A85EC53
 _POLY = _U64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio), order-sensitive combination
 EMPTY = np.iinfo(np.uint32).max
 
-_WORD_RE = re.compile(r"[^\W_]+")  # maximal runs of alphanumeric characters
 
 
 def normalize_for_shingles(text: str) -> str:
@@ -41,11 +40,31 @@ def normalize_for_shingles(text: str) -> str:
     return text.casefold()
 
 
+@lru_cache(maxsize=1)
+def _word_char_table() -> np.ndarray:
+    """Word characters: alphanumeric (str.isalnum) or a combining mark (Mn, Mc, Me), so that
+    Devanagari, Bengali, Myanmar ... words are not cut at their vowel signs."""
+    table = np.zeros(0x110000, dtype=bool)
+    table[[i for i in range(0x110000) if chr(i).isalnum() or unicodedata.category(chr(i)) in ("Mn", "Mc", "Me")]] = True
+    return table
+
+
+@lru_cache(maxsize=1)
+def _word_re() -> re.Pattern:
+    cps = np.flatnonzero(_word_char_table())
+    breaks = np.flatnonzero(np.diff(cps) != 1)
+    starts = np.concatenate(([cps[0]], cps[breaks + 1]))
+    ends = np.concatenate((cps[breaks], [cps[-1]]))
+    body = "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in zip(starts, ends))
+    return re.compile(f"[{body}]+")
+
+
 def shingle_words(text: str) -> list[str]:
-    """The words shingles are made of: maximal runs of alphanumeric characters (str.isalnum) of
-    the normalised text; punctuation, symbols, '_' and whitespace separate words. "Hello, World!"
-    and "hello world" give the same words. (Reference path; :func:`word_hashes` is the fast one.)"""
-    return _WORD_RE.findall(normalize_for_shingles(text))
+    """The words shingles are made of: maximal runs of word characters (alphanumeric or combining
+    marks) of the normalised text; punctuation, symbols, '_' and whitespace separate words.
+    "Hello, World!" and "hello world" give the same words. (Reference path; :func:`word_hashes`
+    is the fast one.)"""
+    return _word_re().findall(normalize_for_shingles(text))
 
 
 # Word hashing without a Python call per word: a polynomial hash of each word's code points,
@@ -56,13 +75,6 @@ _P = _U64(0x100000001B3)
 _Q = _U64(pow(int(_P), -1, 1 << 64))
 _LEN_MIX = _U64(0x9E3779B97F4A7C15)
 _powers: dict[str, np.ndarray] = {"q": np.empty(0, dtype=_U64), "p": np.empty(0, dtype=_U64)}
-
-
-@lru_cache(maxsize=1)
-def _alnum_table() -> np.ndarray:
-    table = np.zeros(0x110000, dtype=bool)
-    table[[i for i in range(0x110000) if chr(i).isalnum()]] = True
-    return table
 
 
 def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +91,7 @@ def _hash_words(normalized: str) -> np.ndarray:
     cps = np.frombuffer(normalized.encode("utf-32-le"), dtype=np.uint32)
     if cps.size == 0:
         return np.empty(0, dtype=_U64)
-    edges = np.diff(_alnum_table()[cps].view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    edges = np.diff(_word_char_table()[cps].view(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts = np.flatnonzero(edges == 1)
     ends = np.flatnonzero(edges == -1)
     if starts.size == 0:

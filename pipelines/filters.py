@@ -130,19 +130,38 @@ def url_blocked(url: str | None, domains: frozenset[str], urls: frozenset[str]) 
 # Gopher (MassiveText) rules
 # ---------------------------------------------------------------------------------------------
 
+def _mark_class() -> str:
+    """A regex class body of every combining mark (Mn, Mc, Me). Python's ``\\w`` leaves them out,
+    which cuts Devanagari, Bengali, Tamil, Myanmar, Thaana ... words at every vowel sign."""
+    import sys
+
+    ranges: list[list[int]] = []
+    for cp in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(cp)) in ("Mn", "Mc", "Me"):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1][1] = cp
+            else:
+                ranges.append([cp, cp])
+    return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+
+
+MARKS = _mark_class()
+#: a word character: \w or a combining mark
+WORD_CHAR = rf"[\w{MARKS}]"
+
 # One pass of one regex tokenises the way spaCy's English tokenizer does on web text (what the
 # reference implementation, datatrove, uses): URLs, e-mail addresses, numbers with separators and
 # dotted abbreviations stay whole; contractions split before the apostrophe ("do" "n't" ~ "don"
-# "'t"); every other punctuation character is its own token except "..." and "--". Three groups:
-# words (1), numbers (2), symbols (3).
+# "'t"); every other punctuation character is its own token except "..." and "--". Groups: words
+# (1: special, 4: plain), numbers (2), symbols (3).
 _TOKEN_RE = re.compile(
     r"((?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"  # URL
     r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail address
     r"|(?:[^\W\d_]\.){2,}"  # U.S.  e.g.
-    r"|['’][^\W\d_]+"  # 's  'll  't
-    r")|(\d+(?:[.,:/]\d+)*\b)"  # 2011  12,000  3.5  10:30
-    r"|(\.{2,}|-{2,}|[^\w\s])"  # ...  --  and any single symbol
-    r"|(\w+)"  # words
+    r"|['’][^\W\d_]" + WORD_CHAR + r"*"  # 's  'll  't
+    r")|(\d+(?:[.,:/]\d+)*(?!" + WORD_CHAR + r"))"  # 2011  12,000  3.5  10:30
+    r"|(\.{2,}|-{2,}|[^\w\s" + MARKS + r"])"  # ...  --  and any single symbol
+    r"|(" + WORD_CHAR + r"+)"  # words
 )
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
 _LINES_RE = re.compile(r"\n+")

@@ -298,3 +298,19 @@ def test_vectorised_ngram_statistics_equal_the_reference_loops():
         for n in range(5, 11):
             if len(tokens) >= n:
                 assert filters._duplicate_ngram_chars(ng, n) == _reference_dup(tokens, n)
+
+
+@pytest.mark.parametrize("lang", ["hin", "tam", "ben", "div", "mya"])
+def test_scripts_with_combining_marks_are_not_cut_into_repetitive_fragments(lang):
+    # Python's \w excludes combining marks: without them in the word class, every Devanagari,
+    # Tamil, Thaana, Myanmar word is cut at its vowel signs and the fragments look repetitive
+    import csv
+
+    with open(shared("lid/udhr2_unicode_lines.tsv"), encoding="utf-8") as f:
+        lines = [r[2] for r in csv.reader(f, delimiter="\t") if r[0] == lang]
+    text = "\n".join(lines[5:40])
+    assert filters.gopher_repetition(text, GopherRepetitionConfig()).keep
+
+
+def test_combining_marks_stay_inside_words():
+    assert filters.tokenize_words("अस्पताल में") == ["अस्पताल", "में"]

@@ -99,3 +99,8 @@ def test_giant_document_signature_in_bounded_chunks():
     hashes = np.arange(300_000, dtype=np.uint32)
     sig = mh.signature(hashes, 64, 1, chunk=1000)
     assert np.array_equal(sig, mh.signature(hashes, 64, 1, chunk=300_000))
+
+
+def test_shingle_words_keep_combining_marks():
+    assert mh.shingle_words("अस्पताल में, Hello_World!") == ["अस्पताल", "में", "hello", "world"]
+    assert mh.word_hashes("अस्पताल में, Hello_World!").size == 4
