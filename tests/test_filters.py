@@ -258,10 +258,11 @@ def test_short_texts_and_the_top_ngram_min_count():
 
 def test_tokens_follow_spacy_on_web_text():
     text = "I don't know... 12,000 people (3.5%) at http://www.example.com/x?y=1 or a.b@c.org -- U.S. 1990s!!"
-    assert filters.tokenize_words(text) == [
-        "I", "don", "'t", "know", "...", "12,000", "people", "(", "3.5", "%", ")", "at",
+    # exactly what spacy.blank("en") (datatrove's English tokenizer) gives for this text
+    assert filters.tokenize_words(text) == (
+        "I", "do", "n't", "know", "...", "12,000", "people", "(", "3.5", "%", ")", "at",
         "http://www.example.com/x?y=1", "or", "a.b@c.org", "--", "U.S.", "1990s", "!", "!",
-    ]
+    )
 
 
 def _reference_top(tokens, n):
@@ -313,4 +314,4 @@ def test_scripts_with_combining_marks_are_not_cut_into_repetitive_fragments(lang
 
 
 def test_combining_marks_stay_inside_words():
-    assert filters.tokenize_words("अस्पताल में") == ["अस्पताल", "में"]
+    assert filters.tokenize_words("अस्पताल में") == ("अस्पताल", "में")
