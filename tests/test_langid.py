@@ -84,7 +84,12 @@ def test_cleaner_applies_english_rules_only_to_english():
     # 44 words: an English document this short fails Gopher's 50-word minimum; German is not judged by it
     assert doc["lang"] == "de" and doc["reason"] is None
     assert "n_words" not in doc["signals"]
-    doc_en = cleaner.process(new_document("e1", "The mill by the river was built in 1720 and still grinds grain.", "t"))
+    english = (
+        "The mill by the river was built in 1720. Since then it has ground grain for the village. "
+        "In winter the river freezes and the work stops for a few weeks. "
+        "Then the gears are repaired and the millstones sharpened."
+    )  # 44 words, like the German one
+    doc_en = cleaner.process(new_document("e1", english, "t"))
     assert doc_en["lang"] == "en" and doc_en["reason"] == "gopher_quality:short_doc"
 
 
