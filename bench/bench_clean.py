@@ -46,10 +46,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipelines import filters, langid  # noqa: E402
-from pipelines.clean import Cleaner  # noqa: E402
-from pipelines.config import GristmillConfig  # noqa: E402
-from pipelines.documents import new_document  # noqa: E402
+from pipelines import filters, langid
+from pipelines.clean import Cleaner
+from pipelines.config import GristmillConfig
+from pipelines.documents import new_document
 
 WORK = REPO / "bench" / "work"
 DATA = Path(os.environ.get("GRISTMILL_SHARED_DATA", "/work/shared/data")) / "web"
@@ -147,8 +147,15 @@ PERTURBATIONS = {
     "concat": _concat,
     "repeat_block": _repeat_block,
 }
-_OP_WEIGHTS = {"drop_lines": 3, "shuffle_lines": 2, "dup_lines": 1, "swap_words": 3, "truncate": 2,
-               "concat": 2, "repeat_block": 1}
+_OP_WEIGHTS = {
+    "drop_lines": 3,
+    "shuffle_lines": 2,
+    "dup_lines": 1,
+    "swap_words": 3,
+    "truncate": 2,
+    "concat": 2,
+    "repeat_block": 1,
+}
 
 
 def build_docs(n: int, seed: int) -> list[dict]:
@@ -190,7 +197,11 @@ def cached_docs(n: int, seed: int) -> list[dict]:
 
 def make_datatrove(model_path: str):
     from datatrove.data import Document
-    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter, LanguageFilter
+    from datatrove.pipeline.filters import (
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+        LanguageFilter,
+    )
     from datatrove.utils.lid import FT176LID
 
     class _NumpyScores:
@@ -268,17 +279,24 @@ def timed(sides, warmup: int, block: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def gm_quality_values(text: str) -> dict:
-    words = filters._WORD_RE.findall(text)
-    n_tok = len(words) + len(filters._SYMBOL_TOKEN_RE.findall(text))
-    return {
-        "n_words": len(words),
-        "n_tokens": n_tok,
-        "mean_word_len": round(sum(map(len, words)) / len(words), 3) if words else 0,
-        "alpha_frac": round((len(words) - len(filters._NUMERIC_WORD_RE.findall(text))) / n_tok, 4) if n_tok else 0,
-        "hash_ratio": round(text.count("#") / n_tok, 4) if n_tok else 0,
-        "stop_words": sorted(set(("the", "be", "to", "of", "and", "that", "have", "with")).intersection(words)),
-    }
+def gm_quality_values(text: str, cfg) -> dict:
+    """Every gopher_quality signal, through the public API: the same config with thresholds off."""
+    relaxed = cfg.model_copy(
+        update={
+            "min_doc_words": None,
+            "max_doc_words": None,
+            "min_avg_word_length": None,
+            "max_avg_word_length": None,
+            "max_symbol_word_ratio": None,
+            "max_bullet_lines_ratio": None,
+            "max_ellipsis_lines_ratio": None,
+            "min_alpha_words_ratio": 0.0,
+            "min_stop_words": 1,
+        }
+    )
+    out = dict(filters.gopher_quality(text, relaxed).signals)
+    out["n_tokens"] = len(filters.tokenize_words(text))
+    return out
 
 
 def dt_quality_values(text: str) -> dict:
@@ -292,18 +310,44 @@ def dt_quality_values(text: str) -> dict:
         "mean_word_len": round(float(np.mean([len(w) for w in nsw])), 3) if nsw else 0,
         "alpha_frac": round(sum(any(c.isalpha() for c in w) for w in words) / len(words), 4) if words else 0,
         "hash_ratio": round(text.count("#") / len(words), 4) if words else 0,
-        "stop_words": sorted(set(("the", "be", "to", "of", "and", "that", "have", "with")).intersection(words)),
+        "stop_words": sorted({"the", "be", "to", "of", "and", "that", "have", "with"}.intersection(words)),
     }
 
 
+def _top_ngram(words: list[str], n: int) -> tuple[int, int]:
+    """(characters with single spaces × count, count) of the most frequent n-gram."""
+    grams = Counter(zip(*(words[i:] for i in range(n))))
+    if not grams:
+        return 0, 0
+    gram, count = grams.most_common(1)[0]
+    return (sum(map(len, gram)) + n - 1) * count, count
+
+
+def _dup_ngram_chars(words: list[str], n: int) -> int:
+    """Characters (spaces excluded) of n-grams repeating an earlier one, jumping over each repeat."""
+    seen: set[tuple[str, ...]] = set()
+    idx, repeated = 0, 0
+    while idx < len(words) - n + 1:
+        g = tuple(words[idx : idx + n])
+        if g in seen:
+            repeated += sum(map(len, g))
+            idx += n
+        else:
+            seen.add(g)
+            idx += 1
+    return repeated
+
+
 def gm_repetition_values(text: str, cfg) -> dict:
-    words = filters._TOKEN_RE.findall(text)
+    """The repetition fractions on gristmill's tokens (filters.tokenize_words), every rule; top_n
+    is scored even when the n-gram occurs once, and top_n_count says how often it occurs."""
+    words = filters.tokenize_words(text)
     n = len(text)
-    cum = [0]
-    for w in words:
-        cum.append(cum[-1] + len(w))
-    out = {f"top_{k}": round(filters._top_ngram_chars(words, k) / n, 4) for k, _ in cfg.top_n_grams}
-    out.update({f"dup_{k}": round(filters._duplicate_ngram_chars(words, cum, k) / n, 4) for k, _ in cfg.dup_n_grams})
+    out: dict = {}
+    for k, _ in cfg.top_n_grams:
+        chars, count = _top_ngram(words, k)
+        out[f"top_{k}"], out[f"top_{k}_count"] = round(chars / n, 4), count
+    out.update({f"dup_{k}": round(_dup_ngram_chars(words, k) / n, 4) for k, _ in cfg.dup_n_grams})
     return out
 
 
@@ -344,8 +388,14 @@ def agreement(name, docs, gm, dt, examples: int, extra=None, en=None) -> dict:
                 gm_reasons[gr] += 1
             else:
                 dt_reasons[dr] += 1
-            row = {"id": d["id"], "seed": d["seed"], "ops": d["ops"], "n_chars": len(d["text"]),
-                   "gristmill": {"keep": gk, "reason": gr}, "datatrove": {"keep": dk, "reason": dr}}
+            row = {
+                "id": d["id"],
+                "seed": d["seed"],
+                "ops": d["ops"],
+                "n_chars": len(d["text"]),
+                "gristmill": {"keep": gk, "reason": gr},
+                "datatrove": {"keep": dk, "reason": dr},
+            }
             if extra:
                 row.update(extra(d))
             row["snippet"] = d["text"][:SNIPPET]
@@ -353,14 +403,16 @@ def agreement(name, docs, gm, dt, examples: int, extra=None, en=None) -> dict:
     n = len(docs)
     WORK.mkdir(parents=True, exist_ok=True)
     with open(WORK / f"disagreements_{name}.jsonl", "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     en_stats = {}
     if en is not None:
         n_en = sum(en)
         agree_en = sum(1 for m, (gk, _), (dk, _) in zip(en, gm, dt) if m and gk == dk)
-        en_stats = {"n_en": n_en, "agree_frac_en": round(agree_en / n_en, 5) if n_en else None,
-                    "disagree_en": n_en - agree_en}
+        en_stats = {
+            "n_en": n_en,
+            "agree_frac_en": round(agree_en / n_en, 5) if n_en else None,
+            "disagree_en": n_en - agree_en,
+        }
     both_drop_same = sum(1 for (gk, gr), (dk, dr) in zip(gm, dt) if not gk and not dk and _same_reason(gr, dr))
     both_drop = conf[("drop", "drop")]
     return {
@@ -379,11 +431,16 @@ def agreement(name, docs, gm, dt, examples: int, extra=None, en=None) -> dict:
 
 
 _REASON_MAP = {  # datatrove rule name -> gristmill rule name
-    "gopher_short_doc": "short_doc", "gopher_long_doc": "long_doc",
-    "gopher_below_avg_threshold": "mean_word_length_low", "gopher_above_avg_threshold": "mean_word_length_high",
-    "gopher_too_many_hashes": "too_many_hashes", "gopher_too_many_ellipsis": "too_many_ellipsis",
-    "gopher_too_many_bullets": "too_many_bullets", "gopher_too_many_end_ellipsis": "too_many_end_ellipsis",
-    "gopher_below_alpha_threshold": "alpha_words_low", "gopher_enough_stop_words": "too_few_stop_words",
+    "gopher_short_doc": "short_doc",
+    "gopher_long_doc": "long_doc",
+    "gopher_below_avg_threshold": "mean_word_length_low",
+    "gopher_above_avg_threshold": "mean_word_length_high",
+    "gopher_too_many_hashes": "too_many_hashes",
+    "gopher_too_many_ellipsis": "too_many_ellipsis",
+    "gopher_too_many_bullets": "too_many_bullets",
+    "gopher_too_many_end_ellipsis": "too_many_end_ellipsis",
+    "gopher_below_alpha_threshold": "alpha_words_low",
+    "gopher_enough_stop_words": "too_few_stop_words",
 }
 
 
@@ -392,7 +449,7 @@ def _same_reason(gr, dr) -> bool:
         return gr == dr
     dr = _REASON_MAP.get(dr, dr)
     if dr.startswith("duplicated_") and dr.endswith("_n_grams"):
-        dr = "dup_" + dr[len("duplicated_"):-len("_n_grams")] + "_gram"
+        dr = "dup_" + dr[len("duplicated_") : -len("_n_grams")] + "_gram"
     return dr == gr
 
 
@@ -426,8 +483,11 @@ def main(argv=None) -> int:
         docs = docs[: args.limit]
     texts = [d["text"] for d in docs]
     n = len(docs)
-    print(f"{n} documents, {sum(map(len, texts)) / 1e6:.1f} M chars "
-          f"(loaded/built in {time.perf_counter() - t_build:.1f} s)", flush=True)
+    print(
+        f"{n} documents, {sum(map(len, texts)) / 1e6:.1f} M chars "
+        f"(loaded/built in {time.perf_counter() - t_build:.1f} s)",
+        flush=True,
+    )
 
     cfg = GristmillConfig()
     c = cfg.clean
@@ -435,42 +495,56 @@ def main(argv=None) -> int:
     model = langid.load_model(cfg.langid.model_path)
     Document, dt_quality, dt_repetition, dt_lang = make_datatrove(model_path)
     dt_docs = [Document(text=t, id=d["id"]) for t, d in zip(texts, docs)]
-    import datatrove
     import spacy
 
     results: dict = {
         "machine": {
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cpu": _cpu_name(), "cores_visible": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu": _cpu_name(),
+            "cores_visible": os.cpu_count(),
             "pinned_cpu": args.cpu if args.cpu >= 0 else None,
             "loadavg_start": _loadavg(),
         },
-        "versions": {"datatrove": _version("datatrove"), "spacy": spacy.__version__,
-                     "fasttext-predict": _version("fasttext-predict"), "ftfy": _version("ftfy")},
-        "input": {"docs": n, "chars": sum(map(len, texts)), "seed": args.seed,
-                  "lid_model": model_path},
-        "speed": {}, "agreement": {},
+        "gristmill": _git_revision(),
+        "versions": {
+            "datatrove": _version("datatrove"),
+            "spacy": spacy.__version__,
+            "fasttext-predict": _version("fasttext-predict"),
+            "ftfy": _version("ftfy"),
+        },
+        "input": {"docs": n, "chars": sum(map(len, texts)), "seed": args.seed, "lid_model": model_path},
+        "speed": {},
+        "agreement": {},
     }
-    del datatrove
 
     def record(name, gm_secs, dt_secs, gm_label="gristmill", dt_label="datatrove"):
-        r = {f"{gm_label}_docs_s": rate(n, gm_secs), f"{dt_label}_docs_s": rate(n, dt_secs),
-             "ratio_gm_over_dt": round(dt_secs / gm_secs, 2), "gm_secs": round(gm_secs, 2),
-             "dt_secs": round(dt_secs, 2)}
+        r = {
+            f"{gm_label}_docs_s": rate(n, gm_secs),
+            f"{dt_label}_docs_s": rate(n, dt_secs),
+            "ratio_gm_over_dt": round(dt_secs / gm_secs, 2),
+            "gm_secs": round(gm_secs, 2),
+            "dt_secs": round(dt_secs, 2),
+        }
         results["speed"][name] = r
-        print(f"  {name:<18} gristmill {r[gm_label + '_docs_s']:>9} docs/s   datatrove "
-              f"{r[dt_label + '_docs_s']:>9} docs/s   ratio {r['ratio_gm_over_dt']:>6}x", flush=True)
+        print(
+            f"  {name:<18} gristmill {r[gm_label + '_docs_s']:>9} docs/s   datatrove "
+            f"{r[dt_label + '_docs_s']:>9} docs/s   ratio {r['ratio_gm_over_dt']:>6}x",
+            flush=True,
+        )
 
     # --- per filter -------------------------------------------------------------------------
     print("speed (docs/s, one core, warm-up excluded):", flush=True)
     gq = c.gopher_quality
     (gm_q, s_gm), (dt_q, s_dt) = timed(
-        [(lambda t: filters.gopher_quality(t, gq), texts), (dt_quality.filter, dt_docs)], args.warmup, args.block)
+        [(lambda t: filters.gopher_quality(t, gq), texts), (dt_quality.filter, dt_docs)], args.warmup, args.block
+    )
     record("gopher_quality", s_gm, s_dt)
 
     gr = c.gopher_repetition
     (gm_r, s_gm), (dt_r, s_dt) = timed(
-        [(lambda t: filters.gopher_repetition(t, gr), texts), (dt_repetition.filter, dt_docs)], args.warmup, args.block)
+        [(lambda t: filters.gopher_repetition(t, gr), texts), (dt_repetition.filter, dt_docs)], args.warmup, args.block
+    )
     record("gopher_repetition", s_gm, s_dt)
 
     lc = cfg.langid
@@ -521,34 +595,46 @@ def main(argv=None) -> int:
         return None
 
     (st_gm, s_gm), (st_dt, s_dt), (st_gc, s_gc) = timed(
-        [(gm_stage, docs), (dt_stage, docs), (gm_chain, docs)], args.warmup, args.block)
+        [(gm_stage, docs), (dt_stage, docs), (gm_chain, docs)], args.warmup, args.block
+    )
     record("stage", s_gm, s_dt)
     record("stage_same_work", s_gc, s_dt)
     results["speed"]["stage"]["what"] = {
         "gristmill": "Cleaner.process with default config: ftfy+NFC normalize -> fastText lid.176.ftz "
-                     "(k=1, first 10,000 chars, keep score>=0.65) -> GopherRepetition (all langs) -> "
-                     "GopherQuality (en) -> C4 line rules (en, rewrites text) -> PII redaction; "
-                     "includes new_document()",
+        "(k=1, first 10,000 chars, keep score>=0.65) -> GopherRepetition (all langs) -> "
+        "GopherQuality (en) -> C4 line rules (en, rewrites text) -> PII redaction; "
+        "includes new_document()",
         "datatrove": "LanguageFilter(languages=None, 0.65; lid.176.ftz, k=-1, full text) -> "
-                     "GopherRepetitionFilter -> GopherQualityFilter (only when language == en), "
-                     "filter() called directly (no pipeline/stats overhead); includes Document()",
+        "GopherRepetitionFilter -> GopherQualityFilter (only when language == en), "
+        "filter() called directly (no pipeline/stats overhead); includes Document()",
     }
     results["speed"]["stage_same_work"]["what"] = (
         "gristmill langid.predict+decide -> gopher_repetition -> gopher_quality (en), i.e. the same work "
-        "as the datatrove chain, no ftfy/C4/PII")
+        "as the datatrove chain, no ftfy/C4/PII"
+    )
 
     # --- agreement -----------------------------------------------------------------------
     ex = args.examples
     en = [lang == "en" for lang, _, _ in gm_l]  # gristmill's LID label on the raw text
     results["agreement"]["gopher_quality"] = agreement(
-        "gopher_quality", docs, [(v.keep, v.reason) for v in gm_q], [dt_result(r) for r in dt_q], ex,
-        extra=lambda d: {"gm_values": gm_quality_values(d["text"]), "dt_values": dt_quality_values(d["text"])},
+        "gopher_quality",
+        docs,
+        [(v.keep, v.reason) for v in gm_q],
+        [dt_result(r) for r in dt_q],
+        ex,
+        extra=lambda d: {"gm_values": gm_quality_values(d["text"], gq), "dt_values": dt_quality_values(d["text"])},
         en=en,
     )
     results["agreement"]["gopher_repetition"] = agreement(
-        "gopher_repetition", docs, [(v.keep, v.reason) for v in gm_r], [dt_result(r) for r in dt_r], ex,
-        extra=lambda d: {"gm_values": gm_repetition_values(d["text"], gr),
-                         "dt_values": dt_repetition_values(d["text"])},
+        "gopher_repetition",
+        docs,
+        [(v.keep, v.reason) for v in gm_r],
+        [dt_result(r) for r in dt_r],
+        ex,
+        extra=lambda d: {
+            "gm_values": gm_repetition_values(d["text"], gr),
+            "dt_values": dt_repetition_values(d["text"]),
+        },
         en=en,
     )
     lid_by_id = {d["id"]: (g, t) for d, g, t in zip(docs, gm_l, dt_l)}
@@ -557,9 +643,11 @@ def main(argv=None) -> int:
         return why and f"{why}{' (doc > max_chars)' if len(text) > lc.max_chars else ''}"
 
     results["agreement"]["langid_keep"] = agreement(
-        "langid_keep", docs,
+        "langid_keep",
+        docs,
         [(why is None, lid_reason(t, why)) for t, (lang, score, why) in zip(texts, gm_l)],
-        [(bool(keep), None if keep else lid_reason(t, "low_score")) for t, (_, _, keep) in zip(texts, dt_l)], ex,
+        [(bool(keep), None if keep else lid_reason(t, "low_score")) for t, (_, _, keep) in zip(texts, dt_l)],
+        ex,
         extra=lambda d: {"gm_lang": lid_by_id[d["id"]][0][:2], "dt_lang": lid_by_id[d["id"]][1][:2]},
     )
     same_label = sum(1 for (gl, _, _), (dl, _, _) in zip(gm_l, dt_l) if gl == dl)
@@ -567,28 +655,40 @@ def main(argv=None) -> int:
     score_diff = [abs(gs - ds) for (gl, gs, _), (dl, ds, _) in zip(gm_l, dt_l) if gl == dl]
     long_docs = sum(1 for t in texts if len(t) > lc.max_chars)
     results["agreement"]["langid_label"] = {
-        "agree_frac": round(same_label / n, 5), "disagree": n - same_label,
+        "agree_frac": round(same_label / n, 5),
+        "disagree": n - same_label,
         "top_label_pairs_gm_dt": [[f"{a}->{b}", k] for (a, b), k in label_pairs.most_common(8)],
         "label_disagree_on_docs_longer_than_max_chars": sum(
-            1 for t, (gl, _, _), (dl, _, _) in zip(texts, gm_l, dt_l) if gl != dl and len(t) > lc.max_chars),
+            1 for t, (gl, _, _), (dl, _, _) in zip(texts, gm_l, dt_l) if gl != dl and len(t) > lc.max_chars
+        ),
         "docs_longer_than_max_chars": long_docs,
-        "max_abs_score_diff_same_label_short_docs": round(max(
-            [abs(gs - ds) for t, (gl, gs, _), (dl, ds, _) in zip(texts, gm_l, dt_l)
-             if gl == dl and len(t) <= lc.max_chars] or [0]), 6),
+        "max_abs_score_diff_same_label_short_docs": round(
+            max(
+                [
+                    abs(gs - ds)
+                    for t, (gl, gs, _), (dl, ds, _) in zip(texts, gm_l, dt_l)
+                    if gl == dl and len(t) <= lc.max_chars
+                ]
+                or [0]
+            ),
+            6,
+        ),
         "mean_abs_score_diff_same_label": round(float(np.mean(score_diff)) if score_diff else 0, 6),
     }
     st_conf = Counter((g is None, d is None) for g, d in zip(st_gm, st_dt))
     chain_conf = Counter((g is None, d is None) for g, d in zip(st_gc, st_dt))
     results["agreement"]["stage"] = {
         "note": "informational: gristmill also normalises (ftfy) and applies C4 line rules, so it drops more",
-        "gm_kept": sum(1 for g in st_gm if g is None), "dt_kept": sum(1 for d in st_dt if d is None),
+        "gm_kept": sum(1 for g in st_gm if g is None),
+        "dt_kept": sum(1 for d in st_dt if d is None),
         "agree_frac": round((st_conf[(True, True)] + st_conf[(False, False)]) / n, 5),
         "gm_stage_reasons": Counter(g.split(":")[0] if g else "kept" for g in st_gm).most_common(),
         "dt_stage_reasons": Counter(d.split(":")[0] if d else "kept" for d in st_dt).most_common(),
     }
     results["agreement"]["stage_same_work"] = {
         "agree_frac": round((chain_conf[(True, True)] + chain_conf[(False, False)]) / n, 5),
-        "gm_kept": sum(1 for g in st_gc if g is None), "dt_kept": sum(1 for d in st_dt if d is None),
+        "gm_kept": sum(1 for g in st_gc if g is None),
+        "dt_kept": sum(1 for d in st_dt if d is None),
     }
 
     print("agreement (keep/drop decisions, gristmill vs datatrove):")
@@ -599,9 +699,11 @@ def main(argv=None) -> int:
             print(f"  {'':<18} gm drops/dt keeps: {v['gm_drop_dt_keep_top_gm_reasons'][:5]}")
             print(f"  {'':<18} dt drops/gm keeps: {v['gm_keep_dt_drop_top_dt_reasons'][:5]}")
         elif k == "langid_label":
-            print(f"  {k:<18} {100 * v['agree_frac']:.3f}%  top pairs {v['top_label_pairs_gm_dt'][:5]} "
-                  f"({v['label_disagree_on_docs_longer_than_max_chars']} of {v['disagree']} on docs "
-                  f"> {lc.max_chars} chars)")
+            print(
+                f"  {k:<18} {100 * v['agree_frac']:.3f}%  top pairs {v['top_label_pairs_gm_dt'][:5]} "
+                f"({v['label_disagree_on_docs_longer_than_max_chars']} of {v['disagree']} on docs "
+                f"> {lc.max_chars} chars)"
+            )
         else:
             print(f"  {k:<18} {100 * v['agree_frac']:.3f}%  kept gm {v['gm_kept']} / dt {v['dt_kept']}")
     print(f"disagreement examples: {WORK.relative_to(REPO)}/disagreements_<filter>.jsonl")
@@ -622,6 +724,16 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _git_revision() -> dict:
+    import subprocess
+
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    return {"commit": git("rev-parse", "HEAD"), "pipelines_modified": git("status", "--porcelain", "--", "pipelines")}
+
+
 def _loadavg() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -631,9 +743,10 @@ def _loadavg() -> list[float] | None:
 
 def _cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor()

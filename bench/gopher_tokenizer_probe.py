@@ -4,13 +4,13 @@ Runs datatrove's GopherQualityFilter / GopherRepetitionFilter and re-implementat
 rules fed with different word tokenisations, on every ``--step``-th document of the benchmark input
 (built by bench_clean.py), and prints keep/drop agreement with datatrove for each variant:
 
-* ``current``          pipelines.filters as it is
+* ``current``          pipelines.filters as it is (its config defaults)
 * ``spacy-tokens``     the rules fed with datatrove's own (spaCy) tokens: isolates non-tokeniser causes
 * ``regex-\\w``         ``\\w+|[^\\w\\s]+`` with the ``regex`` module, whose ``\\w`` includes combining marks
 * ``spacy-like``       SPACY_LIKE below: a regex approximation of spaCy's English tokenizer
 
 ``ref-top`` variants score the top n-gram even when it occurs once (datatrove, Dolma and the paper's
-definition); gristmill currently returns 0 then (see bench/README.md).
+definition); the others only when it repeats (gristmill before ``top_ngram_min_count``).
 
     bench/.venv-bench/bin/python bench/gopher_tokenizer_probe.py --step 8
 """
@@ -28,9 +28,10 @@ import regex
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_clean import cached_docs  # noqa: E402
-from pipelines import filters  # noqa: E402
-from pipelines.config import GristmillConfig  # noqa: E402
+from bench_clean import cached_docs
+
+from pipelines import filters
+from pipelines.config import GristmillConfig
 
 # ---------------------------------------------------------------------------------------------
 # Candidate tokenizer: spaCy's English rules (prefixes, suffixes, infixes, clitics, URLs), approximated.
@@ -51,7 +52,8 @@ _CHUNK_RE = regex.compile(
     _URL
     + r"|\.{2,}|…"
     + rf"|(?<=^{_PRE}*){_PRE}"
-    + "|" + _CLITIC
+    + "|"
+    + _CLITIC
     + rf"|(?:(?:\p{{L}}\.){{2,}}|\p{{Lu}}\.)(?={_SUF}*$)"
     + rf"|(?:(?!{_INFIX})\S)+?(?={_SUF}*$|{_INFIX})"
     + r"|[^\w\s]"
@@ -110,37 +112,65 @@ def quality_from_tokens(text: str, tokens: list[str], cfg) -> str | None:
     return None
 
 
-def _top_ref(words, n):
+def _top_ngram_chars(words: list[str], n: int, min_count: int) -> int:
     grams = Counter(zip(*(words[i:] for i in range(n))))
     if not grams:
         return 0
     gram, count = grams.most_common(1)[0]
-    return (sum(map(len, gram)) + n - 1) * count
+    return 0 if count < min_count else (sum(map(len, gram)) + n - 1) * count
+
+
+def _duplicates(items: list[str]) -> tuple[int, int]:
+    seen: set[str] = set()
+    dup_items = dup_chars = 0
+    for x in items:
+        if x in seen:
+            dup_items += 1
+            dup_chars += len(x)
+        else:
+            seen.add(x)
+    return dup_items, dup_chars
+
+
+def _dup_ngram_chars(words: list[str], n: int) -> int:
+    seen: set[tuple[str, ...]] = set()
+    idx, repeated = 0, 0
+    while idx < len(words) - n + 1:
+        g = tuple(words[idx : idx + n])
+        if g in seen:
+            repeated += sum(map(len, g))
+            idx += n
+        else:
+            seen.add(g)
+            idx += 1
+    return repeated
+
+
+_PARAGRAPH_RE = regex.compile(r"\n{2,}")
+_LINES_RE = regex.compile(r"\n+")
 
 
 def repetition_from_tokens(text: str, words: list[str], cfg, ref_top: bool) -> str | None:
-    top = _top_ref if ref_top else filters._top_ngram_chars
+    """Gopher repetition (Table A1) on the given tokens. ref_top: the most frequent n-gram is scored
+    even when it occurs once (datatrove, Dolma, the paper); otherwise only if it repeats."""
     n_chars = len(text)
-    paragraphs = filters._PARAGRAPH_RE.split(text.strip())
-    d, c = filters._duplicates(paragraphs)
+    paragraphs = _PARAGRAPH_RE.split(text.strip())
+    d, c = _duplicates(paragraphs)
     if d / len(paragraphs) > cfg.dup_para_frac:
         return "dup_para_frac"
     if c / n_chars > cfg.dup_para_char_frac:
         return "dup_para_char_frac"
-    lines = filters._LINES_RE.split(text)
-    d, c = filters._duplicates(lines)
+    lines = _LINES_RE.split(text)
+    d, c = _duplicates(lines)
     if d / len(lines) > cfg.dup_line_frac:
         return "dup_line_frac"
     if c / n_chars > cfg.dup_line_char_frac:
         return "dup_line_char_frac"
     for n, frac in cfg.top_n_grams:
-        if len(words) >= n and top(words, n) / n_chars > frac:
+        if len(words) >= n and _top_ngram_chars(words, n, 1 if ref_top else 2) / n_chars > frac:
             return f"top_{n}_gram"
-    cum = [0]
-    for w in words:
-        cum.append(cum[-1] + len(w))
     for n, frac in cfg.dup_n_grams:
-        if len(words) >= n and filters._duplicate_ngram_chars(words, cum, n) / n_chars > frac:
+        if len(words) >= n and _dup_ngram_chars(words, n) / n_chars > frac:
             return f"dup_{n}_gram"
     return None
 
@@ -172,17 +202,35 @@ def main(argv=None) -> int:
         "regex-\\w": _MARKS_WORD_RE.findall,
         "spacy-like": spacy_like_tokens,
     }
-    rows = [("current", lambda t, _: filters.gopher_quality(t, gq).reason,
-             lambda t, _: filters.gopher_repetition(t, gr).reason, filters._TOKEN_RE.findall)]
+    rows = [
+        (
+            "current",
+            lambda t, _: filters.gopher_quality(t, gq).reason,
+            lambda t, _: filters.gopher_repetition(t, gr).reason,
+            filters.tokenize_words,
+        )
+    ]
     for name, tok in tokenizers.items():
         for ref_top in (False, True):
             label = f"{name}{' ref-top' if ref_top else ''}"
             if tok is None:
-                rows.append((label, lambda t, s: quality_from_tokens(t, s, gq),
-                             lambda t, s, rt=ref_top: repetition_from_tokens(t, s, gr, rt), None))
+                rows.append(
+                    (
+                        label,
+                        lambda t, s: quality_from_tokens(t, s, gq),
+                        lambda t, s, rt=ref_top: repetition_from_tokens(t, s, gr, rt),
+                        None,
+                    )
+                )
             else:
-                rows.append((label, lambda t, _, k=tok: quality_from_tokens(t, k(t), gq),
-                             lambda t, _, k=tok, rt=ref_top: repetition_from_tokens(t, k(t), gr, rt), tok))
+                rows.append(
+                    (
+                        label,
+                        lambda t, _, k=tok: quality_from_tokens(t, k(t), gq),
+                        lambda t, _, k=tok, rt=ref_top: repetition_from_tokens(t, k(t), gr, rt),
+                        tok,
+                    )
+                )
     for label, fq, fr, tok in rows:
         aq = ar = 0
         for d, (kq, kr, spacy_toks) in zip(docs, ref):

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-VENV=bench/.venv-bench
+VENV=${BENCH_VENV:-bench/.venv-bench}
 CONSTRAINTS=()
 [ -f constraints.txt ] && CONSTRAINTS=(-c constraints.txt)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
