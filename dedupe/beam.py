@@ -153,7 +153,7 @@ def near_dedup(docs, cfg, label: str = "NearDedup", published=None):
     candidate pair is verified (estimated instead of exact Jaccard): a refresh never reads or
     re-signs the published text.
     """
-    bands, rows = (cfg.bands, cfg.rows) if cfg.bands else mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+    bands, rows = cfg.lsh_params()
     docs = docs | f"{label}Sign" >> beam.Map(_sign, cfg.ngram, cfg.num_perm, cfg.seed, bands, rows)
     entries = docs | f"{label}BandKeys" >> beam.FlatMap(_bucket_entries)  # ((band, key), node)
     if published is not None:
@@ -162,7 +162,7 @@ def near_dedup(docs, cfg, label: str = "NearDedup", published=None):
     edges = (
         entries
         | f"{label}Buckets" >> beam.GroupByKey()
-        | f"{label}BucketEdges" >> beam.FlatMap(cc.bucket_edges)
+        | f"{label}BucketEdges" >> beam.FlatMap(cc.bucket_edges, cfg.bucket_all_pairs_max)
         | f"{label}DistinctCandidates" >> beam.Distinct()
     )
     if cfg.verify:

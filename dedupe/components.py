@@ -47,18 +47,20 @@ def node_id(node: str) -> str:
 ALL_PAIRS_MAX = 32
 
 
-def bucket_edges(item) -> Iterator[tuple[str, str]]:
+def bucket_edges(item, all_pairs_max: int = ALL_PAIRS_MAX) -> Iterator[tuple[str, str]]:
     """LSH bucket → candidate edges (larger, smaller).
 
-    A bucket of at most ALL_PAIRS_MAX members yields all its pairs, as an in-memory LSH would (so
+    A bucket of at most ``all_pairs_max`` members yields all its pairs, as an in-memory LSH would (so
     verification sees every candidate pair); a larger one yields an edge from each member to the
-    bucket's smallest member: two passes, at most ALL_PAIRS_MAX members held.
+    bucket's smallest member: two passes, at most ``all_pairs_max`` members held. (Members that
+    are near duplicates of each other but not of the smallest one are then missed: the price of
+    bounded work on giant buckets.)
     """
     _, members = item
     small: list[str] = []
     for node in members:
         small.append(node)
-        if len(small) > ALL_PAIRS_MAX:
+        if len(small) > all_pairs_max:
             break
     else:
         small = sorted(set(small))

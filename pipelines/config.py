@@ -150,8 +150,9 @@ class NearDedupConfig(_Section):
     num_perm: int = Field(default=256, ge=8)
     seed: int = 1
     threshold: float = Field(default=0.8, gt=0.0, lt=1.0)  # Jaccard similarity of shingle sets
-    #: (false positive, false negative) weights of datasketch's band/row optimisation
-    lsh_weights: tuple[float, float] = (0.5, 0.5)
+    #: (false positive, false negative) weights of datasketch's band/row optimisation; None: (0.1, 0.9)
+    #: with verification (it removes the false positives, so favour recall), (0.5, 0.5) without
+    lsh_weights: tuple[float, float] | None = None
     #: set both to override the optimisation
     bands: int | None = None
     rows: int | None = None
@@ -159,6 +160,22 @@ class NearDedupConfig(_Section):
     verify: bool = True
     #: connected-components rounds; the run fails with a clear error if they do not converge
     max_rounds: int = Field(default=8, ge=1)
+    #: an LSH bucket with at most this many documents yields all its pairs as candidates; a larger
+    #: one yields only the pairs with its smallest member (bounded work, lower recall)
+    bucket_all_pairs_max: int = Field(default=32, ge=2)
+
+    def weights(self) -> tuple[float, float]:
+        if self.lsh_weights is not None:
+            return self.lsh_weights
+        return (0.1, 0.9) if self.verify else (0.5, 0.5)
+
+    def lsh_params(self) -> tuple[int, int]:
+        """(bands, rows): as set, or chosen from the threshold the way datasketch does."""
+        if self.bands:
+            return self.bands, self.rows
+        from dedupe.minhash import optimal_params
+
+        return optimal_params(self.threshold, self.num_perm, *self.weights())
 
     @field_validator("rows")
     @classmethod

@@ -29,7 +29,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from dedupe.beam import near_dedup
 from dedupe.components import is_published, node_id, node_key
 from dedupe.minhash import SCHEME as MINHASH_SCHEME
-from dedupe.minhash import optimal_params
 from pipelines import __version__, shards
 from pipelines.clean import STAGES, Cleaner
 from pipelines.config import GristmillConfig, ReadConfig
@@ -458,7 +457,7 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
                 f"({changed[nd.max_rounds]} edges still changed in the last one); "
                 "raise near_dedup.max_rounds and run again"
             )
-        bands, rows = (nd.bands, nd.rows) if nd.bands else optimal_params(nd.threshold, nd.num_perm, *nd.lsh_weights)
+        bands, rows = nd.lsh_params()
         near = {
             "bands": bands,
             "rows": rows,

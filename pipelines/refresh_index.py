@@ -15,9 +15,9 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from dedupe.components import published_node
-from dedupe.minhash import SCHEME, optimal_params
+from dedupe.minhash import SCHEME
 from pipelines import shards
-from pipelines.config import GristmillConfig
+from pipelines.config import GristmillConfig, NearDedupConfig
 
 #: near-dedup settings that must be equal for band keys and signatures to be comparable
 _COMPATIBLE = ("ngram", "num_perm", "seed")
@@ -37,9 +37,7 @@ def read_index_rows(path: str):
 
 
 def _lsh_params(nd: dict) -> tuple[int, int]:
-    if nd.get("bands"):
-        return nd["bands"], nd["rows"]
-    return optimal_params(nd["threshold"], nd["num_perm"], *nd["lsh_weights"])
+    return NearDedupConfig.model_validate(nd).lsh_params()
 
 
 @dataclass

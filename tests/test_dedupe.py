@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 def reference_clusters(docs: list[dict], cfg: NearDedupConfig) -> dict[str, str]:
     """datasketch MinHashLSH over our signatures, every candidate pair verified, union-find."""
-    bands, rows = mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+    bands, rows = cfg.lsh_params()
     lsh = datasketch.MinHashLSH(num_perm=cfg.num_perm, params=(bands, rows))
     nodes, shingles = [], {}
     for d in docs:
