@@ -38,9 +38,11 @@ def _bucket_entries(doc):
             yield (band, key), node
 
 
-def _shingle_set(doc, ngram: int):
+def _shingle_set(doc, ngram: int, with_signature: bool):
+    """(node, (shingle set, signature)); the signature only when candidates may be published
+    documents, whose shingles are not stored (a refresh)."""
     if doc["_sig"] is not None:
-        yield _node(doc), (np.unique(mh.shingle_hashes64(doc["text"], ngram)), doc["_sig"])
+        yield _node(doc), (np.unique(mh.shingle_hashes64(doc["text"], ngram)), doc["_sig"] if with_signature else None)
 
 
 def _attach_first(item):
@@ -166,7 +168,7 @@ def near_dedup(docs, cfg, label: str = "NearDedup", published=None):
         | f"{label}DistinctCandidates" >> beam.Distinct()
     )
     if cfg.verify:
-        shingles = docs | f"{label}Shingles" >> beam.FlatMap(_shingle_set, cfg.ngram)
+        shingles = docs | f"{label}Shingles" >> beam.FlatMap(_shingle_set, cfg.ngram, published is not None)
         if published is not None:
             pub_sigs = published | f"{label}PublishedSignatures" >> beam.FlatMap(_published_signature)
             shingles = (shingles, pub_sigs) | f"{label}ShinglesWithPublished" >> beam.Flatten()

@@ -15,7 +15,6 @@ Python call per shingle.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from functools import lru_cache
 
@@ -49,14 +48,14 @@ def _word_char_table() -> np.ndarray:
     return table
 
 
-@lru_cache(maxsize=1)
-def _word_re() -> re.Pattern:
-    cps = np.flatnonzero(_word_char_table())
-    breaks = np.flatnonzero(np.diff(cps) != 1)
-    starts = np.concatenate(([cps[0]], cps[breaks + 1]))
-    ends = np.concatenate((cps[breaks], [cps[-1]]))
-    body = "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in zip(starts, ends))
-    return re.compile(f"[{body}]+")
+def _word_spans(normalized: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code points, word starts, word ends) of already normalised text."""
+    cps = np.frombuffer(normalized.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+    if cps.size == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return cps, empty, empty
+    edges = np.diff(_word_char_table()[cps].view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    return cps, np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
 
 
 def shingle_words(text: str) -> list[str]:
@@ -64,7 +63,9 @@ def shingle_words(text: str) -> list[str]:
     marks) of the normalised text; punctuation, symbols, '_' and whitespace separate words.
     "Hello, World!" and "hello world" give the same words. (Reference path; :func:`word_hashes`
     is the fast one.)"""
-    return _word_re().findall(normalize_for_shingles(text))
+    normalized = normalize_for_shingles(text)
+    _, starts, ends = _word_spans(normalized)
+    return [normalized[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
 
 
 # Word hashing without a Python call per word: a polynomial hash of each word's code points,
@@ -88,12 +89,7 @@ def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _hash_words(normalized: str) -> np.ndarray:
     """uint64 hash of each word of already normalised text, in order."""
-    cps = np.frombuffer(normalized.encode("utf-32-le"), dtype=np.uint32)
-    if cps.size == 0:
-        return np.empty(0, dtype=_U64)
-    edges = np.diff(_word_char_table()[cps].view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
+    cps, starts, ends = _word_spans(normalized)
     if starts.size == 0:
         return np.empty(0, dtype=_U64)
     qp, pp = _power_tables(cps.size)
