@@ -94,11 +94,36 @@ def components_of(n: int, edges) -> list[int]:
     return [int(comp[x]) for x in nodes]
 
 
-def lsh_replica(docs: list[dict], cfg: NearDedupConfig, jac: dict) -> tuple[set, set]:
+def lsh_params(cfg: NearDedupConfig) -> tuple[int, int]:
+    """(bands, rows) near_dedup uses for ``cfg`` (works with configs with and without lsh_params())."""
+    if hasattr(cfg, "lsh_params"):
+        return cfg.lsh_params()
+    return (cfg.bands, cfg.rows) if cfg.bands else mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+
+
+def all_pairs_max(cfg: NearDedupConfig) -> int:
+    return getattr(cfg, "bucket_all_pairs_max", cc.ALL_PAIRS_MAX)
+
+
+def bucket_edges(item, max_members: int):
+    """components.bucket_edges with a given all-pairs limit (parameter or module constant)."""
+    import inspect
+
+    if "all_pairs_max" in inspect.signature(cc.bucket_edges).parameters:
+        return list(cc.bucket_edges(item, max_members))
+    saved, cc.ALL_PAIRS_MAX = cc.ALL_PAIRS_MAX, max_members
+    try:
+        return list(cc.bucket_edges(item))
+    finally:
+        cc.ALL_PAIRS_MAX = saved
+
+
+def lsh_replica(docs: list[dict], cfg: NearDedupConfig, jac: dict, max_members: int | None = None) -> tuple[set, set]:
     """The candidate and verified edges near_dedup builds (same signatures, band keys, bucket
     rule and threshold), computed in memory so edge-level metrics are available; pairs as (i, j)
     document indices, i < j."""
-    bands, rows = (cfg.bands, cfg.rows) if cfg.bands else mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+    bands, rows = lsh_params(cfg)
+    max_members = all_pairs_max(cfg) if max_members is None else max_members
     node_index = {cc.node_key(d["id"], d["source"]): i for i, d in enumerate(docs)}
     buckets = defaultdict(list)
     for i, d in enumerate(docs):
@@ -111,7 +136,7 @@ def lsh_replica(docs: list[dict], cfg: NearDedupConfig, jac: dict) -> tuple[set,
             buckets[(band, key)].append(cc.node_key(d["id"], d["source"]))
     cand = set()
     for item in buckets.items():
-        for u, v in cc.bucket_edges(item):
+        for u, v in bucket_edges(item, max_members):
             a, b = node_index[u], node_index[v]
             cand.add((min(a, b), max(a, b)))
     verified = {e for e in cand if jac.get(e, 0.0) >= cfg.threshold}
@@ -151,13 +176,15 @@ def beam_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args=("--runner
 # =============================================================================================
 
 CONFIGS = [
-    ("verify, w=(0.5,0.5) [default]", dict(verify=True, lsh_weights=(0.5, 0.5))),
+    ("verify, w=(0.5,0.5)", dict(verify=True, lsh_weights=(0.5, 0.5))),
     ("verify, w=(0.3,0.7)", dict(verify=True, lsh_weights=(0.3, 0.7))),
     ("verify, w=(0.1,0.9)", dict(verify=True, lsh_weights=(0.1, 0.9))),
     ("no verify, w=(0.5,0.5)", dict(verify=False, lsh_weights=(0.5, 0.5))),
     ("no verify, w=(0.3,0.7)", dict(verify=False, lsh_weights=(0.3, 0.7))),
     ("no verify, w=(0.1,0.9)", dict(verify=False, lsh_weights=(0.1, 0.9))),
 ]
+
+QUICK = [("config defaults", {})]
 
 BINS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0001]
 
@@ -182,7 +209,10 @@ def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None 
         results["label_pairs"] = len(pairs_of_groups(labels))
     for cname, overrides in configs:
         cfg = NearDedupConfig(threshold=threshold, **overrides)
-        bands, rows = mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
+        bands, rows = lsh_params(cfg)
+        default = NearDedupConfig(threshold=threshold, verify=cfg.verify)
+        if lsh_params(default) == (bands, rows) and all_pairs_max(default) == all_pairs_max(cfg):
+            cname += " [default]"
         t0 = time.perf_counter()
         got = beam_near_dedup(docs, cfg)
         beam_s = time.perf_counter() - t0
@@ -193,11 +223,14 @@ def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None 
         cand, verified = lsh_replica(docs, cfg, jac)
         edges = verified if cfg.verify else cand
         replica = components_of(n, edges)
+        cand_all, verified_all = lsh_replica(docs, cfg, jac, max_members=10**9)  # every bucket all pairs
+        edges_all = verified_all if cfg.verify else cand_all
+        all_pairs_cluster = pairs_of_groups(components_of(n, edges_all))
         consistent = pairs_of_groups(replica) == same_cluster
         removed = {i for i, d in enumerate(docs) if by_node[cc.node_key(d["id"], d["source"])]["reason"] == "near_dedup:duplicate"}
         flagged = {i for i, d in enumerate(docs) if by_node[cc.node_key(d["id"], d["source"])]["cluster_size"] > 1}
         m = {
-            "bands": bands, "rows": rows, "beam_seconds": round(beam_s, 2), "replica_equals_beam": consistent,
+            "bands": bands, "rows": rows, "all_pairs_max": all_pairs_max(cfg), "beam_seconds": round(beam_s, 2), "replica_equals_beam": consistent,
             "candidates": len(cand), "candidates_true": len(cand & truth),
             "edges": prf(edges, truth),
             "same_cluster": prf(same_cluster, truth),
@@ -205,6 +238,9 @@ def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None 
             "docs_in_dup_cluster": prf(flagged, truth_docs),
             "docs_removed": len(removed),
         }
+        if edges_all != edges:
+            m["edges_if_all_pairs_buckets"] = prf(edges_all, truth)
+            m["same_cluster_vs_closure_if_all_pairs_buckets"] = prf(all_pairs_cluster, truth_comp_pairs)
         if labels is not None:
             m["same_cluster_vs_labels"] = prf(same_cluster, pairs_of_groups(labels))
         # recall of the edges by Jaccard bin, next to the S-curve's candidate probability
@@ -223,6 +259,10 @@ def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None 
         print(f"   docs in a dup cluster vs docs with a true partner: {fmt(m['docs_in_dup_cluster'])}")
         if labels is not None:
             print(f"   same-cluster pairs vs labelled clusters: {fmt(m['same_cluster_vs_labels'])}")
+        if "edges_if_all_pairs_buckets" in m:
+            print(f"   [if buckets > {all_pairs_max(cfg)} yielded all pairs] edges: {fmt(m['edges_if_all_pairs_buckets'])}")
+            print(f"   [if buckets > {all_pairs_max(cfg)} yielded all pairs] same-cluster vs closure: "
+                  f"{fmt(m['same_cluster_vs_closure_if_all_pairs_buckets'])}")
         print("   candidate rate by Jaccard bin (observed / S-curve at bin middle): "
               + ", ".join(f"{b}:{r:.2f}/{p:.2f} (n={k})" for b, k, r, p in by_bin))
     return results
@@ -234,19 +274,19 @@ def cmd_quality(args) -> dict:
     recs = data.gutenberg_editions()
     docs = [new_document(r["id"], r["text"], "gutenberg") for r in recs]
     out["gutenberg"] = evaluate("Gutenberg editions (25 books, 4 labelled clusters)", docs, args.threshold,
-                                labels=[r["cluster"] for r in recs], configs=CONFIGS if not args.quick else CONFIGS[:1])
+                                labels=[r["cluster"] for r in recs], configs=CONFIGS if not args.quick else QUICK)
     # (b) controlled edits
     ce = data.controlled_edit_set(seed=args.seed, big_family=0)
     docs = [{**new_document(d["id"], d["text"], "edits"), "family": d["family"]} for d in ce]
     out["controlled"] = evaluate(f"Controlled edits (seed {args.seed}: {sum(d['parent'] is None for d in ce)} real base docs + "
                                  f"{sum(d['parent'] is not None for d in ce)} edited variants)", docs, args.threshold,
-                                 configs=CONFIGS if not args.quick else CONFIGS[:1])
+                                 configs=CONFIGS if not args.quick else QUICK)
     # (c) one large family: buckets beyond ALL_PAIRS_MAX are stars, verified against their smallest member only
     if not args.quick:
-        ce = data.controlled_edit_set(seed=args.seed, n_book=50, n_web=50, variant_share=0.0, big_family=60, big_j=0.85)
+        ce = data.controlled_edit_set(seed=args.seed, n_book=50, n_web=50, variant_share=0.0, big_family=400, big_j=0.85)
         docs = [new_document(d["id"], d["text"], "edits") for d in ce]
-        out["big_family"] = evaluate("Large family (100 unrelated docs + 1 base with 60 variants at target J 0.85 to the base, "
-                                     "so ~0.75 to each other)", docs, args.threshold, configs=CONFIGS[:3])
+        out["big_family"] = evaluate("Large family (100 unrelated docs + 1 base with 400 variants at target J 0.85 to the base, "
+                                     "~0.75 to each other: band buckets beyond ALL_PAIRS_MAX)", docs, args.threshold, configs=CONFIGS[:3])
     return out
 
 
@@ -286,16 +326,23 @@ def cmd_speed(args) -> dict:
     hashes = [mh.shingle_hashes(t, 5) for t in docs]
     row("gristmill signature only (hashes given)", best_of(lambda: [mh.signature(h, 256, 1) for h in hashes], args.repeat))
 
-    def make_shingles():
-        return [mh.shingles_as_bytes(mh.shingle_words(t), 5) for t in docs]
+    import re
 
-    sh_s = best_of(make_shingles, 1)
+    word_re = re.compile(r"[^\W_]+")
+
+    def make_shingles():
+        # how a datasketch user builds 5-gram shingles: casefolded alphanumeric words joined by spaces
+        # (= mh.shingle_words but for NFKC and combining marks; that reference path is slower, see DEDUP.md)
+        return [mh.shingles_as_bytes(word_re.findall(t.casefold()), 5) for t in docs]
+
+    sh_s = best_of(make_shingles, args.repeat)
     shingles = make_shingles()
     ds = row("datasketch MinHash.bulk (shingles as bytes given; sha1)",
              best_of(lambda: datasketch.MinHash.bulk(shingles, num_perm=256, seed=1), args.repeat))
     ds_total = row("datasketch MinHash.bulk incl. shingle construction", ds["seconds"] + sh_s, f"(shingles: {sh_s:.2f}s)")
     # equality check: datasketch with gristmill's shingle hash gives the same signatures
-    chk = datasketch.MinHash.bulk(shingles[:50], num_perm=256, seed=1, hashfunc=mh.shingle_hash_bytes)
+    chk = datasketch.MinHash.bulk([mh.shingles_as_bytes(mh.shingle_words(t), 5) for t in docs[:50]], num_perm=256, seed=1,
+                                  hashfunc=mh.shingle_hash_bytes)
     same = all(np.array_equal(m.hashvalues.astype(np.uint32), mh.text_signature(t, 5, 256, 1)) for m, t in zip(chk, docs[:50]))
     print(f"  (check: gristmill signatures == datasketch MinHash with hashfunc=shingle_hash_bytes on 50 docs: {same})")
     res["datasketch_equal"] = same
@@ -334,6 +381,29 @@ def cmd_speed(args) -> dict:
 # =============================================================================================
 
 
+_seen = [0]
+
+
+def _progress(doc):
+    """Logs every 50,000th document read (fused with signing: how far a killed run got) and the RSS."""
+    _seen[0] += 1
+    if _seen[0] % 50_000 == 0:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"{time.time():.3f} PROGRESS {_seen[0]} documents read and signed; max RSS so far {rss:.2f} GiB", file=sys.stderr, flush=True)
+    return doc
+
+
+def scale_overrides(args) -> dict:
+    over = {"verify": not args.no_verify}
+    if args.lsh_weights:
+        over["lsh_weights"] = tuple(args.lsh_weights)
+    if args.all_pairs_max:
+        over["bucket_all_pairs_max"] = args.all_pairs_max
+    return over
+
+
 def cmd_scale_run(args) -> None:
     """Child process: the whole near_dedup stage on the DirectRunner over JSONL shards."""
     import resource
@@ -343,8 +413,13 @@ def cmd_scale_run(args) -> None:
 
     from dedupe.beam import near_dedup
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    logging.getLogger("root").setLevel(logging.INFO)
+    # the in-process runner logs each bundle's stage at DEBUG: the parent reads progress and per-stage times from it
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(created).3f %(name)s %(message)s"))
+    bundles = logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner.run_bundle")
+    bundles.setLevel(logging.DEBUG)
+    bundles.addHandler(handler)
+    bundles.propagate = False
     out = Path(args.out)
 
     def summarise(d):
@@ -357,10 +432,13 @@ def cmd_scale_run(args) -> None:
     def write(kv_list):
         out.with_suffix(".counts.json").write_text(json.dumps(dict(kv_list)))
 
-    cfg = NearDedupConfig(verify=not args.no_verify)
+    cfg = NearDedupConfig(**scale_overrides(args))
+    print(f"{time.time():.3f} CONFIG bands x rows {lsh_params(cfg)}, verify {cfg.verify}, all_pairs_max {all_pairs_max(cfg)}",
+          file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner", *args.beam_args]))
-    docs = p | beam.io.ReadFromText(str(Path(args.data) / "part-*.jsonl")) | "Parse" >> beam.Map(json.loads)
+    docs = (p | beam.io.ReadFromText(str(Path(args.data) / "part-*.jsonl")) | "Parse" >> beam.Map(json.loads)
+            | "Progress" >> beam.Map(_progress))
     if args.baseline:
         counted = docs | beam.Map(lambda d: ("docs", 1))
     else:
@@ -372,8 +450,39 @@ def cmd_scale_run(args) -> None:
     ru_self = resource.getrusage(resource.RUSAGE_SELF)
     ru_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     counts = json.loads(out.with_suffix(".counts.json").read_text())
+    print(f"{time.time():.3f} END", file=sys.stderr, flush=True)
     out.write_text(json.dumps({"wall_s": wall, "maxrss_self_kb": ru_self.ru_maxrss, "maxrss_children_kb": ru_children.ru_maxrss,
                                "cpu_user_s": ru_self.ru_utime + ru_children.ru_utime, "counts": counts}))
+
+
+def stage_times(log_path: Path) -> dict:
+    """Per-stage seconds from the bundle log of a scale-run child (a bundle lasts until the next starts)."""
+    import re
+
+    pat = re.compile(r"^(\d+\.\d+) \S+run_bundle Running bundle for stage (.*)$")
+    events = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = pat.match(line)
+        if m:
+            events.append((float(m.group(1)), m.group(2)))
+        elif line.endswith(" END") and line.split()[0].replace(".", "").isdigit():
+            events.append((float(line.split()[0]), None))
+    if events and events[-1][1] is not None:
+        events.append((time.time(), None))
+    per = Counter()
+    for (t0, name), (t1, _) in zip(events, events[1:]):
+        if name:
+            parts = []
+            for comp in re.findall(r"[^()+]+", name):
+                comp = re.sub(r"^ref_(AppliedPTransform|PCollection_PCollection)_", "", comp.strip())
+                comp = re.split(r"[/-]", comp)[0].replace("NearDedup", "")
+                comp = re.sub(r"_\d+$", "", comp)
+                if comp and comp not in parts:
+                    parts.append(comp)
+            per["+".join(parts)[:90]] += t1 - t0
+    starts = [e for e in events if e[1]]
+    return {"stage_seconds": per.most_common(), "bundles_started": len(starts),
+            "last_stage": starts[-1][1][:200] if starts else None}
 
 
 def _tree_rss(proc) -> int:
@@ -417,6 +526,10 @@ def cmd_scale(args) -> dict:
                 cmd.append("--baseline")
             elif args.no_verify:
                 cmd.append("--no-verify")
+            if mode != "baseline" and args.lsh_weights:
+                cmd += ["--lsh-weights", *map(str, args.lsh_weights)]
+            if mode != "baseline" and args.all_pairs_max:
+                cmd += ["--all-pairs-max", str(args.all_pairs_max)]
             if args.beam_args:
                 cmd += ["--beam-args", *args.beam_args]
             t0 = time.perf_counter()
@@ -442,6 +555,11 @@ def cmd_scale(args) -> dict:
             wall = time.perf_counter() - t0
             r = {"n": n, "mode": tag, "beam_args": args.beam_args, "process_wall_s": wall, "peak_rss_gib": peak / 2**30,
                  "rss_samples": samples, "log": str(log_path)}
+            r.update(stage_times(log_path))
+            cfg_lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if " CONFIG " in ln]
+            r["config"] = cfg_lines[0].split(" CONFIG ", 1)[1] if cfg_lines else None
+            if r["config"]:
+                print(f"  ({r['config']})", flush=True)
             if res_path.exists():
                 child_res = json.loads(res_path.read_text())
                 r.update(child_res)
@@ -451,12 +569,13 @@ def cmd_scale(args) -> dict:
                       f"{r['peak_rss_gib']:.2f} GiB, ru_maxrss {r['maxrss_gib']:.2f} GiB; counts {child_res['counts']}", flush=True)
             else:
                 lines = log_path.read_text(errors="replace").splitlines()
-                stages = [ln for ln in lines if "Running (" in ln or "Running ((" in ln]
                 r["failed"] = killed or f"exit {child.returncode}"
-                r["last_stage"] = stages[-1][-300:] if stages else None
-                r["stages_started"] = len(stages)
+                prog = [ln for ln in lines if " PROGRESS " in ln]
+                r["progress"] = prog[-1].split(" PROGRESS ")[1] if prog else None
+                print(f"  progress: {r['progress']}", flush=True)
                 print(f"[N={n} {tag}] DID NOT FINISH ({r['failed']}) after {wall:.0f}s; peak RSS {r['peak_rss_gib']:.2f} GiB; "
-                      f"{len(stages)} stages started; last: {r['last_stage']}\n  log tail: {lines[-3:] if lines else ''}", flush=True)
+                      f"{r['bundles_started']} bundles started; last stage: {r['last_stage']}\n  log tail: {lines[-3:] if lines else ''}", flush=True)
+            print("  slowest stages (s): " + "; ".join(f"{name} {sec:.0f}" for name, sec in r["stage_seconds"][:8]), flush=True)
             results.append(r)
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
@@ -466,13 +585,41 @@ def cmd_scale(args) -> dict:
 # =============================================================================================
 
 
+def environment() -> dict:
+    """Code version and machine, recorded with every result."""
+    import platform
+    import subprocess
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return "?"
+
+    others = []
+    try:
+        import psutil
+
+        me = os.getpid()
+        for pr in psutil.process_iter(["pid", "cmdline", "cpu_percent"]):
+            cmd = " ".join(pr.info["cmdline"] or [])
+            if pr.info["pid"] != me and "python" in cmd and ("bench" in cmd or "pytest" in cmd) and "bench_dedup" not in cmd:
+                others.append(cmd[:120])
+    except Exception:  # noqa: BLE001
+        pass
+    return {"git_head": git("rev-parse", "--short", "HEAD"),
+            "dedupe_dirty": bool(git("status", "--porcelain", "dedupe", "pipelines/config.py")),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "loadavg_at_start": os.getloadavg(), "concurrent_processes": others}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--threshold", type=float, default=0.8)
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--quick", action="store_true", help="default configuration only")
+    q.add_argument("--quick", action="store_true", help="NearDedupConfig defaults only, no large family")
     s = sub.add_parser("speed")
     s.add_argument("--docs", type=int, default=1500)
     s.add_argument("--repeat", type=int, default=3)
@@ -484,12 +631,16 @@ def main(argv=None):
     c.add_argument("--mem-limit-gb", type=float, default=18)
     c.add_argument("--baseline", action="store_true", help="also time read + parse + count only")
     c.add_argument("--no-verify", action="store_true", help="near_dedup.verify=false")
+    c.add_argument("--lsh-weights", type=float, nargs=2, metavar=("FP", "FN"), help="near_dedup.lsh_weights")
+    c.add_argument("--all-pairs-max", type=int, help="near_dedup.bucket_all_pairs_max (where the config has it)")
     c.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[], help="extra DirectRunner options (last)")
     r = sub.add_parser("scale-run")
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--baseline", action="store_true")
     r.add_argument("--no-verify", action="store_true")
+    r.add_argument("--lsh-weights", type=float, nargs=2)
+    r.add_argument("--all-pairs-max", type=int)
     r.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[])
     for x in (q, s, c):
         x.add_argument("--json", help="write the results here")
@@ -497,7 +648,10 @@ def main(argv=None):
     if args.cmd == "scale-run":
         return cmd_scale_run(args)
     WORK.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    print(f"# {env}")
     res = {"quality": cmd_quality, "speed": cmd_speed, "scale": cmd_scale}[args.cmd](args)
+    res["environment"] = env
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
 
