@@ -33,48 +33,9 @@ from bench_clean import cached_docs
 from pipelines import filters
 from pipelines.config import GristmillConfig
 
-# ---------------------------------------------------------------------------------------------
-# Candidate tokenizer: spaCy's English rules (prefixes, suffixes, infixes, clitics, URLs), approximated.
-# Whitespace chunks; punctuation peeled off the start and end of a chunk one character at a time;
-# the inside of a chunk kept whole (4.0, 1,000, 12/10/2019, x@y.com, class="a", \frac{1}) except at
-# spaCy's infixes (letter-letter hyphens, digit-digit hyphens, a/b, lower.Upper, a,b, ellipses) and
-# English clitics (do n't, it 's). The `regex` module's \w includes combining marks.
-# ---------------------------------------------------------------------------------------------
-_PRE = r"[^\w\s\-\\/@^~|+]"  # punctuation spaCy splits off the start of a chunk
-_SUF = r"[^\w\s\-\\/@^~|+=$]"  # ... and off the end
-_CLITIC = r"(?i:n['’]t|['’](?:s|m|d|ll|re|ve))(?!\w)"
-_INFIX = (
-    r"(?:(?<=[0-9])[+\-*^](?=[0-9-])|(?<=\p{Ll})\.(?=\p{Lu})|(?<=\p{L}),(?=\p{L})"
-    r"|(?<=[\p{L}0-9])(?:-|–|—|~)(?=\p{L})|(?<=[\p{L}0-9])[:<>=/](?=\p{L})|\.\.+|…|" + _CLITIC + ")"
-)
-_URL = r"(?:https?://|www\.)\S+?(?=[.,;:!?)\]}>\"'»”’]*$)"
-_CHUNK_RE = regex.compile(
-    _URL
-    + r"|\.{2,}|…"
-    + rf"|(?<=^{_PRE}*){_PRE}"
-    + "|"
-    + _CLITIC
-    + rf"|(?:(?:\p{{L}}\.){{2,}}|\p{{Lu}}\.)(?={_SUF}*$)"
-    + rf"|(?:(?!{_INFIX})\S)+?(?={_SUF}*$|{_INFIX})"
-    + r"|[^\w\s]"
-)
-_CLOSERS = frozenset(",;:!?)]}\"”’'»")
-
-
 def spacy_like_tokens(text: str) -> list[str]:
-    out: list[str] = []
-    add, extend, chunk_tokens = out.append, out.extend, _CHUNK_RE.findall
-    for chunk in text.split():
-        if chunk.isalnum():  # most chunks: a plain word
-            add(chunk)
-            continue
-        head, last = chunk[:-1], chunk[-1]
-        if head.isalnum() and (last in _CLOSERS or (last == "." and not (len(chunk) == 2 and chunk[0].isupper()))):
-            add(head)  # word + one closing punctuation mark
-            add(last)
-        else:
-            extend(chunk_tokens(chunk))
-    return out
+    """The spaCy-like tokenizer this probe measured, now gristmill's own (pipelines/filters.py)."""
+    return list(filters.tokenize_words(text))
 
 
 _MARKS_WORD_RE = regex.compile(r"\w+|[^\w\s]+")
