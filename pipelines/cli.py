@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(k)
     _common(k)
 
+    from trainer.pretrain import DESCRIPTION as PRETRAIN_DESCRIPTION, add_arguments as pretrain_arguments
+
+    pt = sub.add_parser(
+        "pretrain",
+        help="pretrain a GPT on token shards with Ray Train (local, or a cluster through ray job submit)",
+        description=PRETRAIN_DESCRIPTION,
+        epilog="example: gristmill pretrain --config configs/pretrain-demo.yaml --set pretrain.num_workers=2",
+    )
+    pretrain_arguments(pt)
+    _common(pt)
+
     d = sub.add_parser(
         "demo",
         help="the main job end to end on the bundled sample crawl (CPU, minutes)",
@@ -237,30 +248,40 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(-1 if getattr(args, "quiet", False) else args.verbose)
     if rest and args.command not in ("corpus", "refresh", "tokenize", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "tokenizer" and not args.tokenizer_command:
+        parser.parse_args(["tokenizer", "--help"])
+    commands = {"corpus": _cmd_corpus, "refresh": _cmd_refresh, "tokenizer": _cmd_tokenizer, "tokenize": _cmd_tokenize,
+                "demo": _cmd_demo, "pretrain": lambda a, _rest: _cmd_pretrain(a)}
+    if args.command not in commands:
+        parser.error(f"unknown command {args.command}")
+    return error_exit(args.command, lambda: commands[args.command](args, rest))
+
+
+def error_exit(command: str, fn) -> int:
+    """Run a command; errors the user can fix print one clear line (exit 2) instead of a traceback."""
     from pipelines.config import ConfigError
     from pipelines.corpus import OutputDirError, PipelineInputError
     from pipelines.langid import ModelError
     from pipelines.refresh_index import RefreshError
     from tokenizer.train import TokenizerError
+    from trainer.data import DataError
+    from trainer import TrainingDivergedError
 
     try:
-        if args.command == "corpus":
-            return _cmd_corpus(args, rest)
-        if args.command == "refresh":
-            return _cmd_refresh(args, rest)
-        if args.command == "tokenizer":
-            if not args.tokenizer_command:
-                parser.parse_args(["tokenizer", "--help"])
-            return _cmd_tokenizer(args, rest)
-        if args.command == "tokenize":
-            return _cmd_tokenize(args, rest)
-        if args.command == "demo":
-            return _cmd_demo(args, rest)
-    except (ConfigError, PipelineInputError, OutputDirError, ModelError, RefreshError, TokenizerError, FileNotFoundError) as e:
-        print(f"gristmill {args.command}: error: {e}", file=sys.stderr)
+        return fn()
+    except (ConfigError, PipelineInputError, OutputDirError, ModelError, RefreshError, TokenizerError, DataError,
+            FileNotFoundError) as e:
+        print(f"gristmill {command}: error: {e}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command}")
-    return 2
+    except TrainingDivergedError as e:
+        print(f"gristmill {command}: training diverged: {e}", file=sys.stderr)
+        return 3
+
+
+def _cmd_pretrain(args) -> int:
+    from trainer.pretrain import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -241,6 +241,83 @@ class TokenizeConfig(_Section):
     max_sequences_per_shard: int = Field(default=65_536, gt=0)
 
 
+class ModelConfig(_Section):
+    """Decoder-only transformer (trainer/model.py). A preset fills the dimensions; keys set here override it."""
+
+    #: tiny (CPU tests, seconds), small (CPU demos, minutes), 124M (GPT-2 small shape), 350M (GPT-2 medium shape)
+    preset: Literal["tiny", "small", "124M", "350M"] | None = "tiny"
+    n_layer: int | None = Field(default=None, ge=1)
+    n_head: int | None = Field(default=None, ge=1)
+    #: key/value heads (grouped-query attention); None = n_head
+    n_kv_head: int | None = Field(default=None, ge=1)
+    d_model: int | None = Field(default=None, ge=8)
+    #: SwiGLU hidden width; None = 8/3 · d_model rounded up to a multiple of 64
+    ffn_hidden: int | None = Field(default=None, ge=8)
+    #: longest sequence the model accepts (RoPE table size); None = the token shards' seq_len
+    max_seq_len: int | None = Field(default=None, ge=8)
+    rope_theta: float = Field(default=10_000.0, gt=0)
+    norm_eps: float = Field(default=1e-5, gt=0)
+    tie_embeddings: bool = True
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: the embedding table is padded to a multiple of this (tensor-core friendly); ids beyond the tokenizer never occur
+    vocab_multiple: int = Field(default=64, ge=1)
+
+
+class PretrainConfig(_Section):
+    """Pretraining on token shards with Ray Train (``gristmill pretrain``; docs/trainer.md)."""
+
+    #: token directory written by ``gristmill tokenize`` (train/, val/, manifest.json); every node must reach it
+    data: str = "runs/demo/tokens"
+    #: Ray Train storage_path: checkpoints, metrics.jsonl and TensorBoard logs go to STORAGE/NAME/.
+    #: Multi-node runs need a path every node can reach (NFS, or s3:// / gs:// for checkpoints).
+    storage_path: str = "runs/pretrain"
+    #: run name; submitting a run with the same name and storage_path resumes it from its last checkpoint
+    name: str = "gpt"
+    #: Ray Train workers (one per GPU with use_gpu); 0 runs the loop in this process (Ray Train local mode)
+    num_workers: int = Field(default=1, ge=0)
+    use_gpu: bool = False
+    #: CPUs reserved per worker (torch threads follow it)
+    cpus_per_worker: int = Field(default=1, ge=1)
+    #: PACK (fill nodes) or SPREAD (one worker per node where possible)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    #: sequences per optimizer step, over all workers; = micro_batch_size × workers × gradient accumulation
+    batch_size: int = Field(default=16, ge=1)
+    #: sequences per forward pass on one worker
+    micro_batch_size: int = Field(default=8, ge=1)
+    max_steps: int = Field(default=200, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr: float = Field(default=3e-4, ge=0)
+    warmup_steps: int = Field(default=20, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    grad_clip: float = Field(default=1.0, ge=0)  # 0: off
+    #: auto = bf16 autocast on GPU, fp32 on CPU (exactly reproducible)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    seed: int = 0
+    log_every: int = Field(default=10, ge=1)
+    eval_every: int = Field(default=50, ge=1)
+    #: validation size: the first eval_batches × micro_batch_size val sequences (any worker count); 0 = all
+    eval_batches: int = Field(default=8, ge=0)
+    checkpoint_every: int = Field(default=50, ge=1)
+    #: checkpoints kept by Ray Train (oldest deleted first); None keeps all
+    keep_checkpoints: int | None = Field(default=3, ge=1)
+    #: worker-group restarts after a failure (each resumes from the last checkpoint)
+    max_failures: int = Field(default=3, ge=0)
+    #: peak FLOP/s of one device for MFU; None: a table of known GPUs, or a short matmul measurement on CPU
+    peak_tflops: float | None = Field(default=None, gt=0)
+    tensorboard: bool = True
+
+    @field_validator("min_lr")
+    @classmethod
+    def _min_below_max(cls, v, info):
+        if "lr" in info.data and v > info.data["lr"]:
+            raise ValueError("pretrain.min_lr must not exceed pretrain.lr")
+        return v
+
+
 class GristmillConfig(_Section):
     read: ReadConfig = ReadConfig()
     langid: LangIdConfig = LangIdConfig()
@@ -250,6 +327,8 @@ class GristmillConfig(_Section):
     write: WriteConfig = WriteConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @field_validator("*", mode="before")
     @classmethod

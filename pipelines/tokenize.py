@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import __version__, shards
 from pipelines.config import TokenizeConfig
+from trainer.data import open_sequences  # noqa: F401  (the reader of this format lives with its consumer)
 
 log = logging.getLogger("gristmill.tokenize")
 
@@ -59,16 +60,6 @@ def sequences_table(seqs: np.ndarray, dtype) -> pa.Table:
     width = seqs.shape[1] if seqs.ndim == 2 else 0
     flat = pa.array(seqs.astype(dtype, copy=False).reshape(-1))
     return pa.table({"tokens": pa.FixedSizeListArray.from_arrays(flat, width)})
-
-
-def open_sequences(path: str) -> np.ndarray:
-    """A token shard as an (n, seq_len + 1) numpy array over the memory-mapped file (no copy)."""
-    source = pa.memory_map(path)
-    table = pa.ipc.open_file(source).read_all()
-    col = table.column("tokens")
-    width = col.type.list_size
-    arrays = [chunk.values.to_numpy(zero_copy_only=True).reshape(-1, width) for chunk in col.chunks]
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 class EncodeFn(beam.DoFn):

@@ -29,3 +29,27 @@ def default_cfg():
     from pipelines.config import GristmillConfig
 
     return GristmillConfig()
+
+
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory):
+    """The sample crawl through the corpus pipeline with the demo config (shared by the tokenizer and trainer tests)."""
+    from pipelines.config import load_config
+    from pipelines.corpus import run_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    run_corpus([str(SAMPLE / "*")], str(out), load_config(DEMO_CONFIG), ["--runner", "DirectRunner"], progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_corpus, tmp_path_factory):
+    from pipelines.config import load_config
+    from tokenizer.train import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "t"
+    train_tokenizer(str(demo_corpus), str(out), load_config(DEMO_CONFIG).tokenizer)
+    return out

@@ -27,17 +27,13 @@ DEMO = REPO / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("corpus") / "c"
-    run_corpus([str(SAMPLE / "*")], str(out), load_config(DEMO), ["--runner", "DirectRunner"], progress=False)
-    return out
+def corpus(demo_corpus):
+    return demo_corpus
 
 
 @pytest.fixture(scope="module")
-def tok(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok") / "t"
-    train_tokenizer(str(corpus), str(out), load_config(DEMO).tokenizer)
-    return out
+def tok(demo_tokenizer):
+    return demo_tokenizer
 
 
 def test_training_is_deterministic_and_writes_every_file(corpus, tok, tmp_path):

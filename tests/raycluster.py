@@ -1,0 +1,125 @@
+"""A real two-node Ray cluster on this machine, for tests: the head on one end of a veth pair, a second
+node inside a network namespace on the other end. Nothing leaves the machine: the nodes talk over the
+veth link, the dashboard (job submission) listens on 127.0.0.1, and token authentication is on.
+
+Every process started here is found again by its unique temp directory and killed on exit, so a test
+never touches another Ray on the machine (``ray stop`` would kill them all).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def can_make_netns() -> str | None:
+    """None if this machine can host the cluster, else why not."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip"):
+        return "the `ip` command (iproute2) is missing"
+    return None
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+@dataclass
+class TwoNodeCluster:
+    tag: str = field(default_factory=lambda: f"gm{os.getpid() % 10000}{secrets.token_hex(2)}")
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
+
+    def __post_init__(self):
+        octet = 16 + (os.getpid() + int(self.tag[-4:], 16)) % 224
+        self.subnet = f"10.231.{octet}"
+        self.head_ip, self.node_ip = f"{self.subnet}.1", f"{self.subnet}.2"
+        self.netns, self.veth_host, self.veth_ns = self.tag, f"{self.tag}a", f"{self.tag}b"
+        # short paths: Ray's unix sockets live under the temp dir (107-character limit)
+        self.root = Path(tempfile.mkdtemp(prefix=f"{self.tag}-", dir="/tmp"))
+        self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+        self.started = False
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def env(self, **extra) -> dict:
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        env.update(extra)
+        return env
+
+    def start(self) -> "TwoNodeCluster":
+        ns = ["ip", "netns", "exec", self.netns]
+        _run(["ip", "netns", "add", self.netns])
+        _run(["ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns])
+        _run(["ip", "link", "set", self.veth_ns, "netns", self.netns])
+        _run(["ip", "addr", "add", f"{self.head_ip}/24", "dev", self.veth_host])
+        _run(["ip", "link", "set", self.veth_host, "up"])
+        _run([*ns, "ip", "addr", "add", f"{self.node_ip}/24", "dev", self.veth_ns])
+        _run([*ns, "ip", "link", "set", self.veth_ns, "up"])
+        _run([*ns, "ip", "link", "set", "lo", "up"])
+        self.started = True
+        ray = str(BIN / "ray")
+        # gloo must use the veth link on both ends (the hostname resolves to an address the namespace lacks)
+        _run([ray, "start", "--head", "--node-ip-address", self.head_ip, "--port", str(self.gcs_port),
+              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+              "--num-cpus", "1", "--temp-dir", str(self.root / "head"), "--disable-usage-stats"],
+             env=self.env(GLOO_SOCKET_IFNAME=self.veth_host), timeout=120)
+        _run([*ns, ray, "start", "--address", f"{self.head_ip}:{self.gcs_port}", "--node-ip-address", self.node_ip,
+              "--num-cpus", "1", "--temp-dir", str(self.root / "node"), "--disable-usage-stats"],
+             env=self.env(GLOO_SOCKET_IFNAME=self.veth_ns), timeout=120)
+        return self
+
+    def nodes_alive(self) -> int:
+        code = "import ray; ray.init(); print(sum(n['Alive'] for n in ray.nodes()))"
+        out = _run([str(BIN / "python"), "-c", code], env=self.env(RAY_ADDRESS=f"{self.head_ip}:{self.gcs_port}"), timeout=120)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    def _our_pids(self) -> list[int]:
+        pids = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.root).encode() in cmd:
+                pids.append(int(d.name))
+        return pids
+
+    def stop(self) -> None:
+        for attempt in range(3):
+            pids = self._our_pids()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM if attempt == 0 else signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
+        if self.started:
+            subprocess.run(["ip", "link", "del", self.veth_host], capture_output=True)
+            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""Checkpoints: everything needed to continue a run exactly, loadable without unpickling.
+
+A checkpoint directory holds
+- ``model.safetensors``: the full (unsharded) weights; a tied output matrix is stored once;
+- ``optimizer.pt``: the optimizer state keyed by parameter name (tensors and numbers only, read back
+  with ``torch.load(weights_only=True)``, which refuses arbitrary objects);
+- ``rng.safetensors``: every rank's torch CPU (and CUDA) generator state;
+- ``trainer_state.json``: step, data position (samples consumed), tokens seen, the schedule's position
+  and the last metrics; ``model_config.json``; ``config.json`` (the run's gristmill config);
+- the tokenizer files, so a checkpoint alone is enough to generate, evaluate or export.
+
+``trainer_state.json`` is written last and the directory is renamed into place, so a directory that
+has it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from trainer.model import GPT, ModelArgs
+
+STATE_FILE = "trainer_state.json"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer_meta.json")
+
+
+def full_state(model, optimizer) -> tuple[dict, dict | None]:
+    """Unsharded model and optimizer state on CPU (a collective under FSDP: every rank calls it)."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return msd, osd
+
+
+def gather_rng() -> dict[str, torch.Tensor]:
+    """Every rank's generator states, gathered on all ranks (same order as ranks)."""
+    mine = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        mine["cuda"] = torch.cuda.get_rng_state()
+    states = [mine]
+    if dist.is_available() and dist.is_initialized():
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, mine)
+    return {f"rank{r}.{k}": v.cpu() for r, s in enumerate(states) for k, v in s.items()}
+
+
+def save_checkpoint(path: Path, msd: dict, osd: dict | None, rng: dict, state: dict, args: ModelArgs,
+                    config: dict, tokenizer_dir: str | None) -> Path:
+    """Write a complete checkpoint at ``path`` (atomically: a temporary sibling renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.contiguous() for k, v in msd.items() if not (args.tie_embeddings and k == "lm_head.weight")}
+    save_file(weights, tmp / "model.safetensors", metadata={"format": "pt", "gristmill": "gpt"})
+    if osd is not None:
+        torch.save(osd, tmp / "optimizer.pt")
+    save_file(rng, tmp / "rng.safetensors")
+    (tmp / "model_config.json").write_text(json.dumps(args.to_dict(), indent=1))
+    (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+    if tokenizer_dir:
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.is_file():
+                shutil.copyfile(src, tmp / name)
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / STATE_FILE).is_file()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete ``checkpoint_*`` directory of a run (by step), or None."""
+    best, best_step = None, -1
+    for d in Path(run_dir).glob("checkpoint_*"):
+        if d.is_dir() and not d.name.endswith(".tmp") and is_complete(d):
+            step = json.loads((d / STATE_FILE).read_text())["step"]
+            if step > best_step:
+                best, best_step = d, step
+    return best
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def load_model_args(path: Path) -> ModelArgs:
+    return ModelArgs.from_dict(json.loads((Path(path) / "model_config.json").read_text()))
+
+
+def load_weights(path: Path, args: ModelArgs) -> dict[str, torch.Tensor]:
+    sd = load_file(Path(path) / "model.safetensors")
+    if args.tie_embeddings:
+        sd["lm_head.weight"] = sd["embed.weight"]
+    return sd
+
+
+def restore(path: Path, model, optimizer, rank: int) -> dict:
+    """Load weights, optimizer state and this rank's RNG state into a (possibly wrapped) model."""
+    path = Path(path)
+    args = load_model_args(path)
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, load_weights(path, args), options=full)
+    if optimizer is not None:
+        osd = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+        set_optimizer_state_dict(model, optimizer, osd, options=full)
+    rng = load_file(path / "rng.safetensors")
+    if f"rank{rank}.cpu" in rng:  # a run resumed on more workers than it saved starts the new ranks fresh
+        torch.set_rng_state(rng[f"rank{rank}.cpu"])
+        if f"rank{rank}.cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng[f"rank{rank}.cuda"])
+    return read_state(path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """A checkpoint's model, ready for inference (eval mode)."""
+    path = Path(path)
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path}: not a complete gristmill checkpoint (no {STATE_FILE})")
+    args = load_model_args(path)
+    model = GPT(args)
+    model.load_state_dict(load_weights(path, args))
+    return model.to(device).eval()

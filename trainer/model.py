@@ -1,0 +1,245 @@
+"""A decoder-only transformer you can read in one sitting.
+
+Llama-style: RoPE, RMSNorm, SwiGLU, grouped-query attention through ``scaled_dot_product_attention``,
+optional tied embeddings, no biases. The layout and the RoPE convention (rotate-half) are those of
+Hugging Face's ``LlamaForCausalLM``, so export is a renaming of tensors (trainer/export.py).
+
+The embedding table is padded to a multiple of ``vocab_multiple`` (64): ids beyond the tokenizer's
+vocabulary never occur in the data and their logits are never targets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# name → (n_layer, n_head, d_model, max_seq_len). "124M"/"350M" are GPT-2 small/medium shapes
+# (with a 32k vocabulary and tied embeddings the parameter counts are ~110M and ~340M).
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (2, 4, 64, 256),
+    "small": (4, 4, 192, 256),
+    "124M": (12, 12, 768, 1024),
+    "350M": (24, 16, 1024, 1024),
+}
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Every dimension resolved: what a checkpoint stores as model_config.json."""
+
+    vocab_size: int  # the tokenizer's
+    padded_vocab_size: int  # rows of the embedding table
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    d_model: int
+    ffn_hidden: int
+    max_seq_len: int
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def resolve_model_args(cfg, vocab_size: int, seq_len: int | None = None) -> ModelArgs:
+    """ModelConfig (preset + overrides) + the tokenizer's vocabulary → concrete dimensions."""
+    n_layer, n_head, d_model, max_len = PRESETS[cfg.preset] if cfg.preset else (None, None, None, None)
+    n_layer = cfg.n_layer or n_layer
+    n_head = cfg.n_head or n_head
+    d_model = cfg.d_model or d_model
+    if None in (n_layer, n_head, d_model):
+        raise ValueError("model: set a preset or all of n_layer, n_head and d_model")
+    if d_model % n_head:
+        raise ValueError(f"model: d_model {d_model} is not a multiple of n_head {n_head}")
+    if (d_model // n_head) % 2:
+        raise ValueError(f"model: head dimension {d_model // n_head} must be even (RoPE rotates pairs)")
+    n_kv = cfg.n_kv_head or n_head
+    if n_head % n_kv:
+        raise ValueError(f"model: n_head {n_head} is not a multiple of n_kv_head {n_kv}")
+    ffn = cfg.ffn_hidden or 64 * math.ceil(8 * d_model / 3 / 64)
+    max_seq_len = cfg.max_seq_len or seq_len or max_len
+    if seq_len is not None and max_seq_len < seq_len:
+        raise ValueError(f"model.max_seq_len {max_seq_len} is shorter than the token shards' seq_len {seq_len}")
+    m = cfg.vocab_multiple
+    return ModelArgs(
+        vocab_size=vocab_size, padded_vocab_size=m * math.ceil(vocab_size / m), n_layer=n_layer, n_head=n_head,
+        n_kv_head=n_kv, d_model=d_model, ffn_hidden=ffn, max_seq_len=max_seq_len, rope_theta=cfg.rope_theta,
+        norm_eps=cfg.norm_eps, tie_embeddings=cfg.tie_embeddings, dropout=cfg.dropout,
+    )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # in fp32 whatever the autocast dtype, as Llama does
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout (HF Llama)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.n_head, self.n_kv, self.hd = a.n_head, a.n_kv_head, a.head_dim
+        self.q_proj = nn.Linear(a.d_model, a.n_head * self.hd, bias=False)
+        self.k_proj = nn.Linear(a.d_model, a.n_kv_head * self.hd, bias=False)
+        self.v_proj = nn.Linear(a.d_model, a.n_kv_head * self.hd, bias=False)
+        self.o_proj = nn.Linear(a.n_head * self.hd, a.d_model, bias=False)
+        self.dropout = a.dropout
+
+    def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        # with a cache and several new tokens, queries sit at the end: causal mask offset by the cached length
+        if cache is None or T == k.shape[2]:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv != self.n_head,
+            )
+        else:
+            past = k.shape[2] - T
+            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(a.d_model, a.ffn_hidden, bias=False)
+        self.up_proj = nn.Linear(a.d_model, a.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(a.ffn_hidden, a.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.attn_norm = RMSNorm(a.d_model, a.norm_eps)
+        self.attn = Attention(a)
+        self.mlp_norm = RMSNorm(a.d_model, a.norm_eps)
+        self.mlp = MLP(a)
+        self.drop = nn.Dropout(a.dropout)
+
+    def forward(self, x, cos, sin, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, preallocated to ``max_len``."""
+
+    def __init__(self, args: ModelArgs, batch: int, max_len: int, device, dtype):
+        shape = (args.n_layer, batch, args.n_kv_head, max_len, args.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # tokens cached (advanced by GPT.forward after the last layer)
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class GPT(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.padded_vocab_size, args.d_model)
+        self.drop = nn.Dropout(args.dropout)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layer))
+        self.norm = RMSNorm(args.d_model, args.norm_eps)
+        self.lm_head = nn.Linear(args.d_model, args.padded_vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        # not saved in checkpoints: a function of the config
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02); residual output projections scaled by 1/√(2·n_layer)."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.args.n_layer))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                ignore_index: int = -100):
+        """idx (B, T) → logits (B, T, padded_vocab); with targets, (logits, mean cross-entropy)."""
+        T = idx.shape[1]
+        start = cache.length if cache is not None else 0
+        if start + T > self.args.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.args.max_seq_len}")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        x = self.drop(self.embed(idx))
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += T
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+        return logits, loss
+
+    def num_params(self, embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        return n if embedding else n - self.embed.weight.numel()
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward) as in the PaLM paper's MFU:
+    6 × (matmul parameters) + 12 × n_layer × d_model × seq_len for attention scores and values.
+    The embedding lookup is not a matmul; the output projection (tied or not) is."""
+    a = args
+    attn_params = a.d_model * a.head_dim * (2 * a.n_head + 2 * a.n_kv_head)
+    mlp_params = 3 * a.d_model * a.ffn_hidden
+    matmul_params = a.n_layer * (attn_params + mlp_params) + a.d_model * a.padded_vocab_size
+    return 6.0 * matmul_params + 12.0 * a.n_layer * a.d_model * seq_len
