@@ -124,12 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_arguments(pt)
     _common(pt)
 
+    from trainer.commands import add_parsers as trainer_parsers
+
+    trainer_parsers(sub, _common)
+
     d = sub.add_parser(
         "demo",
         help="the main job end to end on the bundled sample crawl (CPU, minutes)",
         description="The main job on the sample crawl bundled in sample/crawl with configs/demo.yaml: the corpus "
-        "pipeline (OUTPUT/corpus), tokenizer training (OUTPUT/tokenizer) and token shards (OUTPUT/tokens). "
-        "Training joins this command as it lands.",
+        "pipeline (OUTPUT/corpus), tokenizer training (OUTPUT/tokenizer), token shards (OUTPUT/tokens) and a short "
+        "CPU pretraining of a small GPT with Ray Train (OUTPUT/pretrain/demo: checkpoints, metrics.jsonl, TensorBoard). "
+        "Running it again resumes or repeats each step deterministically.",
     )
     d.add_argument("--output", default="runs/demo", metavar="DIR", help="where to write (default: runs/demo)")
     _common(d)
@@ -223,18 +228,22 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
 
     out = Path(args.output)
     corpus, tok, tokens = out / "corpus", out / "tokenizer", out / "tokens"
-    log.info("demo 1/3: corpus pipeline on %s", SAMPLE_GLOB)
+    log.info("demo 1/4: corpus pipeline on %s", SAMPLE_GLOB)
     ns = argparse.Namespace(
         input=[SAMPLE_GLOB], output=str(corpus), config=str(DEMO_CONFIG), set=[],
         skip_bad_files=False, overwrite=False, quiet=args.quiet,
     )
     _cmd_corpus(ns, beam_args)
-    log.info("demo 2/3: tokenizer training on %s", corpus)
+    log.info("demo 2/4: tokenizer training on %s", corpus)
     _cmd_tokenizer(argparse.Namespace(tokenizer_command="train", corpus=str(corpus), output=str(tok),
                                       config=str(DEMO_CONFIG), set=[]), beam_args)
-    log.info("demo 3/3: token shards")
-    return _cmd_tokenize(argparse.Namespace(corpus=str(corpus), tokenizer=str(tok), output=str(tokens),
-                                            config=str(DEMO_CONFIG), set=[], seq_len=None), beam_args)
+    log.info("demo 3/4: token shards")
+    _cmd_tokenize(argparse.Namespace(corpus=str(corpus), tokenizer=str(tok), output=str(tokens),
+                                     config=str(DEMO_CONFIG), set=[], seq_len=None), beam_args)
+    log.info("demo 4/4: pretraining a small GPT on the token shards (Ray Train, CPU)")
+    return _cmd_pretrain(argparse.Namespace(
+        config=str(DEMO_CONFIG), set=[f"pretrain.data={tokens}", f"pretrain.storage_path={out / 'pretrain'}"],
+        no_progress=False, quiet=args.quiet))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["tokenizer", "--help"])
     commands = {"corpus": _cmd_corpus, "refresh": _cmd_refresh, "tokenizer": _cmd_tokenizer, "tokenize": _cmd_tokenize,
                 "demo": _cmd_demo, "pretrain": lambda a, _rest: _cmd_pretrain(a)}
+    from trainer.commands import COMMANDS as TRAINER_COMMANDS
+
+    commands.update({name: (lambda fn: lambda a, _rest: fn(a))(fn) for name, fn in TRAINER_COMMANDS.items()})
     if args.command not in commands:
         parser.error(f"unknown command {args.command}")
     return error_exit(args.command, lambda: commands[args.command](args, rest))
@@ -265,12 +277,13 @@ def error_exit(command: str, fn) -> int:
     from pipelines.refresh_index import RefreshError
     from tokenizer.train import TokenizerError
     from trainer.data import DataError
+    from trainer.finetune_data import FinetuneDataError
     from trainer import TrainingDivergedError
 
     try:
         return fn()
     except (ConfigError, PipelineInputError, OutputDirError, ModelError, RefreshError, TokenizerError, DataError,
-            FileNotFoundError) as e:
+            FinetuneDataError, FileNotFoundError) as e:
         print(f"gristmill {command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingDivergedError as e:

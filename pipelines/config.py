@@ -263,11 +263,9 @@ class ModelConfig(_Section):
     vocab_multiple: int = Field(default=64, ge=1)
 
 
-class PretrainConfig(_Section):
-    """Pretraining on token shards with Ray Train (``gristmill pretrain``; docs/trainer.md)."""
+class LoopConfig(_Section):
+    """The training loop shared by pretraining and fine-tuning (trainer/loop.py; docs/trainer.md)."""
 
-    #: token directory written by ``gristmill tokenize`` (train/, val/, manifest.json); every node must reach it
-    data: str = "runs/demo/tokens"
     #: Ray Train storage_path: checkpoints, metrics.jsonl and TensorBoard logs go to STORAGE/NAME/.
     #: Multi-node runs need a path every node can reach (NFS, or s3:// / gs:// for checkpoints).
     storage_path: str = "runs/pretrain"
@@ -318,6 +316,59 @@ class PretrainConfig(_Section):
         return v
 
 
+
+class PretrainConfig(LoopConfig):
+    """Pretraining on token shards with Ray Train (``gristmill pretrain``)."""
+
+    #: token directory written by ``gristmill tokenize`` (train/, val/, manifest.json); every node must reach it
+    data: str = "runs/demo/tokens"
+
+
+class _FinetuneConfig(LoopConfig):
+    #: a pretraining (or fine-tuning) checkpoint directory: its weights, model shape and tokenizer are used
+    init_checkpoint: str = "runs/demo/pretrain/demo/checkpoint_00000150"
+    #: examples are cut (SFT: from the end of the conversation kept whole when it fits) to this many tokens
+    seq_len: int = Field(default=256, ge=8)
+    #: share of examples held out for validation, chosen by a hash of the example's position and file
+    val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    #: examples read from each file (0 = all)
+    max_examples_per_file: int = Field(default=0, ge=0)
+    name: str = "finetune"
+    storage_path: str = "runs/finetune"
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr: float = Field(default=3e-5, ge=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    max_steps: int = Field(default=100, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class SftConfig(_FinetuneConfig):
+    """Instruction / chat fine-tuning (``gristmill sft``): loss on assistant tokens only."""
+
+    #: JSONL (or JSON array) files; each record is a chat ({"messages": [{"role", "content"}...]}), an
+    #: instruction ({"instruction", "input"?, "output"|"response"}), a question/answer ({"question", "answer"}) or an
+    #: OpenAssistant tree ({"prompt": {"text", "role", "replies": [...]}}, best-ranked path)
+    files: tuple[str, ...] = ()
+    #: several short examples per sequence (attention crosses example boundaries; labels never do)
+    packing: bool = False
+    #: a system message put first in every conversation that has none (None: no system turn)
+    system_prompt: str | None = None
+
+
+class ClsConfig(_FinetuneConfig):
+    """Sequence classification (``gristmill finetune-cls``): a linear head on the last token's hidden state."""
+
+    #: JSONL or TSV files of labelled text
+    files: tuple[str, ...] = ()
+    text_field: str = "text"  # TSV: column index as a string, e.g. "1"
+    label_field: str = "label"  # TSV: column index as a string, e.g. "0"
+    #: labels to keep (others are skipped and counted); empty = every label seen
+    labels: tuple[str, ...] = ()
+    max_examples_per_label: int = Field(default=0, ge=0)
+    seq_len: int = Field(default=64, ge=8)
+    eval_batches: int = Field(default=0, ge=0)
+
+
 class GristmillConfig(_Section):
     read: ReadConfig = ReadConfig()
     langid: LangIdConfig = LangIdConfig()
@@ -329,6 +380,8 @@ class GristmillConfig(_Section):
     tokenize: TokenizeConfig = TokenizeConfig()
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    sft: SftConfig = SftConfig()
+    finetune_cls: ClsConfig = ClsConfig()
 
     @field_validator("*", mode="before")
     @classmethod

@@ -53,3 +53,15 @@ def demo_tokenizer(demo_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("tok") / "t"
     train_tokenizer(str(demo_corpus), str(out), load_config(DEMO_CONFIG).tokenizer)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_tokens64(demo_corpus, demo_tokenizer, tmp_path_factory):
+    """The demo corpus as token shards of 64 + 1 tokens (quick to train on)."""
+    from pipelines.config import load_config
+    from pipelines.tokenize import run_tokenize
+
+    out = tmp_path_factory.mktemp("tokens") / "k"
+    cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=64"]).tokenize
+    run_tokenize(str(demo_corpus), str(demo_tokenizer), str(out), cfg, ["--runner", "DirectRunner"])
+    return out

@@ -25,14 +25,8 @@ GRISTMILL = str(Path(sys.executable).parent / "gristmill")
 
 
 @pytest.fixture(scope="module")
-def tokens(demo_corpus, demo_tokenizer, tmp_path_factory):
-    from pipelines.config import load_config
-    from pipelines.tokenize import run_tokenize
-
-    out = tmp_path_factory.mktemp("tokens") / "k"
-    cfg = load_config(REPO / "configs" / "demo.yaml", ["tokenize.seq_len=64"]).tokenize
-    run_tokenize(str(demo_corpus), str(demo_tokenizer), str(out), cfg, ["--runner", "DirectRunner"])
-    return out
+def tokens(demo_tokens64):
+    return demo_tokens64
 
 
 def _config(tmp_path: Path, tokens: Path, name: str, **pretrain) -> Path:

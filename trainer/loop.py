@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipelines.config import GristmillConfig, PretrainConfig
+from pipelines.config import GristmillConfig, LoopConfig, PretrainConfig
 from trainer import TrainingDivergedError
 from trainer import checkpoint as ckpt
 from trainer.data import BatchPlan, DataError, SampleStream, TokenSplit, micro_batch_start, read_token_manifest, val_indices
@@ -32,6 +32,8 @@ from trainer.model import GPT, ModelArgs, flops_per_token, resolve_model_args
 log = logging.getLogger("gristmill.trainer")
 
 DIVERGED_FILE = "DIVERGED.json"
+#: task → its config section (the loop settings and the task's data)
+TASK_SECTIONS = {"pretrain": "pretrain", "sft": "sft", "cls": "finetune_cls"}
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (SXM parts).
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
@@ -76,10 +78,9 @@ class _Env:
     run_dir: Path
 
 
-def _setup_env(cfg: GristmillConfig, local_mode: bool) -> _Env:
+def _setup_env(p: LoopConfig, local_mode: bool) -> _Env:
     import ray.train
 
-    p = cfg.pretrain
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if p.use_gpu and torch.cuda.is_available():
@@ -96,7 +97,7 @@ def _setup_env(cfg: GristmillConfig, local_mode: bool) -> _Env:
     return _Env(rank, world, device, local_mode, run_dir)
 
 
-def _wrap(model: GPT, env: _Env, p: PretrainConfig, bf16: bool):
+def _wrap(model: GPT, env: _Env, p: LoopConfig, bf16: bool):
     if not (dist.is_available() and dist.is_initialized()) or env.world == 1:
         return model
     if p.parallel == "fsdp":
@@ -108,7 +109,9 @@ def _wrap(model: GPT, env: _Env, p: PretrainConfig, bf16: bool):
         return fully_shard(model, mp_policy=mp)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    # a classifier never uses an untied output matrix: DDP must not wait for its gradient
+    unused = model.cls_head is not None and not model.args.tie_embeddings
+    return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None, find_unused_parameters=unused)
 
 
 def _optimizer(model, p: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -174,29 +177,108 @@ def _progress(enabled: bool, local_mode: bool, total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="pretrain", unit="step")
 
 
-@torch.no_grad()
-def evaluate(model, val: TokenSplit, env: _Env, p: PretrainConfig, autocast) -> tuple[float, int]:
-    """Mean validation loss over the first val sequences (all ranks together) and the tokens it covers."""
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=env.device)
-    for idx in val_indices(len(val), env.rank, env.world, p.micro_batch_size, p.eval_batches):
-        # short or empty batches are padded with sequence 0 at weight 0: every rank runs the same number
-        # of forward passes (FSDP's forward is a collective)
+class _LMTask:
+    """Next-token loss on fixed-width rows: pretraining (token shards) and SFT (ids + assistant-only labels)."""
+
+    def __init__(self, train, val, seq_len: int):
+        self.train, self.val, self.seq_len = train, val, seq_len
+
+    @staticmethod
+    def batch(rows, device) -> dict:
+        if isinstance(rows, np.ndarray):  # token shards: targets are the shifted ids
+            t = torch.from_numpy(rows).to(device, non_blocking=True)
+            return {"x": t[:, :-1], "y": t[:, 1:]}
+        ids = torch.from_numpy(rows["ids"]).to(device, non_blocking=True)
+        labels = torch.from_numpy(rows["labels"]).to(device, non_blocking=True)
+        return {"x": ids[:, :-1], "y": labels[:, 1:]}
+
+    def loss(self, model, b, autocast):
+        with autocast:
+            return model(b["x"], b["y"])[1]
+
+    @torch.no_grad()
+    def evaluate(self, model, env: _Env, p: LoopConfig, autocast) -> dict:
+        """Mean validation loss per target token over the first val rows (all ranks together)."""
+        total = torch.zeros(2, dtype=torch.float64, device=env.device)
+        for idx, weights in _val_batches(len(self.val), env, p):
+            b = self.batch(self.val.rows(idx), env.device)
+            with autocast:
+                logits = model(b["x"])
+            per_token = torch.nn.functional.cross_entropy(
+                logits.float().transpose(1, 2), b["y"], reduction="none", ignore_index=-100).double()
+            counted = (b["y"] != -100).double()
+            total[0] += (per_token.sum(dim=1) * weights).sum()
+            total[1] += (counted.sum(dim=1) * weights).sum()
+        _all_sum(total)
+        loss = float(total[0] / total[1]) if total[1] > 0 else float("nan")
+        return {"val_loss": loss, "val_ppl": math.exp(loss) if loss < 50 else float("inf"), "val_tokens": int(total[1])}
+
+
+class _ClsTask:
+    """Cross-entropy over classes from the last token's hidden state; accuracy and macro-F1 on validation."""
+
+    def __init__(self, train, val, seq_len: int, classes: list[str]):
+        self.train, self.val, self.seq_len, self.classes = train, val, seq_len, classes
+
+    @staticmethod
+    def batch(rows, device) -> dict:
+        return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in rows.items()}
+
+    def loss(self, model, b, autocast):
+        with autocast:
+            logits = model(b["ids"], classify_at=b["last"])
+        return torch.nn.functional.cross_entropy(logits.float(), b["labels"])
+
+    @torch.no_grad()
+    def evaluate(self, model, env: _Env, p: LoopConfig, autocast) -> dict:
+        from trainer.finetune_data import macro_f1
+
+        n = len(self.classes)
+        confusion = torch.zeros(n, n, dtype=torch.float64, device=env.device)  # gold × predicted, summed over ranks
+        loss_sum = torch.zeros(1, dtype=torch.float64, device=env.device)
+        for idx, weights in _val_batches(len(self.val), env, p):
+            b = self.batch(self.val.rows(idx), env.device)
+            with autocast:
+                logits = model(b["ids"], classify_at=b["last"]).float()
+            ce = torch.nn.functional.cross_entropy(logits, b["labels"], reduction="none").double()
+            loss_sum += (ce * weights).sum()
+            for g, q, w in zip(b["labels"].tolist(), logits.argmax(-1).tolist(), weights.tolist()):
+                confusion[g, q] += w
+        _all_sum(confusion)
+        _all_sum(loss_sum)
+        cm = confusion.cpu().numpy()
+        count = cm.sum()
+        gold = np.repeat(np.arange(n), cm.sum(axis=1).astype(int))
+        pred = np.concatenate([np.repeat(np.arange(n), cm[g].astype(int)) for g in range(n)]) if count else np.zeros(0)
+        return {"val_loss": float(loss_sum[0] / max(count, 1)), "val_accuracy": float(np.trace(cm) / max(count, 1)),
+                "val_macro_f1": macro_f1(pred, gold, n), "val_examples": int(count)}
+
+
+def _val_batches(n_val: int, env: _Env, p: LoopConfig):
+    """This rank's validation micro-batches with a weight per row: short or empty batches are padded with
+    row 0 at weight 0, so every rank runs the same number of forward passes (FSDP's forward is a collective)."""
+    for idx in val_indices(n_val, env.rank, env.world, p.micro_batch_size, p.eval_batches):
         weights = torch.zeros(p.micro_batch_size, dtype=torch.float64, device=env.device)
         weights[: len(idx)] = 1.0
-        padded = np.concatenate([idx, np.zeros(p.micro_batch_size - len(idx), dtype=np.int64)])
-        batch = torch.from_numpy(val.rows(padded)).to(env.device)
-        with autocast:
-            logits = model(batch[:, :-1])
-        per_token = torch.nn.functional.cross_entropy(
-            logits.float().transpose(1, 2), batch[:, 1:], reduction="none").double()
-        total[0] += (per_token.sum(dim=1) * weights).sum()
-        total[1] += weights.sum() * per_token.shape[1]
-    _all_sum(total)
-    model.train()
-    if total[1] == 0:
-        return float("nan"), 0
-    return float(total[0] / total[1]), int(total[1])
+        yield np.concatenate([idx, np.zeros(p.micro_batch_size - len(idx), dtype=np.int64)]), weights
+
+
+def _build_task(task: str, cfg: GristmillConfig, loop_config: dict):
+    """The task's train/val data, built identically on every worker."""
+    p = getattr(cfg, TASK_SECTIONS[task])
+    if task == "pretrain":
+        manifest = read_token_manifest(p.data)
+        train, val = TokenSplit(p.data, "train", manifest), TokenSplit(p.data, "val", manifest)
+        return _LMTask(train, val, train.seq_len)
+    import sentencepiece as spm
+
+    from trainer.finetune_data import cls_examples, sft_examples
+
+    sp = spm.SentencePieceProcessor(model_file=str(Path(loop_config["tokenizer_dir"]) / "tokenizer.model"))
+    if task == "sft":
+        return _LMTask(sft_examples(sp, p, "train", p.seed), sft_examples(sp, p, "val", p.seed), p.seq_len)
+    train, val = cls_examples(sp, p, "train", p.seed), cls_examples(sp, p, "val", p.seed)
+    return _ClsTask(train, val, p.seq_len, train.classes)
 
 
 def _node_ip() -> str | None:
@@ -213,15 +295,15 @@ def train_loop(loop_config: dict) -> dict:
     import ray.train
 
     cfg = GristmillConfig.model_validate(loop_config["config"])
-    p = cfg.pretrain
+    task_name = loop_config.get("task", "pretrain")
+    p = getattr(cfg, TASK_SECTIONS[task_name])
     local_mode = loop_config["local_mode"]
-    env = _setup_env(cfg, local_mode)
-    manifest = read_token_manifest(p.data)
+    env = _setup_env(p, local_mode)
     args = ModelArgs.from_dict(loop_config["model_args"])
     plan = BatchPlan(p.batch_size, p.micro_batch_size, env.world)
     plan.check()
-    train = TokenSplit(p.data, "train", manifest)
-    val = TokenSplit(p.data, "val", manifest)
+    task = _build_task(task_name, cfg, loop_config)
+    train = task.train
     stream = SampleStream(len(train), p.seed)
     (env.run_dir / "workers").mkdir(exist_ok=True)
     (env.run_dir / "workers" / f"rank{env.rank}.json").write_text(json.dumps(
@@ -230,7 +312,14 @@ def train_loop(loop_config: dict) -> dict:
     bf16 = p.precision == "bf16" or (p.precision == "auto" and env.device.type == "cuda")
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     torch.manual_seed(p.seed)  # same initial weights on every rank
-    model = GPT(args).to(env.device)
+    model = GPT(args)
+    init = loop_config.get("init_checkpoint")
+    if init:  # fine-tuning starts from a pretrained model (a new classification head stays as initialised)
+        weights = ckpt.load_weights(Path(init), ckpt.load_model_args(Path(init)))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("cls_head.")]:
+            raise DataError(f"{init} does not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    model = model.to(env.device)
     wrapped = _wrap(model, env, p, bf16)
     opt = _optimizer(wrapped, p, env.device)
 
@@ -261,15 +350,18 @@ def train_loop(loop_config: dict) -> dict:
     metrics = _Metrics(env.run_dir, env.rank == 0, p.tensorboard, step)
     if env.rank == 0 and resumed_from is not None:
         metrics.write({"step": step, "event": "resumed", "checkpoint": str(resumed_from)})
-    fpt = flops_per_token(args, train.seq_len)
+    fpt = flops_per_token(args, task.seq_len)
     peak, peak_source = peak_flops(env.device, p, torch.bfloat16 if bf16 else torch.float32)
     if env.rank == 0:
         log.info("model %.2fM parameters (%.2fM without embeddings), %.3g FLOPs/token; %d workers × %d micro-batch "
                  "× %d accumulation = %d sequences of %d tokens per step; MFU against %.3g FLOP/s (%s)",
                  model.num_params() / 1e6, model.num_params(False) / 1e6, fpt, env.world, p.micro_batch_size,
-                 plan.grad_accum, p.batch_size, train.seq_len, peak, peak_source)
+                 plan.grad_accum, p.batch_size, task.seq_len, peak, peak_source)
+        if task_name != "pretrain":
+            log.info("%s: %d train and %d validation rows from %s", task_name, len(train), len(task.val),
+                     init or "a fresh model")
     bar = _progress(loop_config.get("progress", False) and env.rank == 0, local_mode, p.max_steps, step)
-    tokens_per_step = p.batch_size * train.seq_len
+    tokens_per_step = p.batch_size * task.seq_len
     is_ddp = hasattr(wrapped, "no_sync")
     last = {"loss": float("nan")}
     window_t, window_steps = time.perf_counter(), 0
@@ -280,9 +372,9 @@ def train_loop(loop_config: dict) -> dict:
         name = f"checkpoint_{step:08d}"
         state = {"step": step, "samples": samples, "tokens_seen": tokens_seen, "batch_size": p.batch_size,
                  "seed": p.seed, "world_size": env.world, "scheduler": {"step": step, "lr": lr_at(step, p)},
-                 "metrics": metrics_now}
-        tok_dir = manifest.get("tokenizer")
-        tok_dir = tok_dir if tok_dir and not str(tok_dir).endswith(".model") else None
+                 "metrics": metrics_now, "task": task_name, "init_checkpoint": init,
+                 "classes": getattr(task, "classes", None)}
+        tok_dir = loop_config.get("tokenizer_dir")
         if local_mode:
             path = ckpt.save_checkpoint(env.run_dir / name, msd, osd, rng, state, args, loop_config["config"], tok_dir)
             ray.train.report(metrics_now, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
@@ -307,11 +399,10 @@ def train_loop(loop_config: dict) -> dict:
         loss_sum = torch.zeros((), device=env.device)
         for micro in range(plan.grad_accum):
             start = micro_batch_start(step, micro, env.rank, plan)
-            batch = torch.from_numpy(train.rows(stream.indices(start, p.micro_batch_size))).to(env.device, non_blocking=True)
+            batch = task.batch(train.rows(stream.indices(start, p.micro_batch_size)), env.device)
             sync = micro == plan.grad_accum - 1
             with (wrapped.no_sync() if is_ddp and not sync else contextlib.nullcontext()):
-                with autocast:
-                    _, loss = wrapped(batch[:, :-1], batch[:, 1:])
+                loss = task.loss(wrapped, batch, autocast)
                 (loss / plan.grad_accum).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
@@ -358,12 +449,13 @@ def train_loop(loop_config: dict) -> dict:
                     bar.set_postfix(loss=f"{loss_value:.3f}")
             window_t, window_steps = time.perf_counter(), 0
         if step % p.eval_every == 0 or step == p.max_steps:
-            val_loss, val_tokens = evaluate(wrapped, val, env, p, autocast)
-            last.update(val_loss=val_loss, val_ppl=math.exp(val_loss) if val_loss < 50 else float("inf"))
+            wrapped.eval()
+            val = task.evaluate(wrapped, env, p, autocast)
+            wrapped.train()
+            last.update({k: v for k, v in val.items() if not k.endswith(("_tokens", "_examples"))})
             if env.rank == 0:
-                metrics.write({"step": step, "val_loss": round(val_loss, 6), "val_ppl": round(last["val_ppl"], 4),
-                               "val_tokens": val_tokens})
-                log.info("step %d  val loss %.4f  perplexity %.2f (%d tokens)", step, val_loss, last["val_ppl"], val_tokens)
+                metrics.write({"step": step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in val.items()}})
+                log.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
             window_t = time.perf_counter()  # evaluation time is not training throughput
         if step % p.checkpoint_every == 0 or step == p.max_steps:
             save({"step": step, **last})
@@ -375,40 +467,86 @@ def train_loop(loop_config: dict) -> dict:
 
 
 @dataclass
-class PretrainResult:
+class TrainResult:
     run_dir: Path
     checkpoint: Path | None
     metrics: dict
     seconds: float
 
 
-def prepare(cfg: GristmillConfig) -> tuple[GristmillConfig, ModelArgs]:
-    """Check the data and resolve paths (absolute: workers on other nodes see the same) and dimensions."""
-    p = cfg.pretrain
-    data = os.path.abspath(p.data) if "://" not in p.data else p.data
-    storage = os.path.abspath(p.storage_path) if "://" not in p.storage_path else p.storage_path
-    if "://" in storage:
-        raise DataError("pretrain.storage_path must be a filesystem path (local or a shared mount such as NFS)")
-    manifest = read_token_manifest(data)
+PretrainResult = TrainResult
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(path) if "://" not in path else path
+
+
+def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConfig, ModelArgs, dict]:
+    """Check the data and resolve paths (absolute: workers on other nodes see the same) and dimensions.
+    Returns the resolved config, the model dimensions and what else the workers need."""
+    section = TASK_SECTIONS[task]
+    p = getattr(cfg, section)
+    if "://" in p.storage_path:
+        raise DataError(f"{section}.storage_path must be a filesystem path (local or a shared mount such as NFS)")
     tree = cfg.model_dump(mode="json")
-    tree["pretrain"].update(data=data, storage_path=storage)
+    tree[section]["storage_path"] = _abs(p.storage_path)
+    extra: dict = {"task": task, "tokenizer_dir": None, "init_checkpoint": None}
+    if task == "pretrain":
+        data = _abs(p.data)
+        manifest = read_token_manifest(data)
+        tree[section]["data"] = data
+        args = resolve_model_args(cfg.model, vocab_size=int(manifest["vocab_size"]), seq_len=int(manifest["seq_len"]))
+        if manifest["splits"]["train"]["sequences"] == 0:
+            raise DataError(f"{data}: the train split has no sequences (corpus smaller than one sequence of {manifest['seq_len'] + 1} tokens)")
+        tok = manifest.get("tokenizer")
+        if tok and "://" not in tok:
+            tok_path = Path(tok) if Path(tok).is_dir() else Path(tok).parent
+            extra["tokenizer_dir"] = str(tok_path.resolve()) if (tok_path / "tokenizer.model").is_file() else None
+        if extra["tokenizer_dir"] is None:  # checkpoints are still complete for training, not for generation
+            log.warning("the tokenizer of %s (%s) was not found: checkpoints will not carry it", data, tok)
+    else:
+        init = Path(_abs(p.init_checkpoint))
+        if not ckpt.is_complete(init):
+            raise DataError(f"{section}.init_checkpoint {init} is not a complete checkpoint (run `gristmill pretrain` first)")
+        if not (init / "tokenizer.model").is_file():
+            raise DataError(f"{init} carries no tokenizer.model: fine-tuning needs the pretraining tokenizer")
+        tree[section]["init_checkpoint"] = str(init)
+        tree[section]["files"] = [_abs(f) for f in p.files]
+        if not p.files:
+            raise DataError(f"{section}.files is empty: name the JSONL/JSON/TSV files to fine-tune on")
+        extra.update(tokenizer_dir=str(init), init_checkpoint=str(init))
+        args = ckpt.load_model_args(init)
+        width = p.seq_len if task == "cls" else p.seq_len
+        if width > args.max_seq_len:
+            raise DataError(f"{section}.seq_len {p.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
+        if task == "cls":
+            import dataclasses
+
+            import sentencepiece as spm
+
+            from trainer.finetune_data import cls_examples
+
+            sp = spm.SentencePieceProcessor(model_file=str(init / "tokenizer.model"))
+            cfg_abs = GristmillConfig.model_validate(tree)
+            classes = cls_examples(sp, cfg_abs.finetune_cls, "train", p.seed).classes
+            if len(classes) < 2:
+                raise DataError(f"finetune_cls: {len(classes)} class(es) in the training split; need at least 2")
+            args = dataclasses.replace(args, n_classes=len(classes))
+            extra["classes"] = classes
     cfg = GristmillConfig.model_validate(tree)
-    args = resolve_model_args(cfg.model, vocab_size=int(manifest["vocab_size"]), seq_len=int(manifest["seq_len"]))
     BatchPlan(p.batch_size, p.micro_batch_size, max(1, p.num_workers)).check()
-    if manifest["splits"]["train"]["sequences"] == 0:
-        raise DataError(f"{data}: the train split has no sequences (corpus smaller than one sequence of {manifest['seq_len'] + 1} tokens)")
-    return cfg, args
+    return cfg, args, extra
 
 
-def run_pretrain(cfg: GristmillConfig, progress: bool = False) -> PretrainResult:
+def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = False) -> TrainResult:
     """Launch the loop with Ray Train: on the cluster of RAY_ADDRESS (``ray job submit``), or a Ray started in-process."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t0 = time.time()
-    cfg, args = prepare(cfg)
-    p = cfg.pretrain
+    cfg, args, extra = prepare(cfg, task)
+    p = getattr(cfg, TASK_SECTIONS[task])
     run_dir = Path(p.storage_path) / p.name
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
@@ -416,7 +554,7 @@ def run_pretrain(cfg: GristmillConfig, progress: bool = False) -> PretrainResult
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "model_args": args.to_dict(),
-                           "local_mode": local_mode, "progress": progress},
+                           "local_mode": local_mode, "progress": progress, **extra},
         torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=p.num_workers, use_gpu=p.use_gpu, placement_strategy=p.placement_strategy,
@@ -434,7 +572,10 @@ def run_pretrain(cfg: GristmillConfig, progress: bool = False) -> PretrainResult
         info = json.loads(diverged.read_text())
         last_good = info.get("last_good_checkpoint") or (result.checkpoint.path if result.checkpoint else None)
         raise TrainingDivergedError(f"{info['message']} ({last_good or 'no checkpoint was written before it'}); "
-                                    "lower pretrain.lr, raise warmup_steps or check the data")
+                                    "lower the learning rate, raise warmup_steps or check the data")
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else ckpt.latest_checkpoint(run_dir)
-    metrics = result.metrics or {}
-    return PretrainResult(run_dir, checkpoint, metrics, time.time() - t0)
+    return TrainResult(run_dir, checkpoint, result.metrics or {}, time.time() - t0)
+
+
+def run_pretrain(cfg: GristmillConfig, progress: bool = False) -> TrainResult:
+    return run_training(cfg, "pretrain", progress)

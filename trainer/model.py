@@ -43,6 +43,8 @@ class ModelArgs:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     dropout: float = 0.0
+    #: > 0: a sequence-classification head on the last token's hidden state (fine-tuning)
+    n_classes: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -193,6 +195,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(args.d_model, args.padded_vocab_size, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.cls_head = nn.Linear(args.d_model, args.n_classes) if args.n_classes else None
         cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
         # not saved in checkpoints: a function of the config
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -203,7 +206,9 @@ class GPT(nn.Module):
         """GPT-2 initialisation: N(0, 0.02); residual output projections scaled by 1/√(2·n_layer)."""
         std = 0.02
         for name, p in self.named_parameters():
-            if p.dim() == 1:
+            if name == "cls_head.bias":
+                nn.init.zeros_(p)
+            elif p.dim() == 1:
                 nn.init.ones_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.args.n_layer))
@@ -211,8 +216,10 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                ignore_index: int = -100):
-        """idx (B, T) → logits (B, T, padded_vocab); with targets, (logits, mean cross-entropy)."""
+                ignore_index: int = -100, classify_at: torch.Tensor | None = None):
+        """idx (B, T) → logits (B, T, padded_vocab); with targets, (logits, mean cross-entropy over the
+        targets that are not ``ignore_index``). With ``classify_at`` (B,) positions: class logits (B, n_classes)
+        from the hidden state at those positions (one forward entry point, so DDP/FSDP hooks always run)."""
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if start + T > self.args.max_seq_len:
@@ -223,6 +230,11 @@ class GPT(nn.Module):
             x = layer(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += T
+        if classify_at is not None:
+            if self.cls_head is None:
+                raise ValueError("this model has no classification head (n_classes = 0)")
+            h = self.norm(x)[torch.arange(x.shape[0], device=x.device), classify_at]
+            return self.cls_head(h)
         logits = self.lm_head(self.norm(x))
         if targets is None:
             return logits

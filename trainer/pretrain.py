@@ -29,9 +29,19 @@ def run(args) -> int:
     loss = f"loss {m['loss']:.4f}" if "loss" in m else ""
     val = f", val loss {m['val_loss']:.4f} (perplexity {m['val_ppl']:.2f})" if "val_loss" in m else ""
     print(f"pretrain: step {m.get('step', '?')}, {loss}{val} in {result.seconds:.0f} s")
+    curve = [r for r in _read_metrics(result.run_dir) if "loss" in r]
+    if len(curve) >= 2:
+        print(f"loss:       {curve[0]['loss']:.3f} at step {curve[0]['step']} → {curve[-1]['loss']:.3f} at step {curve[-1]['step']}")
     print(f"metrics:    {result.run_dir / 'metrics.jsonl'} (TensorBoard: {result.run_dir / 'tensorboard'})")
     print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _read_metrics(run_dir) -> list[dict]:
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def main(argv: list[str] | None = None) -> int:
