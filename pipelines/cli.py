@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job end to end on the bundled sample crawl (CPU, minutes)",
         description="The main job on the sample crawl bundled in sample/crawl with configs/demo.yaml: the corpus "
         "pipeline (OUTPUT/corpus), tokenizer training (OUTPUT/tokenizer), token shards (OUTPUT/tokens) and a short "
-        "CPU pretraining of a small GPT with Ray Train (OUTPUT/pretrain/demo: checkpoints, metrics.jsonl, TensorBoard). "
+        "CPU pretraining of a small GPT with Ray Train (OUTPUT/pretrain/demo: checkpoints, metrics.jsonl, TensorBoard), "
+        "a short instruction fine-tuning (OUTPUT/sft/demo) and a generated answer to a question. "
         "Running it again resumes or repeats each step deterministically.",
     )
     d.add_argument("--output", default="runs/demo", metavar="DIR", help="where to write (default: runs/demo)")
@@ -228,22 +229,44 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
 
     out = Path(args.output)
     corpus, tok, tokens = out / "corpus", out / "tokenizer", out / "tokens"
-    log.info("demo 1/4: corpus pipeline on %s", SAMPLE_GLOB)
+    log.info("demo 1/5: corpus pipeline on %s", SAMPLE_GLOB)
     ns = argparse.Namespace(
         input=[SAMPLE_GLOB], output=str(corpus), config=str(DEMO_CONFIG), set=[],
         skip_bad_files=False, overwrite=False, quiet=args.quiet,
     )
     _cmd_corpus(ns, beam_args)
-    log.info("demo 2/4: tokenizer training on %s", corpus)
+    log.info("demo 2/5: tokenizer training on %s", corpus)
     _cmd_tokenizer(argparse.Namespace(tokenizer_command="train", corpus=str(corpus), output=str(tok),
                                       config=str(DEMO_CONFIG), set=[]), beam_args)
-    log.info("demo 3/4: token shards")
+    log.info("demo 3/5: token shards")
     _cmd_tokenize(argparse.Namespace(corpus=str(corpus), tokenizer=str(tok), output=str(tokens),
                                      config=str(DEMO_CONFIG), set=[], seq_len=None), beam_args)
-    log.info("demo 4/4: pretraining a small GPT on the token shards (Ray Train, CPU)")
-    return _cmd_pretrain(argparse.Namespace(
+    log.info("demo 4/5: pretraining a small GPT on the token shards (Ray Train, CPU)")
+    _cmd_pretrain(argparse.Namespace(
         config=str(DEMO_CONFIG), set=[f"pretrain.data={tokens}", f"pretrain.storage_path={out / 'pretrain'}"],
         no_progress=False, quiet=args.quiet))
+    from trainer.checkpoint import latest_checkpoint
+    from trainer.commands import cmd_generate, cmd_sft
+
+    pretrained = latest_checkpoint(out / "pretrain" / "demo")
+    log.info("demo 5/5: instruction fine-tuning (SFT) of %s, then an answer", pretrained)
+    sft_files = ", ".join(str(REPO_ROOT / "sample" / "sft" / f) for f in
+                          ("oasst_en_100_rank0_conversations.jsonl", "self_instruct_seed_tasks.jsonl"))
+    cmd_sft(argparse.Namespace(config=str(DEMO_CONFIG), set=[f"sft.init_checkpoint={pretrained}", f"sft.files=[{sft_files}]",
+                                                              f"sft.storage_path={out / 'sft'}"],
+                               no_progress=False, quiet=args.quiet))
+    tuned = latest_checkpoint(out / "sft" / "demo")
+    question = "What is a mill used for?"
+    print(f"\nuser: {question}\nassistant (a {_params(tuned)} model trained for minutes on a CPU; expect little sense): ", end="")
+    return cmd_generate(argparse.Namespace(
+        checkpoint=str(tuned), prompt=[question], chat=True, system=None, max_new_tokens=48, temperature=0.7, top_k=40,
+        top_p=0.95, stop=[], seed=0, no_cache=False, device="auto"))
+
+
+def _params(checkpoint) -> str:
+    from trainer.checkpoint import load_model
+
+    return f"{load_model(checkpoint).num_params() / 1e6:.1f}M-parameter"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,6 +143,22 @@ def test_two_ray_workers_survive_a_killed_worker_with_identical_weights(tmp_path
     assert _max_abs_diff(_final_weights(whole, 40), _final_weights(run_dir, 40)) <= 1e-6
 
 
+def test_fsdp_trains_like_ddp_and_its_checkpoint_is_the_full_model(tmp_path, tokens):
+    """FSDP2 over gloo (CPU) shards parameters and optimizer state over the two workers; with the same data
+    it follows DDP's losses (reduction order differs, so not bit for bit) and saves unsharded weights."""
+    runs = {}
+    for parallel in ("ddp", "fsdp"):
+        r = _pretrain(_config(tmp_path, tokens, parallel, num_workers=2, parallel=parallel, max_steps=20,
+                              checkpoint_every=20, eval_every=20))
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[parallel] = tmp_path / "runs" / parallel
+    losses = {k: [m["loss"] for m in _metrics(v) if "loss" in m] for k, v in runs.items()}
+    assert max(abs(a - b) for a, b in zip(losses["ddp"], losses["fsdp"])) < 1e-3
+    ddp, fsdp = _final_weights(runs["ddp"], 20), _final_weights(runs["fsdp"], 20)
+    assert {k: v.shape for k, v in ddp.items()} == {k: v.shape for k, v in fsdp.items()}
+    assert _max_abs_diff(ddp, fsdp) < 1e-3
+
+
 def test_a_nan_loss_or_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tokens):
     # an absurd learning rate: the first step is finite, the weights then overflow
     cfg = _config(tmp_path, tokens, "nan", lr=1e30, min_lr=0.0, warmup_steps=0, checkpoint_every=1, max_steps=20)

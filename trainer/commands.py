@@ -53,7 +53,7 @@ def add_parsers(sub, common) -> None:
         "generate", help="generate text from a checkpoint (sampling, stop sequences, KV cache, streaming, chat)",
         description="Complete a prompt (argument or standard input), streaming to stdout. --chat wraps the prompt in the "
         "tokenizer's ChatML template as a user message and stops at <|im_end|>.",
-        epilog="example: gristmill generate --checkpoint runs/demo/sft/demo/checkpoint_00000060 --chat 'What is a mill?'")
+        epilog="example: gristmill generate --checkpoint runs/demo/sft/demo/checkpoint_00000040 --chat 'What is a mill?'")
     g.add_argument("--checkpoint", required=True, metavar="DIR")
     g.add_argument("prompt", nargs="*", help="the prompt (default: read standard input)")
     g.add_argument("--chat", action="store_true", help="treat the prompt as a user message of a chat")
@@ -86,7 +86,7 @@ def _device(name: str):
 
 def _train(task: str, args) -> int:
     from pipelines.config import load_config
-    from trainer.loop import TASK_SECTIONS, run_training
+    from trainer.loop import run_training
 
     cfg = load_config(args.config, args.set)
     progress = sys.stderr.isatty() and not args.no_progress and not getattr(args, "quiet", False)
@@ -96,7 +96,6 @@ def _train(task: str, args) -> int:
     print(f"{task}: step {m.get('step', '?')}, {', '.join(parts)} in {result.seconds:.0f} s")
     print(f"metrics:    {result.run_dir / 'metrics.jsonl'}")
     print(f"checkpoint: {result.checkpoint}")
-    _ = TASK_SECTIONS
     return 0
 
 
@@ -141,7 +140,7 @@ def cmd_eval(args) -> int:
 def cmd_generate(args) -> int:
     from trainer.checkpoint import load_model
     from trainer.finetune_data import encode_chat
-    from trainer.generate import SamplingConfig, default_stop_ids, generate_ids, load_tokenizer
+    from trainer.generate import SamplingConfig, default_stop_ids, generate_text, load_tokenizer
 
     model = load_model(args.checkpoint, _device(args.device))
     sp = load_tokenizer(args.checkpoint)
@@ -155,17 +154,7 @@ def cmd_generate(args) -> int:
     else:
         ids = sp.encode(prompt)
         print(prompt, end="", flush=True)
-    out, shown = [], ""
-    for token in generate_ids(model, ids, cfg):
-        out.append(token)
-        text = sp.decode(out)
-        cut = min((text.find(s) for s in cfg.stop if s in text), default=-1)
-        text = text[:cut] if cut >= 0 else text
-        if len(text) > len(shown) and not text.endswith("\ufffd"):
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-        if cut >= 0:
-            break
+    generate_text(model, sp, ids, cfg, on_text=lambda t: print(t, end="", flush=True))
     print()
     return 0
 

@@ -61,7 +61,9 @@ def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | Path 
         raise FileNotFoundError(f"{checkpoint}: not a complete gristmill checkpoint (no {ckpt.STATE_FILE})")
     args = ckpt.load_model_args(checkpoint)
     weights = ckpt.load_weights(checkpoint, args)
-    tensors = {hf_name(k): v.contiguous() for k, v in weights.items() if not (args.tie_embeddings and k == "lm_head.weight")}
+    # the language model only: a classification head has no place in LlamaForCausalLM
+    tensors = {hf_name(k): v.contiguous() for k, v in weights.items()
+               if not (args.tie_embeddings and k == "lm_head.weight") and not k.startswith("cls_head.")}
     tok_dir = Path(tokenizer) if tokenizer else checkpoint
     if not (tok_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{tok_dir / 'tokenizer.json'} not found: pass --tokenizer DIR (written by `gristmill tokenizer train`)")

@@ -97,13 +97,14 @@ def generate_ids(model: GPT, prompt: list[int], cfg: SamplingConfig) -> Iterator
         logits = (model(nxt, cache=cache) if cache is not None else model(ids))[:, -1]
 
 
-def generate_text(model: GPT, sp, prompt: str, cfg: SamplingConfig, on_text=None) -> str:
-    """Generate a completion of ``prompt``; ``on_text(new_text)`` streams it as it grows."""
+def generate_text(model: GPT, sp, prompt: str | list[int], cfg: SamplingConfig, on_text=None) -> str:
+    """Generate a completion of ``prompt`` (text, or ids such as a chat template's); ``on_text(new_text)``
+    streams it as it grows (never cutting a character that later tokens complete)."""
     if not cfg.stop_ids:
         cfg = SamplingConfig(**{**cfg.__dict__, "stop_ids": default_stop_ids(sp)})
     out: list[int] = []
     shown = ""
-    for token in generate_ids(model, sp.encode(prompt), cfg):
+    for token in generate_ids(model, sp.encode(prompt) if isinstance(prompt, str) else prompt, cfg):
         out.append(token)
         text = sp.decode(out)
         cut = min((text.find(s) for s in cfg.stop if s and s in text), default=-1)

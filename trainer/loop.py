@@ -516,8 +516,7 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
             raise DataError(f"{section}.files is empty: name the JSONL/JSON/TSV files to fine-tune on")
         extra.update(tokenizer_dir=str(init), init_checkpoint=str(init))
         args = ckpt.load_model_args(init)
-        width = p.seq_len if task == "cls" else p.seq_len
-        if width > args.max_seq_len:
+        if p.seq_len > args.max_seq_len:
             raise DataError(f"{section}.seq_len {p.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
         if task == "cls":
             import dataclasses
@@ -541,7 +540,7 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
 def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = False) -> TrainResult:
     """Launch the loop with Ray Train: on the cluster of RAY_ADDRESS (``ray job submit``), or a Ray started in-process."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t0 = time.time()
@@ -564,6 +563,8 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
             name=p.name, storage_path=p.storage_path,
             failure_config=FailureConfig(max_failures=p.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
+            # Ray Train's own INFO lines (one per report and rank) drown the loop's; its warnings stay
+            logging_config=LoggingConfig(log_level="WARNING" if not log.isEnabledFor(logging.DEBUG) else "INFO"),
         ),
     )
     result = trainer.fit()
