@@ -6,13 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench-clean constraints clean help
+.PHONY: setup demo test test-fast bench-clean bench-trainer constraints clean help
 
 help:
 	@echo "make demo    set up .venv and run the main job end to end on the bundled sample crawl"
 	@echo "make test    set up .venv and run every test (unit + end-to-end on real runners)"
 	@echo "make setup   only create .venv and install gristmill (+ test tools)"
 	@echo "make bench-clean  benchmark the clean stage against datatrove (separate venv)"
+	@echo "make bench-trainer  Ray Train loop vs a bare PyTorch loop (needs make demo's token shards)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gristmill needs Python >= 3.11; set PYTHON=python3.11")'
@@ -35,6 +36,11 @@ test-fast: $(STAMP)
 bench-clean:
 	bash bench/setup_bench_env.sh
 	bench/.venv-bench/bin/python bench/bench_clean.py
+
+bench-trainer: $(STAMP)
+	test -f runs/demo/tokens/manifest.json || $(MAKE) demo
+	$(BIN)/python bench/bench_trainer_overhead.py --threads 1
+	$(BIN)/python bench/bench_trainer_overhead.py --threads 2
 
 constraints: $(STAMP)
 	head -2 constraints.txt > constraints.txt.new

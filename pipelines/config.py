@@ -307,6 +307,9 @@ class LoopConfig(_Section):
     #: peak FLOP/s of one device for MFU; None: a table of known GPUs, or a short matmul measurement on CPU
     peak_tflops: float | None = Field(default=None, gt=0)
     tensorboard: bool = True
+    #: start Ray's dashboard when the run starts Ray itself (local runs; a cluster's Ray has its own). Its two
+    #: processes cost a few percent of a core, which shows on a small machine (bench/README.md)
+    local_dashboard: bool = False
 
     @field_validator("min_lr")
     @classmethod

@@ -548,7 +548,8 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
     p = getattr(cfg, TASK_SECTIONS[task])
     run_dir = Path(p.storage_path) / p.name
     if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(logging_level=logging.WARNING, log_to_driver=True,
+                 **({} if p.local_dashboard or os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
     local_mode = p.num_workers == 0
     trainer = TorchTrainer(
         train_loop,
