@@ -259,7 +259,7 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
     question = "What is a mill used for?"
     print(f"\nuser: {question}\nassistant (a {_params(tuned)} model trained for minutes on a CPU; expect little sense): ", end="")
     return cmd_generate(argparse.Namespace(
-        checkpoint=str(tuned), prompt=[question], chat=True, system=None, max_new_tokens=48, temperature=0.7, top_k=40,
+        checkpoint=str(tuned), prompt=[question], chat=True, system=None, max_new_tokens=48, temperature=1.0, top_k=100,
         top_p=0.95, stop=[], seed=0, no_cache=False, device="auto"))
 
 
