@@ -110,6 +110,15 @@ def test_export_to_transformers_gives_the_same_logits_and_ids(sft_checkpoint, tm
         assert diff <= 1e-4, diff
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    # the exported template gives the ids fine-tuning trained on (encoded there segment by segment)
+    from trainer.finetune_data import encode_chat, read_conversations
+
+    convs = read_conversations([REPO / "sample/sft/oasst_en_100_rank0_conversations.jsonl",
+                                REPO / "sample/sft/self_instruct_seed_tasks.jsonl"])
+    for _, msgs in convs:
+        ids = tok.apply_chat_template(msgs, tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        assert list(ids) == encode_chat(sp, msgs)[0]
 
 
 def test_eval_reports_perplexity_and_multiple_choice(pretrained, demo_tokens64, tmp_path):
