@@ -149,6 +149,22 @@ def test_classification_fine_tuning_learns_languages(pretrained, tmp_path):
     assert state["classes"] == ["de", "en", "fr", "sv"]
 
 
+def test_a_resubmitted_sft_run_resumes_from_its_own_checkpoint(pretrained, tmp_path):
+    files = [str(REPO / "sample/sft/self_instruct_seed_tasks.jsonl")]
+    tree = {"sft": {"init_checkpoint": str(pretrained), "files": files, "seq_len": 64,
+                    **_loop(tmp_path / "runs", "again", max_steps=6, warmup_steps=2, eval_every=100, checkpoint_every=3)}}
+    _run("sft", "--config", _yaml(tmp_path / "a.yaml", tree))
+    tree["sft"]["max_steps"] = 9
+    _run("sft", "--config", _yaml(tmp_path / "b.yaml", tree))
+    run = tmp_path / "runs" / "again"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if r.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["checkpoint"].endswith("checkpoint_00000006")
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 10))
+    state = json.loads((run / "checkpoint_00000009" / "trainer_state.json").read_text())
+    assert state["task"] == "sft" and state["samples"] == 9 * 8
+
+
 def test_fine_tuning_errors_say_what_to_fix(tmp_path):
     cfg = _yaml(tmp_path / "bad.yaml", {"sft": {"init_checkpoint": str(tmp_path / "nope"), "files": ["x.jsonl"]}})
     env = dict(os.environ)

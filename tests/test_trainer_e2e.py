@@ -188,12 +188,18 @@ def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, tokens):
         assert cluster.nodes_alive() == 2
         cfg = _config(tmp_path, tokens, "cluster", num_workers=2, placement_strategy="SPREAD", max_steps=20,
                       checkpoint_every=10, log_every=5, eval_every=10)
-        r = subprocess.run(
-            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.address,
-             "--working-dir", str(REPO), "--", "python", "-m", "trainer.pretrain", "--config", str(cfg)],
-            capture_output=True, text=True, timeout=400, env=cluster.env(),
-        )
-        assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-5000:]
+        def submit(config: Path) -> None:
+            r = subprocess.run(
+                [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.address,
+                 "--working-dir", str(REPO), "--", "python", "-m", "trainer.pretrain", "--config", str(config)],
+                capture_output=True, text=True, timeout=400, env=cluster.env(),
+            )
+            assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-5000:]
+
+        submit(cfg)
+        # the same run submitted again (here with more steps) resumes from the checkpoint Ray Train recorded
+        submit(_config(tmp_path, tokens, "cluster", num_workers=2, placement_strategy="SPREAD", max_steps=25,
+                       checkpoint_every=10, log_every=5, eval_every=10))
         # without the token the dashboard refuses the submission
         denied = subprocess.run(
             [str(Path(sys.executable).parent / "ray"), "job", "list", "--address", cluster.address],
@@ -206,6 +212,8 @@ def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, tokens):
     ips = {json.loads(p.read_text())["ip"] for p in (run_dir / "workers").glob("rank*.json")}
     assert ips == {cluster.head_ip, cluster.node_ip}  # one worker per node
     assert (run_dir / "checkpoint_00000020" / "model.safetensors").is_file()
+    assert (run_dir / "checkpoint_00000025" / "model.safetensors").is_file()
     m = _metrics(run_dir)
-    assert [x["step"] for x in m if "loss" in x] == [5, 10, 15, 20]
+    assert [x["step"] for x in m if "loss" in x] == [5, 10, 15, 20, 25]
+    assert [x["checkpoint"].rsplit("/", 1)[-1] for x in m if x.get("event") == "resumed"] == ["checkpoint_00000020"]
     assert any("val_loss" in x for x in m)
