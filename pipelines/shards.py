@@ -28,7 +28,12 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
     parent = path.rsplit("/", 1)[0]
     if parent and not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)
+        try:
+            FileSystems.mkdirs(parent)
+        except IOError:
+            # several workers writing into one new directory race here: whoever loses finds it made
+            if not FileSystems.exists(parent):
+                raise
     with FileSystems.create(tmp, mime_type="application/octet-stream", compression_type="uncompressed") as f:
         f.write(data)
     if FileSystems.exists(path):
