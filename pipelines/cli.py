@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain",
         help="pretrain a GPT on token shards with Ray Train (local, or a cluster through ray job submit)",
         description=PRETRAIN_DESCRIPTION,
-        epilog="example: gristmill pretrain --config configs/pretrain-demo.yaml --set pretrain.num_workers=2",
+        epilog="example: gristmill pretrain --config configs/demo.yaml --set pretrain.num_workers=2",
     )
     pretrain_arguments(pt)
     _common(pt)

@@ -85,6 +85,7 @@ def _device(name: str):
 
 
 def _train(task: str, args) -> int:
+    """Run a training task (pretrain, sft, cls) from the command line and print where things are."""
     from pipelines.config import load_config
     from trainer.loop import run_training
 
@@ -92,9 +93,17 @@ def _train(task: str, args) -> int:
     progress = sys.stderr.isatty() and not args.no_progress and not getattr(args, "quiet", False)
     result = run_training(cfg, task, progress=progress)
     m = result.metrics
-    parts = [f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)]
-    print(f"{task}: step {m.get('step', '?')}, {', '.join(parts)} in {result.seconds:.0f} s")
-    print(f"metrics:    {result.run_dir / 'metrics.jsonl'}")
+    loss = f", loss {m['loss']:.4f}" if "loss" in m else ""
+    val = f", val loss {m['val_loss']:.4f}" if "val_loss" in m else ""
+    ppl = f" (perplexity {m['val_ppl']:.2f})" if "val_ppl" in m else ""
+    print(f"{task}: step {m.get('step', '?')}{loss}{val}{ppl} in {result.seconds:.0f} s")
+    print(f"final:      {json.dumps(m)}")
+    metrics_path = result.run_dir / "metrics.jsonl"
+    curve = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    curve = [r for r in curve if "loss" in r]
+    if len(curve) >= 2:
+        print(f"loss:       {curve[0]['loss']:.3f} at step {curve[0]['step']} → {curve[-1]['loss']:.3f} at step {curve[-1]['step']}")
+    print(f"metrics:    {metrics_path} (TensorBoard: {result.run_dir / 'tensorboard'})")
     print(f"checkpoint: {result.checkpoint}")
     return 0
 

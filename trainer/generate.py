@@ -1,8 +1,8 @@
 """Text generation from a checkpoint: sampling (temperature, top-k, top-p), stop sequences, a KV cache,
 streaming, and chat through the tokenizer's ChatML template.
 
-The chat template is the one written into tokenizer_config.json (tokenizer/hf.py):
-``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message, then ``<|im_start|>assistant\\n``.
+Chat prompts are encoded by :func:`trainer.finetune_data.encode_chat` (the ChatML template of
+tokenizer_config.json, segment by segment, as fine-tuning saw it).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.finetune_data import IM_END
 from trainer.model import GPT, KVCache
-
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
 
 @dataclass(frozen=True)
@@ -39,11 +38,6 @@ def load_tokenizer(checkpoint: str | Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the checkpoint carries no tokenizer (pass --tokenizer)")
     return spm.SentencePieceProcessor(model_file=str(path))
-
-
-def chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:
-    text = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
-    return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
 
 
 def default_stop_ids(sp) -> tuple[int, ...]:

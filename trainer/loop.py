@@ -474,9 +474,6 @@ class TrainResult:
     seconds: float
 
 
-PretrainResult = TrainResult
-
-
 def _abs(path: str) -> str:
     return os.path.abspath(path) if "://" not in path else path
 
@@ -577,7 +574,3 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
                                     "lower the learning rate, raise warmup_steps or check the data")
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else ckpt.latest_checkpoint(run_dir)
     return TrainResult(run_dir, checkpoint, result.metrics or {}, time.time() - t0)
-
-
-def run_pretrain(cfg: GristmillConfig, progress: bool = False) -> TrainResult:
-    return run_training(cfg, "pretrain", progress)

@@ -12,36 +12,16 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML config with model: and pretrain: sections (configs/pretrain-demo.yaml)")
+    parser.add_argument("--config", metavar="FILE", help="YAML config with model: and pretrain: sections (configs/demo.yaml)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override one config key, e.g. --set pretrain.max_steps=500 --set model.preset=124M (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 
 def run(args) -> int:
-    from pipelines.config import load_config
-    from trainer.loop import run_pretrain
+    from trainer.commands import _train
 
-    cfg = load_config(args.config, args.set)
-    progress = sys.stderr.isatty() and not args.no_progress and not getattr(args, "quiet", False)
-    result = run_pretrain(cfg, progress=progress)
-    m = result.metrics
-    loss = f"loss {m['loss']:.4f}" if "loss" in m else ""
-    val = f", val loss {m['val_loss']:.4f} (perplexity {m['val_ppl']:.2f})" if "val_loss" in m else ""
-    print(f"pretrain: step {m.get('step', '?')}, {loss}{val} in {result.seconds:.0f} s")
-    curve = [r for r in _read_metrics(result.run_dir) if "loss" in r]
-    if len(curve) >= 2:
-        print(f"loss:       {curve[0]['loss']:.3f} at step {curve[0]['step']} → {curve[-1]['loss']:.3f} at step {curve[-1]['step']}")
-    print(f"metrics:    {result.run_dir / 'metrics.jsonl'} (TensorBoard: {result.run_dir / 'tensorboard'})")
-    print(f"checkpoint: {result.checkpoint}")
-    return 0
-
-
-def _read_metrics(run_dir) -> list[dict]:
-    import json
-
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return _train("pretrain", args)
 
 
 def main(argv: list[str] | None = None) -> int:
