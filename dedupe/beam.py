@@ -2,15 +2,25 @@
 :mod:`dedupe.components`.
 
 signatures → (band, band key) buckets → edges to each bucket's smallest member → optional exact
-Jaccard verification (two joins with the documents' shingle sets) → connected components by
-alternating large-star / small-star rounds → every document labelled with its cluster's smallest
-member; the others are marked ``near_dedup:duplicate``.
+Jaccard verification (one join of the edges with the documents' shingle sets, one group of the
+candidates' sets) → connected components by alternating large-star / small-star rounds → cluster
+sizes from the labels alone → one join of the documents with their cluster; all but the cluster's
+smallest member are marked ``near_dedup:duplicate``.
+
+Only light records (node names, band keys, shingle sets) travel through the dedup's groups; each
+document passes through exactly one group, packed into one compressed byte string. That is what
+bounds the memory of runners that keep grouped data in memory (the DirectRunner keeps every group's
+values as Python objects until the next stage has consumed them), and it is also the least data to
+shuffle on a distributed one.
 
 Portable by construction: no side inputs, no tagged outputs, no state, few fork-and-joins (see
 :mod:`dedupe.components` for why), and every group is streamed (two passes at most).
 """
 
 from __future__ import annotations
+
+import pickle
+import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -38,32 +48,69 @@ def _bucket_entries(doc):
             yield (band, key), node
 
 
-def _shingle_set(doc, ngram: int, with_signature: bool):
-    """(node, (shingle set, signature)); the signature only when candidates may be published
-    documents, whose shingles are not stored (a refresh)."""
+# --- verification: tagged values of one join keyed by node -----------------------------------------
+# ("s", text, signature): the node's text (zlib-compressed UTF-8: a third to a half of its shingle
+#   set's size; None for a published document) and its signature (only when candidates may be
+#   published documents, whose text is not stored: a refresh). Only the candidates' shingle sets
+#   are computed, once each, in the first join.
+# ("o", v): an edge from the node to the smaller node v;  ("i",): an edge into the node
+
+_IN = ("i",)
+
+
+def _text_value(doc, with_signature: bool):
     if doc["_sig"] is not None:
-        yield _node(doc), (np.unique(mh.shingle_hashes64(doc["text"], ngram)), doc["_sig"] if with_signature else None)
+        yield _node(doc), ("s", zlib.compress(doc["text"].encode("utf-8"), 1), doc["_sig"] if with_signature else None)
 
 
-def _attach_first(item):
-    """Group of node u: its shingle set and its edges (u, v) → (v, (u, shingles of u))."""
-    u, tags = item
-    sh_u = next(iter(tags["sh"]), None)
-    if sh_u is None:
+def _edge_ends(edge):
+    u, v = edge
+    yield u, ("o", v)
+    yield v, _IN
+
+
+def _attach_first(item, ngram: int):
+    """Group of node u: its text, its edges out (u, v) and in. Sends its shingle set along every
+    edge out, (v, (u, set)), and to itself, (u, (None, set)), when some edge comes in. Two passes,
+    holding one text and one set."""
+    u, values = item
+    own, has_in, has_out = None, False, False
+    for value in values:
+        if value[0] == "s":
+            own = own or value
+        elif value[0] == "i":
+            has_in = True
+        else:
+            has_out = True
+    if own is None or not (has_in or has_out):
         return
-    for v in tags["e"]:
-        yield v, (u, sh_u)
+    _, text, sig = own
+    shingles = None
+    if text is not None:
+        shingles = np.unique(mh.shingle_hashes64(zlib.decompress(text).decode("utf-8"), ngram)).tobytes()
+    if has_in:
+        yield u, (None, shingles, sig)
+    for value in values:
+        if value[0] == "o":
+            yield value[1], (u, shingles, sig)
 
 
 def _verify(item, threshold: float):
-    """Group of node v: its shingle set and (u, shingles of u) → the edge if Jaccard ≥ threshold."""
-    v, tags = item
-    sh_v = next(iter(tags["sh"]), None)
-    if sh_v is None:
+    """Group of node v: its own set and (u, set of u) per edge in → the edges whose Jaccard
+    similarity reaches the threshold. Two passes, holding v's set and one other."""
+    v, values = item
+    own = next((x for x in values if x[0] is None), None)
+    if own is None:
         return
-    for u, sh_u in tags["e"]:
-        if similarity(sh_u, sh_v) >= threshold:
-            yield u, v
+    mine = _unpack_set(own)
+    for value in values:
+        if value[0] is not None and similarity(_unpack_set(value), mine) >= threshold:
+            yield value[0], v
+
+
+def _unpack_set(value):
+    _, shingles, sig = value
+    return (None if shingles is None else np.frombuffer(shingles, dtype=np.uint64)), sig
 
 
 def similarity(a, b) -> float:
@@ -75,30 +122,59 @@ def similarity(a, b) -> float:
     return float(np.mean(sig_a == sig_b))
 
 
-def _normalised(edge):
-    u, v = edge
-    return (u, v) if u > v else (v, u)
+# --- labels → clusters → documents ----------------------------------------------------------------
 
 
-def _label_docs(item):
-    """Group of node n: the document(s) and at most one label → (cluster node, document)."""
-    node, tags = item
-    cluster = next(iter(tags["l"]), node)
-    for doc in tags["d"]:
-        yield cluster, doc
+def _by_cluster(label):
+    node, cluster = label
+    return cluster, node
 
 
-def _mark_cluster(item):
-    """Group of one cluster (two passes: count, then mark) → documents with cluster_id and size;
-    all but the smallest member marked ``near_dedup:duplicate``."""
-    cluster, docs = item
-    size = sum(1 for _ in docs) + cc.is_published(cluster)
+def _cluster_info(item):
+    """Group of one cluster (its members other than the minimum; two passes: count, then emit) →
+    (member, (cluster, size)) for every member that is a new document, the minimum included. The
+    size counts the new documents and the minimum (a published minimum is the one published
+    document counted: the one they duplicate)."""
+    cluster, members = item
+    size = 1 + sum(1 for n in members if not cc.is_published(n))
+    info = ("c", cluster, size)
+    if not cc.is_published(cluster):
+        yield cluster, info
+    for node in members:
+        if not cc.is_published(node):
+            yield node, info
+
+
+def pack_document(doc) -> bytes:
+    """A document as one compressed byte string: what it costs to hold and shuffle (a grouped
+    document dict is several times larger as Python objects on the DirectRunner)."""
+    return zlib.compress(pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack_document(data: bytes) -> dict:
+    return pickle.loads(zlib.decompress(data))
+
+
+def _keyed_packed(doc):
+    return _node(doc), ("d", pack_document(doc))
+
+
+def _mark_documents(item):
+    """Group of node n: its document(s) and at most one ("c", cluster, size) → the documents with
+    ``cluster_id``/``cluster_size``; all but the cluster's smallest member marked as duplicates
+    (of a published document when the cluster's minimum is one). A document in no cluster is its
+    own: its id, size 1. Two passes, holding one document."""
+    node, values = item
+    cluster, size = next(((v[1], v[2]) for v in values if v[0] == "c"), (node, 1))
     cluster_id = cc.node_id(cluster)
-    for doc in docs:
-        doc = {**doc, "cluster_id": cluster_id, "cluster_size": size}  # a copy: inputs are immutable
-        if _node(doc) != cluster:
-            why = "near_dedup:published_duplicate" if cc.is_published(cluster) else "near_dedup:duplicate"
-            doc["reason"], doc["detail"] = why, cluster_id
+    for value in values:
+        if value[0] != "d":
+            continue
+        doc = unpack_document(value[1])
+        doc["cluster_id"], doc["cluster_size"] = cluster_id, size
+        if node != cluster:
+            doc["reason"] = "near_dedup:published_duplicate" if cc.is_published(cluster) else "near_dedup:duplicate"
+            doc["detail"] = cluster_id
         yield doc
 
 
@@ -110,9 +186,9 @@ def _round_key(marker):
 def connected_components(edges, max_rounds: int, label: str = "CC"):
     """Alternating large-star / small-star, ``max_rounds`` rounds in one linear chain.
 
-    Returns (labels, changes): labels are (node, component minimum) for every node with an edge;
-    changes are ("round-kk", n) for the rounds that changed n > 0 edges, so the driver can check
-    that the last round changed nothing (converged) and say so if not.
+    Returns (labels, changes): labels are (node, component minimum) for every node with an edge
+    but the minimum; changes are ("round-kk", n) for the rounds that changed n > 0 edges, so the
+    driver can check that the last round changed nothing (converged) and say so if not.
     """
     current = edges | f"{label}Norm0" >> beam.Map(cc.larger_first) | f"{label}Distinct0" >> beam.Distinct()
     for r in range(1, max_rounds + 1):
@@ -143,7 +219,7 @@ def _published_buckets(row):
 
 def _published_signature(row):
     if row["signature"] is not None:
-        yield row["node"], (None, np.asarray(row["signature"], dtype=np.uint32))
+        yield row["node"], ("s", None, np.asarray(row["signature"], dtype=np.uint32))
 
 
 def near_dedup(docs, cfg, label: str = "NearDedup", published=None):
@@ -168,21 +244,31 @@ def near_dedup(docs, cfg, label: str = "NearDedup", published=None):
         | f"{label}DistinctCandidates" >> beam.Distinct()
     )
     if cfg.verify:
-        shingles = docs | f"{label}Shingles" >> beam.FlatMap(_shingle_set, cfg.ngram, published is not None)
+        sets = docs | f"{label}Texts" >> beam.FlatMap(_text_value, published is not None)
         if published is not None:
             pub_sigs = published | f"{label}PublishedSignatures" >> beam.FlatMap(_published_signature)
-            shingles = (shingles, pub_sigs) | f"{label}ShinglesWithPublished" >> beam.Flatten()
-        first = {"sh": shingles, "e": edges} | f"{label}JoinFirst" >> beam.CoGroupByKey()
-        halves = first | f"{label}AttachFirst" >> beam.FlatMap(_attach_first)
-        second = {"sh": shingles, "e": halves} | f"{label}JoinSecond" >> beam.CoGroupByKey()
-        edges = second | f"{label}Verify" >> beam.FlatMap(_verify, cfg.threshold)
+            sets = (sets, pub_sigs) | f"{label}TextsWithPublished" >> beam.Flatten()
+        ends = edges | f"{label}EdgeEnds" >> beam.FlatMap(_edge_ends)
+        edges = (
+            (sets, ends)
+            | f"{label}TextsAndEdges" >> beam.Flatten()
+            | f"{label}JoinFirst" >> beam.GroupByKey()
+            | f"{label}AttachFirst" >> beam.FlatMap(_attach_first, cfg.ngram)
+            | f"{label}JoinSecond" >> beam.GroupByKey()
+            | f"{label}Verify" >> beam.FlatMap(_verify, cfg.threshold)
+        )
     labels, changes = connected_components(edges, cfg.max_rounds, f"{label}CC")
-    keyed = docs | f"{label}KeyDocs" >> beam.Map(lambda d: (_node(d), d))
-    out = (
-        {"d": keyed, "l": labels}
-        | f"{label}JoinLabels" >> beam.CoGroupByKey()
-        | f"{label}Label" >> beam.FlatMap(_label_docs)
+    clusters = (
+        labels
+        | f"{label}ByCluster" >> beam.Map(_by_cluster)
         | f"{label}ClusterGroup" >> beam.GroupByKey()
-        | f"{label}Mark" >> beam.FlatMap(_mark_cluster)
+        | f"{label}ClusterInfo" >> beam.FlatMap(_cluster_info)
+    )
+    packed = docs | f"{label}PackDocs" >> beam.Map(_keyed_packed)
+    out = (
+        (packed, clusters)
+        | f"{label}DocsAndClusters" >> beam.Flatten()
+        | f"{label}JoinClusters" >> beam.GroupByKey()
+        | f"{label}Mark" >> beam.FlatMap(_mark_documents)
     )
     return out, changes

@@ -8,6 +8,7 @@ import gzip
 import itertools
 import json
 import tracemalloc
+import zlib
 
 import apache_beam as beam
 import datasketch
@@ -185,13 +186,22 @@ def test_grouping_steps_hold_no_group_in_memory(step, args):
     assert peak < 1_000_000, f"{step.__name__} held {peak} bytes for a group of {N}"
 
 
-def test_exact_dedup_and_cluster_marking_stream_their_groups():
-    from dedupe.beam import _mark_cluster
+def test_exact_dedup_and_near_dedup_joins_stream_their_groups():
+    from dedupe.beam import _attach_first, _cluster_info, _verify
     from pipelines.corpus import _keep_smallest
 
     docs = Streamed(lambda: ({**new_document(f"d{i:07d}", "same text", "s")} for i in range(N)))
     assert _peak_bytes(_keep_smallest, ("h", docs)) < 1_000_000
-    assert _peak_bytes(_mark_cluster, (cc.node_key("d0000000", "s"), docs)) < 1_000_000
+    members = Streamed(lambda: (cc.node_key(f"d{i:07d}", "s") for i in range(1, N)))
+    assert _peak_bytes(_cluster_info, (cc.node_key("d0000000", "s"), members)) < 1_000_000
+    # a node with many edges out and in, its text last; then the star centre receiving them all
+    text = zlib.compress(" ".join(f"w{i}" for i in range(300)).encode(), 1)
+    ends = Streamed(lambda: itertools.chain(((("o", f"v{i:07d}") if i % 2 else ("i",)) for i in range(N)), [("s", text, None)]))
+    list(_attach_first(("u", [("i",), ("s", text, None)]), 5))  # first call: the word tables are built once
+    assert _peak_bytes(_attach_first, ("u", ends), 5) < 1_000_000
+    shingles = np.arange(200, dtype=np.uint64).tobytes()
+    sets = Streamed(lambda: itertools.chain(((f"u{i:07d}", shingles, None) for i in range(N // 10)), [(None, shingles, None)]))
+    assert _peak_bytes(_verify, ("v", sets), 0.8) < 1_000_000
 
 
 # --- connected components -------------------------------------------------------------------------
