@@ -278,9 +278,21 @@ def _assign_shards(item, max_docs: int, max_bytes: int):
         yield (part, shards.shard_index(doc["id"], doc["source"], n)), doc
 
 
+def _text_bytes(doc) -> int:
+    return doc["_text_bytes"] if "_text_bytes" in doc else len(doc["text"].encode("utf-8"))
+
+
+def _index_row(doc) -> dict:
+    """What an index shard holds of a kept document (documents.INDEX_SCHEMA), and its text size,
+    which sizes the index shards as the corpus shards are sized: the text itself stays out of the
+    index's groups."""
+    return {"id": doc["id"], "source": doc["source"], "text_hash": doc["text_hash"], "_sig": doc["_sig"],
+            "_band_keys": doc["_band_keys"], "_text_bytes": len(doc["text"].encode("utf-8"))}
+
+
 def write_partitioned(docs, label: str, key_fn, output: str, prefix: str, kind: str, cfg: GristmillConfig):
-    """Hash-partition ``docs`` by ``key_fn`` into shards sized from each partition's totals and
-    write them; returns the shard entries.
+    """Hash-partition ``docs`` by ``key_fn`` into shards sized from each partition's totals (text
+    bytes) and write them; returns the shard entries.
 
     The totals reach the documents through a join on (partition, bucket), not a side input: side
     inputs are the least portable Beam feature (the DaskRunner cannot evaluate them), and the join
@@ -289,7 +301,7 @@ def write_partitioned(docs, label: str, key_fn, output: str, prefix: str, kind: 
     w = cfg.write
     sizes = (
         docs
-        | f"{label}Sizes" >> beam.Map(lambda d: (key_fn(d), (1, len(d["text"].encode("utf-8")))))
+        | f"{label}Sizes" >> beam.Map(lambda d: (key_fn(d), (1, _text_bytes(d))))
         | f"{label}SumSizes" >> beam.CombinePerKey(_sum_pairs)
         | f"{label}FanOut" >> beam.FlatMap(_fan_out_sizes)
     )
@@ -393,7 +405,8 @@ def build_pipeline(
     else:
         rejected_shards = p | "NoRejected" >> beam.Create([])
     if cfg.near_dedup.enabled:
-        index_shards = write_partitioned(kept, "Index", _no_partition, output, "_index/", "index", cfg)
+        index_rows = kept | "IndexRows" >> beam.Map(_index_row)
+        index_shards = write_partitioned(index_rows, "Index", _no_partition, output, "_index/", "index", cfg)
     else:
         index_shards = p | "NoIndex" >> beam.Create([])
     written = [
