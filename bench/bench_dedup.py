@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -162,9 +163,10 @@ def beam_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args=("--runner
                 f.write(json.dumps({k: d[k] for k in ("id", "source", "cluster_id", "cluster_size", "reason")}) + "\n")
 
     inputs = [{k: v for k, v in d.items() if not k.startswith("_")} for d in docs]
-    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
-        clustered, _ = near_dedup(p | beam.Create(inputs, reshuffle=False), cfg)
-        _ = clustered | beam.ParDo(Collect(path))
+    with tempfile.TemporaryDirectory() as spill_dir:
+        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
+            clustered, _ = near_dedup(p | beam.Create(inputs, reshuffle=False), cfg, spill_dir)
+            _ = clustered | beam.ParDo(Collect(path))
     with open(path) as f:
         out = [json.loads(line) for line in f]
     os.unlink(path)
@@ -439,13 +441,15 @@ def cmd_scale_run(args) -> None:
     p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner", *args.beam_args]))
     docs = (p | beam.io.ReadFromText(str(Path(args.data) / "part-*.jsonl")) | "Parse" >> beam.Map(json.loads)
             | "Progress" >> beam.Map(_progress))
+    spill_dir = tempfile.mkdtemp(prefix="spill-", dir=out.parent)
     if args.baseline:
         counted = docs | beam.Map(lambda d: ("docs", 1))
     else:
-        clustered, _ = near_dedup(docs, cfg)
+        clustered, _ = near_dedup(docs, cfg, spill_dir)
         counted = clustered | beam.FlatMap(summarise)
     _ = counted | beam.CombinePerKey(sum) | beam.combiners.ToList() | beam.Map(write)
     p.run().wait_until_finish()
+    shutil.rmtree(spill_dir)
     wall = time.perf_counter() - t0
     ru_self = resource.getrusage(resource.RUSAGE_SELF)
     ru_children = resource.getrusage(resource.RUSAGE_CHILDREN)

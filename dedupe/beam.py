@@ -20,13 +20,16 @@ Portable by construction: no side inputs, no tagged outputs, no state, few fork-
 from __future__ import annotations
 
 import pickle
+import uuid
 import zlib
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
 from dedupe import components as cc
 from dedupe import minhash as mh
+from pipelines import shards
 
 
 def _node(doc) -> str:
@@ -146,8 +149,7 @@ def _cluster_info(item):
 
 
 def pack_document(doc) -> bytes:
-    """A document as one compressed byte string: what it costs to hold and shuffle (a grouped
-    document dict is several times larger as Python objects on the DirectRunner)."""
+    """A document as one compressed byte string (pickle + zlib)."""
     return zlib.compress(pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
 
@@ -155,27 +157,69 @@ def unpack_document(data: bytes) -> dict:
     return pickle.loads(zlib.decompress(data))
 
 
-def _keyed_packed(doc):
-    return _node(doc), ("d", pack_document(doc))
+#: documents per spill file: bounds what the final step holds (their labels) per group
+SPILL_FILE_DOCS = 4096
 
 
-def _mark_documents(item):
-    """Group of node n: its document(s) and at most one ("c", cluster, size) → the documents with
-    ``cluster_id``/``cluster_size``; all but the cluster's smallest member marked as duplicates
-    (of a published document when the cluster's minimum is one). A document in no cluster is its
-    own: its id, size 1. Two passes, holding one document."""
+class _SpillDocumentsFn(beam.DoFn):
+    """Writes the documents, packed, to temporary Arrow files of at most ``SPILL_FILE_DOCS`` as they
+    arrive, and yields (node, ("f", file)) for each: the documents wait on disk, not in the runner,
+    until their clusters are known. A file is written (atomically) before its bundle's outputs are
+    committed, so every file named downstream exists; a retried bundle leaves an unnamed orphan,
+    removed with the directory."""
+
+    def __init__(self, spill_dir: str):
+        self.spill_dir = spill_dir
+
+    def start_bundle(self):
+        self._path, self._nodes, self._docs = None, [], []
+
+    def process(self, doc):
+        if self._path is None:
+            self._path = shards.join(self.spill_dir, f"{uuid.uuid4().hex}.arrow")
+        node = _node(doc)
+        self._nodes.append(node)
+        self._docs.append(pack_document(doc))
+        yield node, ("f", self._path)
+        if len(self._nodes) >= SPILL_FILE_DOCS:
+            self._flush()
+
+    def finish_bundle(self):
+        if self._nodes:
+            self._flush()
+
+    def _flush(self):
+        table = pa.table({"node": pa.array(self._nodes, pa.string()), "doc": pa.array(self._docs, pa.binary())})
+        shards.write_bytes_atomic(self._path, shards.table_bytes(table, "file"))
+        self._path, self._nodes, self._docs = None, [], []
+
+
+def _route_to_file(item):
+    """Group of node n: the file(s) holding its document(s) and at most one ("c", cluster, size) →
+    (file, (n, cluster, size)); cluster None for a document in no cluster."""
     node, values = item
-    cluster, size = next(((v[1], v[2]) for v in values if v[0] == "c"), (node, 1))
-    cluster_id = cc.node_id(cluster)
+    cluster, size = next(((v[1], v[2]) for v in values if v[0] == "c"), (None, 1))
     for value in values:
-        if value[0] != "d":
-            continue
-        doc = unpack_document(value[1])
-        doc["cluster_id"], doc["cluster_size"] = cluster_id, size
-        if node != cluster:
-            doc["reason"] = "near_dedup:published_duplicate" if cc.is_published(cluster) else "near_dedup:duplicate"
-            doc["detail"] = cluster_id
-        yield doc
+        if value[0] == "f":
+            yield value[1], (node, cluster, size)
+
+
+def _mark_file(item):
+    """Group of one spill file: (node, cluster, size) for each of its documents (at most
+    ``SPILL_FILE_DOCS`` held) → its documents with ``cluster_id``/``cluster_size``; all but each
+    cluster's smallest member marked as duplicates (of a published document when the cluster's
+    minimum is one). A document in no cluster is its own: its id, size 1."""
+    path, labels = item
+    clusters = {node: (cluster or node, size) for node, cluster, size in labels}
+    for batch in shards.iter_batches(path):
+        for node, packed in zip(batch.column("node").to_pylist(), batch.column("doc").to_pylist()):
+            cluster, size = clusters[node]
+            doc = unpack_document(packed)
+            doc["cluster_id"], doc["cluster_size"] = cc.node_id(cluster), size
+            if node != cluster:
+                doc["reason"] = "near_dedup:published_duplicate" if cc.is_published(cluster) else "near_dedup:duplicate"
+                doc["detail"] = doc["cluster_id"]
+            yield doc
 
 
 def _round_key(marker):
@@ -222,8 +266,12 @@ def _published_signature(row):
         yield row["node"], ("s", None, np.asarray(row["signature"], dtype=np.uint32))
 
 
-def near_dedup(docs, cfg, label: str = "NearDedup", published=None):
+def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=None):
     """Returns (documents with cluster_id/cluster_size, near duplicates marked; round changes).
+
+    ``spill_dir``: a directory (local or any Beam filesystem every worker reaches) where the
+    documents wait, packed, while their clusters are computed; the caller removes it after the
+    pipeline has run.
 
     ``published``: index rows of a published corpus (refresh). Its documents join the buckets and
     the clustering but are never output; a new document clustered with one is marked
@@ -264,11 +312,13 @@ def near_dedup(docs, cfg, label: str = "NearDedup", published=None):
         | f"{label}ClusterGroup" >> beam.GroupByKey()
         | f"{label}ClusterInfo" >> beam.FlatMap(_cluster_info)
     )
-    packed = docs | f"{label}PackDocs" >> beam.Map(_keyed_packed)
+    locations = docs | f"{label}SpillDocs" >> beam.ParDo(_SpillDocumentsFn(spill_dir))
     out = (
-        (packed, clusters)
-        | f"{label}DocsAndClusters" >> beam.Flatten()
+        (locations, clusters)
+        | f"{label}LocationsAndClusters" >> beam.Flatten()
         | f"{label}JoinClusters" >> beam.GroupByKey()
-        | f"{label}Mark" >> beam.FlatMap(_mark_documents)
+        | f"{label}RouteToFiles" >> beam.FlatMap(_route_to_file)
+        | f"{label}FileGroup" >> beam.GroupByKey()
+        | f"{label}Mark" >> beam.FlatMap(_mark_file)
     )
     return out, changes

@@ -40,6 +40,7 @@ from pipelines.refresh_index import PublishedCorpus, read_index_rows
 log = logging.getLogger("gristmill.corpus")
 
 STATS_DIR = "_stats"
+SPILL_DIR = "_spill"  # documents waiting for their near-dedup clusters; removed after the run
 FILE_STATS = "__file_stats__"
 
 
@@ -388,7 +389,7 @@ def build_pipeline(
         rejected = (rejected, dups) | "AllRejected" >> beam.Flatten()
     cc_changes = p | "NoClustering" >> beam.Create([])
     if cfg.near_dedup.enabled:
-        clustered, cc_changes = near_dedup(kept, cfg.near_dedup, published=published)
+        clustered, cc_changes = near_dedup(kept, cfg.near_dedup, shards.join(output, SPILL_DIR), published=published)
         kept = clustered | "NearUnique" >> beam.Filter(lambda d: not d["reason"])
         near_dups = clustered | "NearDuplicates" >> beam.Filter(lambda d: bool(d["reason"]))
         rejected = (rejected, near_dups) | "AllRejectedNear" >> beam.Flatten()
@@ -523,6 +524,11 @@ def _remove_stale(output: str, manifest: dict) -> list[str]:
     return stale
 
 
+def _remove_dir(path: str) -> None:
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
 @dataclass
 class RunResult:
     manifest: dict
@@ -554,6 +560,7 @@ def run_corpus(
         f", {len(plan.duplicates)} named twice (read once)" if plan.duplicates else "",
     )
     prepare_output(output, overwrite)
+    _remove_dir(shards.join(output, SPILL_DIR))  # left by a crashed run
     options = PipelineOptions(beam_args or [])
     log.info("running the Beam pipeline (runner: %s)", options.get_all_options().get("runner") or "DirectRunner")
     p = beam.Pipeline(options=options)
@@ -584,6 +591,7 @@ def run_corpus(
     if stale:
         log.info("removed %d stale file(s) from an earlier run", len(stale))
     FileSystems.delete([shards.join(output, STATS_DIR)])
+    _remove_dir(shards.join(output, SPILL_DIR))
     manifest_path = shards.join(output, "manifest.json")
     shards.write_json_atomic(manifest_path, manifest)
     seconds = time.time() - t0

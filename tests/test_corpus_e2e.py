@@ -147,10 +147,12 @@ def test_rerun_is_byte_identical_and_recovers_from_a_crash(direct, tmp_path):
     again = tmp_path / "again"
     run(again)
     assert tree_bytes(again) == tree_bytes(out)
-    # simulate a crash of a run with another config: a temp file, a stale shard, no manifest
+    # simulate a crash of a run with another config: a temp file, a stale shard, spill files, no manifest
     (again / "manifest.json").unlink()
     (again / "lang=en" / "part-00000.arrow.tmp-deadbeef").write_bytes(b"half a shard")
     (again / "lang=en" / "part-00099.arrow").write_bytes(b"stale")
+    (again / "_spill").mkdir()  # documents a crashed run left waiting for their clusters
+    (again / "_spill" / "0123abcd.arrow").write_bytes(b"orphan")
     run(again)
     assert tree_bytes(again) == tree_bytes(out)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import os
+import shutil
 import tracemalloc
 import zlib
 
@@ -65,8 +67,9 @@ def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str])
     import tempfile
 
     path = tempfile.mktemp(suffix=".jsonl")
+    spill_dir = tempfile.mkdtemp(prefix="spill-")
     p = beam.Pipeline(options=PipelineOptions(beam_args))
-    clustered, _ = near_dedup(p | beam.Create(docs), cfg)
+    clustered, _ = near_dedup(p | beam.Create(docs), cfg, spill_dir)
     _ = (
         clustered
         | beam.Map(lambda d: {"id": d["id"], "source": d["source"], "cluster_id": d["cluster_id"], "cluster_size": d["cluster_size"], "reason": d["reason"]})
@@ -76,6 +79,8 @@ def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str])
     result.wait_until_finish()
     if getattr(result, "client", None) is not None:
         result.client.close()
+    assert os.listdir(spill_dir), "the documents waited in spill files"
+    shutil.rmtree(spill_dir)
     with open(path) as f:
         out = [json.loads(line) for line in f]
     return out
