@@ -2,19 +2,21 @@
 :mod:`dedupe.components`.
 
 signatures → (band, band key) buckets → edges to each bucket's smallest member → optional exact
-Jaccard verification (one join of the edges with the documents' shingle sets, one group of the
-candidates' sets) → connected components by alternating large-star / small-star rounds → cluster
-sizes from the labels alone → one join of the documents with their cluster; all but the cluster's
-smallest member are marked ``near_dedup:duplicate``.
+Jaccard verification (one join of the edges with the documents' compressed texts, one group of the
+candidates' shingle sets) → connected components by alternating large-star / small-star rounds →
+cluster sizes from the labels alone → (cluster, size) routed to the spill file holding each
+document → each file's documents marked: all but each cluster's smallest member are
+``near_dedup:duplicate``.
 
-Only light records (node names, band keys, shingle sets) travel through the dedup's groups; each
-document passes through exactly one group, packed into one compressed byte string. That is what
-bounds the memory of runners that keep grouped data in memory (the DirectRunner keeps every group's
-values as Python objects until the next stage has consumed them), and it is also the least data to
-shuffle on a distributed one.
+The documents themselves never sit in a group: right after signing they are packed into spill
+files and only (node, file) travels. Everything grouped is light (node names, band keys, compressed
+texts, edges), which is the least data to shuffle on a distributed runner and what bounds the
+memory of runners that keep grouped data in memory (the DirectRunner holds each group's values as
+Python objects until the next stage has consumed them).
 
 Portable by construction: no side inputs, no tagged outputs, no state, few fork-and-joins (see
-:mod:`dedupe.components` for why), and every group is streamed (two passes at most).
+:mod:`dedupe.components` for why), and every group is streamed (two passes at most) except a spill
+file's labels (at most ``SPILL_FILE_DOCS``).
 """
 
 from __future__ import annotations
@@ -162,14 +164,14 @@ SPILL_FILE_DOCS = 4096
 
 
 class _SpillDocumentsFn(beam.DoFn):
-    """Writes the documents, packed, to temporary Arrow files of at most ``SPILL_FILE_DOCS`` as they
+    """Writes the documents, packed, to temporary Arrow files of at most ``docs_per_file`` as they
     arrive, and yields (node, ("f", file)) for each: the documents wait on disk, not in the runner,
     until their clusters are known. A file is written (atomically) before its bundle's outputs are
     committed, so every file named downstream exists; a retried bundle leaves an unnamed orphan,
     removed with the directory."""
 
-    def __init__(self, spill_dir: str):
-        self.spill_dir = spill_dir
+    def __init__(self, spill_dir: str, docs_per_file: int = SPILL_FILE_DOCS):
+        self.spill_dir, self.docs_per_file = spill_dir, docs_per_file
 
     def start_bundle(self):
         self._path, self._nodes, self._docs = None, [], []
@@ -181,7 +183,7 @@ class _SpillDocumentsFn(beam.DoFn):
         self._nodes.append(node)
         self._docs.append(pack_document(doc))
         yield node, ("f", self._path)
-        if len(self._nodes) >= SPILL_FILE_DOCS:
+        if len(self._nodes) >= self.docs_per_file:
             self._flush()
 
     def finish_bundle(self):
@@ -266,12 +268,13 @@ def _published_signature(row):
         yield row["node"], ("s", None, np.asarray(row["signature"], dtype=np.uint32))
 
 
-def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=None):
+def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=None, spill_file_docs: int = SPILL_FILE_DOCS):
     """Returns (documents with cluster_id/cluster_size, near duplicates marked; round changes).
 
     ``spill_dir``: a directory (local or any Beam filesystem every worker reaches) where the
     documents wait, packed, while their clusters are computed; the caller removes it after the
-    pipeline has run.
+    pipeline has run. ``spill_file_docs``: documents per spill file (what the last step holds
+    the labels of).
 
     ``published``: index rows of a published corpus (refresh). Its documents join the buckets and
     the clustering but are never output; a new document clustered with one is marked
@@ -312,7 +315,7 @@ def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=No
         | f"{label}ClusterGroup" >> beam.GroupByKey()
         | f"{label}ClusterInfo" >> beam.FlatMap(_cluster_info)
     )
-    locations = docs | f"{label}SpillDocs" >> beam.ParDo(_SpillDocumentsFn(spill_dir))
+    locations = docs | f"{label}SpillDocs" >> beam.ParDo(_SpillDocumentsFn(spill_dir, spill_file_docs))
     out = (
         (locations, clusters)
         | f"{label}LocationsAndClusters" >> beam.Flatten()

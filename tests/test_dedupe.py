@@ -52,7 +52,7 @@ def reference_clusters(docs: list[dict], cfg: NearDedupConfig) -> dict[str, str]
     return cc.union_find_components(nodes, edges)
 
 
-def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str]) -> list[dict]:
+def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str], spill_file_docs: int | None = None) -> list[dict]:
     out: list[dict] = []
 
     class Collect(beam.DoFn):  # results come back through a file: works on every runner
@@ -69,7 +69,8 @@ def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str])
     path = tempfile.mktemp(suffix=".jsonl")
     spill_dir = tempfile.mkdtemp(prefix="spill-")
     p = beam.Pipeline(options=PipelineOptions(beam_args))
-    clustered, _ = near_dedup(p | beam.Create(docs), cfg, spill_dir)
+    extra = {"spill_file_docs": spill_file_docs} if spill_file_docs else {}
+    clustered, _ = near_dedup(p | beam.Create(docs), cfg, spill_dir, **extra)
     _ = (
         clustered
         | beam.Map(lambda d: {"id": d["id"], "source": d["source"], "cluster_id": d["cluster_id"], "cluster_size": d["cluster_size"], "reason": d["reason"]})
@@ -79,16 +80,19 @@ def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str])
     result.wait_until_finish()
     if getattr(result, "client", None) is not None:
         result.client.close()
-    assert os.listdir(spill_dir), "the documents waited in spill files"
+    files = os.listdir(spill_dir)
+    assert files, "the documents waited in spill files"
+    if spill_file_docs:
+        assert len(files) >= len(docs) / spill_file_docs
     shutil.rmtree(spill_dir)
     with open(path) as f:
         out = [json.loads(line) for line in f]
     return out
 
 
-def check_against_reference(docs, cfg, beam_args):
+def check_against_reference(docs, cfg, beam_args, spill_file_docs=None):
     ref = reference_clusters(docs, cfg)
-    got = run_near_dedup(docs, cfg, beam_args)
+    got = run_near_dedup(docs, cfg, beam_args, spill_file_docs)
     assert len(got) == len(docs)
     by_node = {cc.node_key(d["id"], d["source"]): d for d in got}
     sizes = {}
@@ -134,6 +138,10 @@ def test_gutenberg_editions_cluster_as_labelled(gutenberg_docs):
 def test_web_sample_equals_reference_direct(sample_docs):
     sizes = check_against_reference(sample_docs, NearDedupConfig(), ["--runner", "DirectRunner"])
     assert any(s > 1 for s in sizes.values()), "OSCAR original/deduplicated variants are near duplicates"
+
+
+def test_small_spill_files_give_the_same_clusters(sample_docs):
+    check_against_reference(sample_docs, NearDedupConfig(), ["--runner", "DirectRunner"], spill_file_docs=7)
 
 
 def test_web_sample_equals_reference_without_verification(sample_docs):
