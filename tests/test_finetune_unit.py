@@ -88,9 +88,16 @@ def test_packing_and_padding_keep_labels_aligned(sp):
         assert np.array_equal(ex.labels[mask], ex.ids[mask])
         assert mask[:, 1:].any(axis=1).all()  # every row teaches something
     packed = build_sft(encoded, 64, sp.pad_id(), True)
-    # packing loses no token: the rows hold the whole stream (plus padding at the end)
+    # packing loses no token: the rows are the whole stream cut into 65-token windows (the last one
+    # padded), minus exactly the windows in which no assistant token is a target
     stream = np.concatenate([np.asarray(i) for i, _ in encoded])
-    assert np.array_equal(packed.ids.reshape(-1)[: len(stream)], stream) or packed.stats["rows_without_assistant_tokens"] > 0
+    targets = np.concatenate([np.asarray(lab) for _, lab in encoded]) != IGNORE
+    n = -(-len(stream) // 65)
+    windows = np.concatenate([stream, np.full(n * 65 - len(stream), sp.pad_id())]).reshape(n, 65)
+    teaches = np.concatenate([targets, np.zeros(n * 65 - len(stream), bool)]).reshape(n, 65)[:, 1:].any(axis=1)
+    assert np.array_equal(packed.ids, windows[teaches])
+    assert packed.stats["rows_without_assistant_tokens"] == int((~teaches).sum())
+    assert packed.stats["rows"] + packed.stats["rows_without_assistant_tokens"] == n
 
 
 def test_val_split_is_a_stable_hash():
