@@ -165,6 +165,35 @@ def test_a_resubmitted_sft_run_resumes_from_its_own_checkpoint(pretrained, tmp_p
     assert state["task"] == "sft" and state["samples"] == 9 * 8
 
 
+def test_a_resubmitted_classification_run_resumes_exactly(pretrained, tmp_path):
+    """A run that lost everything after its step-6 checkpoint (as a crash would) is submitted again: it
+    resumes from step 6 and ends with the weights of the uninterrupted run (classifier head included)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    tree = {"finetune_cls": {
+        "init_checkpoint": str(pretrained), "files": [str(shared("lid/lingua_testdata_sentences.tsv"))],
+        "text_field": "text", "label_field": "lang", "labels": ["de", "en", "fr", "sv"], "max_examples_per_label": 40,
+        "val_fraction": 0.25, "seq_len": 32, **_loop(tmp_path / "runs", "cls", max_steps=9, warmup_steps=2,
+                                                     eval_every=100, checkpoint_every=3)}}
+    cfg = _yaml(tmp_path / "cls.yaml", tree)
+    _run("finetune-cls", "--config", cfg)
+    run = tmp_path / "runs" / "cls"
+    whole = load_file(str(run / "checkpoint_00000009" / "model.safetensors"))
+    shutil.rmtree(run / "checkpoint_00000009")
+    _run("finetune-cls", "--config", cfg)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if r.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["checkpoint"].endswith("checkpoint_00000006")
+    state = json.loads((run / "checkpoint_00000009" / "trainer_state.json").read_text())
+    assert state["classes"] == ["de", "en", "fr", "sv"] and state["samples"] == 9 * 8
+    again = load_file(str(run / "checkpoint_00000009" / "model.safetensors"))
+    assert any(k.startswith("cls_head") for k in again) and again.keys() == whole.keys()
+    for k in again:
+        assert torch.equal(again[k], whole[k]), k
+
+
 def test_fine_tuning_errors_say_what_to_fix(tmp_path):
     cfg = _yaml(tmp_path / "bad.yaml", {"sft": {"init_checkpoint": str(tmp_path / "nope"), "files": ["x.jsonl"]}})
     env = dict(os.environ)
