@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import time
 from collections import Counter
@@ -280,7 +281,7 @@ def _assign_shards(item, max_docs: int, max_bytes: int):
 
 
 def _text_bytes(doc) -> int:
-    return doc["_text_bytes"] if "_text_bytes" in doc else len(doc["text"].encode("utf-8"))
+    return len(doc["text"].encode("utf-8"))
 
 
 def _index_row(doc) -> dict:
@@ -288,12 +289,13 @@ def _index_row(doc) -> dict:
     which sizes the index shards as the corpus shards are sized: the text itself stays out of the
     index's groups."""
     return {"id": doc["id"], "source": doc["source"], "text_hash": doc["text_hash"], "_sig": doc["_sig"],
-            "_band_keys": doc["_band_keys"], "_text_bytes": len(doc["text"].encode("utf-8"))}
+            "_band_keys": doc["_band_keys"], "text_bytes": _text_bytes(doc)}
 
 
-def write_partitioned(docs, label: str, key_fn, output: str, prefix: str, kind: str, cfg: GristmillConfig):
-    """Hash-partition ``docs`` by ``key_fn`` into shards sized from each partition's totals (text
-    bytes) and write them; returns the shard entries.
+def write_partitioned(docs, label: str, key_fn, output: str, prefix: str, kind: str, cfg: GristmillConfig,
+                      size_fn=_text_bytes):
+    """Hash-partition ``docs`` by ``key_fn`` into shards sized from each partition's totals (documents
+    and ``size_fn`` bytes) and write them; returns the shard entries.
 
     The totals reach the documents through a join on (partition, bucket), not a side input: side
     inputs are the least portable Beam feature (the DaskRunner cannot evaluate them), and the join
@@ -302,7 +304,7 @@ def write_partitioned(docs, label: str, key_fn, output: str, prefix: str, kind: 
     w = cfg.write
     sizes = (
         docs
-        | f"{label}Sizes" >> beam.Map(lambda d: (key_fn(d), (1, _text_bytes(d))))
+        | f"{label}Sizes" >> beam.Map(lambda d: (key_fn(d), (1, size_fn(d))))
         | f"{label}SumSizes" >> beam.CombinePerKey(_sum_pairs)
         | f"{label}FanOut" >> beam.FlatMap(_fan_out_sizes)
     )
@@ -407,7 +409,8 @@ def build_pipeline(
         rejected_shards = p | "NoRejected" >> beam.Create([])
     if cfg.near_dedup.enabled:
         index_rows = kept | "IndexRows" >> beam.Map(_index_row)
-        index_shards = write_partitioned(index_rows, "Index", _no_partition, output, "_index/", "index", cfg)
+        index_shards = write_partitioned(index_rows, "Index", _no_partition, output, "_index/", "index", cfg,
+                                         size_fn=operator.itemgetter("text_bytes"))
     else:
         index_shards = p | "NoIndex" >> beam.Create([])
     written = [

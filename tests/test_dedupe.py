@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from dedupe import components as cc
 from dedupe import minhash as mh
-from dedupe.beam import connected_components, near_dedup
+from dedupe.beam import SPILL_FILE_DOCS, connected_components, near_dedup
 from pipelines.config import NearDedupConfig, load_config
 from pipelines.corpus import build_manifest
 from pipelines.documents import new_document
@@ -52,7 +52,7 @@ def reference_clusters(docs: list[dict], cfg: NearDedupConfig) -> dict[str, str]
     return cc.union_find_components(nodes, edges)
 
 
-def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str], spill_file_docs: int | None = None) -> list[dict]:
+def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str], spill_file_docs: int = SPILL_FILE_DOCS) -> list[dict]:
     out: list[dict] = []
 
     class Collect(beam.DoFn):  # results come back through a file: works on every runner
@@ -69,8 +69,7 @@ def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str],
     path = tempfile.mktemp(suffix=".jsonl")
     spill_dir = tempfile.mkdtemp(prefix="spill-")
     p = beam.Pipeline(options=PipelineOptions(beam_args))
-    extra = {"spill_file_docs": spill_file_docs} if spill_file_docs else {}
-    clustered, _ = near_dedup(p | beam.Create(docs), cfg, spill_dir, **extra)
+    clustered, _ = near_dedup(p | beam.Create(docs), cfg, spill_dir, spill_file_docs=spill_file_docs)
     _ = (
         clustered
         | beam.Map(lambda d: {"id": d["id"], "source": d["source"], "cluster_id": d["cluster_id"], "cluster_size": d["cluster_size"], "reason": d["reason"]})
@@ -80,17 +79,14 @@ def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str],
     result.wait_until_finish()
     if getattr(result, "client", None) is not None:
         result.client.close()
-    files = os.listdir(spill_dir)
-    assert files, "the documents waited in spill files"
-    if spill_file_docs:
-        assert len(files) >= len(docs) / spill_file_docs
+    assert len(os.listdir(spill_dir)) >= len(docs) / spill_file_docs, "the documents waited in spill files"
     shutil.rmtree(spill_dir)
     with open(path) as f:
         out = [json.loads(line) for line in f]
     return out
 
 
-def check_against_reference(docs, cfg, beam_args, spill_file_docs=None):
+def check_against_reference(docs, cfg, beam_args, spill_file_docs=SPILL_FILE_DOCS):
     ref = reference_clusters(docs, cfg)
     got = run_near_dedup(docs, cfg, beam_args, spill_file_docs)
     assert len(got) == len(docs)
