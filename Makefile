@@ -6,12 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench-clean bench-trainer constraints clean help
+.PHONY: setup setup-bench demo test test-fast lint bench-clean bench-trainer constraints clean help
 
 help:
 	@echo "make demo    set up .venv and run the main job end to end on the bundled sample crawl"
 	@echo "make test    set up .venv and run every test (unit + end-to-end on real runners)"
 	@echo "make setup   only create .venv and install gristmill (+ test tools)"
+	@echo "make lint    ruff (configured in pyproject.toml; make test runs it first)"
 	@echo "make bench-clean  benchmark the clean stage against datatrove (separate venv)"
 	@echo "make bench-trainer  Ray Train loop vs a bare PyTorch loop (needs make demo's token shards)"
 
@@ -27,24 +28,31 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gristmill demo --output runs/demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the benchmarks' own extras (plots, reference implementations)
+setup-bench: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'
 
 bench-clean:
 	bash bench/setup_bench_env.sh
 	bench/.venv-bench/bin/python bench/bench_clean.py
 
-bench-trainer: $(STAMP)
+bench-trainer: setup-bench
 	test -f runs/demo/tokens/manifest.json || $(MAKE) demo
 	$(BIN)/python bench/bench_trainer_overhead.py --threads 1
 	$(BIN)/python bench/bench_trainer_overhead.py --threads 2
 
 constraints: $(STAMP)
 	head -2 constraints.txt > constraints.txt.new
-	$(BIN)/python -m pip freeze | grep -v -e '^-e' -e '^gristmill' -e '@ file' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> constraints.txt.new
+	$(BIN)/python -m pip freeze | grep -v -e '^-e' -e '^gristmill' -e '@ file' -e '^# Editable' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean:

@@ -26,14 +26,9 @@ Run it in the bench environment (datatrove is not a gristmill dependency)::
 from __future__ import annotations
 
 import argparse
-import os
-
-# one core: set before numpy / spaCy / fastText are imported
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-
 import gzip
 import json
+import os
 import platform
 import random
 import sys
@@ -41,15 +36,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
+# one core: set before numpy / spaCy / fastText are imported
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+
+from gristmill.config import GristmillConfig  # noqa: E402
+from gristmill.documents import new_document  # noqa: E402
+from gristmill.pipelines import filters, langid  # noqa: E402
+from gristmill.pipelines.clean import Cleaner  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from pipelines import filters, langid
-from pipelines.clean import Cleaner
-from pipelines.config import GristmillConfig
-from pipelines.documents import new_document
 
 WORK = REPO / "bench" / "work"
 DATA = Path(os.environ.get("GRISTMILL_SHARED_DATA", "/work/shared/data")) / "web"

@@ -25,16 +25,16 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(HERE)]
+sys.path.insert(0, str(HERE))  # the sibling bench modules (gristmill itself is installed)
 logging.getLogger("root").setLevel(logging.ERROR)  # Beam's GCS/apitools import warnings
 
+import bench_dedup_data as data  # noqa: E402
 import numpy as np  # noqa: E402
 
-import bench_dedup_data as data  # noqa: E402
-from dedupe import components as cc  # noqa: E402
-from dedupe import minhash as mh  # noqa: E402
-from pipelines.config import NearDedupConfig  # noqa: E402
-from pipelines.documents import new_document  # noqa: E402
+from gristmill.config import NearDedupConfig  # noqa: E402
+from gristmill.dedupe import components as cc  # noqa: E402
+from gristmill.dedupe import minhash as mh  # noqa: E402
+from gristmill.documents import new_document  # noqa: E402
 
 DATATROVE_PY = HERE / ".venv-bench/bin/python"  # the other helper's venv (read-only use)
 WORK = Path(os.environ.get("DEDUP_BENCH_WORK", "/tmp/gristmill-dedup-bench"))
@@ -70,7 +70,8 @@ def exact_jaccard_pairs(sets: list[np.ndarray]) -> dict[tuple[int, int], float]:
     allh = np.concatenate(sets) if sets else np.empty(0, np.uint64)
     _, cols = np.unique(allh, return_inverse=True)
     rows = np.repeat(np.arange(len(sets)), sizes)
-    m = sparse.csr_matrix((np.ones(cols.size, dtype=np.int32), (rows, cols)), shape=(len(sets), int(cols.max(initial=-1)) + 1))
+    n_cols = int(cols.max(initial=-1)) + 1
+    m = sparse.csr_matrix((np.ones(cols.size, dtype=np.int32), (rows, cols)), shape=(len(sets), n_cols))
     inter = sparse.triu(m @ m.T, k=1).tocoo()
     j = inter.data / (sizes[inter.row] + sizes[inter.col] - inter.data)
     return {(int(a), int(b)): float(x) for a, b, x in zip(inter.row, inter.col, j)}
@@ -95,13 +96,6 @@ def components_of(n: int, edges) -> list[int]:
     return [int(comp[x]) for x in nodes]
 
 
-def lsh_params(cfg: NearDedupConfig) -> tuple[int, int]:
-    """(bands, rows) near_dedup uses for ``cfg`` (works with configs with and without lsh_params())."""
-    if hasattr(cfg, "lsh_params"):
-        return cfg.lsh_params()
-    return (cfg.bands, cfg.rows) if cfg.bands else mh.optimal_params(cfg.threshold, cfg.num_perm, *cfg.lsh_weights)
-
-
 def all_pairs_max(cfg: NearDedupConfig) -> int:
     return getattr(cfg, "bucket_all_pairs_max", cc.ALL_PAIRS_MAX)
 
@@ -123,11 +117,11 @@ def lsh_replica(docs: list[dict], cfg: NearDedupConfig, jac: dict, max_members: 
     """The candidate and verified edges near_dedup builds (same signatures, band keys, bucket
     rule and threshold), computed in memory so edge-level metrics are available; pairs as (i, j)
     document indices, i < j."""
-    bands, rows = lsh_params(cfg)
+    bands, rows = mh.lsh_params(cfg)
     max_members = all_pairs_max(cfg) if max_members is None else max_members
     node_index = {cc.node_key(d["id"], d["source"]): i for i, d in enumerate(docs)}
     buckets = defaultdict(list)
-    for i, d in enumerate(docs):
+    for d in docs:
         sig = d.get("_sig_cache")
         if sig is None:
             sig = d["_sig_cache"] = mh.text_signature(d["text"], cfg.ngram, cfg.num_perm, cfg.seed)
@@ -149,7 +143,7 @@ def beam_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args=("--runner
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from dedupe.beam import near_dedup
+    from gristmill.dedupe.beam import near_dedup
 
     fd, path = tempfile.mkstemp(suffix=".jsonl")
     os.close(fd)
@@ -204,16 +198,17 @@ def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None 
           f"5-gram Jaccard >= {threshold} ({len(truth_comp_pairs)} pairs in their transitive closure); "
           f"ground truth in {time.perf_counter() - t0:.1f}s")
     hist = np.histogram([j for j in jac.values() if j >= 0.5], bins=BINS)[0]
-    print("pairs by Jaccard bin:", ", ".join(f"[{a:.2f},{min(b, 1):.2f}{']' if b > 1 else ')'}: {c}" for a, b, c in zip(BINS, BINS[1:], hist)))
+    bins = (f"[{a:.2f},{min(b, 1):.2f}{']' if b > 1 else ')'}: {c}" for a, b, c in zip(BINS, BINS[1:], hist))
+    print("pairs by Jaccard bin:", ", ".join(bins))
     results = {"dataset": name, "documents": n, "truth_pairs": len(truth), "truth_closure_pairs": len(truth_comp_pairs),
                "jaccard_hist": dict(zip([f"{b:.2f}" for b in BINS[:-1]], hist.tolist())), "configs": {}}
     if labels is not None:
         results["label_pairs"] = len(pairs_of_groups(labels))
     for cname, overrides in configs:
         cfg = NearDedupConfig(threshold=threshold, **overrides)
-        bands, rows = lsh_params(cfg)
+        bands, rows = mh.lsh_params(cfg)
         default = NearDedupConfig(threshold=threshold, verify=cfg.verify)
-        if lsh_params(default) == (bands, rows) and all_pairs_max(default) == all_pairs_max(cfg):
+        if mh.lsh_params(default) == (bands, rows) and all_pairs_max(default) == all_pairs_max(cfg):
             cname += " [default]"
         t0 = time.perf_counter()
         got = beam_near_dedup(docs, cfg)
@@ -229,10 +224,12 @@ def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None 
         edges_all = verified_all if cfg.verify else cand_all
         all_pairs_cluster = pairs_of_groups(components_of(n, edges_all))
         consistent = pairs_of_groups(replica) == same_cluster
-        removed = {i for i, d in enumerate(docs) if by_node[cc.node_key(d["id"], d["source"])]["reason"] == "near_dedup:duplicate"}
+        removed = {i for i, d in enumerate(docs)
+                   if by_node[cc.node_key(d["id"], d["source"])]["reason"] == "near_dedup:duplicate"}
         flagged = {i for i, d in enumerate(docs) if by_node[cc.node_key(d["id"], d["source"])]["cluster_size"] > 1}
         m = {
-            "bands": bands, "rows": rows, "all_pairs_max": all_pairs_max(cfg), "beam_seconds": round(beam_s, 2), "replica_equals_beam": consistent,
+            "bands": bands, "rows": rows, "all_pairs_max": all_pairs_max(cfg), "beam_seconds": round(beam_s, 2),
+            "replica_equals_beam": consistent,
             "candidates": len(cand), "candidates_true": len(cand & truth),
             "edges": prf(edges, truth),
             "same_cluster": prf(same_cluster, truth),
@@ -251,10 +248,12 @@ def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None 
             inbin = {e for e, j in jac.items() if a <= j < b}
             if inbin:
                 mid = (a + min(b, 1.0)) / 2
-                by_bin.append((f"{a:.2f}", len(inbin), len(inbin & cand) / len(inbin), float(mh.candidate_probability(mid, bands, rows))))
+                p_candidate = float(mh.candidate_probability(mid, bands, rows))
+                by_bin.append((f"{a:.2f}", len(inbin), len(inbin & cand) / len(inbin), p_candidate))
         m["candidate_rate_by_bin"] = by_bin
         results["configs"][cname] = m
-        print(f"-- {cname}: {bands} bands x {rows} rows; Beam DirectRunner {beam_s:.1f}s; replica == Beam clusters: {consistent}")
+        print(f"-- {cname}: {bands} bands x {rows} rows; Beam DirectRunner {beam_s:.1f}s; "
+              f"replica == Beam clusters: {consistent}")
         print(f"   edges ({'verified' if cfg.verify else 'candidates'}) vs truth pairs : {fmt(m['edges'])}")
         print(f"   same-cluster pairs vs truth pairs      : {fmt(m['same_cluster'])}")
         print(f"   same-cluster pairs vs truth closure    : {fmt(m['same_cluster_vs_closure'])}")
@@ -262,7 +261,8 @@ def evaluate(name: str, docs: list[dict], threshold: float, labels: list | None 
         if labels is not None:
             print(f"   same-cluster pairs vs labelled clusters: {fmt(m['same_cluster_vs_labels'])}")
         if "edges_if_all_pairs_buckets" in m:
-            print(f"   [if buckets > {all_pairs_max(cfg)} yielded all pairs] edges: {fmt(m['edges_if_all_pairs_buckets'])}")
+            print(f"   [if buckets > {all_pairs_max(cfg)} yielded all pairs] edges: "
+                  f"{fmt(m['edges_if_all_pairs_buckets'])}")
             print(f"   [if buckets > {all_pairs_max(cfg)} yielded all pairs] same-cluster vs closure: "
                   f"{fmt(m['same_cluster_vs_closure_if_all_pairs_buckets'])}")
         print("   candidate rate by Jaccard bin (observed / S-curve at bin middle): "
@@ -280,15 +280,18 @@ def cmd_quality(args) -> dict:
     # (b) controlled edits
     ce = data.controlled_edit_set(seed=args.seed, big_family=0)
     docs = [{**new_document(d["id"], d["text"], "edits"), "family": d["family"]} for d in ce]
-    out["controlled"] = evaluate(f"Controlled edits (seed {args.seed}: {sum(d['parent'] is None for d in ce)} real base docs + "
-                                 f"{sum(d['parent'] is not None for d in ce)} edited variants)", docs, args.threshold,
+    n_base = sum(d["parent"] is None for d in ce)
+    out["controlled"] = evaluate(f"Controlled edits (seed {args.seed}: {n_base} real base docs + "
+                                 f"{len(ce) - n_base} edited variants)", docs, args.threshold,
                                  configs=CONFIGS if not args.quick else QUICK)
     # (c) one large family: buckets beyond ALL_PAIRS_MAX are stars, verified against their smallest member only
     if not args.quick:
-        ce = data.controlled_edit_set(seed=args.seed, n_book=50, n_web=50, variant_share=0.0, big_family=400, big_j=0.85)
+        ce = data.controlled_edit_set(seed=args.seed, n_book=50, n_web=50, variant_share=0.0, big_family=400,
+                                      big_j=0.85)
         docs = [new_document(d["id"], d["text"], "edits") for d in ce]
-        out["big_family"] = evaluate("Large family (100 unrelated docs + 1 base with 400 variants at target J 0.85 to the base, "
-                                     "~0.75 to each other: band buckets beyond ALL_PAIRS_MAX)", docs, args.threshold, configs=CONFIGS[:3])
+        out["big_family"] = evaluate("Large family (100 unrelated docs + 1 base with 400 variants at target J 0.85 to "
+                                     "the base, ~0.75 to each other: band buckets beyond ALL_PAIRS_MAX)", docs,
+                                     args.threshold, configs=CONFIGS[:3])
     return out
 
 
@@ -312,7 +315,8 @@ def cmd_speed(args) -> dict:
     docs = data.speed_docs(args.docs)
     n = len(docs)
     words = [len(mh.shingle_words(t)) for t in docs]
-    print(f"{n} real documents, mean {np.mean(words):.0f} words (gristmill words), 5-gram shingles, 256 permutations, one process")
+    print(f"{n} real documents, mean {np.mean(words):.0f} words (gristmill words), 5-gram shingles, "
+          "256 permutations, one process")
     res = {"documents": n, "mean_words": float(np.mean(words)), "rows": []}
 
     def row(name, seconds, note=""):
@@ -323,10 +327,12 @@ def cmd_speed(args) -> dict:
 
     for t in docs[:20]:
         mh.text_signature(t, 5, 256, 1)
-    g = row("gristmill text_signature (text -> signature)", best_of(lambda: [mh.text_signature(t, 5, 256, 1) for t in docs], args.repeat))
+    g = row("gristmill text_signature (text -> signature)",
+            best_of(lambda: [mh.text_signature(t, 5, 256, 1) for t in docs], args.repeat))
     row("gristmill shingle_hashes only", best_of(lambda: [mh.shingle_hashes(t, 5) for t in docs], args.repeat))
     hashes = [mh.shingle_hashes(t, 5) for t in docs]
-    row("gristmill signature only (hashes given)", best_of(lambda: [mh.signature(h, 256, 1) for h in hashes], args.repeat))
+    row("gristmill signature only (hashes given)",
+        best_of(lambda: [mh.signature(h, 256, 1) for h in hashes], args.repeat))
 
     import re
 
@@ -341,11 +347,12 @@ def cmd_speed(args) -> dict:
     shingles = make_shingles()
     ds = row("datasketch MinHash.bulk (shingles as bytes given; sha1)",
              best_of(lambda: datasketch.MinHash.bulk(shingles, num_perm=256, seed=1), args.repeat))
-    ds_total = row("datasketch MinHash.bulk incl. shingle construction", ds["seconds"] + sh_s, f"(shingles: {sh_s:.2f}s)")
+    row("datasketch MinHash.bulk incl. shingle construction", ds["seconds"] + sh_s, f"(shingles: {sh_s:.2f}s)")
     # equality check: datasketch with gristmill's shingle hash gives the same signatures
-    chk = datasketch.MinHash.bulk([mh.shingles_as_bytes(mh.shingle_words(t), 5) for t in docs[:50]], num_perm=256, seed=1,
-                                  hashfunc=mh.shingle_hash_bytes)
-    same = all(np.array_equal(m.hashvalues.astype(np.uint32), mh.text_signature(t, 5, 256, 1)) for m, t in zip(chk, docs[:50]))
+    chk = datasketch.MinHash.bulk([mh.shingles_as_bytes(mh.shingle_words(t), 5) for t in docs[:50]], num_perm=256,
+                                  seed=1, hashfunc=mh.shingle_hash_bytes)
+    same = all(np.array_equal(m.hashvalues.astype(np.uint32), mh.text_signature(t, 5, 256, 1))
+               for m, t in zip(chk, docs[:50]))
     print(f"  (check: gristmill signatures == datasketch MinHash with hashfunc=shingle_hash_bytes on 50 docs: {same})")
     res["datasketch_equal"] = same
 
@@ -365,7 +372,8 @@ def cmd_speed(args) -> dict:
             res["datatrove_version"] = dt["version"]
             for r in dt["rows"]:
                 row(r["name"], r["seconds"], r.get("note", ""))
-            print("  (* datatrove's xxhash64 of a str fails with xxhash 4.x; timed with the str encoded to UTF-8 first)")
+            print("  (* datatrove's xxhash64 of a str fails with xxhash 4.x; "
+                  "timed with the str encoded to UTF-8 first)")
     print("ratios (gristmill text_signature docs/s ÷ other):")
     for r in res["rows"]:
         if not r["name"].startswith("gristmill"):
@@ -393,7 +401,8 @@ def _progress(doc):
         import resource
 
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(f"{time.time():.3f} PROGRESS {_seen[0]} documents read and signed; max RSS so far {rss:.2f} GiB", file=sys.stderr, flush=True)
+        print(f"{time.time():.3f} PROGRESS {_seen[0]} documents read and signed; max RSS so far {rss:.2f} GiB",
+              file=sys.stderr, flush=True)
     return doc
 
 
@@ -413,7 +422,7 @@ def cmd_scale_run(args) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from dedupe.beam import near_dedup
+    from gristmill.dedupe.beam import near_dedup
 
     # the in-process runner logs each bundle's stage at DEBUG: the parent reads progress and per-stage times from it
     handler = logging.StreamHandler(sys.stderr)
@@ -435,8 +444,8 @@ def cmd_scale_run(args) -> None:
         out.with_suffix(".counts.json").write_text(json.dumps(dict(kv_list)))
 
     cfg = NearDedupConfig(**scale_overrides(args))
-    print(f"{time.time():.3f} CONFIG bands x rows {lsh_params(cfg)}, verify {cfg.verify}, all_pairs_max {all_pairs_max(cfg)}",
-          file=sys.stderr, flush=True)
+    print(f"{time.time():.3f} CONFIG bands x rows {mh.lsh_params(cfg)}, verify {cfg.verify}, "
+          f"all_pairs_max {all_pairs_max(cfg)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner", *args.beam_args]))
     docs = (p | beam.io.ReadFromText(str(Path(args.data) / "part-*.jsonl")) | "Parse" >> beam.Map(json.loads)
@@ -455,7 +464,8 @@ def cmd_scale_run(args) -> None:
     ru_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     counts = json.loads(out.with_suffix(".counts.json").read_text())
     print(f"{time.time():.3f} END", file=sys.stderr, flush=True)
-    out.write_text(json.dumps({"wall_s": wall, "maxrss_self_kb": ru_self.ru_maxrss, "maxrss_children_kb": ru_children.ru_maxrss,
+    out.write_text(json.dumps({"wall_s": wall, "maxrss_self_kb": ru_self.ru_maxrss,
+                               "maxrss_children_kb": ru_children.ru_maxrss,
                                "cpu_user_s": ru_self.ru_utime + ru_children.ru_utime, "counts": counts}))
 
 
@@ -519,13 +529,16 @@ def cmd_scale(args) -> dict:
             t0 = time.perf_counter()
             paths = data.write_synth(n, ddir, seed=args.seed)
             (ddir / "DONE").write_text(str(len(paths)))
-            print(f"[N={n}] synthesised {n} documents into {len(paths)} shards in {time.perf_counter() - t0:.0f}s ({ddir})", flush=True)
+            print(f"[N={n}] synthesised {n} documents into {len(paths)} shards in {time.perf_counter() - t0:.0f}s "
+                  f"({ddir})", flush=True)
         for mode in (["baseline"] if args.baseline else []) + ["near_dedup"]:
-            tag = f"{mode}{'-noverify' if args.no_verify and mode != 'baseline' else ''}-{'mp' if args.beam_args else 'inproc'}"
+            verify = "-noverify" if args.no_verify and mode != "baseline" else ""
+            tag = f"{mode}{verify}-{'mp' if args.beam_args else 'inproc'}"
             res_path = WORK / f"result-{n}-{tag}.json"
             log_path = res_path.with_suffix(".log")
             res_path.unlink(missing_ok=True)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "scale-run", "--data", str(ddir), "--out", str(res_path)]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "scale-run", "--data", str(ddir),
+                   "--out", str(res_path)]
             if mode == "baseline":
                 cmd.append("--baseline")
             elif args.no_verify:
@@ -569,17 +582,20 @@ def cmd_scale(args) -> dict:
                 r.update(child_res)
                 r["docs_per_s"] = n / child_res["wall_s"]
                 r["maxrss_gib"] = max(child_res["maxrss_self_kb"], child_res["maxrss_children_kb"]) / 2**20
-                print(f"[N={n} {tag}] pipeline {child_res['wall_s']:.0f}s = {r['docs_per_s']:.0f} docs/s; peak RSS (tree, sampled) "
-                      f"{r['peak_rss_gib']:.2f} GiB, ru_maxrss {r['maxrss_gib']:.2f} GiB; counts {child_res['counts']}", flush=True)
+                print(f"[N={n} {tag}] pipeline {child_res['wall_s']:.0f}s = {r['docs_per_s']:.0f} docs/s; "
+                      f"peak RSS (tree, sampled) {r['peak_rss_gib']:.2f} GiB, ru_maxrss {r['maxrss_gib']:.2f} GiB; "
+                      f"counts {child_res['counts']}", flush=True)
             else:
                 lines = log_path.read_text(errors="replace").splitlines()
                 r["failed"] = killed or f"exit {child.returncode}"
                 prog = [ln for ln in lines if " PROGRESS " in ln]
                 r["progress"] = prog[-1].split(" PROGRESS ")[1] if prog else None
                 print(f"  progress: {r['progress']}", flush=True)
-                print(f"[N={n} {tag}] DID NOT FINISH ({r['failed']}) after {wall:.0f}s; peak RSS {r['peak_rss_gib']:.2f} GiB; "
-                      f"{r['bundles_started']} bundles started; last stage: {r['last_stage']}\n  log tail: {lines[-3:] if lines else ''}", flush=True)
-            print("  slowest stages (s): " + "; ".join(f"{name} {sec:.0f}" for name, sec in r["stage_seconds"][:8]), flush=True)
+                print(f"[N={n} {tag}] DID NOT FINISH ({r['failed']}) after {wall:.0f}s; "
+                      f"peak RSS {r['peak_rss_gib']:.2f} GiB; {r['bundles_started']} bundles started; "
+                      f"last stage: {r['last_stage']}\n  log tail: {lines[-3:] if lines else ''}", flush=True)
+            slowest = "; ".join(f"{name} {sec:.0f}" for name, sec in r["stage_seconds"][:8])
+            print("  slowest stages (s): " + slowest, flush=True)
             results.append(r)
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
@@ -607,13 +623,15 @@ def environment() -> dict:
         me = os.getpid()
         for pr in psutil.process_iter(["pid", "cmdline", "cpu_percent"]):
             cmd = " ".join(pr.info["cmdline"] or [])
-            if pr.info["pid"] != me and "python" in cmd and ("bench" in cmd or "pytest" in cmd) and "bench_dedup" not in cmd:
+            mine = "bench_dedup" in cmd
+            if pr.info["pid"] != me and "python" in cmd and ("bench" in cmd or "pytest" in cmd) and not mine:
                 others.append(cmd[:120])
     except Exception:  # noqa: BLE001
         pass
     return {"git_head": git("rev-parse", "--short", "HEAD"),
-            "dedupe_dirty": bool(git("status", "--porcelain", "dedupe", "pipelines/config.py")),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "dedup_code_dirty": bool(git("status", "--porcelain", "dedupe", "gristmill/config.py")),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(),
             "numpy": np.__version__, "loadavg_at_start": os.getloadavg(), "concurrent_processes": others}
 
 

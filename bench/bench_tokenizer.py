@@ -23,29 +23,28 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("GRISTMILL_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "bench" / "work" / "tokenizer"
 
 
 def base_texts() -> list[str]:
     texts = []
-    with gzip.open(SHARED / "web/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", "rt", encoding="utf-8") as f:
+    dolma = SHARED / "web/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
+    with gzip.open(dolma, "rt", encoding="utf-8") as f:
         texts += [json.loads(line)["text"] for line in f]
     with open(SHARED / "web/oscar2019_hf_dummy_multilingual.jsonl", encoding="utf-8") as f:
         texts += [json.loads(line)["text"] for line in f if line.strip()]
-    for name in ("pg1342_pride_and_prejudice.txt", "pg2701_moby_dick.txt", "pg84_frankenstein.txt", "pg1661_adventures_of_sherlock_holmes.txt"):
+    for name in ("pg1342_pride_and_prejudice.txt", "pg2701_moby_dick.txt", "pg84_frankenstein.txt",
+                 "pg1661_adventures_of_sherlock_holmes.txt"):
         book = (SHARED / "text" / name).read_text(encoding="utf-8").replace("\r\n", "\n")
         texts += [c.strip() for c in book.split("\n\n\n") if len(c.strip()) > 500]
     return [t for t in texts if t.strip()]
 
 
 def build_corpus(n_docs: int, seed: int = 0) -> Path:
-    from pipelines import shards
-    from pipelines.documents import CORPUS_SCHEMA, new_document, to_table
+    from gristmill.documents import CORPUS_SCHEMA, new_document
+    from gristmill.pipelines import shards
 
     out = WORK / f"corpus_{n_docs}"
     if (out / "manifest.json").exists():
@@ -86,8 +85,8 @@ def spm_flags(opts: dict) -> list[str]:
 
 
 def bench_training(corpus: Path, vocab: int, reps: int) -> dict:
-    from pipelines.config import TokenizerConfig
-    from tokenizer.train import iter_corpus_lines, train_tokenizer, trainer_options
+    from gristmill.config import TokenizerConfig
+    from gristmill.tokenizer.train import iter_corpus_lines, train_tokenizer, trainer_options
 
     cfg = TokenizerConfig(vocab_size=vocab, input_sentence_size=10_000_000)
     text_file = WORK / "lines.txt"
@@ -110,8 +109,8 @@ def bench_training(corpus: Path, vocab: int, reps: int) -> dict:
         ours.append(time.perf_counter() - t)
         prefix = WORK / f"tok_spm_{r}"
         t = time.perf_counter()
-        subprocess.run(["spm_train", f"--input={text_file}", f"--model_prefix={prefix}", *spm_flags(trainer_options(cfg))],
-                       check=True, capture_output=True)
+        subprocess.run(["spm_train", f"--input={text_file}", f"--model_prefix={prefix}",
+                        *spm_flags(trainer_options(cfg))], check=True, capture_output=True)
         theirs.append(time.perf_counter() - t)
         # the same 0.2.3 library as gristmill, reading the prepared file: separates the version
         # difference from the streaming
@@ -119,20 +118,22 @@ def bench_training(corpus: Path, vocab: int, reps: int) -> dict:
         spm.set_random_generator_seed(cfg.seed)
         spm.SentencePieceTrainer.train(input=str(text_file), model_writer=io.BytesIO(), **trainer_options(cfg))
         wheel.append(time.perf_counter() - t)
-    return {"sentencepiece_0_2_from_file_s": round(min(wheel), 2), "lines": n_lines, "text_mb": round(mb, 1), "vocab_size": vocab,
+    return {"sentencepiece_0_2_from_file_s": round(min(wheel), 2), "lines": n_lines, "text_mb": round(mb, 1),
+            "vocab_size": vocab,
             "gristmill_s": round(min(ours), 2), "spm_train_s": round(min(theirs), 2),
             "ratio_time_gristmill_over_spm_train": round(min(ours) / min(theirs), 3),
-            "note": "gristmill time includes streaming the Arrow shards, training, writing the model, vocab, tokenizer.json and meta; "
-                    "spm_train reads a prepared text file (not timed) and writes model and vocab"}
+            "note": "gristmill time includes streaming the Arrow shards, training, writing the model, vocab, "
+                    "tokenizer.json and meta; spm_train reads a prepared text file (not timed) and writes model "
+                    "and vocab"}
 
 
 def bench_encoding(corpus: Path, tok: Path, threads: int) -> dict:
     import sentencepiece as spm
     from tokenizers import Tokenizer
 
-    from pipelines import shards
-    from pipelines.config import TokenizeConfig
-    from pipelines.tokenize import run_tokenize
+    from gristmill.config import TokenizeConfig
+    from gristmill.pipelines import shards
+    from gristmill.pipelines.tokenize import run_tokenize
 
     texts = []
     for e in shards.read_manifest(str(corpus))["shards"]:
@@ -142,7 +143,8 @@ def bench_encoding(corpus: Path, tok: Path, threads: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     m = run_tokenize(str(corpus), str(tok), str(out), TokenizeConfig(seq_len=1024),
-                     ["--runner", "DirectRunner", "--direct_num_workers", str(threads), "--direct_running_mode", "multi_processing"]).manifest
+                     ["--runner", "DirectRunner", "--direct_num_workers", str(threads),
+                      "--direct_running_mode", "multi_processing"]).manifest
     pipe_s = time.perf_counter() - t
     n_tokens = sum(s["tokens"] for s in m["splits"].values())
     os.environ["RAYON_NUM_THREADS"] = str(threads)

@@ -24,17 +24,17 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def bare_loop(data: str, preset: str, steps: int, batch: int, threads: int) -> list[float]:
     """Seconds per optimizer step of the plainest loop that does the same work."""
     import torch
 
-    from pipelines.config import ModelConfig, PretrainConfig
-    from trainer.data import SampleStream, TokenSplit, read_token_manifest
-    from trainer.loop import lr_at
-    from trainer.model import GPT, resolve_model_args
+    from gristmill.config import ModelConfig, PretrainConfig
+    from gristmill.tokenizer.tokens import TokenSplit, read_token_manifest
+    from gristmill.trainer.data import SampleStream
+    from gristmill.trainer.loop import lr_at
+    from gristmill.trainer.model import GPT, lm_loss, resolve_model_args
 
     torch.set_num_threads(threads)
     m = read_token_manifest(data)
@@ -54,7 +54,7 @@ def bare_loop(data: str, preset: str, steps: int, batch: int, threads: int) -> l
         for g in opt.param_groups:
             g["lr"] = lr_at(step, p)
         x = torch.from_numpy(train.rows(stream.indices(step * batch, batch)))
-        _, loss = model(x[:, :-1], x[:, 1:])
+        loss = lm_loss(model(x[:, :-1]), x[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -64,7 +64,8 @@ def bare_loop(data: str, preset: str, steps: int, batch: int, threads: int) -> l
     return times
 
 
-def gristmill_run(data: str, preset: str, steps: int, batch: int, threads: int, workers: int, root: Path) -> tuple[list[dict], float]:
+def gristmill_run(data: str, preset: str, steps: int, batch: int, threads: int, workers: int,
+                  root: Path) -> tuple[list[dict], float]:
     cfg = {"model": {"preset": preset},
            "pretrain": {"data": data, "storage_path": str(root), "name": f"w{workers}", "num_workers": workers,
                         "cpus_per_worker": threads, "batch_size": batch, "micro_batch_size": batch, "max_steps": steps,
@@ -102,9 +103,11 @@ def main() -> None:
         for name, workers in (("local", 0), ("ray", 1)):
             recs, wall = gristmill_run(data, a.preset, a.steps, a.batch, a.threads, workers, Path(tmp))
             # each record covers 5 steps (log_every=5): the median of the steady windows
-            results[name] = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in recs if r["step"] > a.skip), "wall_s": wall}
+            steady = [r["tokens_per_s"] for r in recs if r["step"] > a.skip]
+            results[name] = {"tokens_per_s": statistics.median(steady), "wall_s": wall}
     base = results["bare"]["tokens_per_s"]
-    print(f"{a.preset} model, {a.batch}×{seq_len} tokens per step, {a.threads} threads, median of steps {a.skip + 1}..{a.steps}")
+    print(f"{a.preset} model, {a.batch}×{seq_len} tokens per step, {a.threads} threads, "
+          f"median of steps {a.skip + 1}..{a.steps}")
     print(f"{'loop':8} {'tokens/s':>10} {'vs bare':>8} {'overhead':>9} {'wall s (incl. start-up)':>24}")
     for name, r in results.items():
         ratio = r["tokens_per_s"] / base

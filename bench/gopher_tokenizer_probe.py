@@ -25,13 +25,13 @@ from pathlib import Path
 
 import regex
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_clean (gristmill itself is installed)
 
 from bench_clean import cached_docs
 
-from pipelines import filters
-from pipelines.config import GristmillConfig
+from gristmill.config import GristmillConfig
+from gristmill.pipelines import filters
+
 
 def spacy_like_tokens(text: str) -> list[str]:
     """The spaCy-like tokenizer this probe measured, now gristmill's own (pipelines/filters.py)."""

@@ -53,7 +53,8 @@ def main() -> None:
             text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
             text = strip_gutenberg(text) if path.name.startswith("pg") else text
             for i, chunk in enumerate(chunks(text, a.chars)):
-                f.write(json.dumps({"id": f"{path.stem}/{i:05d}", "text": chunk, "url": f"file://{path.name}#{i}"}) + "\n")
+                record = {"id": f"{path.stem}/{i:05d}", "text": chunk, "url": f"file://{path.name}#{i}"}
+                f.write(json.dumps(record) + "\n")
                 n += 1
         for name in ("nltk_state_union_1945_2006.jsonl", "nltk_inaugural_addresses.jsonl"):
             for line in (src / name).read_text().splitlines():

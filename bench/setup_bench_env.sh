@@ -18,7 +18,7 @@ CONSTRAINTS=()
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch stays pinned by the project (torch==2.13.0, the CPU wheel from local disk)
-"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" -e '.[test]'
+"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" -e '.[test,bench]'
 # the constraints keep datatrove's dependencies at the project's versions
 "$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" datatrove==0.10.1 spacy==3.8.18 regex fasteners
 "$VENV/bin/python" - <<'PY'
@@ -26,7 +26,7 @@ from importlib.metadata import version
 import fasttext  # noqa: F401  (fasttext-predict)
 from fasttext.FastText import _FastText  # noqa: F401  (what datatrove's lid.py loads)
 from datatrove.utils.word_tokenizers import load_word_tokenizer
-from pipelines.langid import default_model_path
+from gristmill.pipelines.langid import default_model_path
 tok = load_word_tokenizer("eng")
 assert tok.word_tokenize("Don't panic.") == ["Do", "n't", "panic", "."]
 print("datatrove", version("datatrove"), "| spacy", version("spacy"), "| fasttext-predict",

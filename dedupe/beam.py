@@ -1,5 +1,5 @@
-"""Beam transforms of near-duplicate removal: thin wrappers around :mod:`dedupe.minhash` and
-:mod:`dedupe.components`.
+"""Beam transforms of near-duplicate removal: thin wrappers around :mod:`~gristmill.dedupe.minhash` and
+:mod:`~gristmill.dedupe.components`.
 
 signatures → (band, band key) buckets → edges to each bucket's smallest member → optional exact
 Jaccard verification (one join of the edges with the documents' compressed texts, one group of the
@@ -15,7 +15,7 @@ memory of runners that keep grouped data in memory (the DirectRunner holds each 
 Python objects until the next stage has consumed them).
 
 Portable by construction: no side inputs, no tagged outputs, no state, few fork-and-joins (see
-:mod:`dedupe.components` for why), and every group is streamed (two passes at most) except a spill
+:mod:`~gristmill.dedupe.components` for why), and every group is streamed (two passes at most) except a spill
 file's labels (at most ``SPILL_FILE_DOCS``).
 """
 
@@ -29,9 +29,9 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from dedupe import components as cc
-from dedupe import minhash as mh
-from pipelines import shards
+from gristmill import io
+from gristmill.dedupe import components as cc
+from gristmill.dedupe import minhash as mh
 
 
 def _node(doc) -> str:
@@ -178,7 +178,7 @@ class _SpillDocumentsFn(beam.DoFn):
 
     def process(self, doc):
         if self._path is None:
-            self._path = shards.join(self.spill_dir, f"{uuid.uuid4().hex}.arrow")
+            self._path = io.join(self.spill_dir, f"{uuid.uuid4().hex}.arrow")
         node = _node(doc)
         self._nodes.append(node)
         self._docs.append(pack_document(doc))
@@ -192,7 +192,7 @@ class _SpillDocumentsFn(beam.DoFn):
 
     def _flush(self):
         table = pa.table({"node": pa.array(self._nodes, pa.string()), "doc": pa.array(self._docs, pa.binary())})
-        shards.write_bytes_atomic(self._path, shards.table_bytes(table, "file"))
+        io.write_bytes_atomic(self._path, io.table_bytes(table, "file"))
         self._path, self._nodes, self._docs = None, [], []
 
 
@@ -213,7 +213,7 @@ def _mark_file(item):
     minimum is one). A document in no cluster is its own: its id, size 1."""
     path, labels = item
     clusters = {node: (cluster or node, size) for node, cluster, size in labels}
-    for batch in shards.iter_batches(path):
+    for batch in io.iter_batches(path):
         for node, packed in zip(batch.column("node").to_pylist(), batch.column("doc").to_pylist()):
             cluster, size = clusters[node]
             doc = unpack_document(packed)
@@ -268,7 +268,8 @@ def _published_signature(row):
         yield row["node"], ("s", None, np.asarray(row["signature"], dtype=np.uint32))
 
 
-def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=None, spill_file_docs: int = SPILL_FILE_DOCS):
+def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=None,
+               spill_file_docs: int = SPILL_FILE_DOCS):
     """Returns (documents with cluster_id/cluster_size, near duplicates marked; round changes).
 
     ``spill_dir``: a directory (local or any Beam filesystem every worker reaches) where the
@@ -282,7 +283,7 @@ def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=No
     candidate pair is verified (estimated instead of exact Jaccard): a refresh never reads or
     re-signs the published text.
     """
-    bands, rows = cfg.lsh_params()
+    bands, rows = mh.lsh_params(cfg)
     docs = docs | f"{label}Sign" >> beam.Map(_sign, cfg.ngram, cfg.num_perm, cfg.seed, bands, rows)
     entries = docs | f"{label}BandKeys" >> beam.FlatMap(_bucket_entries)  # ((band, key), node)
     if published is not None:
@@ -325,3 +326,28 @@ def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=No
         | f"{label}Mark" >> beam.FlatMap(_mark_file)
     )
     return out, changes
+
+
+class NearDedup(beam.PTransform):
+    """Public transform: documents → the same documents with ``cluster_id`` and ``cluster_size``,
+    all but the smallest (id, source) of each cluster marked ``near_dedup:duplicate``.
+
+    Give it the documents still kept (``reason`` None): each gets a MinHash signature from its
+    ``text``. ``spill_dir`` is a directory every worker can write (the documents wait there while
+    their clusters are computed; delete it after the pipeline has run). With
+    ``with_round_changes=True`` the output is ``(documents, changes)``, ``changes`` holding
+    ``("round-kk", n)`` for each connected-components round that changed n edges: a run converged
+    when the last of the ``max_rounds`` rounds changed nothing (``gristmill corpus`` checks this).
+    ``published``: index rows of a published corpus to deduplicate against (a refresh).
+    """
+
+    def __init__(self, cfg, spill_dir: str, published=None, with_round_changes: bool = False,
+                 spill_file_docs: int = SPILL_FILE_DOCS):
+        super().__init__()
+        self.cfg, self.spill_dir, self.published = cfg, spill_dir, published
+        self.with_round_changes, self.spill_file_docs = with_round_changes, spill_file_docs
+
+    def expand(self, docs):
+        out, changes = near_dedup(docs, self.cfg, self.spill_dir, label="", published=self.published,
+                                  spill_file_docs=self.spill_file_docs)
+        return (out, changes) if self.with_round_changes else out

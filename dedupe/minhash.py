@@ -31,7 +31,6 @@ _POLY = _U64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio), order-
 EMPTY = np.iinfo(np.uint32).max
 
 
-
 def normalize_for_shingles(text: str) -> str:
     """NFKC, then casefold: "Straße", "STRASSE" and "strasse" shingle alike."""
     if not text.isascii() and not unicodedata.is_normalized("NFKC", text):
@@ -221,12 +220,20 @@ def optimal_params(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_w
     best, opt = float("inf"), (0, 0)
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            fp, _ = quad(lambda s: 1 - (1 - s ** float(r)) ** float(b), 0.0, threshold)
-            fn, _ = quad(lambda s: 1 - (1 - (1 - s ** float(r)) ** float(b)), threshold, 1.0)
+            fp, _ = quad(lambda s, r=r, b=b: 1 - (1 - s ** float(r)) ** float(b), 0.0, threshold)
+            fn, _ = quad(lambda s, r=r, b=b: 1 - (1 - (1 - s ** float(r)) ** float(b)), threshold, 1.0)
             err = fp * fp_weight + fn * fn_weight
             if err < best:
                 best, opt = err, (b, r)
     return opt
+
+
+def lsh_params(cfg) -> tuple[int, int]:
+    """(bands, rows) of a :class:`~gristmill.config.NearDedupConfig`: as set, or chosen from its
+    threshold and weights the way datasketch does."""
+    if cfg.bands:
+        return cfg.bands, cfg.rows
+    return optimal_params(cfg.threshold, cfg.num_perm, *cfg.weights())
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> list[int]:

@@ -1,3 +1,6 @@
-"""gristmill corpus pipelines: web text → clean, deduplicated, language-partitioned Arrow shards."""
+"""Corpus pipelines on Apache Beam: web text → clean, deduplicated, language-partitioned Arrow
+shards (``corpus``, ``refresh``), and corpus shards → packed token shards (``tokenize``).
 
-__version__ = "0.1.0"
+Steps as public Beam transforms: :mod:`gristmill.pipelines.transforms`; the cleaning filters as
+pure functions: :mod:`gristmill.pipelines.filters`.
+"""

@@ -1,31 +1,45 @@
-"""The cleaning chain: the filters of :mod:`pipelines.filters` applied in order, with their config.
+"""The cleaning chain: the filters of :mod:`~gristmill.pipelines.filters` applied in order, with their config.
 
 ``Cleaner.process(doc)`` is what the Beam stage calls per document; it is a plain object so that
 benchmarks and tests run the exact same chain without a runner. Order follows FineWeb: cheap and
 language-independent rules first, language ID, then the Gopher rules, then C4's line rules (which
-rewrite the text), then PII redaction of what will be published.
+rewrite the text), then your own filters (``clean.custom_filters``), then PII redaction of what
+will be published.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import MappingProxyType
 
-from pipelines import filters, langid
-from pipelines.config import GristmillConfig
+from gristmill.config import BUILTIN_CLEAN_STAGES, ConfigError, GristmillConfig
+from gristmill.pipelines import filters, langid
 
-#: funnel order of the stages a document can be dropped in (reason = "<stage>:<rule>")
-STAGES = (
-    "read",
-    "extract",
-    "normalize",
-    "url_blocklist",
-    "langid",
-    "gopher_repetition",
-    "gopher_quality",
-    "c4_lines",
-    "exact_dedup",
-    "near_dedup",
-)
+#: funnel order of the stages a document can be dropped in (reason = "<stage>:<rule>"); custom
+#: filters come after the built-in cleaning stages (see :func:`stages`)
+STAGES = ("read", "extract", *BUILTIN_CLEAN_STAGES, "exact_dedup", "near_dedup")
+
+
+def stages(cfg: GristmillConfig) -> tuple[str, ...]:
+    """The funnel order of a run: the built-in stages with the config's custom filters in place."""
+    custom = tuple(f.name for f in cfg.clean.custom_filters)
+    at = STAGES.index("exact_dedup")
+    return STAGES[:at] + custom + STAGES[at:]
+
+
+def import_function(path: str):
+    """``package.module:function`` or ``package.module.function`` → the function."""
+    module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"custom filter function {path!r} cannot be imported: {type(e).__name__}: {e}") from None
+    if not callable(obj):
+        raise ConfigError(f"custom filter function {path!r} is not callable")
+    return obj
 
 
 def load_blocklist(files, domains, urls) -> tuple[frozenset[str], frozenset[str]]:
@@ -53,6 +67,8 @@ class Cleaner:
             c.url_blocklist.files, c.url_blocklist.domains, c.url_blocklist.urls
         )
         self.model = langid.load_model(cfg.langid.model_path)
+        self.custom = [(f, import_function(f.function), MappingProxyType(dict(f.params)))
+                       for f in c.custom_filters if f.enabled]
 
     def process(self, doc: dict) -> dict:
         """Mark ``doc`` dropped (``doc['reason']``) or return it cleaned, with signals set."""
@@ -92,6 +108,21 @@ class Cleaner:
             signals.update(v.signals)
             if v.reason:
                 doc["reason"] = f"{stage}:{v.reason}"
+                return doc
+            doc["text"] = v.text
+
+        for f, fn, params in self.custom:
+            if not f.applies_to(lang):
+                continue
+            try:
+                v = fn(doc["text"], params)
+                if not isinstance(v, filters.Verdict):
+                    raise TypeError(f"returned {type(v).__name__}, not a Verdict")
+            except Exception as e:  # noqa: BLE001 - one bad document must not stop the run
+                doc["reason"], doc["detail"] = f"{f.name}:error", f"{type(e).__name__}: {e}"[:500]
+                return doc
+            if v.reason:
+                doc["reason"] = f"{f.name}:{v.reason}"
                 return doc
             doc["text"] = v.text
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import regex
 
-from pipelines.config import (
+from gristmill.config import (
     C4LinesConfig,
     GopherQualityConfig,
     GopherRepetitionConfig,
@@ -244,7 +244,8 @@ class _Ngrams:
 
     # odd 64-bit multipliers: an n-gram's key is sum(id_k * M_k) mod 2^64 over its n token ids, a
     # collision between different n-grams of one document is a ~2^-64 event
-    _MUL = np.random.RandomState(20211208).randint(1, 2**62, size=16, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    _MUL = np.random.RandomState(20211208).randint(1, 2**62, size=16, dtype=np.int64).astype(np.uint64)
+    _MUL = _MUL * np.uint64(2) + np.uint64(1)
 
     def __init__(self, tokens: list[str]):
         vocab: dict[str, int] = {}
@@ -399,11 +400,12 @@ def c4_lines(text: str, cfg: C4LinesConfig) -> Verdict:
 # PII redaction
 # ---------------------------------------------------------------------------------------------
 
-# Bounded quantifiers keep the regex linear on hostile input (50 MB of 'a@a@a@...').
-_EMAIL_RE = re.compile(
+# The redaction patterns (public: what "no e-mail address left" means). Bounded quantifiers keep
+# the regex linear on hostile input (50 MB of 'a@a@a@...').
+EMAIL_RE = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}\b"
 )
-_IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|\.\d)")
+IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|\.\d)")
 # loose on purpose (matches "::1", "12:30:45"); ipaddress decides what is an address
 _IPV6_RE = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![:\w])")
 
@@ -420,7 +422,7 @@ def redact_pii(text: str, cfg: PiiConfig) -> Verdict:
     documentation addresses are not personal data and are left alone."""
     signals: dict[str, float | int] = {}
     if cfg.emails and "@" in text:
-        text, n = _EMAIL_RE.subn(cfg.email_replacement, text)
+        text, n = EMAIL_RE.subn(cfg.email_replacement, text)
         signals["pii_emails"] = n
     if cfg.ip_addresses:
         count = 0
@@ -433,7 +435,7 @@ def redact_pii(text: str, cfg: PiiConfig) -> Verdict:
             return m.group(0)
 
         if "." in text:
-            text = _IPV4_RE.sub(_sub, text)
+            text = IPV4_RE.sub(_sub, text)
         if "::" in text or text.count(":") >= 2:
             text = _IPV6_RE.sub(_sub, text)
         signals["pii_ips"] = count

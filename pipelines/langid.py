@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pipelines.config import LangIdConfig
+from gristmill.config import LangIdConfig
+from gristmill.errors import GristmillError
 
 
-class ModelError(RuntimeError):
-    pass
+class ModelError(GristmillError, RuntimeError):
+    """A language-ID model that cannot be found or loaded."""
 
 
 def default_model_path() -> str:

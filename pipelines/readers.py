@@ -21,13 +21,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from pipelines.config import JsonlConfig, ReadConfig
-from pipelines.documents import dropped, new_document
+from gristmill.config import JsonlConfig, ReadConfig
+from gristmill.documents import dropped, new_document
+from gristmill.errors import GristmillError
+from gristmill.io import filesystems
 
-FORMATS = ("warc", "jsonl", "parquet")
 
-
-class InputError(Exception):
+class InputError(GristmillError):
     """An input file that cannot be read at all. The message names the file and the problem."""
 
 
@@ -68,10 +68,8 @@ def detect_format(path: str) -> tuple[str, str | None]:
 
 
 def _open_raw(path: str):
-    from apache_beam.io.filesystems import FileSystems
-
     # CompressionTypes.UNCOMPRESSED: we decompress ourselves, to see (and report) corruption
-    return FileSystems.open(path, compression_type="uncompressed")
+    return filesystems().open(path, compression_type="uncompressed")
 
 
 class _HashingReader(io.RawIOBase):
@@ -127,11 +125,9 @@ def probe(path: str, cfg: ReadConfig) -> tuple[int, str | None]:
     Catches the errors that make a whole file unreadable (not gzip, not a WARC, not Parquet, not
     JSON Lines) before the pipeline starts; damage further in is handled while reading.
     """
-    from apache_beam.io.filesystems import FileSystems
-
     try:
         fmt, compression = detect_format(path)
-        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        size = filesystems().match([path])[0].metadata_list[0].size_in_bytes
     except InputError as e:
         return 0, str(e).split(": ", 1)[-1]
     except Exception as e:  # noqa: BLE001 - any filesystem error is reported with the path
@@ -216,9 +212,7 @@ def read_file(path: str, source: str, cfg: ReadConfig) -> Iterator[dict | FileSt
 
 
 def _is_empty(path: str) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes == 0
+    return filesystems().match([path])[0].metadata_list[0].size_in_bytes == 0
 
 
 def _dig(record: dict, dotted: str):
@@ -289,7 +283,7 @@ _DOC_RECORD_TYPES = ("response", "conversion", "resource")
 def _read_warc(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
     from fastwarc.warc import ArchiveIterator
 
-    from pipelines.extract import html_to_text, is_html, parse_http_response
+    from gristmill.pipelines.extract import html_to_text, is_html, parse_http_response
 
     skipped: Counter[str] = Counter()
     for rec in ArchiveIterator(stream, parse_http=False, auto_decode="none"):

@@ -2,7 +2,7 @@
 that a new crawl can be deduplicated against it.
 
 A corpus directory written with near-dedup on holds ``_index/part-NNNNN.arrow`` (one row per kept
-document: id, source, exact-dedup hash, band keys, signature; see pipelines/documents.py). A
+document: id, source, exact-dedup hash, band keys, signature; see gristmill/documents.py). A
 refresh reads only these files of every earlier version: it never re-reads old text, never
 recomputes old signatures and never rewrites old shards.
 """
@@ -11,33 +11,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
-
-from dedupe.components import published_node
-from dedupe.minhash import SCHEME
-from pipelines import shards
-from pipelines.config import GristmillConfig, NearDedupConfig
+from gristmill import io
+from gristmill.config import GristmillConfig, NearDedupConfig
+from gristmill.dedupe.components import published_node
+from gristmill.dedupe.minhash import SCHEME, lsh_params
+from gristmill.errors import GristmillError
 
 #: near-dedup settings that must be equal for band keys and signatures to be comparable
 _COMPATIBLE = ("ngram", "num_perm", "seed")
 
 
-class RefreshError(Exception):
+class RefreshError(GristmillError):
     """A published corpus that cannot be refreshed; the message names what to fix."""
 
 
 def read_index_rows(path: str):
     """Rows of one index file, each with the published node it stands for."""
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
-    for row in table.to_pylist():
+    for row in io.read_table(path).to_pylist():
         row["node"] = published_node(row["id"], f"{path}:{row['source']}")
         yield row
 
 
 def _lsh_params(nd: dict) -> tuple[int, int]:
-    return NearDedupConfig.model_validate(nd).lsh_params()
+    return lsh_params(NearDedupConfig.model_validate(nd))
 
 
 @dataclass
@@ -48,11 +44,11 @@ class PublishedCorpus:
     index_files: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: str) -> "PublishedCorpus":
-        mpath = shards.join(path, "manifest.json")
-        if not FileSystems.exists(mpath):
+    def open(cls, path: str) -> PublishedCorpus:
+        mpath = io.join(path, "manifest.json")
+        if not io.exists(mpath):
             raise RefreshError(f"{path} is not a published gristmill corpus: no manifest.json")
-        manifest = shards.read_json(mpath)
+        manifest = io.read_json(mpath)
         versions = manifest.get("versions") or [_version_entry(path, manifest, parent=None)]
         corpus = cls(path, manifest, versions)
         for v in versions:
@@ -63,8 +59,8 @@ class PublishedCorpus:
                     "near_dedup disabled; rebuild it with `gristmill corpus` and near_dedup.enabled: true"
                 )
             for s in vm["index_shards"]:
-                f = shards.join(v["path"], s["path"])
-                if not FileSystems.exists(f):
+                f = io.join(v["path"], s["path"])
+                if not io.exists(f):
                     raise RefreshError(f"published corpus {v['path']} is missing its index file {s['path']}")
                 corpus.index_files.append(f)
         return corpus
@@ -78,11 +74,13 @@ class PublishedCorpus:
             raise RefreshError("a refresh deduplicates against the published corpus: near_dedup.enabled must be true")
         ours = cfg.near_dedup.model_dump()
         theirs = self.manifest["config"]["near_dedup"]
-        diffs = [f"near_dedup.{k}: published {theirs[k]!r}, this run {ours[k]!r}" for k in _COMPATIBLE if theirs[k] != ours[k]]
+        diffs = [f"near_dedup.{k}: published {theirs[k]!r}, this run {ours[k]!r}"
+                 for k in _COMPATIBLE if theirs[k] != ours[k]]
         if _lsh_params(theirs) != _lsh_params(ours):
             diffs.append(f"LSH bands × rows: published {_lsh_params(theirs)}, this run {_lsh_params(ours)}")
-        if self.manifest["near_dedup"].get("minhash_scheme") != SCHEME:
-            diffs.append(f"MinHash scheme: published {self.manifest['near_dedup'].get('minhash_scheme')}, this run {SCHEME}")
+        scheme = self.manifest["near_dedup"].get("minhash_scheme")
+        if scheme != SCHEME:
+            diffs.append(f"MinHash scheme: published {scheme}, this run {SCHEME}")
         if diffs:
             raise RefreshError(
                 f"the MinHash configuration differs from the published corpus {self.path}, so their "
@@ -97,10 +95,10 @@ class PublishedCorpus:
 
 
 def _read_manifest(path: str) -> dict:
-    mpath = shards.join(path, "manifest.json")
-    if not FileSystems.exists(mpath):
+    mpath = io.join(path, "manifest.json")
+    if not io.exists(mpath):
         raise RefreshError(f"version {path} of the published corpus is missing (no manifest.json)")
-    return shards.read_json(mpath)
+    return io.read_json(mpath)
 
 
 def _version_entry(path: str, manifest: dict, parent: str | None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from pipelines import shards
+from gristmill import io
 
 
 def print_summary(manifest: dict, seconds: float | None = None, console=None) -> None:
@@ -80,6 +80,7 @@ def render_html(manifest: dict, seconds: float | None = None) -> str:
         for f in manifest["inputs"]
     )
     timing = f" in {seconds:.1f} s" if seconds is not None else ""
+    config_id = manifest["config_sha256"][:12]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>gristmill corpus report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}}td,th{{padding:2px 8px;text-align:left}}
@@ -87,7 +88,7 @@ table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}code{{b
 </head><body>
 <h1>gristmill corpus report</h1>
 <p>Read <b>{c['read']:,}</b> documents from {c['input_files']} files{timing}; kept <b>{c['kept']:,}</b>,
-dropped {sum(c['dropped'].values()):,}; {len(manifest['shards'])} shards. Config <code>{manifest['config_sha256'][:12]}</code>.</p>
+dropped {sum(c['dropped'].values()):,}; {len(manifest['shards'])} shards. Config <code>{config_id}</code>.</p>
 <h2>Funnel</h2>{_bars(funnel_rows)}
 <h2>Dropped by reason</h2>{_bars(reason_rows)}
 <h2>Languages kept</h2>{_bars(lang_rows)}
@@ -97,4 +98,4 @@ dropped {sum(c['dropped'].values()):,}; {len(manifest['shards'])} shards. Config
 
 
 def write_html_report(manifest: dict, path: str, seconds: float | None = None) -> None:
-    shards.write_bytes_atomic(path, render_html(manifest, seconds).encode())
+    io.write_bytes_atomic(path, render_html(manifest, seconds).encode())

@@ -5,8 +5,7 @@ Each document is encoded with the SentencePiece model and followed by eos (prece
 another hash. A bucket (a GroupByKey group, bounded by ``tokenize.max_sequences_per_shard``
 sequences) is sorted by id, concatenated and cut into sequences of ``seq_len + 1`` tokens (inputs
 and shifted targets); the last partial sequence of each bucket is dropped and counted. Each bucket
-becomes one Arrow IPC file with a single fixed-size-list column ``tokens`` of uint16 (vocabularies
-under 65,536) or uint32: memory-mapped, a shard is a zero-copy ``(n, seq_len + 1)`` numpy array.
+becomes one token shard (the format: :mod:`gristmill.tokenizer.tokens`)::
 
     OUTPUT/train/part-NNNNN.arrow, OUTPUT/val/part-NNNNN.arrow, OUTPUT/manifest.json
 """
@@ -22,18 +21,16 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import __version__, shards
-from pipelines.config import TokenizeConfig
-from trainer.data import open_sequences  # noqa: F401  (the reader of this format lives with its consumer)
+from gristmill import __version__, io
+from gristmill.config import TokenizeConfig
+from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest
+from gristmill.pipelines.runner import collect_stats, read_stats, remove_stats, run_pipeline
+from gristmill.tokenizer.tokens import SPLITS, pack, shard_bytes, token_dtype
+from gristmill.tokenizer.train import MODEL_FILE, TokenizerError, load
 
 log = logging.getLogger("gristmill.tokenize")
 
-SPLITS = ("train", "val")
-STATS_DIR = "_stats"
 #: characters per token assumed when sizing buckets before anything is encoded
 CHARS_PER_TOKEN_ESTIMATE = 3.0
 
@@ -41,25 +38,6 @@ CHARS_PER_TOKEN_ESTIMATE = 3.0
 def _unit(key: str, seed: int) -> float:
     h = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64
-
-
-def token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 65_536 else np.uint32
-
-
-def pack(docs: list[tuple[str, np.ndarray]], seq_len: int) -> tuple[np.ndarray, int]:
-    """Documents (id, tokens) → (sequences of seq_len + 1 tokens in id order, tokens dropped)."""
-    docs = sorted(docs, key=lambda d: d[0])
-    stream = np.concatenate([t for _, t in docs]) if docs else np.empty(0, dtype=np.uint32)
-    width = seq_len + 1
-    n = stream.size // width
-    return stream[: n * width].reshape(n, width), int(stream.size - n * width)
-
-
-def sequences_table(seqs: np.ndarray, dtype) -> pa.Table:
-    width = seqs.shape[1] if seqs.ndim == 2 else 0
-    flat = pa.array(seqs.astype(dtype, copy=False).reshape(-1))
-    return pa.table({"tokens": pa.FixedSizeListArray.from_arrays(flat, width)})
 
 
 class EncodeFn(beam.DoFn):
@@ -95,8 +73,8 @@ class _WriteBucketFn(beam.DoFn):
         seqs, dropped = pack([(d, t) for d, t, _ in docs], self.seq_len)
         rel = f"{split}/part-{bucket:05d}.arrow"
         if len(seqs):
-            data = shards.table_bytes(sequences_table(seqs, np.dtype(self.dtype_name)), "file")
-            shards.write_bytes_atomic(shards.join(self.output, rel), data)
+            data = shard_bytes(seqs, self.dtype_name)
+            io.write_bytes_atomic(io.join(self.output, rel), data)
         per_lang: dict[str, int] = {}
         for _, t, lang in docs:
             per_lang[lang] = per_lang.get(lang, 0) + int(t.size)
@@ -113,21 +91,8 @@ class _WriteBucketFn(beam.DoFn):
 
 
 def _read_docs(path: str):
-    for batch in shards.iter_batches(path, ["id", "text", "lang"]):
-        cols = batch.to_pydict()
-        for doc_id, text, lang in zip(cols["id"], cols["text"], cols["lang"]):
-            yield {"id": doc_id, "text": text, "lang": lang}
-
-
-class _WriteStatsFn(beam.DoFn):
-    def __init__(self, output: str):
-        self.output = output
-
-    def process(self, item):
-        _, entries = item
-        entries = sorted(entries, key=lambda e: (e["split"], e["path"] or ""))
-        shards.write_json_atomic(shards.join(self.output, STATS_DIR, "buckets.json"), entries)
-        yield len(entries)
+    for doc_id, text, lang in iter_shard_rows(path, ["id", "text", "lang"]):
+        yield {"id": doc_id, "text": text, "lang": lang}
 
 
 @dataclass
@@ -137,53 +102,44 @@ class TokenizeResult:
     seconds: float
 
 
-def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig, beam_args: list[str] | None = None) -> TokenizeResult:
-    from tokenizer.train import TokenizerError, load
-
+def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
+                 beam_args: list[str] | None = None) -> TokenizeResult:
     t0 = time.time()
-    output = output.rstrip("/") if "://" in output else os.path.abspath(output)
-    manifest = shards.read_manifest(corpus)
+    output = output.rstrip("/") if io.is_remote(output) else os.path.abspath(output)
+    manifest = read_manifest(corpus)
     if manifest.get("kind") != "corpus":
         raise TokenizerError(f"{corpus} is not a corpus directory (manifest kind {manifest.get('kind')!r})")
     if not manifest["shards"]:
         raise TokenizerError(f"corpus {corpus} is empty (0 documents kept): nothing to tokenize")
     try:
-        shards.check_corpus_shards(corpus, manifest)
+        check_corpus_shards(corpus, manifest)
     except ValueError as e:
         raise TokenizerError(str(e)) from None
     sp = load(tokenizer)
-    model_path = shards.join(tokenizer, "tokenizer.model") if not tokenizer.endswith(".model") else tokenizer
-    with FileSystems.open(model_path, compression_type="uncompressed") as f:
-        model = f.read()
+    model_path = io.join(tokenizer, MODEL_FILE) if not tokenizer.endswith(".model") else tokenizer
+    model = io.read_bytes(model_path)
     vocab = sp.get_piece_size()
     dtype = token_dtype(vocab)
     total_chars = sum(s["bytes"] for s in manifest["shards"])  # an upper bound: file bytes ≥ text
     per_bucket = cfg.max_sequences_per_shard * (cfg.seq_len + 1)
     n_buckets = max(1, math.ceil(total_chars / CHARS_PER_TOKEN_ESTIMATE / per_bucket))
-    shards.write_bytes_atomic(shards.join(output, shards.OUTPUT_MARKER), b"gristmill token shards\n")
+    io.write_bytes_atomic(io.join(output, io.OUTPUT_MARKER), b"gristmill token shards\n")
 
-    p = beam.Pipeline(options=PipelineOptions(beam_args or []))
-    (
-        p
-        | "Shards" >> beam.Create(sorted(shards.join(corpus, s["path"]) for s in manifest["shards"]))
-        | "Spread" >> beam.Reshuffle()
-        | "ReadDocs" >> beam.FlatMap(_read_docs)
-        | "Encode" >> beam.ParDo(EncodeFn(model, cfg, n_buckets, sp.bos_id(), sp.eos_id()))
-        | "Bucket" >> beam.GroupByKey()
-        | "Pack" >> beam.ParDo(_WriteBucketFn(output, cfg.seq_len, np.dtype(dtype).name))
-        | "KeyStats" >> beam.Map(lambda e: ("buckets", e))
-        | "GatherStats" >> beam.GroupByKey()
-        | "WriteStats" >> beam.ParDo(_WriteStatsFn(output))
-    )
-    result = p.run()
-    try:
-        result.wait_until_finish()
-    finally:
-        if getattr(result, "client", None) is not None:
-            result.client.close()
+    def build(p):
+        buckets = (
+            p
+            | "Shards" >> beam.Create(sorted(io.join(corpus, s["path"]) for s in manifest["shards"]))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadDocs" >> beam.FlatMap(_read_docs)
+            | "Encode" >> beam.ParDo(EncodeFn(model, cfg, n_buckets, sp.bos_id(), sp.eos_id()))
+            | "Bucket" >> beam.GroupByKey()
+            | "Pack" >> beam.ParDo(_WriteBucketFn(output, cfg.seq_len, np.dtype(dtype).name))
+        )
+        return collect_stats("buckets", buckets, output)
 
-    entries = shards.read_json(shards.join(output, STATS_DIR, "buckets.json"))
-    FileSystems.delete([shards.join(output, STATS_DIR)])
+    run_pipeline(build, beam_args)
+    entries = sorted(read_stats(output, "buckets"), key=lambda e: (e["split"], e["path"] or ""))
+    remove_stats(output)
     splits = {}
     for split in SPLITS:
         es = [e for e in entries if e["split"] == split]
@@ -204,18 +160,18 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig, 
     if docs != manifest["counts"]["kept"]:
         raise RuntimeError(f"accounting error: tokenized {docs} documents, corpus has {manifest['counts']['kept']}")
     keep = {s["path"] for sp_ in splits.values() for s in sp_["shards"]}
-    stale = [r for r in shards.list_files(output, "train/") + shards.list_files(output, "val/") if r not in keep]
+    stale = [r for r in io.list_files(output, "train/") + io.list_files(output, "val/") if r not in keep]
     if stale:
-        FileSystems.delete([shards.join(output, r) for r in stale])
-    tok_meta_path = shards.join(tokenizer, "tokenizer_meta.json") if not tokenizer.endswith(".model") else None
+        io.delete([io.join(output, r) for r in stale])
+    tok_meta_path = io.join(tokenizer, "tokenizer_meta.json") if not tokenizer.endswith(".model") else None
     out = {
         "gristmill_version": __version__,
         "kind": "tokens",
         "corpus": corpus,
-        "corpus_manifest_sha256": hashlib.sha256(shards.json_bytes(manifest)).hexdigest(),
-        "tokenizer": os.path.abspath(tokenizer) if "://" not in tokenizer else tokenizer,
+        "corpus_manifest_sha256": hashlib.sha256(io.json_bytes(manifest)).hexdigest(),
+        "tokenizer": os.path.abspath(tokenizer) if not io.is_remote(tokenizer) else tokenizer,
         "tokenizer_model_sha256": hashlib.sha256(model).hexdigest(),
-        "tokenizer_meta": shards.read_json(tok_meta_path) if tok_meta_path and FileSystems.exists(tok_meta_path) else None,
+        "tokenizer_meta": io.read_json(tok_meta_path) if tok_meta_path and io.exists(tok_meta_path) else None,
         "vocab_size": vocab,
         "dtype": np.dtype(dtype).name,
         "seq_len": cfg.seq_len,
@@ -224,6 +180,6 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig, 
         "buckets": n_buckets,
         "splits": splits,
     }
-    path = shards.join(output, "manifest.json")
-    shards.write_json_atomic(path, out)
+    path = io.join(output, "manifest.json")
+    io.write_json_atomic(path, out)
     return TokenizeResult(out, path, time.time() - t0)

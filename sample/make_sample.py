@@ -5,7 +5,6 @@ and the end-to-end tests: Common Crawl WARC and WET, wget WARC, Dolma JSONL (gzi
 (zstd) and CCNet records as Parquet.
 """
 
-import gzip
 import json
 import shutil
 import sys

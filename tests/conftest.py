@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample" / "crawl"
+SAMPLE_GLOB = str(SAMPLE / "*")
 SHARED = Path(os.environ.get("GRISTMILL_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+#: the console script of the environment running the tests
+GRISTMILL = str(Path(sys.executable).parent / "gristmill")
+
+
+def cli_env() -> dict:
+    """The environment for a command a test runs: no RAY_ADDRESS (each test's Ray is its own)."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_cli(*args, cwd=REPO, timeout: int = 300, check: bool = False, env: dict | None = None):
+    """Run ``gristmill ARGS``; with ``check``, fail the test (showing the output's end) unless it exits 0."""
+    r = subprocess.run([GRISTMILL, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                       env=env or cli_env())
+    if check:
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return r
 
 
 def shared(rel: str) -> Path:
@@ -26,19 +48,16 @@ def sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def default_cfg():
-    from pipelines.config import GristmillConfig
+    from gristmill.config import GristmillConfig
 
     return GristmillConfig()
-
-
-DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
     """The sample crawl through the corpus pipeline with the demo config (shared by the tokenizer and trainer tests)."""
-    from pipelines.config import load_config
-    from pipelines.corpus import run_corpus
+    from gristmill.config import load_config
+    from gristmill.pipelines.corpus import run_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "c"
     run_corpus([str(SAMPLE / "*")], str(out), load_config(DEMO_CONFIG), ["--runner", "DirectRunner"], progress=False)
@@ -47,8 +66,8 @@ def demo_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_tokenizer(demo_corpus, tmp_path_factory):
-    from pipelines.config import load_config
-    from tokenizer.train import train_tokenizer
+    from gristmill.config import load_config
+    from gristmill.tokenizer.train import train_tokenizer
 
     out = tmp_path_factory.mktemp("tok") / "t"
     train_tokenizer(str(demo_corpus), str(out), load_config(DEMO_CONFIG).tokenizer)
@@ -58,8 +77,8 @@ def demo_tokenizer(demo_corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_tokens64(demo_corpus, demo_tokenizer, tmp_path_factory):
     """The demo corpus as token shards of 64 + 1 tokens (quick to train on)."""
-    from pipelines.config import load_config
-    from pipelines.tokenize import run_tokenize
+    from gristmill.config import load_config
+    from gristmill.pipelines.tokenize import run_tokenize
 
     out = tmp_path_factory.mktemp("tokens") / "k"
     cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=64"]).tokenize

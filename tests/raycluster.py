@@ -68,7 +68,7 @@ class TwoNodeCluster:
         env.update(extra)
         return env
 
-    def start(self) -> "TwoNodeCluster":
+    def start(self) -> TwoNodeCluster:
         ns = ["ip", "netns", "exec", self.netns]
         _run(["ip", "netns", "add", self.netns])
         _run(["ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns])
@@ -92,7 +92,8 @@ class TwoNodeCluster:
 
     def nodes_alive(self) -> int:
         code = "import ray; ray.init(); print(sum(n['Alive'] for n in ray.nodes()))"
-        out = _run([str(BIN / "python"), "-c", code], env=self.env(RAY_ADDRESS=f"{self.head_ip}:{self.gcs_port}"), timeout=120)
+        env = self.env(RAY_ADDRESS=f"{self.head_ip}:{self.gcs_port}")
+        out = _run([str(BIN / "python"), "-c", code], env=env, timeout=120)
         return int(out.stdout.strip().splitlines()[-1])
 
     def _our_pids(self) -> list[int]:

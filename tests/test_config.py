@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import ConfigError, GristmillConfig, load_config
+from gristmill.config import ConfigError, GristmillConfig, load_config
 
 from .conftest import REPO
 

@@ -6,26 +6,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from .conftest import REPO, shared
+from .conftest import GRISTMILL, REPO, run_cli, shared
 
 pytestmark = pytest.mark.slow
 
-GRISTMILL = str(Path(sys.executable).parent / "gristmill")
-
-
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    r = subprocess.run([GRISTMILL, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    return r
+    return run_cli(*args, timeout=timeout, check=True)
 
 
 def _yaml(path: Path, tree: dict) -> str:
@@ -53,7 +45,8 @@ def pretrained(demo_tokens64, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sft_checkpoint(pretrained, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sft")
-    files = [str(REPO / "sample/sft/oasst_en_100_rank0_conversations.jsonl"), str(REPO / "sample/sft/self_instruct_seed_tasks.jsonl")]
+    files = [str(REPO / "sample/sft" / name)
+             for name in ("oasst_en_100_rank0_conversations.jsonl", "self_instruct_seed_tasks.jsonl")]
     cfg = _yaml(root / "sft.yaml", {"sft": {"init_checkpoint": str(pretrained), "files": files, "seq_len": 64,
                                             **_loop(root / "runs", "sft", max_steps=20, warmup_steps=2, lr=1e-3,
                                                     eval_every=10, checkpoint_every=10)}})
@@ -75,15 +68,17 @@ def test_sft_checkpoint_generates_a_chat_answer_the_same_with_and_without_cache(
     uncached = _run(*args, "--no-cache").stdout
     assert cached == uncached
     # the same at the token level, through the chat template (a model this small may well answer in whitespace)
-    from trainer.checkpoint import load_model
-    from trainer.finetune_data import encode_chat
-    from trainer.generate import SamplingConfig, generate_ids, load_tokenizer
+    from gristmill.trainer.checkpoint import load_model
+    from gristmill.trainer.finetune_data import encode_chat
+    from gristmill.trainer.generate import SamplingConfig, generate_ids, load_tokenizer
 
     model, sp = load_model(sft_checkpoint), load_tokenizer(sft_checkpoint)
     prompt = encode_chat(sp, [{"role": "user", "content": "Name three grains."}], add_generation_prompt=True)[0]
-    runs = [list(generate_ids(model, prompt, SamplingConfig(max_new_tokens=30, temperature=0, use_cache=c))) for c in (True, False)]
+    runs = [list(generate_ids(model, prompt, SamplingConfig(max_new_tokens=30, temperature=0, use_cache=c)))
+            for c in (True, False)]
     assert runs[0] == runs[1] and len(runs[0]) > 0
-    sampled = _run("generate", "--checkpoint", str(sft_checkpoint), "The mill", "--max-new-tokens", "16", "--seed", "3").stdout
+    sampled = _run("generate", "--checkpoint", sft_checkpoint, "The mill", "--max-new-tokens", "16", "--seed", "3")
+    sampled = sampled.stdout
     assert sampled.startswith("The mill")
 
 
@@ -91,7 +86,7 @@ def test_export_to_transformers_gives_the_same_logits_and_ids(sft_checkpoint, tm
     import sentencepiece as spm
     import transformers
 
-    from trainer.checkpoint import load_model
+    from gristmill.trainer.checkpoint import load_model
 
     out = tmp_path / "hf"
     _run("export-hf", "--checkpoint", str(sft_checkpoint), "--output", str(out))
@@ -100,7 +95,8 @@ def test_export_to_transformers_gives_the_same_logits_and_ids(sft_checkpoint, tm
     assert type(hf).__name__ == "LlamaForCausalLM"
     sp = spm.SentencePieceProcessor(model_file=str(sft_checkpoint / "tokenizer.model"))
     native = load_model(sft_checkpoint)
-    texts = [json.loads(x)["text"][:300] for x in open(shared("web/oscar2019_hf_dummy_multilingual.jsonl")).readlines()[:40]]
+    lines = open(shared("web/oscar2019_hf_dummy_multilingual.jsonl")).readlines()[:40]
+    texts = [json.loads(x)["text"][:300] for x in lines]
     for text in texts:
         ids = sp.encode(text)
         assert tok(text)["input_ids"] == ids
@@ -111,7 +107,7 @@ def test_export_to_transformers_gives_the_same_logits_and_ids(sft_checkpoint, tm
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     # the exported template gives the ids fine-tuning trained on (encoded there segment by segment)
-    from trainer.finetune_data import encode_chat, read_conversations
+    from gristmill.trainer.finetune_data import encode_chat, read_conversations
 
     convs = read_conversations([REPO / "sample/sft/oasst_en_100_rank0_conversations.jsonl",
                                 REPO / "sample/sft/self_instruct_seed_tasks.jsonl"])
@@ -123,8 +119,9 @@ def test_export_to_transformers_gives_the_same_logits_and_ids(sft_checkpoint, tm
 
 def test_eval_reports_perplexity_and_multiple_choice(pretrained, demo_tokens64, tmp_path):
     report = tmp_path / "eval.json"
-    _run("eval", "--checkpoint", str(pretrained), "--data", str(demo_tokens64), "--mc",
-         str(REPO / "sample/eval/genesis_next_sentence_mc.jsonl"), "--shots", "2", "--limit", "20", "--output", str(report))
+    mc = REPO / "sample/eval/genesis_next_sentence_mc.jsonl"
+    _run("eval", "--checkpoint", pretrained, "--data", demo_tokens64, "--mc", mc, "--shots", "2", "--limit", "20",
+         "--output", report)
     r = json.loads(report.read_text())
     # the same number the training loop logged for the whole val split at its last step
     in_loop = json.loads((pretrained / "trainer_state.json").read_text())["metrics"]["val_loss"]
@@ -137,8 +134,9 @@ def test_classification_fine_tuning_learns_languages(pretrained, tmp_path):
     cfg = _yaml(tmp_path / "cls.yaml", {"finetune_cls": {
         "init_checkpoint": str(pretrained), "files": [str(shared("lid/lingua_testdata_sentences.tsv"))],
         "text_field": "text", "label_field": "lang", "labels": ["de", "en", "fr", "sv"], "max_examples_per_label": 200,
-        "val_fraction": 0.25, "seq_len": 48, **_loop(tmp_path / "runs", "cls", max_steps=60, warmup_steps=5, lr=2e-3,
-                                                     eval_every=60, checkpoint_every=60, batch_size=16, micro_batch_size=16)}})
+        "val_fraction": 0.25, "seq_len": 48,
+        **_loop(tmp_path / "runs", "cls", max_steps=60, warmup_steps=5, lr=2e-3, eval_every=60, checkpoint_every=60,
+                batch_size=16, micro_batch_size=16)}})
     r = _run("finetune-cls", "--config", cfg)
     assert "val_accuracy" in r.stdout
     metrics = [json.loads(x) for x in (tmp_path / "runs" / "cls" / "metrics.jsonl").read_text().splitlines()]
@@ -151,8 +149,8 @@ def test_classification_fine_tuning_learns_languages(pretrained, tmp_path):
 
 def test_a_resubmitted_sft_run_resumes_from_its_own_checkpoint(pretrained, tmp_path):
     files = [str(REPO / "sample/sft/self_instruct_seed_tasks.jsonl")]
-    tree = {"sft": {"init_checkpoint": str(pretrained), "files": files, "seq_len": 64,
-                    **_loop(tmp_path / "runs", "again", max_steps=6, warmup_steps=2, eval_every=100, checkpoint_every=3)}}
+    loop = _loop(tmp_path / "runs", "again", max_steps=6, warmup_steps=2, eval_every=100, checkpoint_every=3)
+    tree = {"sft": {"init_checkpoint": str(pretrained), "files": files, "seq_len": 64, **loop}}
     _run("sft", "--config", _yaml(tmp_path / "a.yaml", tree))
     tree["sft"]["max_steps"] = 9
     _run("sft", "--config", _yaml(tmp_path / "b.yaml", tree))

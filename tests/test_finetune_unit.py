@@ -10,8 +10,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from trainer.evaluate import _shots, choice_logprobs, read_mc
-from trainer.finetune_data import (
+from gristmill.trainer.evaluate import _shots, choice_logprobs, read_mc
+from gristmill.trainer.finetune_data import (
     IGNORE,
     FinetuneDataError,
     build_sft,
@@ -21,8 +21,8 @@ from trainer.finetune_data import (
     read_conversations,
     to_messages,
 )
-from trainer.generate import SamplingConfig, _filter, generate_ids
-from trainer.model import GPT, ModelArgs
+from gristmill.trainer.generate import SamplingConfig, _filter, generate_ids
+from gristmill.trainer.model import GPT, ModelArgs
 
 from .conftest import REPO, shared
 
@@ -34,13 +34,14 @@ SFT_FILES = ("oasst_en_100_rank0_conversations.jsonl", "oasst_en_100_tree.jsonl"
 @pytest.fixture(scope="module")
 def sp():
     """A real SentencePiece model with the ChatML pieces, trained in a second on real SFT text."""
-    text = "\n".join(m["content"] for _, msgs in read_conversations([REPO / "sample/sft/oasst_en_100_rank0_conversations.jsonl"])
-                     for m in msgs)
+    conversations = read_conversations([REPO / "sample/sft/oasst_en_100_rank0_conversations.jsonl"])
+    text = "\n".join(m["content"] for _, msgs in conversations for m in msgs)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=600,
                                    model_type="bpe", user_defined_symbols=["<|im_start|>", "<|im_end|>"], pad_id=3,
                                    add_dummy_prefix=False, byte_fallback=True, minloglevel=2,
-                                   normalization_rule_name="identity", remove_extra_whitespaces=False)  # as tokenizer/train.py
+                                   # as tokenizer/train.py trains
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False)
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
@@ -56,7 +57,8 @@ def test_every_shared_sft_file_reads_as_conversations(name):
 def test_oasst_tree_follows_the_best_ranked_reply():
     tree = {"prompt": {"role": "prompter", "text": "Q", "replies": [
         {"role": "assistant", "text": "second", "rank": 1, "replies": []},
-        {"role": "assistant", "text": "best", "rank": 0, "replies": [{"role": "prompter", "text": "more?", "replies": []}]}]}}
+        {"role": "assistant", "text": "best", "rank": 0,
+         "replies": [{"role": "prompter", "text": "more?", "replies": []}]}]}}
     assert to_messages(tree) == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "best"}]
     with pytest.raises(FinetuneDataError, match="unknown record format"):
         to_messages({"foo": 1})

@@ -7,10 +7,10 @@ from collections import defaultdict
 
 import pytest
 
-from pipelines import langid
-from pipelines.clean import Cleaner
-from pipelines.config import GristmillConfig, LangIdConfig, load_config
-from pipelines.documents import new_document
+from gristmill.config import GristmillConfig, LangIdConfig, load_config
+from gristmill.documents import new_document
+from gristmill.pipelines import langid
+from gristmill.pipelines.clean import Cleaner
 
 from .conftest import shared
 

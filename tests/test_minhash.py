@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 from datasketch.lsh import _optimal_param
 
-from dedupe import minhash as mh
+from gristmill.dedupe import minhash as mh
 
 from .conftest import shared
 
 
 @pytest.fixture(scope="module")
 def web_texts():
-    texts = [json.loads(line)["text"] for line in gzip.open(shared("web/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"), "rt", encoding="utf-8")]
+    dolma = shared("web/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
+    with gzip.open(dolma, "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
     with open(shared("web/oscar2019_hf_dummy_multilingual.jsonl"), encoding="utf-8") as f:
         texts += [json.loads(line)["text"] for line in f if line.strip()]
     return texts

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from pipelines.config import ReadConfig
-from pipelines.readers import FileStats, InputError, detect_format, probe, read_file
+from gristmill.config import ReadConfig
+from gristmill.pipelines.readers import FileStats, InputError, detect_format, probe, read_file
 
 from . import badinputs
 from .conftest import SAMPLE, shared
@@ -151,5 +151,6 @@ def test_probe_accepts_every_sample_file():
 
 
 def test_probe_accepts_shared_web_files():
-    for name in ("resiliparse_CC-MAIN-2020-34_excerpt.warc.gz", "dolma_wget_sample-0001.warc.gz", "oscar2019_hf_dummy_multilingual.jsonl"):
+    for name in ("resiliparse_CC-MAIN-2020-34_excerpt.warc.gz", "dolma_wget_sample-0001.warc.gz",
+                 "oscar2019_hf_dummy_multilingual.jsonl"):
         assert probe(str(shared(f"web/{name}")), ReadConfig())[1] is None

@@ -9,35 +9,37 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines.config import load_config
-from pipelines.corpus import run_corpus
-from pipelines.refresh_index import PublishedCorpus, RefreshError
-from pipelines.shards import open_corpus
+from gristmill.config import load_config
+from gristmill.documents import open_corpus
+from gristmill.pipelines.corpus import run_corpus
+from gristmill.pipelines.refresh_index import PublishedCorpus, RefreshError
 
-from .conftest import REPO, SAMPLE
+from .conftest import DEMO_CONFIG, SAMPLE
 
 pytestmark = pytest.mark.slow
 
-DEMO = REPO / "configs" / "demo.yaml"
 FIRST_CRAWL = [str(SAMPLE / "dolma-cc-main-2019-30.jsonl.gz"), str(SAMPLE / "oscar-2019-multilingual.jsonl.zst")]
 SECOND_CRAWL = [str(SAMPLE / "*")]  # overlaps the first completely, plus new files
 
 
 def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def refresh(published: Path, out: Path, inputs=None, cfg=None):
     corpus = PublishedCorpus.open(str(published))
     cfg = cfg or corpus.default_config()
     corpus.check_compatible(cfg)
-    return run_corpus(inputs or SECOND_CRAWL, str(out), cfg, ["--runner", "DirectRunner"], progress=False, published=corpus).manifest
+    result = run_corpus(inputs or SECOND_CRAWL, str(out), cfg, ["--runner", "DirectRunner"], progress=False,
+                        published=corpus)
+    return result.manifest
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     out = tmp_path_factory.mktemp("v1") / "corpus"
-    run_corpus(FIRST_CRAWL, str(out), load_config(DEMO), ["--runner", "DirectRunner"], progress=False)
+    run_corpus(FIRST_CRAWL, str(out), load_config(DEMO_CONFIG), ["--runner", "DirectRunner"], progress=False)
     return out
 
 
@@ -90,8 +92,10 @@ def test_the_same_refresh_twice_gives_the_same_result(published, refreshed, tmp_
     a, b = digest_tree(out), digest_tree(again)
     differ = {k for k in a if a[k] != b.get(k)}
     assert differ <= {"manifest.json", "versions.json"}  # they name their own directory
-    strip = lambda m: {k: v for k, v in m.items() if k != "versions"}  # noqa: E731
-    assert strip(json.loads((out / "manifest.json").read_text())) == strip(json.loads((again / "manifest.json").read_text()))
+    def without_versions(directory: Path) -> dict:
+        return {k: v for k, v in json.loads((directory / "manifest.json").read_text()).items() if k != "versions"}
+
+    assert without_versions(out) == without_versions(again)
 
 
 def test_a_chain_of_refreshes(published, refreshed, tmp_path):
@@ -103,7 +107,9 @@ def test_a_chain_of_refreshes(published, refreshed, tmp_path):
 
 def test_published_corpus_without_index_is_refused(tmp_path):
     out = tmp_path / "noindex"
-    run_corpus([str(SAMPLE / "ccnet-cc-main-2020-16.parquet")], str(out), load_config(DEMO, ["near_dedup.enabled=false"]), ["--runner", "DirectRunner"], progress=False)
+    cfg = load_config(DEMO_CONFIG, ["near_dedup.enabled=false"])
+    run_corpus([str(SAMPLE / "ccnet-cc-main-2020-16.parquet")], str(out), cfg, ["--runner", "DirectRunner"],
+               progress=False)
     with pytest.raises(RefreshError, match="has no LSH index"):
         PublishedCorpus.open(str(out))
     with pytest.raises(RefreshError, match="no manifest.json"):
@@ -113,9 +119,9 @@ def test_published_corpus_without_index_is_refused(tmp_path):
 def test_different_minhash_configuration_is_refused_naming_the_difference(published):
     corpus = PublishedCorpus.open(str(published))
     with pytest.raises(RefreshError, match=r"near_dedup.num_perm: published 256, this run 128"):
-        corpus.check_compatible(load_config(DEMO, ["near_dedup.num_perm=128"]))
+        corpus.check_compatible(load_config(DEMO_CONFIG, ["near_dedup.num_perm=128"]))
     with pytest.raises(RefreshError, match=r"bands × rows"):
-        corpus.check_compatible(load_config(DEMO, ["near_dedup.threshold=0.5"]))
+        corpus.check_compatible(load_config(DEMO_CONFIG, ["near_dedup.threshold=0.5"]))
 
 
 def test_missing_index_file_is_refused(published, tmp_path):

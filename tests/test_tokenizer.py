@@ -6,24 +6,24 @@ import csv
 import gzip
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from pipelines.config import load_config
-from pipelines.corpus import run_corpus
-from pipelines.tokenize import open_sequences, pack, run_tokenize
-from tokenizer.train import TokenizerError, load, train_tokenizer
+from gristmill.config import load_config
+from gristmill.documents import open_corpus
+from gristmill.pipelines.corpus import run_corpus
+from gristmill.pipelines.tokenize import run_tokenize
+from gristmill.tokenizer.tokens import open_sequences, pack
+from gristmill.tokenizer.train import TokenizerError, load, train_tokenizer
 
-from .conftest import REPO, SAMPLE, shared
+from .conftest import DEMO_CONFIG, SAMPLE, run_cli, shared
+
+DIRECT = ["--runner", "DirectRunner"]
+PARQUET = [str(SAMPLE / "ccnet-cc-main-2020-16.parquet")]
 
 pytestmark = pytest.mark.slow
 
-DEMO = REPO / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,11 @@ def tok(demo_tokenizer):
 
 
 def test_training_is_deterministic_and_writes_every_file(corpus, tok, tmp_path):
-    for name in ("tokenizer.model", "tokenizer.vocab", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer_meta.json"):
+    for name in ("tokenizer.model", "tokenizer.vocab", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "tokenizer_meta.json"):
         assert (tok / name).is_file(), name
     again = tmp_path / "again"
-    train_tokenizer(str(corpus), str(again), load_config(DEMO).tokenizer)
+    train_tokenizer(str(corpus), str(again), load_config(DEMO_CONFIG).tokenizer)
     assert (again / "tokenizer.model").read_bytes() == (tok / "tokenizer.model").read_bytes()
     meta = json.loads((tok / "tokenizer_meta.json").read_text())
     assert meta["vocab_size"] == 8000 and meta["documents"] > 500 and len(meta["corpus_manifest_sha256"]) == 64
@@ -52,14 +53,16 @@ def test_training_is_deterministic_and_writes_every_file(corpus, tok, tmp_path):
 
 
 def test_language_weights_sample_documents(corpus, tmp_path):
-    cfg = load_config(DEMO, ["tokenizer.language_weights={en: 0.0}", "tokenizer.vocab_size=6000"]).tokenizer
+    cfg = load_config(DEMO_CONFIG, ["tokenizer.language_weights={en: 0.0}", "tokenizer.vocab_size=6000"]).tokenizer
     meta = train_tokenizer(str(corpus), str(tmp_path / "t"), cfg).meta
     assert "en" not in meta["languages"] and meta["documents_skipped_by_language_weight"] > 50
 
 
 def _real_texts() -> list[str]:
-    texts = [json.loads(line)["text"] for line in open(shared("web/oscar2019_hf_dummy_multilingual.jsonl"), encoding="utf-8")]
-    with gzip.open(shared("web/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"), "rt", encoding="utf-8") as f:
+    with open(shared("web/oscar2019_hf_dummy_multilingual.jsonl"), encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    dolma = shared("web/dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
+    with gzip.open(dolma, "rt", encoding="utf-8") as f:
         texts += [json.loads(line)["text"] for line in f]
     with open(shared("lid/lingua_testdata_sentences.tsv"), encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -74,7 +77,9 @@ def test_tokenizer_json_encodes_identically(tok):
     hf = Tokenizer.from_file(str(tok / "tokenizer.json"))
     texts = _real_texts()
     assert len(texts) > 1500 and len({t[:2] for t in texts}) > 100  # many languages and scripts
-    for text in texts + ["नमस्ते १२३४ and 1234", "ျပည္ နဲ႔ ၁၂၃", "  leading spaces", "<|im_start|>user\nhi<|im_end|>", "x<|im_end|>y", "tab\tand\nnewline", ""]:
+    edge_cases = ["नमस्ते १२३४ and 1234", "ျပည္ နဲ႔ ၁၂၃", "  leading spaces", "<|im_start|>user\nhi<|im_end|>",
+                  "x<|im_end|>y", "tab\tand\nnewline", ""]
+    for text in texts + edge_cases:
         assert hf.encode(text, add_special_tokens=False).ids == sp.encode(text), text[:80]
         assert hf.decode(sp.encode(text), skip_special_tokens=False) == sp.decode(sp.encode(text))
 
@@ -99,7 +104,7 @@ def test_transformers_loads_it_with_the_chat_template(tok):
 @pytest.fixture(scope="module")
 def tokens(corpus, tok, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokens") / "k"
-    cfg = load_config(DEMO, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000"]).tokenize
+    cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000"]).tokenize
     return out, run_tokenize(str(corpus), str(tok), str(out), cfg, ["--runner", "DirectRunner"]).manifest
 
 
@@ -132,14 +137,14 @@ def test_sequences_are_documents_joined_by_eos_in_id_order(corpus, tok, tokens):
     seqs = open_sequences(str(out / m["splits"]["val"]["shards"][0]["path"]))
     stream = seqs.reshape(-1).tolist()
     first_doc = stream[: stream.index(sp.eos_id())]
-    texts = {r["id"]: r["text"] for r in __import__("pipelines.shards", fromlist=["open_corpus"]).open_corpus(str(corpus)).to_table().to_pylist()}
+    texts = {r["id"]: r["text"] for r in open_corpus(str(corpus)).to_table().to_pylist()}
     assert sp.decode(first_doc) in texts.values()
     assert stream.count(sp.eos_id()) >= 2
 
 
 def test_tokenize_is_deterministic(corpus, tok, tokens, tmp_path):
     out, m = tokens
-    cfg = load_config(DEMO, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000"]).tokenize
+    cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000"]).tokenize
     again = run_tokenize(str(corpus), str(tok), str(tmp_path / "again"), cfg, ["--runner", "DirectRunner"]).manifest
     assert again["splits"] == m["splits"]
 
@@ -157,18 +162,20 @@ def test_pack_cuts_and_counts():
 
 def test_empty_corpus_is_a_clear_error(tmp_path):
     empty = tmp_path / "empty"
-    run_corpus([str(SAMPLE / "ccnet-cc-main-2020-16.parquet")], str(empty), load_config(DEMO, ["langid.keep=[xx]"]), ["--runner", "DirectRunner"], progress=False)
+    run_corpus(PARQUET, str(empty), load_config(DEMO_CONFIG, ["langid.keep=[xx]"]), DIRECT, progress=False)
     with pytest.raises(TokenizerError, match="is empty"):
-        train_tokenizer(str(empty), str(tmp_path / "t"), load_config(DEMO).tokenizer)
+        train_tokenizer(str(empty), str(tmp_path / "t"), load_config(DEMO_CONFIG).tokenizer)
 
 
 def test_vocab_the_data_cannot_support(corpus, tmp_path):
     with pytest.raises(TokenizerError, match=r"vocab_size=1000 is too small.*Raise tokenizer.vocab_size"):
-        train_tokenizer(str(corpus), str(tmp_path / "t"), load_config(DEMO, ["tokenizer.vocab_size=1000"]).tokenizer)
+        train_tokenizer(str(corpus), str(tmp_path / "t"),
+                        load_config(DEMO_CONFIG, ["tokenizer.vocab_size=1000"]).tokenizer)
     small = tmp_path / "small"
-    run_corpus([str(SAMPLE / "ccnet-cc-main-2020-16.parquet")], str(small), load_config(DEMO), ["--runner", "DirectRunner"], progress=False)
+    run_corpus(PARQUET, str(small), load_config(DEMO_CONFIG), DIRECT, progress=False)
     with pytest.raises(TokenizerError, match=r"cannot support tokenizer.vocab_size=60000.*Lower tokenizer.vocab_size"):
-        train_tokenizer(str(small), str(tmp_path / "t2"), load_config(DEMO, ["tokenizer.vocab_size=60000"]).tokenizer)
+        train_tokenizer(str(small), str(tmp_path / "t2"),
+                        load_config(DEMO_CONFIG, ["tokenizer.vocab_size=60000"]).tokenizer)
 
 
 def test_shard_with_unexpected_schema(corpus, tokens, tmp_path, tok):
@@ -179,9 +186,9 @@ def test_shard_with_unexpected_schema(corpus, tokens, tmp_path, tok):
     out, tm = tokens
     shutil.copy(out / tm["splits"]["train"]["shards"][0]["path"], victim)  # a token shard where text should be
     with pytest.raises(TokenizerError, match=r"unexpected schema: no column\(s\) \['id', 'text', 'lang'\]"):
-        train_tokenizer(str(broken), str(tmp_path / "t"), load_config(DEMO).tokenizer)
+        train_tokenizer(str(broken), str(tmp_path / "t"), load_config(DEMO_CONFIG).tokenizer)
     with pytest.raises(TokenizerError, match=str(victim.name)):
-        run_tokenize(str(broken), str(tok), str(tmp_path / "k"), load_config(DEMO).tokenize, ["--runner", "DirectRunner"])
+        run_tokenize(str(broken), str(tok), str(tmp_path / "k"), load_config(DEMO_CONFIG).tokenize, DIRECT)
 
 
 def test_not_a_sentencepiece_model(tmp_path):
@@ -194,12 +201,10 @@ def test_not_a_sentencepiece_model(tmp_path):
 
 
 def test_cli_encode_decode(tok):
-    exe = str(Path(sys.executable).parent / "gristmill")
-    enc = subprocess.run([exe, "tokenizer", "encode", "--tokenizer", str(tok), "The old mill"], capture_output=True, text=True, check=True)
-    ids = enc.stdout.split()
-    dec = subprocess.run([exe, "tokenizer", "decode", "--tokenizer", str(tok), *ids], capture_output=True, text=True, check=True)
+    ids = run_cli("tokenizer", "encode", "--tokenizer", tok, "The old mill", check=True).stdout.split()
+    dec = run_cli("tokenizer", "decode", "--tokenizer", tok, *ids, check=True)
     assert dec.stdout.strip() == "The old mill"
-    pieces = subprocess.run([exe, "tokenizer", "encode", "--pieces", "--tokenizer", str(tok), "The old mill"], capture_output=True, text=True, check=True)
+    pieces = run_cli("tokenizer", "encode", "--pieces", "--tokenizer", tok, "The old mill", check=True)
     assert "▁old" in pieces.stdout
-    bad = subprocess.run([exe, "tokenizer", "encode", "--tokenizer", "/nonexistent", "x"], capture_output=True, text=True)
+    bad = run_cli("tokenizer", "encode", "--tokenizer", "/nonexistent", "x")
     assert bad.returncode == 2 and "no SentencePiece model" in bad.stderr

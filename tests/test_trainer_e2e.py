@@ -16,13 +16,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from .conftest import REPO
+from .conftest import GRISTMILL, REPO, cli_env
 from .raycluster import TwoNodeCluster, can_make_netns
 
 pytestmark = pytest.mark.slow
-
-GRISTMILL = str(Path(sys.executable).parent / "gristmill")
-
 
 @pytest.fixture(scope="module")
 def tokens(demo_tokens64):
@@ -41,15 +38,9 @@ def _config(tmp_path: Path, tokens: Path, name: str, **pretrain) -> Path:
     return path
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 def _pretrain(config: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([GRISTMILL, "pretrain", "--config", str(config)], capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+                          timeout=timeout, env=cli_env())
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -79,7 +70,7 @@ def _ray_registered_checkpoint(run_dir: Path) -> int:
 def _run_and_kill(config: Path, run_dir: Path, after_step: int, kill, ray_checkpoint: bool = False) -> subprocess.Popen:
     """Start a run, wait until it has logged ``after_step`` past a checkpoint, then call ``kill(proc)``."""
     proc = subprocess.Popen([GRISTMILL, "pretrain", "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, env=cli_env(), start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:
         steps = [m["step"] for m in _metrics(run_dir) if "loss" in m]
@@ -191,7 +182,8 @@ def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, tokens):
         def submit(config: Path) -> None:
             r = subprocess.run(
                 [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.address,
-                 "--working-dir", str(REPO), "--", "python", "-m", "trainer.pretrain", "--config", str(config)],
+                 "--working-dir", str(REPO), "--",
+                 "python", "-m", "gristmill.trainer.pretrain", "--config", str(config)],
                 capture_output=True, text=True, timeout=400, env=cluster.env(),
             )
             assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-5000:]

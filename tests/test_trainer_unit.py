@@ -11,11 +11,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipelines.config import ModelConfig, PretrainConfig, load_config
-from trainer import checkpoint as ckpt
-from trainer.data import BatchPlan, DataError, SampleStream, TokenSplit, micro_batch_start, val_indices
-from trainer.loop import lr_at
-from trainer.model import GPT, KVCache, ModelArgs, flops_per_token, resolve_model_args
+from gristmill.config import ModelConfig, PretrainConfig, load_config
+from gristmill.tokenizer.tokens import TokenDataError, TokenSplit
+from gristmill.trainer import checkpoint as ckpt
+from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_batch_start, val_indices
+from gristmill.trainer.loop import lr_at
+from gristmill.trainer.model import GPT, KVCache, ModelArgs, flops_per_token, lm_loss, resolve_model_args
 
 
 def _args(**kw) -> ModelArgs:
@@ -89,13 +90,15 @@ def test_loss_is_mean_cross_entropy_and_ignores_minus_100():
     x = torch.randint(0, 300, (2, 8))
     t = x.roll(-1, 1)
     with torch.no_grad():
-        logits, loss = model(x, t)
+        logits = model(x)
+        loss = lm_loss(logits, t)
         t2 = t.clone()
         t2[:, :4] = -100
-        _, loss2 = model(x, t2)
+        loss2 = lm_loss(logits, t2)
     ref = torch.nn.functional.cross_entropy(logits.view(-1, 320), t.view(-1))
     assert torch.allclose(loss, ref)
-    assert torch.allclose(loss2, torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 320), t[:, 4:].reshape(-1)))
+    second_half = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 320), t[:, 4:].reshape(-1))
+    assert torch.allclose(loss2, second_half)
     assert abs(float(loss) - math.log(320)) < 0.5  # a fresh model is close to uniform
 
 
@@ -134,7 +137,8 @@ def test_resume_position_continues_the_same_stream():
     stream = SampleStream(37, seed=0)
     whole = [stream.indices(micro_batch_start(s, m, r, plan), 4) for s in range(10) for m in range(1) for r in range(2)]
     resumed_stream = SampleStream(37, seed=0)  # a new process: nothing carried over but the step
-    tail = [resumed_stream.indices(micro_batch_start(s, m, r, plan), 4) for s in range(6, 10) for m in range(1) for r in range(2)]
+    tail = [resumed_stream.indices(micro_batch_start(s, m, r, plan), 4)
+            for s in range(6, 10) for m in range(1) for r in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(whole[12:], tail))
 
 
@@ -161,7 +165,8 @@ def _write_token_dir(path, n_train=5, n_val=2, seq_len=8):
         with pa.ipc.new_file(str(path / split / "part-00000.arrow"), table.schema) as w:
             w.write_table(table)
         splits[split] = {"sequences": n, "shards": [{"path": f"{split}/part-00000.arrow", "sequences": n}]}
-    (path / "manifest.json").write_text(json.dumps({"kind": "tokens", "seq_len": seq_len, "vocab_size": 50, "splits": splits}))
+    manifest = {"kind": "tokens", "seq_len": seq_len, "vocab_size": 50, "splits": splits}
+    (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
 
@@ -170,7 +175,7 @@ def test_token_split_reads_rows_across_shards(tmp_path):
     train = TokenSplit(d, "train")
     assert len(train) == 5 and train.rows(np.array([4, 0])).shape == (2, 9)
     assert train.rows(np.array([1]))[0, 0] == 9
-    with pytest.raises(DataError, match="gristmill tokenize"):
+    with pytest.raises(TokenDataError, match="gristmill tokenize"):
         TokenSplit(tmp_path, "train")
 
 
@@ -191,12 +196,12 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     model = GPT(_args())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, 300, (2, 16))
-    model(x, x)[1].backward()
+    lm_loss(model(x), x).backward()
     opt.step()
     msd, osd = ckpt.full_state(model, opt)
     rng = ckpt.gather_rng()
-    path = ckpt.save_checkpoint(tmp_path / "checkpoint_00000001", msd, osd, rng, {"step": 1, "samples": 2, "tokens_seen": 32},
-                                model.args, {"k": 1}, None)
+    state = {"step": 1, "samples": 2, "tokens_seen": 32}
+    path = ckpt.save_checkpoint(tmp_path / "checkpoint_00000001", msd, osd, rng, state, model.args, {"k": 1}, None)
     expected_next = torch.rand(3)
     assert ckpt.is_complete(path) and ckpt.latest_checkpoint(tmp_path) == path
     assert not (tmp_path / "checkpoint_00000001.tmp").exists()
@@ -221,8 +226,8 @@ def test_loading_refuses_pickled_objects(tmp_path):
     model = GPT(_args())
     opt = torch.optim.AdamW(model.parameters())
     msd, osd = ckpt.full_state(model, opt)
-    path = ckpt.save_checkpoint(tmp_path / "c", msd, osd, ckpt.gather_rng(), {"step": 0, "samples": 0, "tokens_seen": 0},
-                                model.args, {}, None)
+    state = {"step": 0, "samples": 0, "tokens_seen": 0}
+    path = ckpt.save_checkpoint(tmp_path / "c", msd, osd, ckpt.gather_rng(), state, model.args, {}, None)
 
     class Evil:
         def __reduce__(self):

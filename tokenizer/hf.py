@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from pipelines import shards
+from gristmill import io
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -53,9 +53,11 @@ def build_tokenizer(model_proto: bytes, meta: dict):
     }
     unk = opts["unk_piece"]
     if opts["model_type"] == "bpe":
-        model = BPE(vocab=vocab, merges=_merges(sp, vocab, normal), unk_token=unk, fuse_unk=True, byte_fallback=opts["byte_fallback"])
+        model = BPE(vocab=vocab, merges=_merges(sp, vocab, normal), unk_token=unk, fuse_unk=True,
+                    byte_fallback=opts["byte_fallback"])
     else:
-        model = Unigram([(p, sp.get_score(i)) for i, p in enumerate(pieces)], unk_id=sp.unk_id(), byte_fallback=opts["byte_fallback"])
+        model = Unigram([(p, sp.get_score(i)) for i, p in enumerate(pieces)], unk_id=sp.unk_id(),
+                        byte_fallback=opts["byte_fallback"])
     tok = Tokenizer(model)
     if opts["add_dummy_prefix"]:
         # SentencePiece prepends its dummy "▁" to the whole input, even before a leading special
@@ -71,14 +73,15 @@ def build_tokenizer(model_proto: bytes, meta: dict):
     tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     specials = [opts[f"{k}_piece"] for k in ("unk", "bos", "eos", "pad")]
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials + sorted(user_defined, key=vocab.get)])
+    ordered = specials + sorted(user_defined, key=vocab.get)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in ordered])
     return tok
 
 
 def export_hf(model_proto: bytes, output: str, meta: dict, model_max_length: int = 1_000_000) -> None:
     tok = build_tokenizer(model_proto, meta)
     opts = meta["trainer_options"]
-    shards.write_bytes_atomic(shards.join(output, "tokenizer.json"), tok.to_str(pretty=False).encode())
+    io.write_bytes_atomic(io.join(output, "tokenizer.json"), tok.to_str(pretty=False).encode())
     special = {
         "bos_token": opts["bos_piece"],
         "eos_token": opts["eos_piece"],
@@ -95,5 +98,5 @@ def export_hf(model_proto: bytes, output: str, meta: dict, model_max_length: int
         "model_max_length": model_max_length,
         "chat_template": CHATML_TEMPLATE,
     }
-    shards.write_bytes_atomic(shards.join(output, "tokenizer_config.json"), json.dumps(config, indent=2).encode())
-    shards.write_bytes_atomic(shards.join(output, "special_tokens_map.json"), json.dumps(special, indent=2).encode())
+    io.write_bytes_atomic(io.join(output, "tokenizer_config.json"), json.dumps(config, indent=2).encode())
+    io.write_bytes_atomic(io.join(output, "special_tokens_map.json"), json.dumps(special, indent=2).encode())

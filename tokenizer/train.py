@@ -12,15 +12,16 @@ SentencePiece samples ``input_sentence_size`` of them with a fixed seed. Output 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from io import BytesIO
 
-from pipelines import shards
-from pipelines.config import TokenizerConfig
+from gristmill import io
+from gristmill.config import TokenizerConfig
+from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest
+from gristmill.errors import GristmillError
 
 log = logging.getLogger("gristmill.tokenizer")
 
@@ -29,7 +30,7 @@ SPECIAL_IDS = {"unk": 0, "bos": 1, "eos": 2, "pad": 3}
 MODEL_FILE = "tokenizer.model"
 
 
-class TokenizerError(Exception):
+class TokenizerError(GristmillError):
     """A tokenizer that cannot be trained or loaded; the message names the file and what to change."""
 
 
@@ -40,23 +41,20 @@ def _keep_fraction(doc_id: str, seed: int) -> float:
 
 def iter_corpus_lines(corpus: str, cfg: TokenizerConfig, stats: Counter | None = None):
     """Lines of the corpus's documents, language-sampled, in manifest (shard) order."""
-    manifest = shards.read_manifest(corpus)
+    manifest = read_manifest(corpus)
     stats = stats if stats is not None else Counter()
     for entry in manifest["shards"]:
-        path = shards.join(corpus, entry["path"])
-        for batch in shards.iter_batches(path, ["id", "text", "lang"]):
-            cols = batch.to_pydict()
-            for doc_id, text, lang in zip(cols["id"], cols["text"], cols["lang"]):
-                weight = cfg.language_weights.get(lang, cfg.default_language_weight)
-                if weight < 1.0 and _keep_fraction(doc_id, cfg.seed) >= weight:
-                    stats["documents_skipped"] += 1
-                    continue
-                stats["documents"] += 1
-                stats[f"lang:{lang}"] += 1
-                for line in text.split("\n"):
-                    if line.strip():
-                        stats["lines"] += 1
-                        yield line
+        for doc_id, text, lang in iter_shard_rows(io.join(corpus, entry["path"]), ["id", "text", "lang"]):
+            weight = cfg.language_weights.get(lang, cfg.default_language_weight)
+            if weight < 1.0 and _keep_fraction(doc_id, cfg.seed) >= weight:
+                stats["documents_skipped"] += 1
+                continue
+            stats["documents"] += 1
+            stats[f"lang:{lang}"] += 1
+            for line in text.split("\n"):
+                if line.strip():
+                    stats["lines"] += 1
+                    yield line
 
 
 def trainer_options(cfg: TokenizerConfig) -> dict:
@@ -99,15 +97,15 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig) -> TrainResu
     import sentencepiece as spm
 
     t0 = time.time()
-    manifest = shards.read_manifest(corpus)
+    manifest = read_manifest(corpus)
     if manifest["counts"]["kept"] == 0 or not manifest["shards"]:
         raise TokenizerError(f"corpus {corpus} is empty (0 documents kept): nothing to train a tokenizer on")
     try:
-        shards.check_corpus_shards(corpus, manifest)
+        check_corpus_shards(corpus, manifest)
     except ValueError as e:
         raise TokenizerError(str(e)) from None
     stats: Counter = Counter()
-    model = io.BytesIO()
+    model = BytesIO()
     spm.set_random_generator_seed(cfg.seed)
     try:
         spm.SentencePieceTrainer.train(
@@ -128,13 +126,14 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig) -> TrainResu
             ) from None
         raise TokenizerError(f"SentencePiece training on {corpus} failed: {msg.strip()}") from None
     if stats["lines"] == 0:
-        raise TokenizerError(f"corpus {corpus} has no text lines after language sampling: check tokenizer.language_weights")
+        raise TokenizerError(f"corpus {corpus} has no text lines after language sampling: "
+                             "check tokenizer.language_weights")
     data = model.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=data)
-    shards.write_bytes_atomic(shards.join(output, MODEL_FILE), data)
+    io.write_bytes_atomic(io.join(output, MODEL_FILE), data)
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
-    shards.write_bytes_atomic(shards.join(output, "tokenizer.vocab"), vocab.encode())
-    manifest_bytes = shards.json_bytes(manifest)
+    io.write_bytes_atomic(io.join(output, "tokenizer.vocab"), vocab.encode())
+    manifest_bytes = io.json_bytes(manifest)
     meta = {
         "kind": "tokenizer",
         "sentencepiece_version": spm.__version__,
@@ -151,10 +150,10 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig) -> TrainResu
         "lines_streamed": stats["lines"],
         "languages": {k.split(":", 1)[1]: n for k, n in sorted(stats.items()) if k.startswith("lang:")},
     }
-    from tokenizer.hf import export_hf
+    from gristmill.tokenizer.hf import export_hf  # tokenizers: only needed here
 
     export_hf(data, output, meta)
-    shards.write_json_atomic(shards.join(output, "tokenizer_meta.json"), meta)
+    io.write_json_atomic(io.join(output, "tokenizer_meta.json"), meta)
     return TrainResult(output, meta, time.time() - t0)
 
 
@@ -162,14 +161,12 @@ def load(path: str):
     """A SentencePiece processor from a tokenizer directory or a .model file, with a clear error."""
     import sentencepiece as spm
 
-    from apache_beam.io.filesystems import FileSystems
-
-    model_path = shards.join(path, MODEL_FILE) if not path.endswith(".model") else path
-    if not FileSystems.exists(model_path):
+    model_path = io.join(path, MODEL_FILE) if not path.endswith(".model") else path
+    if not io.exists(model_path):
         raise TokenizerError(f"no SentencePiece model at {model_path} (train one with `gristmill tokenizer train`)")
-    with FileSystems.open(model_path, compression_type="uncompressed") as f:
-        data = f.read()
+    data = io.read_bytes(model_path)
     try:
         return spm.SentencePieceProcessor(model_proto=data)
     except RuntimeError as e:
-        raise TokenizerError(f"{model_path} is not a SentencePiece model ({str(e).strip()}); pass the .model file or the directory `gristmill tokenizer train` wrote") from None
+        raise TokenizerError(f"{model_path} is not a SentencePiece model ({str(e).strip()}); pass the .model file "
+                             "or the directory `gristmill tokenizer train` wrote") from None

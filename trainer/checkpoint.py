@@ -15,6 +15,7 @@ has it is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from trainer.model import GPT, ModelArgs
+from gristmill.trainer.model import GPT, ModelArgs, build_model
 
 STATE_FILE = "trainer_state.json"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer_meta.json")
@@ -130,12 +131,19 @@ def restore(path: Path, model, optimizer, rank: int) -> dict:
     return read_state(path)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
-    """A checkpoint's model, ready for inference (eval mode)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", with_classifier: bool = False) -> GPT:
+    """A checkpoint's model, ready for inference (eval mode): the language model, or with
+    ``with_classifier`` the classifier a classification fine-tuning trained (GPTClassifier)."""
     path = Path(path)
     if not is_complete(path):
         raise FileNotFoundError(f"{path}: not a complete gristmill checkpoint (no {STATE_FILE})")
     args = load_model_args(path)
-    model = GPT(args)
-    model.load_state_dict(load_weights(path, args))
+    weights = load_weights(path, args)
+    if not with_classifier:
+        args = dataclasses.replace(args, n_classes=0)
+        weights = {k: v for k, v in weights.items() if not k.startswith("cls_head.")}
+    elif not args.n_classes:
+        raise ValueError(f"{path} is not a classifier checkpoint (it has no classification head)")
+    model = build_model(args)
+    model.load_state_dict(weights)
     return model.to(device).eval()

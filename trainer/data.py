@@ -1,4 +1,6 @@
-"""Token shards → batches: memory-mapped, deterministic for a seed, resumable to the exact sequence.
+"""The order in which training reads token shards: deterministic for a seed, resumable to the exact sequence.
+
+The shards themselves are read by :class:`gristmill.tokenizer.tokens.TokenSplit` (memory-mapped).
 
 The training stream is one infinite sequence of sample indices: sample ``i`` is sequence
 ``perm_e[i mod N]`` of epoch ``e = i div N``, where ``perm_e`` is a permutation seeded by
@@ -11,65 +13,15 @@ global batches do not depend on the number of workers (only the split of each ba
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+
+from gristmill.errors import GristmillError
 
 
-class DataError(ValueError):
-    """Token directory missing, empty or not what the trainer expects; the message says what to fix."""
-
-
-def open_sequences(path: str | Path) -> np.ndarray:
-    """A token shard as an (n, seq_len + 1) array over the memory-mapped file (no copy)."""
-    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-    col = table.column("tokens")
-    width = col.type.list_size
-    arrays = [chunk.values.to_numpy(zero_copy_only=True).reshape(-1, width) for chunk in col.chunks]
-    if not arrays:
-        return np.zeros((0, width), dtype=np.uint16)
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-
-def read_token_manifest(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise DataError(f"{path} not found: pretrain.data must be a directory written by `gristmill tokenize`")
-    m = json.loads(path.read_text())
-    if m.get("kind") != "tokens":
-        raise DataError(f"{path} is not a token manifest (kind={m.get('kind')!r}); run `gristmill tokenize` first")
-    return m
-
-
-class TokenSplit:
-    """All sequences of one split (train/ or val/), in manifest order, each shard memory-mapped."""
-
-    def __init__(self, data_dir: str | Path, split: str, manifest: dict | None = None):
-        self.dir = Path(data_dir)
-        self.manifest = manifest or read_token_manifest(data_dir)
-        if split not in self.manifest["splits"]:
-            raise DataError(f"{self.dir}: no split {split!r} in the manifest")
-        shards = self.manifest["splits"][split]["shards"]
-        self.arrays = [open_sequences(self.dir / s["path"]) for s in shards]
-        for s, a in zip(shards, self.arrays):
-            if len(a) != s["sequences"]:
-                raise DataError(f"{self.dir / s['path']}: {len(a)} sequences, the manifest says {s['sequences']}")
-        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
-        self.seq_len = int(self.manifest["seq_len"])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def rows(self, indices: np.ndarray) -> np.ndarray:
-        """Sequences at global indices → an (n, seq_len + 1) int64 array (a copy; the shards stay mapped)."""
-        shard = np.searchsorted(self.offsets, indices, side="right") - 1
-        out = np.empty((len(indices), self.seq_len + 1), dtype=np.int64)
-        for k, (s, i) in enumerate(zip(shard, indices)):
-            out[k] = self.arrays[s][i - self.offsets[s]]
-        return out
+class DataError(GristmillError, ValueError):
+    """Training data or settings that do not fit together; the message says what to fix."""
 
 
 @dataclass(frozen=True)

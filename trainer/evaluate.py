@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.data import TokenSplit, read_token_manifest
-from trainer.model import GPT
+from gristmill.tokenizer.tokens import TokenSplit, read_token_manifest
+from gristmill.trainer.model import GPT
 
 PROMPT = "Question: {question}\nAnswer:"
 
@@ -51,7 +51,8 @@ def read_mc(path: str | Path) -> list[dict]:
         if not {"question", "choices", "answer"} <= item.keys():
             raise ValueError(f"{path}:{n}: a multiple-choice item needs question, choices and answer")
         if not 0 <= int(item["answer"]) < len(item["choices"]):
-            raise ValueError(f"{path}:{n}: answer {item['answer']} is not an index into its {len(item['choices'])} choices")
+            raise ValueError(f"{path}:{n}: answer {item['answer']} is not an index into its "
+                             f"{len(item['choices'])} choices")
         items.append(item)
     return items
 

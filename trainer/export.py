@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from trainer import checkpoint as ckpt
+from gristmill.trainer import checkpoint as ckpt
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
@@ -28,7 +28,8 @@ def hf_name(name: str) -> str:
         return name
     parts = name.split(".")  # layers.{i}.{attn_norm|attn|mlp_norm|mlp}...
     i, rest = parts[1], parts[2:]
-    head = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "attn": "self_attn", "mlp": "mlp"}[rest[0]]
+    head = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "attn": "self_attn",
+            "mlp": "mlp"}[rest[0]]
     return ".".join(["model", "layers", i, head, *rest[1:]])
 
 
@@ -66,7 +67,8 @@ def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | Path 
                if not (args.tie_embeddings and k == "lm_head.weight") and not k.startswith("cls_head.")}
     tok_dir = Path(tokenizer) if tokenizer else checkpoint
     if not (tok_dir / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{tok_dir / 'tokenizer.json'} not found: pass --tokenizer DIR (written by `gristmill tokenizer train`)")
+        raise FileNotFoundError(f"{tok_dir / 'tokenizer.json'} not found: pass --tokenizer DIR "
+                                "(written by `gristmill tokenizer train`)")
     special = {}
     meta_path = tok_dir / "tokenizer_meta.json"
     if meta_path.is_file():

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from gristmill.errors import GristmillError
+
 IGNORE = -100
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
 
-class FinetuneDataError(ValueError):
+class FinetuneDataError(GristmillError, ValueError):
     """A fine-tuning file that cannot be used; the message names the file and what is wrong."""
 
 
@@ -75,8 +77,8 @@ def to_messages(rec: dict) -> list[dict] | None:
     elif "question" in rec and "answer" in rec:  # GSM8K
         msgs = [{"role": "user", "content": rec["question"]}, {"role": "assistant", "content": rec["answer"]}]
     else:
-        raise FinetuneDataError(f"unknown record format (keys {sorted(rec)[:6]}): expected messages, instruction/output, "
-                                "question/answer or an OpenAssistant tree")
+        raise FinetuneDataError(f"unknown record format (keys {sorted(rec)[:6]}): expected messages, "
+                                "instruction/output, question/answer or an OpenAssistant tree")
     if not any(m["role"] == "assistant" and m["content"] for m in msgs):
         return None
     return msgs
@@ -125,7 +127,8 @@ def encode_chat(sp, messages: list[dict], add_generation_prompt: bool = False) -
         body = sp.encode(m["content"])
         learn = m["role"] == "assistant"
         ids += head + body + [end] + newline
-        labels += [IGNORE] * len(head) + (body + [end] if learn else [IGNORE] * (len(body) + 1)) + [IGNORE] * len(newline)
+        learned = body + [end] if learn else [IGNORE] * (len(body) + 1)
+        labels += [IGNORE] * len(head) + learned + [IGNORE] * len(newline)
     if add_generation_prompt:
         head = [start, *sp.encode("assistant"), *newline]
         ids += head
@@ -155,7 +158,8 @@ def build_sft(encoded: list[tuple[list[int], list[int]]], seq_len: int, pad_id: 
     stats = {"examples": len(encoded), "truncated": truncated}
     if packing:
         ids = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in encoded]) if encoded else np.zeros(0, np.int64)
-        lab = np.concatenate([np.asarray(l, dtype=np.int64) for _, l in encoded]) if encoded else np.zeros(0, np.int64)
+        lab = (np.concatenate([np.asarray(lb, dtype=np.int64) for _, lb in encoded]) if encoded
+               else np.zeros(0, np.int64))
         n = max(1, -(-len(ids) // width))
         pad = n * width - len(ids)
         ids = np.concatenate([ids, np.full(pad, pad_id)]).reshape(n, width)
@@ -163,10 +167,10 @@ def build_sft(encoded: list[tuple[list[int], list[int]]], seq_len: int, pad_id: 
     else:
         ids = np.full((len(encoded), width), pad_id, dtype=np.int64)
         lab = np.full((len(encoded), width), IGNORE, dtype=np.int64)
-        for k, (i, l) in enumerate(encoded):
-            i, l = i[:width], l[:width]
-            ids[k, : len(i)] = i
-            lab[k, : len(l)] = l
+        for k, (row_ids, row_labels) in enumerate(encoded):
+            row_ids, row_labels = row_ids[:width], row_labels[:width]
+            ids[k, : len(row_ids)] = row_ids
+            lab[k, : len(row_labels)] = row_labels
     # a row whose targets are all ignored teaches nothing (an assistant turn cut off entirely)
     useful = (lab[:, 1:] != IGNORE).any(axis=1)
     stats["rows"] = int(useful.sum())
@@ -180,7 +184,8 @@ def sft_examples(sp, cfg, split: str, seed: int = 0) -> Examples:
     convs = read_conversations(cfg.files, cfg.max_examples_per_file)
     chosen = [(k, m) for k, m in convs if is_val(k, cfg.val_fraction, seed) == (split == "val")]
     if cfg.system_prompt:
-        chosen = [(k, m if m[0]["role"] == "system" else [{"role": "system", "content": cfg.system_prompt}, *m]) for k, m in chosen]
+        system = {"role": "system", "content": cfg.system_prompt}
+        chosen = [(k, m if m[0]["role"] == "system" else [system, *m]) for k, m in chosen]
     pad = sp.pad_id() if sp.pad_id() >= 0 else sp.eos_id()
     return build_sft([encode_chat(sp, m) for _, m in chosen], cfg.seq_len, pad, cfg.packing)
 
@@ -203,7 +208,8 @@ def read_labelled(files, text_field: str, label_field: str) -> list[tuple[str, s
             rows = _records(path)
         for i, r in enumerate(rows):
             if text_field not in r or label_field not in r:
-                raise FinetuneDataError(f"{path}, record {i + 1}: no field {text_field!r} or {label_field!r} (has {sorted(r)[:6]})")
+                raise FinetuneDataError(f"{path}, record {i + 1}: no field {text_field!r} or {label_field!r} "
+                                        f"(has {sorted(r)[:6]})")
             out.append((f"{path.name}#{i}", str(r[text_field]), str(r[label_field])))
     if not out:
         raise FinetuneDataError(f"no labelled examples in {list(files)}")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.finetune_data import IM_END
-from trainer.model import GPT, KVCache
+from gristmill.trainer.finetune_data import IM_END
+from gristmill.trainer.model import GPT, KVCache
 
 
 @dataclass(frozen=True)

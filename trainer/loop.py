@@ -1,10 +1,12 @@
-"""Pretraining: the per-worker loop (runs inside Ray Train workers) and the driver that launches it.
+"""Training: the per-worker loop (runs inside Ray Train workers) and the driver that launches it.
 
-The loop is plain PyTorch: DDP (or FSDP2) over gloo/NCCL as set up by Ray Train, gradient
-accumulation, AdamW, warmup + cosine schedule, gradient clipping, periodic validation. Ray Train
-supplies what a cluster needs and nothing else: the worker group, the process group, checkpoint
-persistence (``ray.train.report``), and restarts from the last checkpoint after a failure
-(``FailureConfig``, ``ray.train.get_checkpoint``).
+The loop is plain PyTorch and reads top to bottom like nanoGPT's: set up the model and optimizer,
+resume from the last checkpoint, then per step: train step (gradient accumulation, clipping),
+divergence check, log, validate, save. DDP (or FSDP2) over gloo/NCCL as Ray Train sets it up; the
+task (trainer/tasks.py) supplies the data, the loss and the validation metrics. Ray Train supplies
+what a cluster needs and nothing else: the worker group, the process group, checkpoint persistence
+(``ray.train.report``), and restarts from the last checkpoint after a failure (``FailureConfig``,
+``ray.train.get_checkpoint``).
 """
 
 from __future__ import annotations
@@ -16,27 +18,27 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipelines.config import GristmillConfig, LoopConfig, PretrainConfig
-from trainer import TrainingDivergedError
-from trainer import checkpoint as ckpt
-from trainer.data import BatchPlan, DataError, SampleStream, TokenSplit, micro_batch_start, read_token_manifest, val_indices
-from trainer.model import GPT, ModelArgs, flops_per_token, resolve_model_args
+from gristmill.config import GristmillConfig, LoopConfig, PretrainConfig
+from gristmill.tokenizer.tokens import read_token_manifest
+from gristmill.trainer import TrainingDivergedError
+from gristmill.trainer import checkpoint as ckpt
+from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_batch_start
+from gristmill.trainer.model import GPT, GPTClassifier, ModelArgs, build_model, flops_per_token, resolve_model_args
+from gristmill.trainer.tasks import TASK_SECTIONS, all_sum, build_task
 
 log = logging.getLogger("gristmill.trainer")
 
 DIVERGED_FILE = "DIVERGED.json"
-#: task → its config section (the loop settings and the task's data)
-TASK_SECTIONS = {"pretrain": "pretrain", "sft": "sft", "cls": "finetune_cls"}
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (SXM parts).
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
+                  "4090": 165e12}
 
 
 def lr_at(step: int, p: PretrainConfig) -> float:
@@ -74,18 +76,58 @@ def peak_flops(device: torch.device, p: PretrainConfig, dtype: torch.dtype) -> t
     return best, f"measured {dtype} matmul on {torch.get_num_threads()} CPU threads"
 
 
+# ---------------------------------------------------------------------------------------------
+# The per-worker loop
+# ---------------------------------------------------------------------------------------------
+
+
 @dataclass
-class _Env:
+class _Run:
+    """One worker's run: what the steps of the loop share."""
+
+    loop_config: dict
+    task_name: str
+    p: LoopConfig  # the task's section: the loop settings and the task's data
     rank: int
     world: int
     device: torch.device
     local_mode: bool
     run_dir: Path
+    args: ModelArgs
+    plan: BatchPlan
+    task: object  # tasks.LMTask | tasks.ClsTask
+    stream: SampleStream
+    autocast: contextlib.AbstractContextManager
+    bf16: bool
+    model: GPT = None  # unwrapped (its parameter count, its dimensions)
+    wrapped: torch.nn.Module = None  # DDP / FSDP / compiled: what runs forward and backward
+    opt: torch.optim.Optimizer = None
+    step: int = 0
+    samples: int = 0  # the data position: samples consumed
+    tokens_seen: int = 0
+    metrics: _Metrics = None
+    bar: object = None
+    fpt: float = 0.0  # training FLOPs per token
+    peak: float = float("nan")  # one device's peak FLOP/s (MFU's denominator)
+    last: dict = field(default_factory=lambda: {"loss": float("nan")})  # what the next report carries
+    # the throughput window: steps since the last log line, timed without validation and saving
+    window_t: float = 0.0
+    window_steps: int = 0
+
+    @property
+    def init_checkpoint(self) -> str | None:
+        return self.loop_config.get("init_checkpoint")
 
 
-def _setup_env(p: LoopConfig, local_mode: bool) -> _Env:
+def set_up(loop_config: dict) -> _Run:
+    """The worker's device, data and task, then the model (fine-tuning: from its init checkpoint)
+    and the optimizer; identical initial weights on every rank."""
     import ray.train
 
+    cfg = GristmillConfig.model_validate(loop_config["config"])
+    task_name = loop_config.get("task", "pretrain")
+    p = getattr(cfg, TASK_SECTIONS[task_name])
+    local_mode = loop_config["local_mode"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if p.use_gpu and torch.cuda.is_available():
@@ -99,39 +141,268 @@ def _setup_env(p: LoopConfig, local_mode: bool) -> _Env:
             torch.set_num_threads(p.cpus_per_worker)
     run_dir = Path(p.storage_path) / p.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    return _Env(rank, world, device, local_mode, run_dir)
+    plan = BatchPlan(p.batch_size, p.micro_batch_size, world)
+    plan.check()
+    task = build_task(task_name, cfg, loop_config.get("tokenizer_dir"))
+    (run_dir / "workers").mkdir(exist_ok=True)
+    (run_dir / "workers" / f"rank{rank}.json").write_text(json.dumps(
+        {"pid": os.getpid(), "rank": rank, "world": world, "host": os.uname().nodename, "ip": _node_ip()}))
+    bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    run = _Run(loop_config, task_name, p, rank, world, device, local_mode, run_dir,
+               ModelArgs.from_dict(loop_config["model_args"]), plan, task, SampleStream(len(task.train), p.seed),
+               autocast, bf16)
+
+    torch.manual_seed(p.seed)  # same initial weights on every rank
+    model = build_model(run.args)
+    if run.init_checkpoint:  # fine-tuning starts from a trained model (a new classification head stays as initialised)
+        init = Path(run.init_checkpoint)
+        missing, unexpected = model.load_state_dict(ckpt.load_weights(init, ckpt.load_model_args(init)), strict=False)
+        if unexpected or [k for k in missing if not k.startswith("cls_head.")]:
+            raise DataError(f"{init} does not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    run.model = model.to(device)
+    run.wrapped = _wrap(run.model, run, bf16)
+    run.opt = _optimizer(run.wrapped, p, device)
+    return run
 
 
-def _wrap(model: GPT, env: _Env, p: LoopConfig, bf16: bool):
-    if not (dist.is_available() and dist.is_initialized()) or env.world == 1:
+def resume(run: _Run) -> None:
+    """Continue from Ray's last reported checkpoint (after a failure or a resubmission), or in local
+    mode from the newest complete one on disk: weights, optimizer, RNG and the data position."""
+    import ray.train
+
+    p, state, resumed_from = run.p, None, None
+    checkpoint = ray.train.get_checkpoint() if not run.local_mode else None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = ckpt.restore(Path(d), run.wrapped, run.opt, run.rank)
+            resumed_from = d
+    elif run.local_mode and (latest := ckpt.latest_checkpoint(run.run_dir)) is not None:
+        state = ckpt.restore(latest, run.wrapped, run.opt, run.rank)
+        resumed_from = str(latest)
+    if state is not None:
+        run.step, run.samples, run.tokens_seen = state["step"], state["samples"], state["tokens_seen"]
+        if state["batch_size"] != p.batch_size:
+            raise DataError(f"checkpoint at {resumed_from} used batch_size {state['batch_size']}, the config says "
+                            f"{p.batch_size}: the data position would not match; keep the batch size to resume")
+        log.info("rank %d resumed from %s at step %d (%d samples consumed)", run.rank, resumed_from, run.step,
+                 run.samples)
+    else:
+        torch.manual_seed(p.seed + 1 + run.rank)  # per-rank stream for dropout
+    if run.rank == 0:
+        (run.run_dir / DIVERGED_FILE).unlink(missing_ok=True)
+    if p.compile:
+        run.wrapped = torch.compile(run.wrapped)
+    run.metrics = _Metrics(run.run_dir, run.rank == 0, p.tensorboard, run.step)
+    if run.rank == 0 and resumed_from is not None:
+        run.metrics.write({"step": run.step, "event": "resumed", "checkpoint": str(resumed_from)})
+
+
+def start_logging(run: _Run) -> None:
+    """The opening lines (model size, batch layout, the peak MFU is measured against), the progress bar."""
+    p = run.p
+    run.fpt = flops_per_token(run.args, run.task.seq_len)
+    run.peak, peak_source = peak_flops(run.device, p, torch.bfloat16 if run.bf16 else torch.float32)
+    if run.rank == 0:
+        log.info("model %.2fM parameters (%.2fM without embeddings), %.3g FLOPs/token; %d workers × %d micro-batch "
+                 "× %d accumulation = %d sequences of %d tokens per step; MFU against %.3g FLOP/s (%s)",
+                 run.model.num_params() / 1e6, run.model.num_params(False) / 1e6, run.fpt, run.world,
+                 p.micro_batch_size, run.plan.grad_accum, p.batch_size, run.task.seq_len, run.peak, peak_source)
+        if run.task_name != "pretrain":
+            log.info("%s: %d train and %d validation rows from %s", run.task_name, len(run.task.train),
+                     len(run.task.val), run.init_checkpoint or "a fresh model")
+    run.bar = _progress(run.loop_config.get("progress", False) and run.rank == 0, run.local_mode, p.max_steps, run.step)
+    run.window_t = time.perf_counter()
+
+
+def train_step(run: _Run) -> tuple[float, float]:
+    """One optimizer step's gradients: forward and backward over the micro-batches (DDP syncs on the
+    last), then clipping. Returns the loss (mean over ranks) and the global gradient norm; the
+    update itself waits for the divergence check."""
+    p, wrapped, plan = run.p, run.wrapped, run.plan
+    lr = lr_at(run.step, p)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.device)
+    is_ddp = hasattr(wrapped, "no_sync")
+    for micro in range(plan.grad_accum):
+        start = micro_batch_start(run.step, micro, run.rank, plan)
+        batch = run.task.batch(run.task.train.rows(run.stream.indices(start, p.micro_batch_size)), run.device)
+        sync = micro == plan.grad_accum - 1
+        with (wrapped.no_sync() if is_ddp and not sync else contextlib.nullcontext()):
+            loss = run.task.loss(wrapped, batch, run.autocast)
+            (loss / plan.grad_accum).backward()
+        loss_sum += loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    # a non-finite loss on any rank shows in the sum on every rank, and the gradient norm is global
+    # after the all-reduce: all ranks see the same values and take the same decision
+    loss_all = all_sum(loss_sum / plan.grad_accum) / run.world
+    return float(loss_all), float(grad_norm)
+
+
+def diverged(run: _Run, loss: float, grad_norm: float) -> bool:
+    """A non-finite loss or gradient norm: all ranks stop before the update, nothing more is saved,
+    and rank 0 leaves DIVERGED.json naming the last good checkpoint."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return False
+    run.opt.zero_grad(set_to_none=True)
+    if run.rank == 0:
+        good = ckpt.latest_checkpoint(run.run_dir) if run.local_mode else None
+        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
+        info = {"step": run.step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr_at(run.step, run.p),
+                "message": f"{what} at step {run.step + 1}; the last good checkpoint is kept"}
+        if good:
+            info["last_good_checkpoint"] = str(good)
+        (run.run_dir / DIVERGED_FILE).write_text(json.dumps(info, indent=1))
+        log.error(info["message"])
+    return True
+
+
+def apply_update(run: _Run, loss: float) -> None:
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    run.step += 1
+    run.samples += run.p.batch_size
+    run.tokens_seen += run.p.batch_size * run.task.seq_len
+    run.window_steps += 1
+    run.last = {"loss": loss}
+    if run.bar is not None:
+        run.bar.update(1)
+
+
+def log_step(run: _Run, loss: float, grad_norm: float) -> None:
+    """Loss, learning rate, gradient norm, tokens/s and MFU over the window since the last line."""
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    tps = run.p.batch_size * run.task.seq_len * run.window_steps / (time.perf_counter() - run.window_t)
+    lr = lr_at(run.step - 1, run.p)
+    mfu = round(run.fpt * tps / run.world / run.peak, 6) if run.peak == run.peak else None
+    rec = {"step": run.step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
+           "tokens_per_s": round(tps, 1), "mfu": mfu, "tokens_seen": run.tokens_seen, "time": time.time()}
+    if run.rank == 0:
+        run.metrics.write(rec)
+        log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  MFU %s", run.step, run.p.max_steps, loss, lr, tps,
+                 f"{mfu * 100:.1f}%" if mfu is not None else "n/a")
+        if run.bar is not None:
+            run.bar.set_postfix(loss=f"{loss:.3f}")
+    run.window_t, run.window_steps = time.perf_counter(), 0
+
+
+def validate(run: _Run) -> None:
+    run.wrapped.eval()
+    val = run.task.evaluate(run.wrapped, run.rank, run.world, run.p, run.device, run.autocast)
+    run.wrapped.train()
+    run.last.update({k: v for k, v in val.items() if not k.endswith(("_tokens", "_examples"))})
+    if run.rank == 0:
+        run.metrics.write({"step": run.step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in val.items()}})
+        log.info("step %d  %s", run.step, "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                    for k, v in val.items()))
+    run.window_t = time.perf_counter()  # validation time is not training throughput
+
+
+def save(run: _Run) -> None:
+    """A complete checkpoint (weights, optimizer, every rank's RNG, data position), reported to Ray
+    Train with the last metrics. Collective: every rank calls it at the same steps."""
+    p, metrics_now = run.p, {"step": run.step, **run.last}
+    msd, osd = ckpt.full_state(run.wrapped, run.opt)  # collective under FSDP
+    rng = ckpt.gather_rng()  # collective
+    name = f"checkpoint_{run.step:08d}"
+    state = {"step": run.step, "samples": run.samples, "tokens_seen": run.tokens_seen, "batch_size": p.batch_size,
+             "seed": p.seed, "world_size": run.world, "scheduler": {"step": run.step, "lr": lr_at(run.step, p)},
+             "metrics": metrics_now, "task": run.task_name, "init_checkpoint": run.init_checkpoint,
+             "classes": getattr(run.task, "classes", None)}
+    config, tok_dir = run.loop_config["config"], run.loop_config.get("tokenizer_dir")
+    import ray.train
+
+    if run.local_mode:
+        path = ckpt.save_checkpoint(run.run_dir / name, msd, osd, rng, state, run.args, config, tok_dir)
+        ray.train.report(metrics_now, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
+        if p.keep_checkpoints:  # what CheckpointConfig(num_to_keep) does for Ray-persisted runs
+            done = sorted(d for d in run.run_dir.glob("checkpoint_*") if ckpt.is_complete(d))
+            for old in done[: -p.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if run.rank == 0:
+                path = ckpt.save_checkpoint(Path(tmp) / name, msd, osd, rng, state, run.args, config, tok_dir)
+                checkpoint = ray.train.Checkpoint.from_directory(str(path))
+            ray.train.report(metrics_now, checkpoint=checkpoint, checkpoint_dir_name=name)
+    run.window_t = time.perf_counter()
+
+
+def _due(step: int, every: int, max_steps: int) -> bool:
+    return step % every == 0 or step == max_steps
+
+
+def train_loop(loop_config: dict) -> dict:
+    """Ray Train's per-worker function (also run in-process in local mode)."""
+    run = set_up(loop_config)
+    resume(run)
+    start_logging(run)
+    p = run.p
+    while run.step < p.max_steps:
+        loss, grad_norm = train_step(run)
+        if diverged(run, loss, grad_norm):
+            break
+        apply_update(run, loss)
+        if _due(run.step, p.log_every, p.max_steps):
+            log_step(run, loss, grad_norm)
+        if _due(run.step, p.eval_every, p.max_steps):
+            validate(run)
+        if _due(run.step, p.checkpoint_every, p.max_steps):
+            save(run)
+    if run.bar is not None:
+        run.bar.close()
+    run.metrics.close()
+    return {"step": run.step, **run.last}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop's parts
+# ---------------------------------------------------------------------------------------------
+
+
+def _node_ip() -> str | None:
+    try:
+        import ray.util
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - local mode without a Ray node
+        return None
+
+
+def _wrap(model: GPT, run: _Run, bf16: bool):
+    if not (dist.is_available() and dist.is_initialized()) or run.world == 1:
         return model
-    if p.parallel == "fsdp":
+    if run.p.parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+        mp = MixedPrecisionPolicy()
+        if bf16:
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in model.layers:
             fully_shard(block, mp_policy=mp)
         return fully_shard(model, mp_policy=mp)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     # a classifier never uses an untied output matrix: DDP must not wait for its gradient
-    unused = model.cls_head is not None and not model.args.tie_embeddings
-    return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None, find_unused_parameters=unused)
+    unused = isinstance(model, GPTClassifier) and not model.args.tie_embeddings
+    device_ids = [run.device.index] if run.device.type == "cuda" else None
+    return DDP(model, device_ids=device_ids, find_unused_parameters=unused)
 
 
-def _optimizer(model, p: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def _optimizer(model, p: LoopConfig, device: torch.device) -> torch.optim.Optimizer:
     # no weight decay on norms (1-d); embeddings and matrices decay (nanoGPT's rule)
     decay = [q for q in model.parameters() if q.requires_grad and q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.requires_grad and q.dim() < 2]
     groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), eps=1e-8, **extra)
-
-
-def _all_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
 
 
 class _Metrics:
@@ -182,293 +453,9 @@ def _progress(enabled: bool, local_mode: bool, total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="pretrain", unit="step")
 
 
-class _LMTask:
-    """Next-token loss on fixed-width rows: pretraining (token shards) and SFT (ids + assistant-only labels)."""
-
-    def __init__(self, train, val, seq_len: int):
-        self.train, self.val, self.seq_len = train, val, seq_len
-
-    @staticmethod
-    def batch(rows, device) -> dict:
-        if isinstance(rows, np.ndarray):  # token shards: targets are the shifted ids
-            t = torch.from_numpy(rows).to(device, non_blocking=True)
-            return {"x": t[:, :-1], "y": t[:, 1:]}
-        ids = torch.from_numpy(rows["ids"]).to(device, non_blocking=True)
-        labels = torch.from_numpy(rows["labels"]).to(device, non_blocking=True)
-        return {"x": ids[:, :-1], "y": labels[:, 1:]}
-
-    def loss(self, model, b, autocast):
-        with autocast:
-            return model(b["x"], b["y"])[1]
-
-    @torch.no_grad()
-    def evaluate(self, model, env: _Env, p: LoopConfig, autocast) -> dict:
-        """Mean validation loss per target token over the first val rows (all ranks together)."""
-        total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        for idx, weights in _val_batches(len(self.val), env, p):
-            b = self.batch(self.val.rows(idx), env.device)
-            with autocast:
-                logits = model(b["x"])
-            per_token = torch.nn.functional.cross_entropy(
-                logits.float().transpose(1, 2), b["y"], reduction="none", ignore_index=-100).double()
-            counted = (b["y"] != -100).double()
-            total[0] += (per_token.sum(dim=1) * weights).sum()
-            total[1] += (counted.sum(dim=1) * weights).sum()
-        _all_sum(total)
-        loss = float(total[0] / total[1]) if total[1] > 0 else float("nan")
-        return {"val_loss": loss, "val_ppl": math.exp(loss) if loss < 50 else float("inf"), "val_tokens": int(total[1])}
-
-
-class _ClsTask:
-    """Cross-entropy over classes from the last token's hidden state; accuracy and macro-F1 on validation."""
-
-    def __init__(self, train, val, seq_len: int, classes: list[str]):
-        self.train, self.val, self.seq_len, self.classes = train, val, seq_len, classes
-
-    @staticmethod
-    def batch(rows, device) -> dict:
-        return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in rows.items()}
-
-    def loss(self, model, b, autocast):
-        with autocast:
-            logits = model(b["ids"], classify_at=b["last"])
-        return torch.nn.functional.cross_entropy(logits.float(), b["labels"])
-
-    @torch.no_grad()
-    def evaluate(self, model, env: _Env, p: LoopConfig, autocast) -> dict:
-        from trainer.finetune_data import macro_f1
-
-        n = len(self.classes)
-        confusion = torch.zeros(n, n, dtype=torch.float64, device=env.device)  # gold × predicted, summed over ranks
-        loss_sum = torch.zeros(1, dtype=torch.float64, device=env.device)
-        for idx, weights in _val_batches(len(self.val), env, p):
-            b = self.batch(self.val.rows(idx), env.device)
-            with autocast:
-                logits = model(b["ids"], classify_at=b["last"]).float()
-            ce = torch.nn.functional.cross_entropy(logits, b["labels"], reduction="none").double()
-            loss_sum += (ce * weights).sum()
-            for g, q, w in zip(b["labels"].tolist(), logits.argmax(-1).tolist(), weights.tolist()):
-                confusion[g, q] += w
-        _all_sum(confusion)
-        _all_sum(loss_sum)
-        cm = confusion.cpu().numpy()
-        count = cm.sum()
-        gold = np.repeat(np.arange(n), cm.sum(axis=1).astype(int))
-        pred = np.concatenate([np.repeat(np.arange(n), cm[g].astype(int)) for g in range(n)]) if count else np.zeros(0)
-        return {"val_loss": float(loss_sum[0] / max(count, 1)), "val_accuracy": float(np.trace(cm) / max(count, 1)),
-                "val_macro_f1": macro_f1(pred, gold, n), "val_examples": int(count)}
-
-
-def _val_batches(n_val: int, env: _Env, p: LoopConfig):
-    """This rank's validation micro-batches with a weight per row: short or empty batches are padded with
-    row 0 at weight 0, so every rank runs the same number of forward passes (FSDP's forward is a collective)."""
-    for idx in val_indices(n_val, env.rank, env.world, p.micro_batch_size, p.eval_batches):
-        weights = torch.zeros(p.micro_batch_size, dtype=torch.float64, device=env.device)
-        weights[: len(idx)] = 1.0
-        yield np.concatenate([idx, np.zeros(p.micro_batch_size - len(idx), dtype=np.int64)]), weights
-
-
-def _build_task(task: str, cfg: GristmillConfig, loop_config: dict):
-    """The task's train/val data, built identically on every worker."""
-    p = getattr(cfg, TASK_SECTIONS[task])
-    if task == "pretrain":
-        manifest = read_token_manifest(p.data)
-        train, val = TokenSplit(p.data, "train", manifest), TokenSplit(p.data, "val", manifest)
-        return _LMTask(train, val, train.seq_len)
-    import sentencepiece as spm
-
-    from trainer.finetune_data import cls_examples, sft_examples
-
-    sp = spm.SentencePieceProcessor(model_file=str(Path(loop_config["tokenizer_dir"]) / "tokenizer.model"))
-    if task == "sft":
-        return _LMTask(sft_examples(sp, p, "train", p.seed), sft_examples(sp, p, "val", p.seed), p.seq_len)
-    train, val = cls_examples(sp, p, "train", p.seed), cls_examples(sp, p, "val", p.seed)
-    return _ClsTask(train, val, p.seq_len, train.classes)
-
-
-def _node_ip() -> str | None:
-    try:
-        import ray.util
-
-        return ray.util.get_node_ip_address()
-    except Exception:  # local mode without a Ray node
-        return None
-
-
-def train_loop(loop_config: dict) -> dict:
-    """Ray Train's per-worker function (also run in-process in local mode)."""
-    import ray.train
-
-    cfg = GristmillConfig.model_validate(loop_config["config"])
-    task_name = loop_config.get("task", "pretrain")
-    p = getattr(cfg, TASK_SECTIONS[task_name])
-    local_mode = loop_config["local_mode"]
-    env = _setup_env(p, local_mode)
-    args = ModelArgs.from_dict(loop_config["model_args"])
-    plan = BatchPlan(p.batch_size, p.micro_batch_size, env.world)
-    plan.check()
-    task = _build_task(task_name, cfg, loop_config)
-    train = task.train
-    stream = SampleStream(len(train), p.seed)
-    (env.run_dir / "workers").mkdir(exist_ok=True)
-    (env.run_dir / "workers" / f"rank{env.rank}.json").write_text(json.dumps(
-        {"pid": os.getpid(), "rank": env.rank, "world": env.world, "host": os.uname().nodename, "ip": _node_ip()}))
-
-    bf16 = p.precision == "bf16" or (p.precision == "auto" and env.device.type == "cuda")
-    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    torch.manual_seed(p.seed)  # same initial weights on every rank
-    model = GPT(args)
-    init = loop_config.get("init_checkpoint")
-    if init:  # fine-tuning starts from a pretrained model (a new classification head stays as initialised)
-        weights = ckpt.load_weights(Path(init), ckpt.load_model_args(Path(init)))
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected or [k for k in missing if not k.startswith("cls_head.")]:
-            raise DataError(f"{init} does not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    model = model.to(env.device)
-    wrapped = _wrap(model, env, p, bf16)
-    opt = _optimizer(wrapped, p, env.device)
-
-    # resume: Ray's last reported checkpoint (after a failure or a resubmission), or in local mode the newest on disk
-    step, samples, tokens_seen = 0, 0, 0
-    resume = ray.train.get_checkpoint() if not local_mode else None
-    resumed_from = None
-    if resume is not None:
-        with resume.as_directory() as d:
-            state = ckpt.restore(Path(d), wrapped, opt, env.rank)
-            resumed_from = d
-    elif local_mode and (latest := ckpt.latest_checkpoint(env.run_dir)) is not None:
-        state = ckpt.restore(latest, wrapped, opt, env.rank)
-        resumed_from = str(latest)
-    if resumed_from is not None:
-        step, samples, tokens_seen = state["step"], state["samples"], state["tokens_seen"]
-        if state["batch_size"] != p.batch_size:
-            raise DataError(f"checkpoint at {resumed_from} used batch_size {state['batch_size']}, the config says "
-                            f"{p.batch_size}: the data position would not match; keep the batch size to resume")
-        log.info("rank %d resumed from %s at step %d (%d samples consumed)", env.rank, resumed_from, step, samples)
-    else:
-        torch.manual_seed(p.seed + 1 + env.rank)  # per-rank stream for dropout
-    if env.rank == 0:
-        (env.run_dir / DIVERGED_FILE).unlink(missing_ok=True)
-    if p.compile:
-        wrapped = torch.compile(wrapped)
-
-    metrics = _Metrics(env.run_dir, env.rank == 0, p.tensorboard, step)
-    if env.rank == 0 and resumed_from is not None:
-        metrics.write({"step": step, "event": "resumed", "checkpoint": str(resumed_from)})
-    fpt = flops_per_token(args, task.seq_len)
-    peak, peak_source = peak_flops(env.device, p, torch.bfloat16 if bf16 else torch.float32)
-    if env.rank == 0:
-        log.info("model %.2fM parameters (%.2fM without embeddings), %.3g FLOPs/token; %d workers × %d micro-batch "
-                 "× %d accumulation = %d sequences of %d tokens per step; MFU against %.3g FLOP/s (%s)",
-                 model.num_params() / 1e6, model.num_params(False) / 1e6, fpt, env.world, p.micro_batch_size,
-                 plan.grad_accum, p.batch_size, task.seq_len, peak, peak_source)
-        if task_name != "pretrain":
-            log.info("%s: %d train and %d validation rows from %s", task_name, len(train), len(task.val),
-                     init or "a fresh model")
-    bar = _progress(loop_config.get("progress", False) and env.rank == 0, local_mode, p.max_steps, step)
-    tokens_per_step = p.batch_size * task.seq_len
-    is_ddp = hasattr(wrapped, "no_sync")
-    last = {"loss": float("nan")}
-    window_t, window_steps = time.perf_counter(), 0
-
-    def save(metrics_now: dict) -> None:
-        msd, osd = ckpt.full_state(wrapped, opt)  # collective under FSDP
-        rng = ckpt.gather_rng()  # collective
-        name = f"checkpoint_{step:08d}"
-        state = {"step": step, "samples": samples, "tokens_seen": tokens_seen, "batch_size": p.batch_size,
-                 "seed": p.seed, "world_size": env.world, "scheduler": {"step": step, "lr": lr_at(step, p)},
-                 "metrics": metrics_now, "task": task_name, "init_checkpoint": init,
-                 "classes": getattr(task, "classes", None)}
-        tok_dir = loop_config.get("tokenizer_dir")
-        if local_mode:
-            path = ckpt.save_checkpoint(env.run_dir / name, msd, osd, rng, state, args, loop_config["config"], tok_dir)
-            ray.train.report(metrics_now, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
-            if p.keep_checkpoints:  # what CheckpointConfig(num_to_keep) does for Ray-persisted runs
-                done = sorted(d for d in env.run_dir.glob("checkpoint_*") if ckpt.is_complete(d))
-                for old in done[: -p.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
-            return
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if env.rank == 0:
-                path = ckpt.save_checkpoint(Path(tmp) / name, msd, osd, rng, state, args, loop_config["config"], tok_dir)
-                checkpoint = ray.train.Checkpoint.from_directory(str(path))
-            ray.train.report(metrics_now, checkpoint=checkpoint, checkpoint_dir_name=name)
-
-    while step < p.max_steps:
-        lr = lr_at(step, p)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=env.device)
-        for micro in range(plan.grad_accum):
-            start = micro_batch_start(step, micro, env.rank, plan)
-            batch = task.batch(train.rows(stream.indices(start, p.micro_batch_size)), env.device)
-            sync = micro == plan.grad_accum - 1
-            with (wrapped.no_sync() if is_ddp and not sync else contextlib.nullcontext()):
-                loss = task.loss(wrapped, batch, autocast)
-                (loss / plan.grad_accum).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
-            grad_norm = grad_norm.full_tensor()
-        # a non-finite loss on any rank shows in the sum on every rank, and the gradient norm is global after the
-        # all-reduce: all ranks stop together, before the update, and nothing more is saved
-        loss_all = _all_sum(loss_sum / plan.grad_accum) / env.world
-        loss_value, grad_norm_value = float(loss_all), float(grad_norm)
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm_value)):
-            opt.zero_grad(set_to_none=True)
-            if env.rank == 0:
-                good = ckpt.latest_checkpoint(env.run_dir) if local_mode else None
-                what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {grad_norm_value}"
-                info = {"step": step + 1, "loss": loss_value, "grad_norm": grad_norm_value, "lr": lr,
-                        "message": f"{what} at step {step + 1}; the last good checkpoint is kept"}
-                if good:
-                    info["last_good_checkpoint"] = str(good)
-                (env.run_dir / DIVERGED_FILE).write_text(json.dumps(info, indent=1))
-                log.error(info["message"])
-            break
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        samples += p.batch_size
-        tokens_seen += tokens_per_step
-        window_steps += 1
-        last = {"loss": loss_value}
-        if bar is not None:
-            bar.update(1)
-        if step % p.log_every == 0 or step == p.max_steps:
-            if env.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - window_t
-            tps = tokens_per_step * window_steps / dt
-            rec = {"step": step, "loss": round(loss_value, 6), "lr": lr, "grad_norm": round(grad_norm_value, 6),
-                   "tokens_per_s": round(tps, 1), "mfu": round(fpt * tps / env.world / peak, 6) if peak == peak else None,
-                   "tokens_seen": tokens_seen, "time": time.time()}
-            if env.rank == 0:
-                metrics.write(rec)
-                log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  MFU %s", step, p.max_steps, loss_value, lr, tps,
-                         f"{rec['mfu'] * 100:.1f}%" if rec["mfu"] is not None else "n/a")
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_value:.3f}")
-            window_t, window_steps = time.perf_counter(), 0
-        if step % p.eval_every == 0 or step == p.max_steps:
-            wrapped.eval()
-            val = task.evaluate(wrapped, env, p, autocast)
-            wrapped.train()
-            last.update({k: v for k, v in val.items() if not k.endswith(("_tokens", "_examples"))})
-            if env.rank == 0:
-                metrics.write({"step": step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in val.items()}})
-                log.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
-            window_t = time.perf_counter()  # evaluation time is not training throughput
-        if step % p.checkpoint_every == 0 or step == p.max_steps:
-            save({"step": step, **last})
-            window_t = time.perf_counter()
-    if bar is not None:
-        bar.close()
-    metrics.close()
-    return {"step": step, **last}
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -499,7 +486,8 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
         tree[section]["data"] = data
         args = resolve_model_args(cfg.model, vocab_size=int(manifest["vocab_size"]), seq_len=int(manifest["seq_len"]))
         if manifest["splits"]["train"]["sequences"] == 0:
-            raise DataError(f"{data}: the train split has no sequences (corpus smaller than one sequence of {manifest['seq_len'] + 1} tokens)")
+            raise DataError(f"{data}: the train split has no sequences (corpus smaller than one sequence of "
+                            f"{manifest['seq_len'] + 1} tokens)")
         tok = manifest.get("tokenizer")
         if tok and "://" not in tok:
             tok_path = Path(tok) if Path(tok).is_dir() else Path(tok).parent
@@ -509,7 +497,8 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
     else:
         init = Path(_abs(p.init_checkpoint))
         if not ckpt.is_complete(init):
-            raise DataError(f"{section}.init_checkpoint {init} is not a complete checkpoint (run `gristmill pretrain` first)")
+            raise DataError(f"{section}.init_checkpoint {init} is not a complete checkpoint "
+                            "(run `gristmill pretrain` first)")
         if not (init / "tokenizer.model").is_file():
             raise DataError(f"{init} carries no tokenizer.model: fine-tuning needs the pretraining tokenizer")
         tree[section]["init_checkpoint"] = str(init)
@@ -525,7 +514,7 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
 
             import sentencepiece as spm
 
-            from trainer.finetune_data import cls_examples
+            from gristmill.trainer.finetune_data import cls_examples
 
             sp = spm.SentencePieceProcessor(model_file=str(init / "tokenizer.model"))
             cfg_abs = GristmillConfig.model_validate(tree)
@@ -547,7 +536,8 @@ def _quiet_placement_group_cleaner() -> None:
 
 
 def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = False) -> TrainResult:
-    """Launch the loop with Ray Train: on the cluster of RAY_ADDRESS (``ray job submit``), or a Ray started in-process."""
+    """Launch the loop with Ray Train: on the cluster of RAY_ADDRESS (``ray job submit``), or a Ray started
+    in-process."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -558,9 +548,9 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
     run_dir = Path(p.storage_path) / p.name
     if not ray.is_initialized():
         no_dashboard = not (p.local_dashboard or os.environ.get("RAY_ADDRESS"))
+        quiet = {"worker_process_setup_hook": _quiet_placement_group_cleaner}
         ray.init(logging_level=logging.WARNING, log_to_driver=True,
-                 **({"include_dashboard": False, "runtime_env": {"worker_process_setup_hook": _quiet_placement_group_cleaner}}
-                    if no_dashboard else {}))
+                 **({"include_dashboard": False, "runtime_env": quiet} if no_dashboard else {}))
     local_mode = p.num_workers == 0
     trainer = TorchTrainer(
         train_loop,

@@ -6,6 +6,10 @@ Hugging Face's ``LlamaForCausalLM``, so export is a renaming of tensors (trainer
 
 The embedding table is padded to a multiple of ``vocab_multiple`` (64): ids beyond the tokenizer's
 vocabulary never occur in the data and their logits are never targets.
+
+``GPT(idx)`` returns next-token logits; :func:`lm_loss` turns them into the training loss.
+``GPTClassifier`` is the same network with a linear head on the hidden state at given positions
+(sequence classification); :func:`build_model` picks the class a checkpoint's dimensions call for.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class ModelArgs:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     dropout: float = 0.0
-    #: > 0: a sequence-classification head on the last token's hidden state (fine-tuning)
+    #: > 0: a sequence-classification head on the last token's hidden state (GPTClassifier)
     n_classes: int = 0
 
     @property
@@ -54,7 +58,7 @@ class ModelArgs:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelArgs":
+    def from_dict(cls, d: dict) -> ModelArgs:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -121,7 +125,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(a.n_head * self.hd, a.d_model, bias=False)
         self.dropout = a.dropout
 
-    def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
@@ -195,12 +199,15 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(args.d_model, args.padded_vocab_size, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.cls_head = nn.Linear(args.d_model, args.n_classes) if args.n_classes else None
+        self.add_heads(args)
         cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
         # not saved in checkpoints: a function of the config
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
+
+    def add_heads(self, args: ModelArgs) -> None:
+        """Where a subclass adds its task heads: before the one initialisation of every parameter."""
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(0, 0.02); residual output projections scaled by 1/√(2·n_layer)."""
@@ -215,11 +222,9 @@ class GPT(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                ignore_index: int = -100, classify_at: torch.Tensor | None = None):
-        """idx (B, T) → logits (B, T, padded_vocab); with targets, (logits, mean cross-entropy over the
-        targets that are not ``ignore_index``). With ``classify_at`` (B,) positions: class logits (B, n_classes)
-        from the hidden state at those positions (one forward entry point, so DDP/FSDP hooks always run)."""
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) → the final normalised hidden states (B, T, d_model); with a cache, the new
+        tokens' states after the cached ones."""
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if start + T > self.args.max_seq_len:
@@ -230,20 +235,42 @@ class GPT(nn.Module):
             x = layer(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += T
-        if classify_at is not None:
-            if self.cls_head is None:
-                raise ValueError("this model has no classification head (n_classes = 0)")
-            h = self.norm(x)[torch.arange(x.shape[0], device=x.device), classify_at]
-            return self.cls_head(h)
-        logits = self.lm_head(self.norm(x))
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
-        return logits, loss
+        return self.norm(x)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) → next-token logits (B, T, padded_vocab)."""
+        return self.lm_head(self.hidden(idx, cache))
 
     def num_params(self, embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
         return n if embedding else n - self.embed.weight.numel()
+
+
+class GPTClassifier(GPT):
+    """The transformer with a linear classification head on the hidden state at one position per
+    sequence (the last real token: fine-tuning pads on the right). Its own forward, so DDP's and
+    FSDP's forward hooks run as for the language model; the weights keep the GPT's names plus
+    ``cls_head.*``, so a pretraining checkpoint loads into it."""
+
+    def add_heads(self, args: ModelArgs) -> None:
+        if args.n_classes < 2:
+            raise ValueError(f"a classifier needs n_classes >= 2, not {args.n_classes}")
+        self.cls_head = nn.Linear(args.d_model, args.n_classes)
+
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """idx (B, T), positions (B,) → class logits (B, n_classes)."""
+        h = self.hidden(idx)[torch.arange(idx.shape[0], device=idx.device), positions]
+        return self.cls_head(h)
+
+
+def build_model(args: ModelArgs) -> GPT:
+    """The model a checkpoint's dimensions describe: a classifier when it has classes."""
+    return GPTClassifier(args) if args.n_classes else GPT(args)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross-entropy (in fp32) over the targets that are not ``ignore_index``."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
 
 
 def flops_per_token(args: ModelArgs, seq_len: int) -> float:

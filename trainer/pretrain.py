@@ -1,52 +1,63 @@
-"""``python -m trainer.pretrain --config FILE``: the entry point ``ray job submit`` runs on a cluster.
+"""``python -m gristmill.trainer.pretrain --config FILE``: the entry point ``ray job submit`` runs.
 
-Same as ``gristmill pretrain``. Under ``ray job submit`` Ray sets RAY_ADDRESS and the run joins that
-cluster; otherwise Ray starts in this process. Paths in the config should be absolute (or relative to
-where the job runs) and reachable from every node.
+The same run as ``gristmill pretrain`` (see its ``--help``). Under ``ray job submit`` Ray sets
+RAY_ADDRESS and the run joins that cluster; otherwise Ray starts in this process. Paths in the
+config should be absolute (or relative to where the job runs) and reachable from every node.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML config with model: and pretrain: sections (configs/demo.yaml)")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                        help="override one config key, e.g. --set pretrain.max_steps=500 --set model.preset=124M (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+from gristmill.config import add_config_arguments, load_config
+from gristmill.errors import run_command
+from gristmill.log import add_logging_arguments, setup_logging, verbosity
 
 
-def run(args) -> int:
-    from trainer.commands import _train
-
-    return _train("pretrain", args)
+def print_summary(task: str, result) -> None:
+    """What a finished training run printed: its last metrics, the loss curve's ends, where things are."""
+    m = result.metrics
+    loss = f", loss {m['loss']:.4f}" if "loss" in m else ""
+    val = f", val loss {m['val_loss']:.4f}" if "val_loss" in m else ""
+    ppl = f" (perplexity {m['val_ppl']:.2f})" if "val_ppl" in m else ""
+    print(f"{task}: step {m.get('step', '?')}{loss}{val}{ppl} in {result.seconds:.0f} s")
+    print(f"final:      {json.dumps(m)}")
+    metrics_path = result.run_dir / "metrics.jsonl"
+    curve = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    curve = [r for r in curve if "loss" in r]
+    if len(curve) >= 2:
+        first, last = curve[0], curve[-1]
+        print(f"loss:       {first['loss']:.3f} at step {first['step']} → {last['loss']:.3f} at step {last['step']}")
+    print(f"metrics:    {metrics_path} (TensorBoard: {result.run_dir / 'tensorboard'})")
+    print(f"checkpoint: {result.checkpoint}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import error_exit
-    from pipelines.log import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m trainer.pretrain", description=DESCRIPTION)
-    add_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="python -m gristmill.trainer.pretrain",
+        description="Pretrain on token shards with Ray Train: the run of `gristmill pretrain` (see its --help), "
+        "as an entry point for `ray job submit`.",
+        epilog="example: ray job submit --address http://HEAD:8265 --working-dir . -- "
+        "python -m gristmill.trainer.pretrain --config configs/pretrain-124M.yaml",
+    )
+    add_config_arguments(parser, "model: and pretrain: sections, e.g. configs/pretrain-124M.yaml")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    add_logging_arguments(parser)
     args = parser.parse_args(argv)
-    setup_logging(-1 if args.quiet else args.verbose)
-    return error_exit("pretrain", lambda: run(args))
+    setup_logging(verbosity(args))
 
+    def run() -> int:
+        from gristmill.trainer.loop import run_training
 
-DESCRIPTION = (
-    "Pretrain the decoder-only transformer (model: section) on token shards (pretrain.data, written by "
-    "`gristmill tokenize`) with Ray Train: DDP or FSDP over pretrain.num_workers workers (0 = in this process), "
-    "AdamW with warmup + cosine, gradient accumulation and clipping, validation loss and perplexity every "
-    "pretrain.eval_every steps. Checkpoints (safetensors + optimizer/RNG/data position) go to "
-    "STORAGE_PATH/NAME/checkpoint_NNNNNNNN; metrics to STORAGE_PATH/NAME/metrics.jsonl and tensorboard/. "
-    "Running the same name and storage_path again resumes from the last checkpoint, and a failed worker group "
-    "restarts from it (pretrain.max_failures). On a cluster: ray job submit --address http://HEAD:8265 "
-    "--working-dir . -- python -m trainer.pretrain --config FILE"
-)
+        cfg = load_config(args.config, args.set)
+        progress = sys.stderr.isatty() and not args.no_progress and not args.quiet
+        print_summary("pretrain", run_training(cfg, "pretrain", progress=progress))
+        return 0
+
+    return run_command("pretrain", run)
+
 
 if __name__ == "__main__":
     sys.exit(main())

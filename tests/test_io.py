@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import shards
+from gristmill import io
 
 
 def test_a_directory_made_by_another_worker_in_between_is_not_an_error(tmp_path, monkeypatch):
@@ -22,5 +22,5 @@ def test_a_directory_made_by_another_worker_in_between_is_not_an_error(tmp_path,
         return real_exists(path)
 
     monkeypatch.setattr(FileSystems, "exists", staticmethod(exists_missing_once))
-    shards.write_bytes_atomic(str(target / "part-00000.arrow"), b"data")
+    io.write_bytes_atomic(str(target / "part-00000.arrow"), b"data")
     assert (target / "part-00000.arrow").read_bytes() == b"data" and calls["n"] == 1

@@ -7,13 +7,16 @@ error: a typo in a threshold must not be silently ignored.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+
+from gristmill.errors import GristmillError
 
 
 class _Section(BaseModel):
@@ -129,6 +132,34 @@ class PiiConfig(_Section):
     ip_replacement: str = "<IP_ADDRESS>"
 
 
+#: stages of the cleaning chain a document can be dropped in; a custom filter takes another name
+BUILTIN_CLEAN_STAGES = ("normalize", "url_blocklist", "langid", "gopher_repetition", "gopher_quality", "c4_lines")
+
+
+class CustomFilterConfig(_LanguageScoped):
+    """A filter of your own in the cleaning chain: a pure function ``fn(text, params) -> Verdict``
+    with the contract of the built-in filters (``gristmill.pipelines.filters.Verdict``: the text,
+    possibly rewritten; a drop reason or None; signals). Custom filters run after the built-in
+    quality rules, in the order listed, before PII redaction; a document one drops is counted as
+    ``<name>:<reason>`` (and ``<name>:error`` when the function raises)."""
+
+    #: the funnel stage of this filter and the first part of its drop reasons
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
+    #: "package.module:function" (or "package.module.function"), importable wherever the pipeline runs
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*[.:][A-Za-z_][\w.]*$")
+    languages: tuple[str, ...] = ("*",)
+    #: passed to the function as its second argument (a read-only mapping)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_builtin_stage(cls, v):
+        reserved = ("read", "extract", *BUILTIN_CLEAN_STAGES, "exact_dedup", "near_dedup")
+        if v in reserved:
+            raise ValueError(f"{v!r} is the name of a built-in stage; choose another")
+        return v
+
+
 class CleanConfig(_Section):
     normalize: NormalizeConfig = NormalizeConfig()
     url_blocklist: UrlBlocklistConfig = UrlBlocklistConfig()
@@ -136,6 +167,25 @@ class CleanConfig(_Section):
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
     c4_lines: C4LinesConfig = C4LinesConfig()
     pii: PiiConfig = PiiConfig()
+    #: your own filters (see CustomFilterConfig); e.g. [{name: no_recipes, function: "my.filters:no_recipes"}]
+    custom_filters: tuple[CustomFilterConfig, ...] = ()
+
+    @field_validator("custom_filters")
+    @classmethod
+    def _unique_names(cls, v):
+        names = [f.name for f in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"custom filter names must be unique: {names}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_no_custom_filters(self, handler):
+        # without custom filters the dump (recorded in manifests, hashed as the config's
+        # fingerprint) is what it was before they existed: earlier outputs stay byte-identical
+        data = handler(self)
+        if not self.custom_filters:
+            data.pop("custom_filters", None)
+        return data
 
 
 class ExactDedupConfig(_Section):
@@ -168,14 +218,6 @@ class NearDedupConfig(_Section):
         if self.lsh_weights is not None:
             return self.lsh_weights
         return (0.1, 0.9) if self.verify else (0.5, 0.5)
-
-    def lsh_params(self) -> tuple[int, int]:
-        """(bands, rows): as set, or chosen from the threshold the way datasketch does."""
-        if self.bands:
-            return self.bands, self.rows
-        from dedupe.minhash import optimal_params
-
-        return optimal_params(self.threshold, self.num_perm, *self.weights())
 
     @field_validator("rows")
     @classmethod
@@ -398,7 +440,7 @@ class GristmillConfig(_Section):
         return hashlib.sha256(blob).hexdigest()
 
 
-class ConfigError(ValueError):
+class ConfigError(GristmillError, ValueError):
     """A config file or override that cannot be used; the message says what to fix."""
 
 
@@ -439,3 +481,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loc = ".".join(str(x) for x in err["loc"])
             lines.append(f"  {loc}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser,
+                         example: str = "configs/corpus.yaml documents every key") -> None:
+    """--config FILE and --set KEY=VALUE: how every command takes its config."""
+    parser.add_argument("--config", metavar="FILE", help=f"YAML config ({example}); defaults if omitted")
+    parser.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[],
+        help="override one config key, e.g. --set langid.threshold=0.8 --set 'langid.keep=[en,de]' (repeatable)",
+    )

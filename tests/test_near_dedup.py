@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from dedupe import components as cc
-from dedupe import minhash as mh
-from dedupe.beam import SPILL_FILE_DOCS, connected_components, near_dedup
-from pipelines.config import NearDedupConfig, load_config
-from pipelines.corpus import build_manifest
-from pipelines.documents import new_document
+from gristmill.config import NearDedupConfig, load_config
+from gristmill.dedupe import components as cc
+from gristmill.dedupe import minhash as mh
+from gristmill.dedupe.beam import SPILL_FILE_DOCS, connected_components, near_dedup
+from gristmill.documents import new_document
+from gristmill.pipelines.corpus import build_manifest
 
 from .conftest import SAMPLE, shared
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 def reference_clusters(docs: list[dict], cfg: NearDedupConfig) -> dict[str, str]:
     """datasketch MinHashLSH over our signatures, every candidate pair verified, union-find."""
-    bands, rows = cfg.lsh_params()
+    bands, rows = mh.lsh_params(cfg)
     lsh = datasketch.MinHashLSH(num_perm=cfg.num_perm, params=(bands, rows))
     nodes, shingles = [], {}
     for d in docs:
@@ -45,14 +45,17 @@ def reference_clusters(docs: list[dict], cfg: NearDedupConfig) -> dict[str, str]
         shingles[node] = np.unique(mh.shingle_hashes64(d["text"], cfg.ngram))
     edges = []
     for node in shingles:
-        sig = datasketch.MinHash(hashvalues=mh.text_signature(docs[nodes.index(node)]["text"], cfg.ngram, cfg.num_perm, cfg.seed), seed=cfg.seed, scheme=mh.SCHEME)
+        text = docs[nodes.index(node)]["text"]
+        sig = datasketch.MinHash(hashvalues=mh.text_signature(text, cfg.ngram, cfg.num_perm, cfg.seed), seed=cfg.seed,
+                                 scheme=mh.SCHEME)
         for other in lsh.query(sig):
             if other != node and (not cfg.verify or mh.jaccard(shingles[node], shingles[other]) >= cfg.threshold):
                 edges.append((node, other))
     return cc.union_find_components(nodes, edges)
 
 
-def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str], spill_file_docs: int = SPILL_FILE_DOCS) -> list[dict]:
+def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str],
+                   spill_file_docs: int = SPILL_FILE_DOCS) -> list[dict]:
     out: list[dict] = []
 
     class Collect(beam.DoFn):  # results come back through a file: works on every runner
@@ -72,7 +75,7 @@ def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str],
     clustered, _ = near_dedup(p | beam.Create(docs), cfg, spill_dir, spill_file_docs=spill_file_docs)
     _ = (
         clustered
-        | beam.Map(lambda d: {"id": d["id"], "source": d["source"], "cluster_id": d["cluster_id"], "cluster_size": d["cluster_size"], "reason": d["reason"]})
+        | beam.Map(lambda d: {k: d[k] for k in ("id", "source", "cluster_id", "cluster_size", "reason")})
         | beam.ParDo(Collect(path))
     )
     result = p.run()
@@ -147,10 +150,12 @@ def test_web_sample_equals_reference_without_verification(sample_docs):
 def test_web_sample_equals_reference_dask(sample_docs):
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
         check_against_reference(
             sample_docs, NearDedupConfig(),
-            ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner", "--dask_client_address", cluster.scheduler_address],
+            ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner",
+             "--dask_client_address", cluster.scheduler_address],
         )
 
 
@@ -196,8 +201,8 @@ def test_grouping_steps_hold_no_group_in_memory(step, args):
 
 
 def test_exact_dedup_and_near_dedup_joins_stream_their_groups():
-    from dedupe.beam import _attach_first, _cluster_info, _verify
-    from pipelines.corpus import _keep_smallest
+    from gristmill.dedupe.beam import _attach_first, _cluster_info, _verify
+    from gristmill.pipelines.transforms import _keep_smallest
 
     docs = Streamed(lambda: ({**new_document(f"d{i:07d}", "same text", "s")} for i in range(N)))
     assert _peak_bytes(_keep_smallest, ("h", docs)) < 1_000_000
@@ -205,11 +210,13 @@ def test_exact_dedup_and_near_dedup_joins_stream_their_groups():
     assert _peak_bytes(_cluster_info, (cc.node_key("d0000000", "s"), members)) < 1_000_000
     # a node with many edges out and in, its text last; then the star centre receiving them all
     text = zlib.compress(" ".join(f"w{i}" for i in range(300)).encode(), 1)
-    ends = Streamed(lambda: itertools.chain(((("o", f"v{i:07d}") if i % 2 else ("i",)) for i in range(N)), [("s", text, None)]))
+    ends = Streamed(lambda: itertools.chain((("o", f"v{i:07d}") if i % 2 else ("i",) for i in range(N)),
+                                           [("s", text, None)]))
     list(_attach_first(("u", [("i",), ("s", text, None)]), 5))  # first call: the word tables are built once
     assert _peak_bytes(_attach_first, ("u", ends), 5) < 1_000_000
     shingles = np.arange(200, dtype=np.uint64).tobytes()
-    sets = Streamed(lambda: itertools.chain(((f"u{i:07d}", shingles, None) for i in range(N // 10)), [(None, shingles, None)]))
+    sets = Streamed(lambda: itertools.chain(((f"u{i:07d}", shingles, None) for i in range(N // 10)),
+                                           [(None, shingles, None)]))
     assert _peak_bytes(_verify, ("v", sets), 0.8) < 1_000_000
 
 
@@ -230,9 +237,9 @@ def test_connected_components_on_random_graphs_equal_union_find():
     path = tempfile.mktemp()
     with beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"])) as p:
         labels, changes = connected_components(p | beam.Create(sorted(edges)), max_rounds=12)
-        _ = (labels, changes | beam.Map(lambda kv: ("round", kv))) | beam.Flatten() | beam.combiners.ToList() | beam.Map(
-            lambda xs: open(path, "w").write(json.dumps(xs))
-        )
+        rounds = changes | beam.Map(lambda kv: ("round", kv))
+        _ = ((labels, rounds) | beam.Flatten() | beam.combiners.ToList()
+             | beam.Map(lambda xs: open(path, "w").write(json.dumps(xs))))
     items = json.load(open(path))
     labels = {u: m for u, m in (x for x in items if x[0] != "round")}
     rounds = dict(x[1] for x in items if x[0] == "round")
@@ -246,10 +253,10 @@ def test_non_convergence_is_a_clear_error():
     stats = {
         "counts": {"read": 1, "kept": 1, "lang_kept\x00en": 1},
         "files": [{"documents": 1}],
-        "shards": [], "rejected_shards": [],
+        "shards": [], "rejected_shards": [], "index_shards": [],
         "cc_rounds": [["round-01", 10], ["round-02", 4], ["round-03", 1]],
     }
-    from pipelines.corpus import InputPlan
+    from gristmill.pipelines.corpus import InputPlan
 
     with pytest.raises(RuntimeError, match=r"did not converge in 3 rounds.*near_dedup.max_rounds"):
         build_manifest(InputPlan(), stats, cfg)
@@ -258,7 +265,7 @@ def test_non_convergence_is_a_clear_error():
 
 
 def test_config_rejects_half_overridden_lsh_params():
-    from pipelines.config import ConfigError
+    from gristmill.config import ConfigError
 
     with pytest.raises(ConfigError, match="bands"):
         load_config(None, ["near_dedup.rows=10"])

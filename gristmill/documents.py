@@ -1,4 +1,7 @@
-"""The document record that flows between stages, and its Arrow schema (the corpus contract).
+"""The corpus contract: the document record, the shard schemas, and the corpus directory.
+
+Written by :mod:`gristmill.pipelines`, read by :mod:`gristmill.tokenizer` and by users: both sides of
+the format live here, in the core, so that no stage imports another to read it.
 
 A document is a plain dict (cheap to pickle between Beam workers). Columns of a corpus shard:
 
@@ -20,11 +23,20 @@ cluster_size        int32      documents in the cluster before near-dedup (1: no
 ==================  =========  =====================================================================
 
 Rejected shards carry the same columns plus ``reason`` (``stage:rule``) and ``detail``.
+
+A corpus directory: ``lang=xx/part-NNNNN.arrow`` (each shard sorted by id), dropped documents
+under ``_rejected/reason=<stage>/``, the LSH index for refreshes under ``_index/``, and
+``manifest.json``, which lists every shard: read shards through it (:func:`open_corpus`), never by
+globbing, so a stale file of an interrupted run is never read.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
+
+from gristmill import io
 
 SCHEMA_VERSION = "1"
 
@@ -148,3 +160,74 @@ def to_table(docs: list[dict], rejected: bool = False) -> pa.Table:
             cols["reason"].append(d["reason"])
             cols["detail"].append(d.get("detail"))
     return pa.table([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus directory
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_name(partition_dir: str, index: int) -> str:
+    return f"{partition_dir}/part-{index:05d}.arrow"
+
+
+def write_shard(output: str, partition_dir: str, index: int, docs: list[dict], kind: str, arrow_format: str) -> dict:
+    """Sort by id, write one Arrow shard (kind: corpus, rejected or index) atomically, return its
+    manifest entry."""
+    docs = sorted(docs, key=sort_key)
+    table = to_index_table(docs) if kind == "index" else to_table(docs, rejected=kind == "rejected")
+    # the index is read by refreshes with pyarrow directly: always the random-access file format
+    data = io.table_bytes(table, "file" if kind == "index" else arrow_format)
+    rel = shard_name(partition_dir.rstrip("/"), index)
+    io.write_bytes_atomic(io.join(output, rel), data)
+    return {"path": rel, "rows": len(docs), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def read_manifest(output: str) -> dict:
+    path = io.join(output, "manifest.json")
+    if not io.exists(path):
+        raise FileNotFoundError(f"{output} is not a gristmill corpus: no manifest.json (run `gristmill corpus` first)")
+    return io.read_json(path)
+
+
+def open_corpus(output: str, rejected: bool = False):
+    """A ``pyarrow.dataset.Dataset`` over the shards the manifest lists (never a stale file).
+
+    ``rejected=True`` opens the dropped documents instead (columns ``reason`` and ``detail`` added).
+    Stream-format shards (``write.arrow_format: stream``) are for ``datasets.Dataset.from_file``;
+    pyarrow.dataset reads only the file format.
+    """
+    import pyarrow.dataset as ds
+
+    manifest = io.read_json(io.join(output, "manifest.json"))
+    if manifest["config"]["write"]["arrow_format"] != "file":
+        raise ValueError(f"{output}: shards are Arrow stream files; open them with datasets.Dataset.from_file")
+    entries = manifest["rejected_shards" if rejected else "shards"]
+    return ds.dataset(
+        [io.join(output, s["path"]) for s in entries],
+        schema=REJECTED_SCHEMA if rejected else CORPUS_SCHEMA,
+        format="arrow",
+    )
+
+
+def check_corpus_shards(corpus: str, manifest: dict, columns: tuple[str, ...] = ("id", "text", "lang")) -> None:
+    """Every shard the manifest lists exists and has the columns a consumer needs (checked from the
+    files' schemas, which costs a footer read each) — or a ValueError naming the shard."""
+    for entry in manifest["shards"]:
+        path = io.join(corpus, entry["path"])
+        if not io.exists(path):
+            raise ValueError(f"corpus shard {path} listed in the manifest is missing")
+        try:
+            names = set(io.ipc_schema(path).names)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"corpus shard {path} is not an Arrow IPC file: {e}") from None
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ValueError(f"corpus shard {path} has an unexpected schema: no column(s) {missing} "
+                             f"(has {sorted(names)})")
+
+
+def iter_shard_rows(path: str, columns: list[str]):
+    """The rows of one shard as tuples of ``columns``, batch by batch."""
+    for batch in io.iter_batches(path, columns):
+        yield from zip(*(batch.column(c).to_pylist() for c in columns))

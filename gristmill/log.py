@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
-
 
 # Harmless import-time warnings of Beam's optional cloud extras, printed on every run.
 _KNOWN_NOISE = ("Failed to import GCSFileSystem", "apitools not found", "Missing pipeline option (runner)")
@@ -36,3 +36,13 @@ def setup_logging(verbosity: int = 0) -> None:
     # Beam and friends are chatty at INFO; keep their warnings
     for noisy in ("apache_beam", "distributed", "urllib3", "absl", "trafilatura"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """-v/-q, for every command (``setup_logging(verbosity(args))``)."""
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    return -1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)

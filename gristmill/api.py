@@ -1,0 +1,218 @@
+"""The Python API: what each ``gristmill`` command does, as a function (docs/api.md).
+
+The command line and the demo are thin layers over these functions. Each takes the typed config
+(:class:`~gristmill.config.GristmillConfig`, from :func:`load_config` or built in Python; ``None``
+means the defaults) and returns what the command reports. Stages are imported when a function
+is called, so ``import gristmill`` stays light.
+
+    import gristmill
+    cfg = gristmill.load_config("configs/demo.yaml")
+    corpus = gristmill.run_corpus(["sample/crawl/*"], "runs/api/corpus", cfg)
+    print(corpus.manifest["counts"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gristmill.config import ConfigError, CustomFilterConfig, GristmillConfig, load_config
+
+__all__ = [
+    "add_filter",
+    "evaluate",
+    "export_hf",
+    "finetune_cls",
+    "generate",
+    "load_config",
+    "load_tokenizer",
+    "pretrain",
+    "refresh",
+    "run_corpus",
+    "sft",
+    "tokenize",
+    "train_tokenizer",
+]
+
+
+def _cfg(config: GristmillConfig | None) -> GristmillConfig:
+    return config if config is not None else GristmillConfig()
+
+
+# --- corpus ----------------------------------------------------------------------------------------
+
+
+def run_corpus(inputs: Sequence[str], output: str, config: GristmillConfig | None = None,
+               beam_args: Sequence[str] | None = None, *, skip_bad_files: bool = False, overwrite: bool = False,
+               progress: bool = True):
+    """``gristmill corpus``: crawl files (paths or globs; WARC/WET, JSONL, Parquet) → clean,
+    deduplicated Arrow shards under ``output`` with ``manifest.json``. ``beam_args`` are Beam
+    pipeline options (``["--runner", "DataflowRunner", ...]``; default: the in-process DirectRunner).
+    Returns a ``RunResult`` (manifest, manifest_path, report_path, seconds)."""
+    from gristmill.pipelines.corpus import run_corpus as _run
+
+    return _run(list(inputs), output, _cfg(config), list(beam_args or []), skip_bad_files=skip_bad_files,
+                overwrite=overwrite, progress=progress)
+
+
+def refresh(published: str, inputs: Sequence[str], output: str, config: GristmillConfig | None = None,
+            beam_args: Sequence[str] | None = None, *, skip_bad_files: bool = False, overwrite: bool = False,
+            progress: bool = True):
+    """``gristmill refresh``: a new crawl → a new corpus version under ``output`` without the
+    documents that duplicate the ``published`` corpus (any of its versions). ``config`` None: the
+    published corpus's own config. Returns a ``RunResult``; ``manifest["versions"]`` lists every version."""
+    from gristmill.pipelines.corpus import run_corpus as _run
+    from gristmill.pipelines.refresh_index import PublishedCorpus
+
+    corpus = PublishedCorpus.open(published)
+    cfg = config if config is not None else corpus.default_config()
+    corpus.check_compatible(cfg)
+    return _run(list(inputs), output, cfg, list(beam_args or []), skip_bad_files=skip_bad_files,
+                overwrite=overwrite, progress=progress, published=corpus)
+
+
+def add_filter(config: GristmillConfig | None, name: str, function: Callable | str, *,
+               languages: Sequence[str] = ("*",), params: dict[str, Any] | None = None) -> GristmillConfig:
+    """A copy of ``config`` with your own filter appended to the cleaning chain (``clean.custom_filters``).
+
+    ``function(text, params) -> gristmill.pipelines.filters.Verdict``: a pure function with the
+    contract of the built-in filters, defined at the top level of an importable module (workers
+    import it by name), or its dotted name ``"package.module:function"``. Documents it drops are
+    counted under ``<name>:<reason>``."""
+    if callable(function):
+        path = f"{function.__module__}:{function.__qualname__}"
+        if "<" in path:
+            raise ConfigError(f"filter {name!r}: {path} is not importable by name (a lambda or a nested function); "
+                              "define it at the top level of a module")
+    else:
+        path = function
+    cfg = _cfg(config)
+    entry = CustomFilterConfig(name=name, function=path, languages=tuple(languages), params=dict(params or {}))
+    tree = cfg.model_dump(mode="json")
+    tree["clean"]["custom_filters"] = [*tree["clean"].get("custom_filters", []), entry.model_dump(mode="json")]
+    return GristmillConfig.model_validate(tree)
+
+
+# --- tokenizer -------------------------------------------------------------------------------------
+
+
+def train_tokenizer(corpus: str, output: str, config: GristmillConfig | None = None):
+    """``gristmill tokenizer train``: SentencePiece (``config.tokenizer``) trained on a corpus
+    directory, written to ``output`` with tokenizer.json. Returns a ``TrainResult`` (meta, seconds)."""
+    from gristmill.tokenizer.train import train_tokenizer as _train
+
+    return _train(corpus, output, _cfg(config).tokenizer)
+
+
+def load_tokenizer(path: str):
+    """A SentencePiece processor from a tokenizer directory or ``.model`` file."""
+    from gristmill.tokenizer.train import load
+
+    return load(path)
+
+
+def tokenize(corpus: str, tokenizer: str, output: str, config: GristmillConfig | None = None,
+             beam_args: Sequence[str] | None = None):
+    """``gristmill tokenize``: a corpus → packed token shards (``config.tokenize``) under ``output``.
+    Returns a ``TokenizeResult`` (manifest, manifest_path, seconds)."""
+    from gristmill.pipelines.tokenize import run_tokenize
+
+    return run_tokenize(corpus, tokenizer, output, _cfg(config).tokenize, list(beam_args or []))
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def _train(task: str, config: GristmillConfig, progress: bool):
+    from gristmill.trainer.loop import run_training
+
+    return run_training(config, task, progress=progress)
+
+
+def pretrain(config: GristmillConfig, *, progress: bool = False):
+    """``gristmill pretrain``: the ``model`` on the token shards of ``config.pretrain.data``, with
+    Ray Train (on the cluster of RAY_ADDRESS, or a Ray started here). Returns a ``TrainResult``
+    (run_dir, checkpoint, metrics, seconds)."""
+    return _train("pretrain", config, progress)
+
+
+def sft(config: GristmillConfig, *, progress: bool = False):
+    """``gristmill sft``: instruction / chat fine-tuning of ``config.sft.init_checkpoint`` on
+    ``config.sft.files``, loss on assistant tokens only. Returns a ``TrainResult``."""
+    return _train("sft", config, progress)
+
+
+def finetune_cls(config: GristmillConfig, *, progress: bool = False):
+    """``gristmill finetune-cls``: a classification head on ``config.finetune_cls.init_checkpoint``
+    fine-tuned on ``config.finetune_cls.files``; validation accuracy and macro-F1 in the metrics."""
+    return _train("cls", config, progress)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(checkpoint: str, *, data: str | None = None, mc: Sequence[str] = (), shots: int = 0, limit: int = 0,
+             max_batches: int = 0, device: str = "auto", on_result: Callable[[str, dict], None] | None = None) -> dict:
+    """``gristmill eval``: perplexity on the val split of the token directory ``data`` and accuracy
+    on multiple-choice JSONL files ``mc`` ({question, choices, answer}), k-shot. Returns the
+    report; ``on_result(name, result)`` is called as each part is done."""
+    from gristmill.trainer.checkpoint import load_model
+    from gristmill.trainer.evaluate import multiple_choice, perplexity, read_mc
+    from gristmill.trainer.generate import load_tokenizer as checkpoint_tokenizer
+
+    if not data and not mc:
+        raise ConfigError("nothing to evaluate: give a token directory (data) and/or multiple-choice files (mc)")
+    model = load_model(checkpoint, _device(device))
+    report: dict = {"checkpoint": str(Path(checkpoint).resolve())}
+    if data:
+        report["perplexity"] = perplexity(model, data, max_batches=max_batches)
+        if on_result:
+            on_result("perplexity", report["perplexity"])
+    if mc:
+        sp = checkpoint_tokenizer(checkpoint)
+        report["multiple_choice"] = {}
+        for path in mc:
+            items = read_mc(path)
+            items = items[:limit] if limit else items
+            result = report["multiple_choice"][Path(path).name] = multiple_choice(model, sp, items, shots=shots)
+            if on_result:
+                on_result(Path(path).name, result)
+    return report
+
+
+def generate(checkpoint: str, prompt: str, sampling=None, *, chat: bool = False, system: str | None = None,
+             on_text: Callable[[str], None] | None = None, device: str = "auto") -> str:
+    """``gristmill generate``: a completion of ``prompt`` (with ``chat``: the assistant's answer to
+    it as a user message, through the ChatML template). ``sampling``: a
+    ``gristmill.trainer.generate.SamplingConfig`` (temperature, top-k, top-p, stops, seed).
+    ``on_text`` receives the text as it grows (streaming)."""
+    from gristmill.trainer.checkpoint import load_model
+    from gristmill.trainer.finetune_data import encode_chat
+    from gristmill.trainer.generate import SamplingConfig, default_stop_ids, generate_text
+    from gristmill.trainer.generate import load_tokenizer as checkpoint_tokenizer
+
+    model = load_model(checkpoint, _device(device))
+    sp = checkpoint_tokenizer(checkpoint)
+    cfg = sampling or SamplingConfig()
+    if not cfg.stop_ids:
+        cfg = SamplingConfig(**{**cfg.__dict__, "stop_ids": default_stop_ids(sp)})
+    if chat:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        ids = encode_chat(sp, messages, add_generation_prompt=True)[0]
+    else:
+        ids = sp.encode(prompt)
+    return generate_text(model, sp, ids, cfg, on_text=on_text)
+
+
+def export_hf(checkpoint: str, output: str, tokenizer: str | None = None) -> Path:
+    """``gristmill export-hf``: a checkpoint → a directory ``transformers`` loads
+    (``AutoModelForCausalLM``, ``AutoTokenizer``). Returns its path."""
+    from gristmill.trainer.export import export_hf as _export
+
+    return _export(checkpoint, output, tokenizer)

@@ -1,0 +1,442 @@
+"""``gristmill``: the one command line. ``gristmill <command> --help`` explains each step.
+
+A thin layer over :mod:`gristmill.api`: every command parses its arguments, calls one API function
+and prints what it returned. Stages are imported only when a command runs, so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gristmill import __version__
+from gristmill.config import add_config_arguments
+from gristmill.errors import run_command
+from gristmill.log import add_logging_arguments, setup_logging, verbosity
+
+log = logging.getLogger("gristmill")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_GLOB = str(REPO_ROOT / "sample" / "crawl" / "*")
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+#: commands whose unknown arguments are Beam pipeline options
+BEAM_COMMANDS = ("corpus", "refresh", "tokenize", "demo")
+
+PRETRAIN_DESCRIPTION = (
+    "Pretrain the decoder-only transformer (model: section) on token shards (pretrain.data, written by "
+    "`gristmill tokenize`) with Ray Train: DDP or FSDP over pretrain.num_workers workers (0 = in this process), "
+    "AdamW with warmup + cosine, gradient accumulation and clipping, validation loss and perplexity every "
+    "pretrain.eval_every steps. Checkpoints (safetensors + optimizer/RNG/data position) go to "
+    "STORAGE_PATH/NAME/checkpoint_NNNNNNNN; metrics to STORAGE_PATH/NAME/metrics.jsonl and tensorboard/. "
+    "Running the same name and storage_path again resumes from the last checkpoint, and a failed worker group "
+    "restarts from it (pretrain.max_failures). On a cluster: ray job submit --address http://HEAD:8265 "
+    "--working-dir . -- python -m gristmill.trainer.pretrain --config FILE"
+)
+
+
+def _corpus_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """Arguments of the commands that run the corpus pipeline."""
+    parser.add_argument("--input", nargs="+", required=True, metavar="GLOB",
+                        help="input files or globs (quote globs); local paths or gs://, s3:// ...")
+    parser.add_argument("--output", required=True, metavar="DIR", help=output_help)
+    add_config_arguments(parser)
+    parser.add_argument("--skip-bad-files", action="store_true",
+                        help="skip input files that cannot be read at all (listed in the manifest) instead of stopping")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty directory that gristmill did not create")
+    add_logging_arguments(parser)
+
+
+def _training_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    add_config_arguments(parser, example)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    add_logging_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gristmill",
+        description="From raw web crawls to a trained language model. Data flow: "
+        "web text → corpus (Beam: read, clean, language ID, dedup) → Arrow shards → tokenizer → token shards "
+        "→ trainer.",
+    )
+    parser.add_argument("--version", action="version", version=f"gristmill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser(
+        "corpus",
+        help="crawl files → clean, language-partitioned Arrow shards + manifest (Apache Beam)",
+        description="Read WARC/WET/JSONL/Parquet crawl files, extract and clean the text (ftfy, URL blocklist, "
+        "fastText language ID, Gopher repetition and quality rules, C4 line rules, your own filters, PII redaction), "
+        "remove exact and MinHash near duplicates and write Arrow shards under OUTPUT/lang=xx/ with "
+        "OUTPUT/manifest.json (every input document counted: read = kept + dropped by reason) and OUTPUT/report.html. "
+        "Arguments this command does not know are Beam pipeline options, passed through unchanged: "
+        "--runner DataflowRunner|FlinkRunner|SparkRunner|..., --direct_num_workers 2 "
+        "--direct_running_mode multi_processing, --project, --temp_location, --setup_file ./setup.py ...",
+        epilog="example: gristmill corpus --input 'crawl/*.warc.gz' --output corpus/ --config configs/corpus.yaml",
+    )
+    _corpus_arguments(c, output_help="output directory (created; an earlier gristmill output there is replaced)")
+
+    r = sub.add_parser(
+        "refresh",
+        help="a new crawl → a new corpus version, deduplicated against itself and a published corpus",
+        description="Run the corpus pipeline on a new crawl and remove, besides its own exact and near duplicates, "
+        "every document that duplicates one of the published corpus (any of its versions): exact duplicates by text "
+        "hash, near duplicates through the published LSH index (_index/ next to its shards; the published text is "
+        "never re-read, its shards never rewritten). OUTPUT holds only the new documents, with manifest.json "
+        "(parent, versions) and versions.json listing every version and what it added and removed. Without --config "
+        "the published corpus's own config is used. Unknown arguments are Beam pipeline options.",
+        epilog="example: gristmill refresh --published corpus/2024-10 --input 'crawl-2024-11/*.warc.gz' "
+        "--output corpus/2024-11",
+    )
+    r.add_argument("--published", required=True, metavar="DIR", help="the latest published corpus version")
+    _corpus_arguments(r, output_help="directory of the new version")
+
+    t = sub.add_parser(
+        "tokenizer",
+        help="train a SentencePiece tokenizer on a corpus; encode / decode text with one",
+        description="SentencePiece (BPE by default) trained from the corpus's Arrow shards, streamed; exported to a "
+        "Hugging Face tokenizer.json that encodes identically. See docs/tokenizer.md.",
+    )
+    tsub = t.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    tt = tsub.add_parser(
+        "train", help="train from corpus shards",
+        description="Train SentencePiece on the documents of CORPUS (language-sampled by tokenizer.language_weights) "
+        "and write OUTPUT/tokenizer.model, .vocab, tokenizer.json, tokenizer_config.json (chat template) and "
+        "tokenizer_meta.json.",
+        epilog="example: gristmill tokenizer train --corpus corpus/ --output tok/ --set tokenizer.vocab_size=32000")
+    tt.add_argument("--corpus", required=True, metavar="DIR", help="a corpus directory written by `gristmill corpus`")
+    tt.add_argument("--output", required=True, metavar="DIR", help="where to write the tokenizer files")
+    add_config_arguments(tt)
+    add_logging_arguments(tt)
+    for name, what, example in (("encode", "text → ids (or pieces with --pieces)", "'The old mill'"),
+                                ("decode", "ids → text", "1034 88 5121")):
+        e = tsub.add_parser(name, help=what, description=f"{what}; reads the arguments, or standard input if none.",
+                            epilog=f"example: gristmill tokenizer {name} --tokenizer tok/ {example}")
+        e.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer directory or .model file")
+        e.add_argument("text", nargs="*", help="text to encode, or ids to decode")
+        if name == "encode":
+            e.add_argument("--pieces", action="store_true", help="print pieces instead of ids")
+        add_logging_arguments(e)
+
+    k = sub.add_parser(
+        "tokenize",
+        help="corpus shards → packed token shards for training (Apache Beam)",
+        description="Encode every document of CORPUS, join documents with eos, pack them into sequences of SEQ_LEN + 1 "
+        "tokens and write OUTPUT/train/ and OUTPUT/val/ Arrow files (a fixed-size-list column of uint16/uint32, "
+        "memory-mappable) with OUTPUT/manifest.json (token counts per split and language). Unknown arguments are "
+        "Beam pipeline options.",
+        epilog="example: gristmill tokenize --corpus corpus/ --tokenizer tok/ --output tokens/ --seq-len 1024",
+    )
+    k.add_argument("--corpus", required=True, metavar="DIR", help="a corpus directory written by `gristmill corpus`")
+    k.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer directory or .model file")
+    k.add_argument("--output", required=True, metavar="DIR", help="where to write the token shards")
+    k.add_argument("--seq-len", type=int, metavar="N", help="tokens per training sequence (default: tokenize.seq_len)")
+    add_config_arguments(k)
+    add_logging_arguments(k)
+
+    pt = sub.add_parser(
+        "pretrain",
+        help="pretrain a GPT on token shards with Ray Train (local, or a cluster through ray job submit)",
+        description=PRETRAIN_DESCRIPTION,
+        epilog="example: gristmill pretrain --config configs/demo.yaml --set pretrain.num_workers=2",
+    )
+    _training_arguments(pt, "model: and pretrain: sections, e.g. configs/demo.yaml")
+
+    s = sub.add_parser(
+        "sft", help="instruction / chat fine-tuning from a pretraining checkpoint (Ray Train)",
+        description="Fine-tune a checkpoint (sft.init_checkpoint) on chat JSONL ({messages: [{role, content}]}), "
+        "instruction JSONL/JSON ({instruction, input?, output|response}), question/answer JSONL (GSM8K) or "
+        "OpenAssistant trees (sft.files), rendered with the ChatML template of the tokenizer; the loss is on "
+        "assistant tokens only. "
+        "Same loop, checkpoints and resume as `gristmill pretrain` (the sft: section holds its settings). Writes "
+        "STORAGE_PATH/NAME/checkpoint_NNNNNNNN.",
+        epilog="example: gristmill sft --config configs/demo.yaml --set sft.max_steps=200")
+    _training_arguments(s, "configs/demo.yaml has an sft: section")
+    c = sub.add_parser(
+        "finetune-cls", help="sequence classification fine-tuning (last-token pooling) with accuracy and macro-F1",
+        description="Add a linear classification head on the last token's hidden state of a checkpoint "
+        "(finetune_cls.init_checkpoint) and fine-tune on labelled JSONL/TSV (finetune_cls.files, text_field, "
+        "label_field); reports validation accuracy and macro-F1.",
+        epilog="example: gristmill finetune-cls --config configs/cls-lid.yaml")
+    _training_arguments(c, "configs/cls-lid.yaml")
+
+    e = sub.add_parser(
+        "eval", help="perplexity on validation token shards; k-shot multiple choice by log-likelihood; JSON report",
+        description="Evaluate a checkpoint: perplexity on the val/ split of a token directory (--data) and accuracy "
+        "on multiple-choice JSONL files ({question, choices, answer}; --mc), k-shot (--shots). Writes a JSON report.",
+        epilog="example: gristmill eval --checkpoint runs/demo/pretrain/demo/checkpoint_00000150 "
+        "--data runs/demo/tokens --mc sample/eval/genesis_next_sentence_mc.jsonl --shots 3 --output eval.json")
+    e.add_argument("--checkpoint", required=True, metavar="DIR")
+    e.add_argument("--data", metavar="DIR", help="token directory (its val/ split) for perplexity")
+    e.add_argument("--max-batches", type=int, default=0, metavar="N",
+                   help="perplexity on at most N batches of 8 (0: all)")
+    e.add_argument("--mc", nargs="*", default=[], metavar="JSONL", help="multiple-choice files")
+    e.add_argument("--shots", type=int, default=0, metavar="K",
+                   help="examples from the same file put before each question")
+    e.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N items of each file")
+    e.add_argument("--output", metavar="FILE", help="JSON report (default: CHECKPOINT/eval.json)")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_logging_arguments(e)
+
+    g = sub.add_parser(
+        "generate", help="generate text from a checkpoint (sampling, stop sequences, KV cache, streaming, chat)",
+        description="Complete a prompt (argument or standard input), streaming to stdout. --chat wraps the prompt "
+        "in the tokenizer's ChatML template as a user message and stops at <|im_end|>.",
+        epilog="example: gristmill generate --checkpoint runs/demo/sft/demo/checkpoint_00000040 "
+        "--chat 'What is a mill?'")
+    g.add_argument("--checkpoint", required=True, metavar="DIR")
+    g.add_argument("prompt", nargs="*", help="the prompt (default: read standard input)")
+    g.add_argument("--chat", action="store_true", help="treat the prompt as a user message of a chat")
+    g.add_argument("--system", metavar="TEXT", help="a system message (with --chat)")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=50, help="0 = off")
+    g.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole sequence every token (slower; for checks)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_logging_arguments(g)
+
+    x = sub.add_parser(
+        "export-hf", help="a checkpoint → a Hugging Face transformers directory (LlamaForCausalLM + tokenizer)",
+        description="Write OUTPUT with config.json (LlamaForCausalLM), model.safetensors, generation_config.json "
+        "and the tokenizer (tokenizer.json, tokenizer_config.json with the chat template), loadable with "
+        "AutoModelForCausalLM and AutoTokenizer.",
+        epilog="example: gristmill export-hf --checkpoint runs/demo/sft/demo/checkpoint_00000040 --output hf/")
+    x.add_argument("--checkpoint", required=True, metavar="DIR")
+    x.add_argument("--output", required=True, metavar="DIR")
+    x.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory if the checkpoint carries none")
+    add_logging_arguments(x)
+
+    d = sub.add_parser(
+        "demo",
+        help="the main job end to end on the bundled sample crawl (CPU, minutes)",
+        description="The main job on the sample crawl bundled in sample/crawl with configs/demo.yaml: the corpus "
+        "pipeline (OUTPUT/corpus), tokenizer training (OUTPUT/tokenizer), token shards (OUTPUT/tokens) and a short "
+        "CPU pretraining of a small GPT with Ray Train (OUTPUT/pretrain/demo: checkpoints, metrics.jsonl, "
+        "TensorBoard), a short instruction fine-tuning (OUTPUT/sft/demo) and a generated answer to a question. "
+        "Running it again resumes or repeats each step deterministically.",
+        epilog="example: gristmill demo --output runs/demo",
+    )
+    d.add_argument("--output", default="runs/demo", metavar="DIR", help="where to write (default: runs/demo)")
+    add_logging_arguments(d)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# What the commands print
+# ---------------------------------------------------------------------------------------------
+
+
+def _print_corpus(result, quiet: bool) -> None:
+    from gristmill.pipelines.report import print_summary
+
+    if not quiet:
+        print_summary(result.manifest, result.seconds)
+        for v in result.manifest.get("versions", []):
+            removed = sum(v["removed_as_duplicates_of_published"].values())
+            print(f"version {v['path']}: read {v['read']:,}, added {v['added']:,}, "
+                  f"removed as published duplicates {removed:,}")
+    print(f"manifest: {result.manifest_path}")
+    if result.report_path and "versions" not in result.manifest:
+        print(f"report:   {result.report_path}")
+
+
+def _print_tokenizer(result, cfg, output: str) -> None:
+    m = result.meta
+    print(f"tokenizer: {m['vocab_size']:,} pieces ({cfg.tokenizer.model_type}) from {m['documents']:,} documents, "
+          f"{m['lines_streamed']:,} lines, in {result.seconds:.1f} s → {output}")
+
+
+def _print_tokens(result, cfg) -> None:
+    for split, s in result.manifest["splits"].items():
+        print(f"{split}: {s['documents']:,} documents, {s['tokens']:,} tokens → {s['sequences']:,} sequences of "
+              f"{cfg.tokenize.seq_len + 1} ({s['tokens_dropped']:,} tokens dropped at bucket ends), "
+              f"{len(s['shards'])} shards")
+    print(f"manifest: {result.manifest_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands
+# ---------------------------------------------------------------------------------------------
+
+
+def _config(args):
+    from gristmill.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _cmd_corpus(args, beam_args: list[str]) -> int:
+    from gristmill import api
+
+    result = api.run_corpus(args.input, args.output, _config(args), beam_args, skip_bad_files=args.skip_bad_files,
+                            overwrite=args.overwrite, progress=not args.quiet)
+    _print_corpus(result, args.quiet)
+    return 0
+
+
+def _cmd_refresh(args, beam_args: list[str]) -> int:
+    from gristmill import api
+
+    config = _config(args) if args.config or args.set else None  # None: the published corpus's config
+    result = api.refresh(args.published, args.input, args.output, config, beam_args,
+                         skip_bad_files=args.skip_bad_files, overwrite=args.overwrite, progress=not args.quiet)
+    _print_corpus(result, args.quiet)
+    return 0
+
+
+def _cmd_tokenizer(args, beam_args: list[str]) -> int:
+    from gristmill import api
+
+    if args.tokenizer_command == "train":
+        cfg = _config(args)
+        _print_tokenizer(api.train_tokenizer(args.corpus, args.output, cfg), cfg, args.output)
+        return 0
+    sp = api.load_tokenizer(args.tokenizer)
+    items = args.text or [sys.stdin.read()]
+    if args.tokenizer_command == "encode":
+        for text in items:
+            out = sp.encode(text, out_type=str) if args.pieces else sp.encode(text)
+            print(" ".join(map(str, out)))
+        return 0
+    ids = [int(x) for item in items for x in item.split()]
+    print(sp.decode(ids))
+    return 0
+
+
+def _cmd_tokenize(args, beam_args: list[str]) -> int:
+    from gristmill import api
+    from gristmill.config import load_config
+
+    overrides = list(args.set) + ([f"tokenize.seq_len={args.seq_len}"] if args.seq_len else [])
+    cfg = load_config(args.config, overrides)
+    _print_tokens(api.tokenize(args.corpus, args.tokenizer, args.output, cfg, beam_args), cfg)
+    return 0
+
+
+def _train_command(task: str):
+    def command(args, beam_args: list[str]) -> int:
+        from gristmill import api
+        from gristmill.trainer.pretrain import print_summary
+
+        progress = sys.stderr.isatty() and not args.no_progress and not args.quiet
+        run = {"pretrain": api.pretrain, "sft": api.sft, "cls": api.finetune_cls}[task]
+        print_summary(task, run(_config(args), progress=progress))
+        return 0
+
+    return command
+
+
+def _cmd_eval(args, beam_args: list[str]) -> int:
+    from gristmill import api
+
+    def show(name: str, r: dict) -> None:
+        if name == "perplexity":
+            print(f"perplexity: {r['perplexity']:.2f} (loss {r['loss']:.4f} over {r['tokens']:,} tokens "
+                  f"of {args.data}/val)")
+        else:
+            print(f"{name}: accuracy {r['accuracy']:.3f}, normalised {r['accuracy_norm']:.3f} "
+                  f"({r['items']} items, {r['shots']}-shot; chance {r['chance']:.3f})")
+
+    report = api.evaluate(args.checkpoint, data=args.data, mc=args.mc, shots=args.shots, limit=args.limit,
+                          max_batches=args.max_batches, device=args.device, on_result=show)
+    out = Path(args.output) if args.output else Path(args.checkpoint) / "eval.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_generate(args, beam_args: list[str]) -> int:
+    from gristmill import api
+    from gristmill.trainer.generate import SamplingConfig
+
+    prompt = " ".join(args.prompt) if args.prompt else sys.stdin.read()
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None,
+                              stop=tuple(args.stop), use_cache=not args.no_cache, seed=args.seed)
+    if not args.chat:
+        print(prompt, end="", flush=True)
+    api.generate(args.checkpoint, prompt, sampling, chat=args.chat, system=args.system, device=args.device,
+                 on_text=lambda t: print(t, end="", flush=True))
+    print()
+    return 0
+
+
+def _cmd_export(args, beam_args: list[str]) -> int:
+    from gristmill import api
+
+    out = api.export_hf(args.checkpoint, args.output, args.tokenizer)
+    print(f"exported: {out} (LlamaForCausalLM + tokenizer; "
+          "load with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def _cmd_demo(args, beam_args: list[str]) -> int:
+    """The demo: the API functions one after the other, printing what each command prints."""
+    from gristmill import api
+    from gristmill.config import load_config
+    from gristmill.trainer.checkpoint import latest_checkpoint, load_model
+    from gristmill.trainer.generate import SamplingConfig
+    from gristmill.trainer.pretrain import print_summary
+
+    out = Path(args.output)
+    corpus, tok, tokens = out / "corpus", out / "tokenizer", out / "tokens"
+    cfg = load_config(DEMO_CONFIG)
+    log.info("demo 1/5: corpus pipeline on %s", SAMPLE_GLOB)
+    _print_corpus(api.run_corpus([SAMPLE_GLOB], str(corpus), cfg, beam_args, progress=not args.quiet), args.quiet)
+    log.info("demo 2/5: tokenizer training on %s", corpus)
+    _print_tokenizer(api.train_tokenizer(str(corpus), str(tok), cfg), cfg, str(tok))
+    log.info("demo 3/5: token shards")
+    _print_tokens(api.tokenize(str(corpus), str(tok), str(tokens), cfg, beam_args), cfg)
+    log.info("demo 4/5: pretraining a small GPT on the token shards (Ray Train, CPU)")
+    progress = sys.stderr.isatty() and not args.quiet
+    cfg = load_config(DEMO_CONFIG, [f"pretrain.data={tokens}", f"pretrain.storage_path={out / 'pretrain'}"])
+    print_summary("pretrain", api.pretrain(cfg, progress=progress))
+    pretrained = latest_checkpoint(out / "pretrain" / "demo")
+    log.info("demo 5/5: instruction fine-tuning (SFT) of %s, then an answer", pretrained)
+    sft_files = ", ".join(str(REPO_ROOT / "sample" / "sft" / f) for f in
+                          ("oasst_en_100_rank0_conversations.jsonl", "self_instruct_seed_tasks.jsonl"))
+    cfg = load_config(DEMO_CONFIG, [f"sft.init_checkpoint={pretrained}", f"sft.files=[{sft_files}]",
+                                    f"sft.storage_path={out / 'sft'}"])
+    print_summary("sft", api.sft(cfg, progress=progress))
+    tuned = latest_checkpoint(out / "sft" / "demo")
+    question = "What is a mill used for?"
+    params = load_model(tuned).num_params() / 1e6
+    print(f"\nuser: {question}\nassistant (a {params:.1f}M-parameter model trained for minutes on a CPU; "
+          "expect little sense): ", end="")
+    sampling = SamplingConfig(max_new_tokens=48, temperature=1.0, top_k=100, top_p=0.95, seed=0)
+    api.generate(str(tuned), question, sampling, chat=True, on_text=lambda t: print(t, end="", flush=True))
+    print()
+    return 0
+
+
+COMMANDS = {
+    "corpus": _cmd_corpus, "refresh": _cmd_refresh, "tokenizer": _cmd_tokenizer, "tokenize": _cmd_tokenize,
+    "pretrain": _train_command("pretrain"), "sft": _train_command("sft"), "finetune-cls": _train_command("cls"),
+    "eval": _cmd_eval, "generate": _cmd_generate, "export-hf": _cmd_export, "demo": _cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    setup_logging(verbosity(args))
+    if rest and args.command not in BEAM_COMMANDS:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "tokenizer" and not args.tokenizer_command:
+        parser.parse_args(["tokenizer", "--help"])
+    return run_command(args.command, lambda: COMMANDS[args.command](args, rest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

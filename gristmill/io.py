@@ -1,0 +1,142 @@
+"""Files: atomic writes, JSON, and the one Arrow IPC opener. Shared by every stage.
+
+Paths go through Beam's ``FileSystems`` so an output can be local, ``gs://``, ``s3://`` or
+``hdfs://`` (with the matching Beam extra installed); Beam is imported on first use only, so the
+trainer and the command line's ``--help`` never pay for it. A file is written under a temporary
+name next to its final one and renamed into place: a reader never sees half a file, and a crashed
+writer leaves only temporaries (``TMP_MARK`` in the name), which the next run removes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from functools import cache
+
+import pyarrow as pa
+
+TMP_MARK = ".tmp-"
+#: a directory holding this file was written by gristmill (and may be replaced by it)
+OUTPUT_MARKER = ".gristmill-output"
+
+
+@cache
+def filesystems():
+    """Beam's ``FileSystems`` (imported on first use: ~3 s)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def join(*parts: str) -> str:
+    return filesystems().join(*parts)
+
+
+def exists(path: str) -> bool:
+    return filesystems().exists(path)
+
+
+def delete(paths: list[str]) -> None:
+    filesystems().delete(paths)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a file or directory tree if it exists."""
+    if exists(path):
+        delete([path])
+
+
+def read_bytes(path: str) -> bytes:
+    with filesystems().open(path, compression_type="uncompressed") as f:
+        return f.read()
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    fs = filesystems()
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+    parent = path.rsplit("/", 1)[0]
+    if parent and not fs.exists(parent):
+        try:
+            fs.mkdirs(parent)
+        except OSError:
+            # several workers writing into one new directory race here: whoever loses finds it made
+            if not fs.exists(parent):
+                raise
+    with fs.create(tmp, mime_type="application/octet-stream", compression_type="uncompressed") as f:
+        f.write(data)
+    if fs.exists(path):
+        fs.delete([path])
+    fs.rename([tmp], [path])
+
+
+def write_json_atomic(path: str, obj) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode())
+
+
+def read_json(path: str):
+    return json.loads(read_bytes(path))
+
+
+def json_bytes(obj) -> bytes:
+    """Canonical JSON bytes (sorted keys): what manifests are hashed as."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()
+
+
+def list_files(root: str, prefix: str) -> list[str]:
+    """Relative paths of the files under ``root/prefix`` (recursive), sorted."""
+    base = join(root, prefix)
+    try:
+        found = filesystems().match([base + "**"])[0].metadata_list
+    except Exception:  # noqa: BLE001 - nothing there yet
+        return []
+    top = root.rstrip("/") + "/"
+    return sorted(m.path[len(top):] if m.path.startswith(top) else m.path for m in found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow IPC: one writer, one opener
+# ---------------------------------------------------------------------------------------------
+
+
+def table_bytes(table: pa.Table, arrow_format: str) -> bytes:
+    """A table as Arrow IPC bytes: ``file`` (random access) or ``stream`` format."""
+    sink = pa.BufferOutputStream()
+    opener = pa.ipc.new_file if arrow_format == "file" else pa.ipc.new_stream
+    # record batches of at most 10k rows: large enough for fast scans, small enough that a reader
+    # can stream a shard without holding it whole
+    with opener(sink, table.schema) as w:
+        w.write_table(table, max_chunksize=10_000)
+    return sink.getvalue().to_pybytes()
+
+
+def open_ipc(path: str) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader:
+    """An Arrow IPC reader of either format (told apart by the file magic), memory-mapped when
+    local: arrays read from it are zero-copy views that keep the mapping alive."""
+    source = pa.BufferReader(read_bytes(path)) if is_remote(path) else pa.memory_map(str(path))
+    magic = source.read(6)
+    source.seek(0)
+    return pa.ipc.open_file(source) if magic == b"ARROW1" else pa.ipc.open_stream(source)
+
+
+def iter_batches(path: str, columns: list[str] | None = None):
+    """Record batches of one Arrow IPC file, read incrementally, with ``columns`` selected."""
+    reader = open_ipc(path)
+    if isinstance(reader, pa.ipc.RecordBatchFileReader):
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    else:
+        batches = reader
+    for batch in batches:
+        yield batch.select(columns) if columns else batch
+
+
+def read_table(path: str) -> pa.Table:
+    return open_ipc(path).read_all()
+
+
+def ipc_schema(path: str) -> pa.Schema:
+    """The schema of an Arrow IPC file (a footer or header read, not the data)."""
+    return open_ipc(path).schema

@@ -1,0 +1,283 @@
+"""The corpus pipeline's steps as public Beam ``PTransform``s, to compose into your own pipelines.
+
+``gristmill corpus`` is these transforms in a row (see :func:`gristmill.pipelines.corpus.build_pipeline`)::
+
+    files | ReadFiles(cfg.read) | Clean(cfg)          # every document, dropped ones with a reason
+    kept  | ExactDedup()                              # duplicates marked exact_dedup:duplicate
+    kept  | NearDedup(cfg.near_dedup, spill_dir)      # near duplicates marked near_dedup:duplicate
+    kept  | WriteShards(output, cfg.write)           # Arrow shards OUTPUT/lang=xx/part-NNNNN.arrow
+
+A document is a dict (:func:`gristmill.documents.new_document`); a step never drops one from the
+stream, it sets ``reason`` (``stage:rule``) and the next steps are given only the documents still
+kept (``beam.Filter(lambda d: not d["reason"])``), so every document read can be accounted for.
+The transforms are thin: the logic lives in pure functions (readers, filters, dedupe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from gristmill.config import GristmillConfig, ReadConfig, WriteConfig
+from gristmill.dedupe.beam import NearDedup
+from gristmill.dedupe.components import is_published, node_id, node_key
+from gristmill.documents import dropped, write_shard
+from gristmill.pipelines.clean import Cleaner
+from gristmill.pipelines.filters import dedup_key
+from gristmill.pipelines.readers import FileStats, read_file
+
+__all__ = ["Clean", "ExactDedup", "NearDedup", "ReadFiles", "WriteShards", "text_hash"]
+
+log = logging.getLogger("gristmill.corpus")
+
+FILE_STATS = "__file_stats__"
+
+
+# ---------------------------------------------------------------------------------------------
+# Read
+# ---------------------------------------------------------------------------------------------
+
+
+class _ReadFileFn(beam.DoFn):
+    """Documents of one input file, then one ``{FILE_STATS: {...}}`` element.
+
+    One output stream split by ``beam.Filter`` rather than tagged outputs: the DaskRunner (and
+    other young runners) do not separate tagged outputs, and this costs nothing measurable.
+    """
+
+    def __init__(self, read_cfg: ReadConfig):
+        self.read_cfg = read_cfg
+        self.docs_read = Metrics.counter("gristmill", "documents_read")
+
+    def process(self, item):
+        path, source = (item, item.rsplit("/", 1)[-1]) if isinstance(item, str) else item
+        for out in read_file(path, source, self.read_cfg):
+            if isinstance(out, FileStats):
+                log.info("read %s: %d documents%s", source, out.documents, f" ({out.error})" if out.error else "")
+                yield {FILE_STATS: out.to_json()}
+            else:
+                self.docs_read.inc()
+                yield out
+
+
+class ReadFiles(beam.PTransform):
+    """File paths, or (path, source label) pairs → documents (WARC/WET, JSONL, Parquet; the format
+    from the file name). A record that cannot be a document comes out dropped with its reason
+    (``read:...``, ``extract:...``). With ``with_file_stats=True`` the output is ``(documents,
+    file_stats)``, one dict per file (size, SHA-256, documents, error: see ``readers.FileStats``).
+    A path alone gets its file name as source label."""
+
+    def __init__(self, read_cfg: ReadConfig | None = None, with_file_stats: bool = False):
+        super().__init__()
+        self.read_cfg, self.with_file_stats = read_cfg or ReadConfig(), with_file_stats
+
+    def expand(self, files):
+        read = files | "SpreadFiles" >> beam.Reshuffle() | "Read" >> beam.ParDo(_ReadFileFn(self.read_cfg))
+        docs = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
+        if not self.with_file_stats:
+            return docs
+        stats = read | "FileStats" >> beam.Map(lambda x: x.get(FILE_STATS)) | "OnlyStats" >> beam.Filter(bool)
+        return docs, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Clean
+# ---------------------------------------------------------------------------------------------
+
+
+class _CleanFn(beam.DoFn):
+    def __init__(self, cfg: GristmillConfig):
+        self.cfg = cfg
+        self.cleaner = None
+
+    def __getstate__(self):
+        # the fastText model cannot be pickled; some runners re-serialise DoFns after setup()
+        return {**self.__dict__, "cleaner": None}
+
+    def setup(self):
+        self.cleaner = Cleaner(self.cfg)
+
+    def process(self, doc):
+        # never mutate an input element: runners may share it with other consumers (Dask does)
+        doc = self.cleaner.process({**doc, "signals": dict(doc["signals"])})
+        # per-reason counters show the funnel live in the runner's UI (Dataflow, Flink)
+        Metrics.counter("gristmill", doc["reason"] or "kept").inc()
+        yield doc
+
+
+class Clean(beam.PTransform):
+    """Documents → cleaned documents (normalisation, URL blocklist, language ID, Gopher, C4, your
+    own filters, PII redaction: :class:`~gristmill.pipelines.clean.Cleaner`), each either rewritten
+    and kept or marked dropped with ``reason``. Documents already dropped pass unchanged."""
+
+    def __init__(self, cfg: GristmillConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or GristmillConfig()
+
+    def expand(self, docs):
+        return docs | "Clean" >> beam.ParDo(_CleanFn(self.cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact dedup
+# ---------------------------------------------------------------------------------------------
+
+
+def text_hash(text: str) -> str:
+    """The exact-dedup key: blake2b-128 of the normalised text (:func:`~gristmill.pipelines.filters.dedup_key`)."""
+    return hashlib.blake2b(dedup_key(text).encode(), digest_size=16).hexdigest()
+
+
+def with_text_hash(doc: dict) -> dict:
+    """A copy of the document with its exact-dedup key."""
+    return {**doc, "text_hash": text_hash(doc["text"])}
+
+
+def _dedup_keyed(doc: dict):
+    return doc.get("text_hash") or text_hash(doc["text"]), doc
+
+
+def _node_of(item) -> str:
+    # a document, or the node (a string) of a published document with the same text
+    return item if isinstance(item, str) else node_key(item["id"], item["source"])
+
+
+def _keep_smallest(item):
+    """Of documents with the same normalised text keep the smallest (id, source); mark the rest.
+    A published document (refresh) sorts before every new one, so it wins. Two passes over the
+    group, holding only the smallest node (see dedupe/components.py)."""
+    _, docs = item
+    winner = min(_node_of(d) for d in docs)
+    reason = "exact_dedup:published_duplicate" if is_published(winner) else "exact_dedup:duplicate"
+    for d in docs:
+        if isinstance(d, str):
+            continue
+        if node_key(d["id"], d["source"]) != winner:
+            yield dropped(dict(d), reason, node_id(winner))  # a copy: inputs are immutable
+        else:
+            yield d
+
+
+class ExactDedup(beam.PTransform):
+    """Kept documents → the same documents, all but the smallest (id, source) of each group with
+    the same normalised text (NFKC, casefolded, whitespace collapsed) marked
+    ``exact_dedup:duplicate`` with the kept id in ``detail``. Uses a document's ``text_hash`` when
+    it has one. ``published_hashes``: (text hash, published node) pairs of a published corpus, whose
+    documents win (``exact_dedup:published_duplicate``; a refresh)."""
+
+    def __init__(self, published_hashes=None):
+        super().__init__()
+        self.published_hashes = published_hashes
+
+    def expand(self, docs):
+        keyed = docs | "DedupKey" >> beam.Map(_dedup_keyed)
+        if self.published_hashes is not None:
+            keyed = (keyed, self.published_hashes) | "WithPublishedHashes" >> beam.Flatten()
+        return keyed | "DedupGroup" >> beam.GroupByKey() | "ExactDedupKeep" >> beam.FlatMap(_keep_smallest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Write
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_count(n_docs: int, n_bytes: int, max_docs: int, max_bytes: int) -> int:
+    return max(1, -(-n_docs // max_docs), -(-n_bytes // max_bytes))
+
+
+def shard_index(doc_id: str, source: str, n_shards: int) -> int:
+    """Stable (not Python's salted hash) assignment of a document to one of n shards."""
+    if n_shards == 1:
+        return 0
+    h = hashlib.blake2b(f"{doc_id}\x00{source}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") % n_shards
+
+
+#: buckets per partition in the size join (see WriteShards); any value gives the same shards
+SIZE_JOIN_BUCKETS = 64
+
+
+def _bucket(doc) -> int:
+    return shard_index(doc["id"], doc["source"], SIZE_JOIN_BUCKETS)
+
+
+def _fan_out_sizes(item):
+    part, size = item
+    for b in range(SIZE_JOIN_BUCKETS):
+        yield (part, b), size
+
+
+def _sum_pairs(pairs):
+    n_docs = n_bytes = 0
+    for d, b in pairs:
+        n_docs += d
+        n_bytes += b
+    return n_docs, n_bytes
+
+
+def _assign_shards(item, max_docs: int, max_bytes: int):
+    (part, _), joined = item
+    (n_docs, n_bytes), = joined["size"]
+    n = shard_count(n_docs, n_bytes, max_docs, max_bytes)
+    for doc in joined["docs"]:
+        yield (part, shard_index(doc["id"], doc["source"], n)), doc
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, output: str, prefix: str, kind: str, arrow_format: str):
+        self.output, self.prefix, self.kind, self.arrow_format = output, prefix, kind, arrow_format
+
+    def process(self, item):
+        (partition, index), docs = item
+        info = write_shard(self.output, f"{self.prefix}{partition}", index, list(docs), self.kind, self.arrow_format)
+        info["partition"] = partition
+        yield info
+
+
+def text_bytes(doc) -> int:
+    return len(doc["text"].encode("utf-8"))
+
+
+def language(doc) -> str:
+    return doc["lang"]
+
+
+class WriteShards(beam.PTransform):
+    """Documents → Arrow shards ``OUTPUT/<prefix><partition>/part-NNNNN.arrow``, each sorted by id;
+    outputs one manifest entry per shard (path, rows, bytes, sha256, partition).
+
+    ``partition_fn`` names a document's partition (its language by default: ``lang=xx/``). A
+    partition is split into ``ceil(max(docs / write.max_docs_per_shard, bytes /
+    write.max_bytes_per_shard))`` shards by a hash of (id, source), so the same documents always
+    give the same files. ``kind``: ``corpus``, ``rejected`` (adds reason and detail) or ``index``.
+
+    The partition totals reach the documents through a join on (partition, bucket), not a side
+    input: side inputs are the least portable Beam feature (the DaskRunner cannot evaluate them),
+    and the join keeps each group to 1/SIZE_JOIN_BUCKETS of a partition.
+    """
+
+    def __init__(self, output: str, write_cfg: WriteConfig | None = None, prefix: str = "lang=",
+                 partition_fn=language, kind: str = "corpus", size_fn=text_bytes):
+        super().__init__()
+        self.output, self.write_cfg, self.prefix = output, write_cfg or WriteConfig(), prefix
+        self.partition_fn, self.kind, self.size_fn = partition_fn, kind, size_fn
+
+    def expand(self, docs):
+        w, key_fn, size_fn = self.write_cfg, self.partition_fn, self.size_fn
+        sizes = (
+            docs
+            | "Sizes" >> beam.Map(lambda d: (key_fn(d), (1, size_fn(d))))
+            | "SumSizes" >> beam.CombinePerKey(_sum_pairs)
+            | "FanOut" >> beam.FlatMap(_fan_out_sizes)
+        )
+        keyed = docs | "KeyBucket" >> beam.Map(lambda d: ((key_fn(d), _bucket(d)), d))
+        return (
+            {"docs": keyed, "size": sizes}
+            | "JoinSizes" >> beam.CoGroupByKey()
+            | "Assign" >> beam.FlatMap(_assign_shards, w.max_docs_per_shard, w.max_bytes_per_shard)
+            | "Group" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(_WriteShardFn(self.output, self.prefix, self.kind, w.arrow_format))
+        )
