@@ -21,7 +21,6 @@ file's labels (at most ``SPILL_FILE_DOCS``).
 
 from __future__ import annotations
 
-import pickle
 import uuid
 import zlib
 
@@ -32,6 +31,7 @@ import pyarrow as pa
 from gristmill import io
 from gristmill.dedupe import components as cc
 from gristmill.dedupe import minhash as mh
+from gristmill.documents import pack_document, unpack_document
 
 
 def _node(doc) -> str:
@@ -148,15 +148,6 @@ def _cluster_info(item):
     for node in members:
         if not cc.is_published(node):
             yield node, info
-
-
-def pack_document(doc) -> bytes:
-    """A document as one compressed byte string (pickle + zlib)."""
-    return zlib.compress(pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL), 1)
-
-
-def unpack_document(data: bytes) -> dict:
-    return pickle.loads(zlib.decompress(data))
 
 
 #: documents per spill file: bounds what the final step holds (their labels) per group

@@ -33,6 +33,7 @@ __all__ = [
     "sft",
     "tokenize",
     "train_tokenizer",
+    "verify",
 ]
 
 
@@ -45,20 +46,21 @@ def _cfg(config: GristmillConfig | None) -> GristmillConfig:
 
 def run_corpus(inputs: Sequence[str], output: str, config: GristmillConfig | None = None,
                beam_args: Sequence[str] | None = None, *, skip_bad_files: bool = False, overwrite: bool = False,
-               progress: bool = True):
+               progress: bool = True, fresh: bool = False):
     """``gristmill corpus``: crawl files (paths or globs; WARC/WET, JSONL, Parquet) → clean,
     deduplicated Arrow shards under ``output`` with ``manifest.json``. ``beam_args`` are Beam
     pipeline options (``["--runner", "DataflowRunner", ...]``; default: the in-process DirectRunner).
+    Run again after a crash, it reuses the per-file work already done (``fresh`` ignores it).
     Returns a ``RunResult`` (manifest, manifest_path, report_path, seconds)."""
     from gristmill.pipelines.corpus import run_corpus as _run
 
     return _run(list(inputs), output, _cfg(config), list(beam_args or []), skip_bad_files=skip_bad_files,
-                overwrite=overwrite, progress=progress)
+                overwrite=overwrite, progress=progress, fresh=fresh)
 
 
 def refresh(published: str, inputs: Sequence[str], output: str, config: GristmillConfig | None = None,
             beam_args: Sequence[str] | None = None, *, skip_bad_files: bool = False, overwrite: bool = False,
-            progress: bool = True):
+            progress: bool = True, fresh: bool = False):
     """``gristmill refresh``: a new crawl → a new corpus version under ``output`` without the
     documents that duplicate the ``published`` corpus (any of its versions). ``config`` None: the
     published corpus's own config. Returns a ``RunResult``; ``manifest["versions"]`` lists every version."""
@@ -69,7 +71,7 @@ def refresh(published: str, inputs: Sequence[str], output: str, config: Gristmil
     cfg = config if config is not None else corpus.default_config()
     corpus.check_compatible(cfg)
     return _run(list(inputs), output, cfg, list(beam_args or []), skip_bad_files=skip_bad_files,
-                overwrite=overwrite, progress=progress, published=corpus)
+                overwrite=overwrite, progress=progress, published=corpus, fresh=fresh)
 
 
 def add_filter(config: GristmillConfig | None, name: str, function: Callable | str, *,
@@ -113,12 +115,12 @@ def load_tokenizer(path: str):
 
 
 def tokenize(corpus: str, tokenizer: str, output: str, config: GristmillConfig | None = None,
-             beam_args: Sequence[str] | None = None):
+             beam_args: Sequence[str] | None = None, *, overwrite: bool = False):
     """``gristmill tokenize``: a corpus → packed token shards (``config.tokenize``) under ``output``.
     Returns a ``TokenizeResult`` (manifest, manifest_path, seconds)."""
     from gristmill.pipelines.tokenize import run_tokenize
 
-    return run_tokenize(corpus, tokenizer, output, _cfg(config).tokenize, list(beam_args or []))
+    return run_tokenize(corpus, tokenizer, output, _cfg(config).tokenize, list(beam_args or []), overwrite=overwrite)
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -208,6 +210,30 @@ def generate(checkpoint: str, prompt: str, sampling=None, *, chat: bool = False,
     else:
         ids = sp.encode(prompt)
     return generate_text(model, sp, ids, cfg, on_text=on_text)
+
+
+def verify(directory: str) -> list[str]:
+    """``gristmill verify``: re-check a corpus or token directory against its manifest (every shard
+    present, checksums and row counts equal, the counts balanced). Returns the problems ([] = sound)."""
+    import json
+    from pathlib import Path
+
+    from gristmill import io
+
+    path = io.join(directory, "manifest.json")
+    if not io.exists(path):
+        return [f"{directory} has no manifest.json: it is not a finished gristmill output (a run may have failed "
+                "or still be writing it; its run.json says)"]
+    kind = io.read_json(path).get("kind")
+    if kind == "corpus":
+        from gristmill.documents import verify_corpus
+
+        return verify_corpus(directory)
+    if kind == "tokens":
+        from gristmill.tokenizer.tokens import verify_tokens
+
+        return verify_tokens(Path(directory))
+    return [f"{path}: unknown kind {json.dumps(kind)} (expected a corpus or token directory)"]
 
 
 def export_hf(checkpoint: str, output: str, tokenizer: str | None = None) -> Path:

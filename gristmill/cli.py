@@ -47,6 +47,8 @@ def _corpus_arguments(parser: argparse.ArgumentParser, output_help: str) -> None
                         help="skip input files that cannot be read at all (listed in the manifest) instead of stopping")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty directory that gristmill did not create")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start from scratch: ignore the per-file work a crashed run into OUTPUT left (_work/)")
     add_logging_arguments(parser)
 
 
@@ -135,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer directory or .model file")
     k.add_argument("--output", required=True, metavar="DIR", help="where to write the token shards")
     k.add_argument("--seq-len", type=int, metavar="N", help="tokens per training sequence (default: tokenize.seq_len)")
+    k.add_argument("--overwrite", action="store_true",
+                   help="write into a directory that holds something else (a corpus, files gristmill did not write)")
     add_config_arguments(k)
     add_logging_arguments(k)
 
@@ -214,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory if the checkpoint carries none")
     add_logging_arguments(x)
 
+    v = sub.add_parser(
+        "verify", help="re-check a corpus or token directory against its manifest (checksums, rows, counts)",
+        description="Check that every shard the manifest of DIR lists is present with its SHA-256 and row count, "
+        "and that the counts balance (read = kept + dropped by reason). Exit status 0 when sound, 6 naming each "
+        "difference otherwise (also when DIR has no manifest: not a finished output).",
+        epilog="example: gristmill verify corpus/2024-11 && gristmill tokenize --corpus corpus/2024-11 ...")
+    v.add_argument("directory", metavar="DIR", help="a corpus or token directory")
+    add_logging_arguments(v)
+
     d = sub.add_parser(
         "demo",
         help="the main job end to end on the bundled sample crawl (CPU, minutes)",
@@ -277,7 +290,7 @@ def _cmd_corpus(args, beam_args: list[str]) -> int:
     from gristmill import api
 
     result = api.run_corpus(args.input, args.output, _config(args), beam_args, skip_bad_files=args.skip_bad_files,
-                            overwrite=args.overwrite, progress=not args.quiet)
+                            overwrite=args.overwrite, progress=not args.quiet, fresh=args.fresh)
     _print_corpus(result, args.quiet)
     return 0
 
@@ -287,7 +300,8 @@ def _cmd_refresh(args, beam_args: list[str]) -> int:
 
     config = _config(args) if args.config or args.set else None  # None: the published corpus's config
     result = api.refresh(args.published, args.input, args.output, config, beam_args,
-                         skip_bad_files=args.skip_bad_files, overwrite=args.overwrite, progress=not args.quiet)
+                         skip_bad_files=args.skip_bad_files, overwrite=args.overwrite, progress=not args.quiet,
+                         fresh=args.fresh)
     _print_corpus(result, args.quiet)
     return 0
 
@@ -317,7 +331,7 @@ def _cmd_tokenize(args, beam_args: list[str]) -> int:
 
     overrides = list(args.set) + ([f"tokenize.seq_len={args.seq_len}"] if args.seq_len else [])
     cfg = load_config(args.config, overrides)
-    _print_tokens(api.tokenize(args.corpus, args.tokenizer, args.output, cfg, beam_args), cfg)
+    _print_tokens(api.tokenize(args.corpus, args.tokenizer, args.output, cfg, beam_args, overwrite=args.overwrite), cfg)
     return 0
 
 
@@ -378,6 +392,17 @@ def _cmd_export(args, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_verify(args, beam_args: list[str]) -> int:
+    from gristmill import api
+    from gristmill.errors import ExitCode
+
+    problems = api.verify(args.directory)
+    for p in problems:
+        print(f"{args.directory}: {p}", file=sys.stderr)
+    print(f"{args.directory}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    return int(ExitCode.INTEGRITY if problems else ExitCode.OK)
+
+
 def _cmd_demo(args, beam_args: list[str]) -> int:
     """The demo: the API functions one after the other, printing what each command prints."""
     from gristmill import api
@@ -420,7 +445,8 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
 COMMANDS = {
     "corpus": _cmd_corpus, "refresh": _cmd_refresh, "tokenizer": _cmd_tokenizer, "tokenize": _cmd_tokenize,
     "pretrain": _train_command("pretrain"), "sft": _train_command("sft"), "finetune-cls": _train_command("cls"),
-    "eval": _cmd_eval, "generate": _cmd_generate, "export-hf": _cmd_export, "demo": _cmd_demo,
+    "eval": _cmd_eval, "generate": _cmd_generate, "export-hf": _cmd_export, "verify": _cmd_verify,
+    "demo": _cmd_demo,
 }
 
 

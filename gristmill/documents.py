@@ -8,8 +8,12 @@ A document is a plain dict (cheap to pickle between Beam workers). Columns of a 
 ==================  =========  =====================================================================
 column              type       meaning
 ==================  =========  =====================================================================
-id                  string     stable id: WARC-Record-ID, the JSONL/Parquet id field, or
-                               ``<source>#<record index>``
+id                  string     stable id, unique in the file it comes from: WARC-Record-ID, the
+                               JSONL/Parquet id field (a number or other JSON value as its JSON
+                               text), or ``<source>#<record index>`` when the record has none; an
+                               id repeated within a file gets ``#<record number>`` appended
+original_id         string     the input's id when ``id`` differs from it (converted or made
+                               unique; JSON text for a non-string), else null
 text                string     cleaned text (UTF-8, NFC, ``\\n`` line ends)
 url                 string     page URL (null when unknown)
 source              string     input file, relative to the common directory of all inputs
@@ -33,12 +37,14 @@ globbing, so a stale file of an interrupted run is never read.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import zlib
 
 import pyarrow as pa
 
 from gristmill import io
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: original_id
 
 #: quality signals written as columns, in this order; filters emit a subset of them
 SIGNAL_FIELDS: dict[str, pa.DataType] = {
@@ -56,6 +62,7 @@ SIGNAL_FIELDS: dict[str, pa.DataType] = {
 
 BASE_FIELDS: list[pa.Field] = [
     pa.field("id", pa.string(), nullable=False),
+    pa.field("original_id", pa.string()),
     pa.field("text", pa.string(), nullable=False),
     pa.field("url", pa.string()),
     pa.field("source", pa.string(), nullable=False),
@@ -105,6 +112,16 @@ def dropped(doc: dict, reason: str, detail: str | None = None) -> dict:
     return doc
 
 
+def pack_document(doc: dict) -> bytes:
+    """A document as one compressed byte string (pickle + zlib): how documents wait on disk between
+    steps of a run (near-dedup spill files, a run's per-file work). Never a published format."""
+    return zlib.compress(pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack_document(data: bytes) -> dict:
+    return pickle.loads(zlib.decompress(data))
+
+
 def sort_key(doc: dict) -> tuple[str, str]:
     """Order of documents everywhere it matters: by id, then source (the same file given under two
     names yields equal ids)."""
@@ -145,6 +162,7 @@ def to_table(docs: list[dict], rejected: bool = False) -> pa.Table:
     for d in docs:
         sig = d.get("signals") or {}
         cols["id"].append(d["id"])
+        cols["original_id"].append(d.get("original_id"))
         cols["text"].append(d["text"])
         cols["url"].append(d.get("url"))
         cols["source"].append(d["source"])
@@ -231,3 +249,48 @@ def iter_shard_rows(path: str, columns: list[str]):
     """The rows of one shard as tuples of ``columns``, batch by batch."""
     for batch in io.iter_batches(path, columns):
         yield from zip(*(batch.column(c).to_pylist() for c in columns))
+
+
+def verify_corpus(corpus: str) -> list[str]:
+    """Re-check a corpus directory against its manifest: every shard present with its checksum and
+    row count, and the counts balanced (read = kept + Σ dropped). Returns the problems found."""
+    manifest = read_manifest(corpus)
+    if manifest.get("kind") != "corpus":
+        return [f"{corpus}/manifest.json is not a corpus manifest (kind {manifest.get('kind')!r})"]
+    problems = []
+    rows: dict[str, int] = {}
+    for key in ("shards", "rejected_shards", "index_shards"):
+        rows[key] = 0
+        for entry in manifest.get(key, []):
+            problems += _verify_file(corpus, entry["path"], entry["sha256"])
+            path = io.join(corpus, entry["path"])
+            if io.exists(path):
+                try:
+                    n = io.open_ipc(path).read_all().num_rows
+                except (pa.ArrowInvalid, OSError) as e:
+                    problems.append(f"{entry['path']}: not a readable Arrow file ({e})")
+                    continue
+                rows[key] += n
+                if n != entry["rows"]:
+                    problems.append(f"{entry['path']}: {n} rows, the manifest says {entry['rows']}")
+    c = manifest["counts"]
+    dropped_total = sum(c["dropped"].values())
+    if c["read"] != c["kept"] + dropped_total:
+        problems.append(f"counts do not balance: read {c['read']} != kept {c['kept']} + dropped {dropped_total}")
+    if rows["shards"] != c["kept"]:
+        problems.append(f"the corpus shards hold {rows['shards']} documents, the manifest keeps {c['kept']}")
+    if manifest["config"]["write"]["write_rejected"] and rows["rejected_shards"] != dropped_total:
+        problems.append(f"the rejected shards hold {rows['rejected_shards']} documents, "
+                        f"the manifest drops {dropped_total}")
+    if sum(f["documents"] for f in manifest["inputs"]) != c["read"]:
+        problems.append("the inputs' document counts do not add up to counts.read")
+    return problems
+
+
+def _verify_file(root: str, rel: str, sha256: str) -> list[str]:
+    path = io.join(root, rel)
+    if not io.exists(path):
+        return [f"{rel}: missing"]
+    if hashlib.sha256(io.read_bytes(path)).hexdigest() != sha256:
+        return [f"{rel}: checksum differs from the manifest's (the file was changed or damaged)"]
+    return []

@@ -10,13 +10,32 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit statuses of every gristmill command (README, docs/operations.md): what a scheduler can act on."""
+
+    OK = 0
+    #: a bug: the command printed a traceback
+    INTERNAL = 1
+    #: usage or config error, or another problem the message says how to fix
+    USAGE = 2
+    #: training stopped: the loss or gradient became NaN/inf (the last good checkpoint is kept)
+    DIVERGED = 3
+    #: input files that cannot be read at all
+    INPUT = 4
+    #: another run holds the output (or is writing what this run reads)
+    LOCKED = 5
+    #: the counts do not balance (read != kept + dropped), or `gristmill verify` found a difference
+    INTEGRITY = 6
 
 
 class GristmillError(Exception):
     """A problem the user can fix; the message says what to change."""
 
     #: exit status of a command that stops with this error
-    exit_code = 2
+    exit_code = ExitCode.USAGE
     #: how the command line introduces the message
     label = "error"
 
@@ -28,7 +47,7 @@ def run_command(command: str, fn: Callable[[], int]) -> int:
         return fn()
     except GristmillError as e:
         print(f"gristmill {command}: {e.label}: {e}", file=sys.stderr)
-        return e.exit_code
+        return int(e.exit_code)
     except FileNotFoundError as e:
         print(f"gristmill {command}: error: {e}", file=sys.stderr)
-        return 2
+        return int(ExitCode.USAGE)

@@ -55,9 +55,13 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
+def temporary_name(path: str) -> str:
+    """A unique temporary name next to ``path`` (a crashed writer's leftovers carry TMP_MARK)."""
+    return f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+
+
+def ensure_parent(path: str) -> None:
     fs = filesystems()
-    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
     parent = path.rsplit("/", 1)[0]
     if parent and not fs.exists(parent):
         try:
@@ -66,11 +70,22 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
             # several workers writing into one new directory race here: whoever loses finds it made
             if not fs.exists(parent):
                 raise
-    with fs.create(tmp, mime_type="application/octet-stream", compression_type="uncompressed") as f:
+
+
+def replace(src: str, dst: str) -> None:
+    """Move ``src`` to ``dst``, replacing it."""
+    fs = filesystems()
+    if fs.exists(dst):
+        fs.delete([dst])
+    fs.rename([src], [dst])
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    tmp = temporary_name(path)
+    ensure_parent(path)
+    with filesystems().create(tmp, mime_type="application/octet-stream", compression_type="uncompressed") as f:
         f.write(data)
-    if fs.exists(path):
-        fs.delete([path])
-    fs.rename([tmp], [path])
+    replace(tmp, path)
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -71,9 +71,19 @@ class Cleaner:
                        for f in c.custom_filters if f.enabled]
 
     def process(self, doc: dict) -> dict:
-        """Mark ``doc`` dropped (``doc['reason']``) or return it cleaned, with signals set."""
+        """Mark ``doc`` dropped (``doc['reason']``) or return it cleaned, with signals set. An
+        exception inside a step drops this document as ``<stage>:error`` (the error in
+        ``detail``), never the run."""
         if doc["reason"]:
             return doc
+        self.stage = "normalize"
+        try:
+            return self._clean(doc)
+        except Exception as e:  # noqa: BLE001 - one document never stops a run
+            doc["reason"], doc["detail"] = f"{self.stage}:error", f"{type(e).__name__}: {e}"[:500]
+            return doc
+
+    def _clean(self, doc: dict) -> dict:
         c = self.cfg.clean
         signals = doc["signals"]
 
@@ -85,11 +95,13 @@ class Cleaner:
             return doc
 
         if c.url_blocklist.enabled and (self.block_domains or self.block_urls):
+            self.stage = "url_blocklist"
             why = filters.url_blocked(doc["url"], self.block_domains, self.block_urls)
             if why:
                 doc["reason"] = f"url_blocklist:{why}"
                 return doc
 
+        self.stage = "langid"
         lang, score = langid.predict(doc["text"], self.cfg.langid, self.model)
         doc["lang"], doc["lang_score"] = lang, round(score, 4)
         why = langid.decide(lang, score, self.cfg.langid)
@@ -104,6 +116,7 @@ class Cleaner:
         ):
             if not rule_cfg.applies_to(lang):
                 continue
+            self.stage = stage
             v = fn(doc["text"], rule_cfg)
             signals.update(v.signals)
             if v.reason:
@@ -114,19 +127,17 @@ class Cleaner:
         for f, fn, params in self.custom:
             if not f.applies_to(lang):
                 continue
-            try:
-                v = fn(doc["text"], params)
-                if not isinstance(v, filters.Verdict):
-                    raise TypeError(f"returned {type(v).__name__}, not a Verdict")
-            except Exception as e:  # noqa: BLE001 - one bad document must not stop the run
-                doc["reason"], doc["detail"] = f"{f.name}:error", f"{type(e).__name__}: {e}"[:500]
-                return doc
+            self.stage = f.name
+            v = fn(doc["text"], params)
+            if not isinstance(v, filters.Verdict):
+                raise TypeError(f"custom filter {f.name} returned {type(v).__name__}, not a Verdict")
             if v.reason:
                 doc["reason"] = f"{f.name}:{v.reason}"
                 return doc
             doc["text"] = v.text
 
         if c.pii.enabled:
+            self.stage = "pii"
             v = filters.redact_pii(doc["text"], c.pii)
             doc["text"] = v.text
             signals.update(v.signals)

@@ -12,6 +12,7 @@ arrival order, so any runner and any number of workers produce the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import os
@@ -27,16 +28,25 @@ from gristmill.config import GristmillConfig, ReadConfig
 from gristmill.dedupe.minhash import SCHEME as MINHASH_SCHEME
 from gristmill.dedupe.minhash import lsh_params
 from gristmill.documents import CORPUS_SCHEMA, SCHEMA_VERSION
-from gristmill.errors import GristmillError
+from gristmill.errors import ExitCode, GristmillError
+from gristmill.locks import directory_lock
 from gristmill.pipelines.clean import Cleaner, stages
 from gristmill.pipelines.readers import probe
 from gristmill.pipelines.refresh_index import PublishedCorpus, read_index_rows
-from gristmill.pipelines.runner import collect_stats, read_stats, remove_stats, run_pipeline
+from gristmill.pipelines.resume import WORK_DIR, ReadCleanFileFn
+from gristmill.pipelines.runner import (
+    begin_output,
+    check_output,
+    collect_stats,
+    read_stats,
+    recorded_run,
+    remove_stats,
+    run_pipeline,
+)
 from gristmill.pipelines.transforms import (
-    Clean,
+    FILE_STATS,
     ExactDedup,
     NearDedup,
-    ReadFiles,
     WriteShards,
     text_bytes,
     with_text_hash,
@@ -52,9 +62,18 @@ STATS = ("counts", "shards", "rejected_shards", "index_shards", "files", "cc_rou
 class PipelineInputError(GristmillError):
     """Inputs that cannot be used; the message lists each file and its problem."""
 
+    exit_code = ExitCode.INPUT
 
-class OutputDirError(GristmillError):
-    """An output directory gristmill must not write into; the message says which to use."""
+
+class AccountingError(GristmillError, RuntimeError):
+    """The counts do not balance (read != kept + dropped): a bug, reported as a distinct exit code."""
+
+    exit_code = ExitCode.INTEGRITY
+    label = "accounting error"
+
+
+class ClusteringError(GristmillError, RuntimeError):
+    """Near-dedup clustering did not converge in the configured rounds."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,21 +160,6 @@ def plan_inputs(patterns: list[str], read_cfg: ReadConfig, skip_bad_files: bool 
     return plan
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse to write into a directory that holds something other than a gristmill output."""
-    marker = io.join(output, io.OUTPUT_MARKER)
-    if io.exists(output) and not io.exists(marker):
-        entries = io.filesystems().match([io.join(output, "*")])[0].metadata_list
-        if entries and not overwrite:
-            raise OutputDirError(
-                f"output directory {output} is not empty and was not written by gristmill; "
-                "choose an empty or new directory (or pass --overwrite)"
-            )
-    if not io.exists(output):
-        io.filesystems().mkdirs(output)
-    io.write_bytes_atomic(marker, b"gristmill corpus output\n")
-
-
 # ---------------------------------------------------------------------------------------------
 # The pipeline
 # ---------------------------------------------------------------------------------------------
@@ -212,8 +216,15 @@ def build_pipeline(
             | "SpreadIndexFiles" >> beam.Reshuffle()
             | "ReadPublishedIndex" >> beam.FlatMap(read_index_rows)
         )
-    docs, file_stats = p | "Inputs" >> beam.Create(plan.files) | "Read" >> ReadFiles(cfg.read, with_file_stats=True)
-    cleaned = docs | "Clean" >> Clean(cfg)
+    # read + clean (ReadFiles | Clean, fused so that each file's cleaned documents are kept for a rerun)
+    read = (
+        p
+        | "Inputs" >> beam.Create(plan.files)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS))
+    )
+    file_stats = read | "FileStats" >> beam.Map(lambda x: x.get(FILE_STATS)) | "OnlyStats" >> beam.Filter(bool)
+    cleaned = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
     kept = cleaned | "Kept" >> beam.Filter(_is_kept)
     rejected = cleaned | "Rejected" >> beam.Filter(_is_dropped)
     kept = kept | "TextHash" >> beam.Map(with_text_hash)
@@ -300,7 +311,7 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
         nd = cfg.near_dedup
         changed = {int(k.split("-")[1]): n for k, n in stats["cc_rounds"]}
         if nd.max_rounds in changed:
-            raise RuntimeError(
+            raise ClusteringError(
                 f"near-dedup clustering did not converge in {nd.max_rounds} rounds "
                 f"({changed[nd.max_rounds]} edges still changed in the last one); "
                 "raise near_dedup.max_rounds and run again"
@@ -315,10 +326,10 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
             "duplicates_removed": dropped_by.get("near_dedup:duplicate", 0),
         }
     if read != kept + sum(dropped_by.values()):
-        raise RuntimeError(f"accounting error: read {read} != kept {kept} + dropped {sum(dropped_by.values())}")
+        raise AccountingError(f"read {read} != kept {kept} + dropped {sum(dropped_by.values())}")
     per_file_docs = sum(f["documents"] for f in stats["files"])
     if per_file_docs != read:
-        raise RuntimeError(f"accounting error: files report {per_file_docs} documents, pipeline read {read}")
+        raise AccountingError(f"files report {per_file_docs} documents, pipeline read {read}")
     return {
         "gristmill_version": __version__,
         "kind": "corpus",
@@ -382,8 +393,15 @@ def run_corpus(
     overwrite: bool = False,
     progress: bool = True,
     published: PublishedCorpus | None = None,
+    fresh: bool = False,
 ) -> RunResult:
-    """Run the corpus pipeline (``gristmill corpus``; ``gristmill refresh`` with ``published``)."""
+    """Run the corpus pipeline (``gristmill corpus``; ``gristmill refresh`` with ``published``).
+
+    One run at a time writes ``output`` (a lock; a second run is refused at once), and a refresh
+    holds a shared lock on the published corpus it reads. While the run works the output has no
+    manifest; a failed run leaves no temporaries but its per-file work (``_work/``), which the
+    next run of the same command reuses unless ``fresh`` (pipelines/resume.py), and records how it
+    ended in ``run.json``."""
     t0 = time.time()
     output = output.rstrip("/") if io.is_remote(output) else os.path.abspath(output)
     # fail early on config problems a worker would hit later (missing model, missing blocklist)
@@ -396,7 +414,29 @@ def run_corpus(
         f", {len(plan.skipped)} skipped" if plan.skipped else "",
         f", {len(plan.duplicates)} named twice (read once)" if plan.duplicates else "",
     )
-    prepare_output(output, overwrite)
+    check_output(output, "corpus", overwrite)
+    command = "refresh" if published is not None else "corpus"
+    with contextlib.ExitStack() as held:
+        held.enter_context(directory_lock(output, command))
+        if published is not None:
+            held.enter_context(directory_lock(published.path, command, shared=True))
+        record = held.enter_context(recorded_run(output, command))
+        begin_output(output, "corpus")
+        if fresh:
+            io.remove_tree(io.join(output, WORK_DIR))
+        try:
+            result = _run(plan, output, cfg, beam_args, published, t0)
+        finally:
+            remove_stats(output)
+            io.remove_tree(io.join(output, SPILL_DIR))
+        io.remove_tree(io.join(output, WORK_DIR))  # done: nothing left to resume
+        record.update(counts=result.manifest["counts"], inputs=len(plan.files), manifest=result.manifest_path)
+        if published is not None:
+            record["versions"] = [v["path"] for v in result.manifest["versions"]]
+        return result
+
+
+def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, published, t0: float) -> RunResult:
     io.remove_tree(io.join(output, SPILL_DIR))  # left by a crashed run
     index_files = published.index_files if published else None
     run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files), beam_args)
@@ -407,15 +447,13 @@ def run_corpus(
     stale = _remove_stale(output, manifest)
     if stale:
         log.info("removed %d stale file(s) from an earlier run", len(stale))
-    remove_stats(output)
-    io.remove_tree(io.join(output, SPILL_DIR))
-    manifest_path = io.join(output, "manifest.json")
-    io.write_json_atomic(manifest_path, manifest)
-    seconds = time.time() - t0
     report_path = None
     if cfg.write.html_report:
         from gristmill.pipelines.report import write_html_report
 
         report_path = io.join(output, "report.html")
         write_html_report(manifest, report_path)  # no timings: the whole directory is deterministic
-    return RunResult(manifest, manifest_path, report_path, seconds)
+    # the manifest last: its presence is what says the output is complete
+    manifest_path = io.join(output, "manifest.json")
+    io.write_json_atomic(manifest_path, manifest)
+    return RunResult(manifest, manifest_path, report_path, time.time() - t0)

@@ -29,7 +29,67 @@ def _dechunk(body: bytes) -> bytes:
             raise ValueError("chunked body shorter than its chunk sizes")
 
 
-def parse_http_response(block: bytes) -> tuple[int, str, str | None, bytes]:
+class UnsupportedEncoding(ValueError):
+    """A Content-Encoding gristmill cannot decode."""
+
+
+class BodyTooLarge(ValueError):
+    """A decoded body larger than the limit (a small compressed body can expand enormously)."""
+
+
+def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(body, limit + 1)
+    if len(out) > limit:
+        raise BodyTooLarge(f"decoded body over {limit} bytes")
+    return out
+
+
+def _unbrotli(body: bytes, limit: int) -> bytes:
+    import brotli
+
+    d = brotli.Decompressor()
+    out = d.process(body, output_buffer_limit=limit + 1)
+    if len(out) > limit:
+        raise BodyTooLarge(f"decoded body over {limit} bytes")
+    return out
+
+
+def _unzstd(body: bytes, limit: int) -> bytes:
+    import zstandard
+
+    out = bytearray()
+    with zstandard.ZstdDecompressor().stream_reader(body) as r:
+        while chunk := r.read(1 << 20):
+            out += chunk
+            if len(out) > limit:
+                raise BodyTooLarge(f"decoded body over {limit} bytes")
+    return bytes(out)
+
+
+def decode_content(body: bytes, content_encoding: bytes, limit: int) -> bytes:
+    """The body with its Content-Encoding undone (codings are listed in the order they were applied,
+    so the last is undone first): gzip, deflate (zlib or raw), br, zstd; identity is nothing. The
+    decoded size is bounded by ``limit``."""
+    codings = [c.strip() for c in content_encoding.lower().split(b",")]
+    for coding in reversed([c for c in codings if c and c != b"identity"]):
+        if coding in (b"gzip", b"x-gzip"):
+            body = _inflate(body, 47, limit)  # 47: gzip or zlib header, detected
+        elif coding == b"deflate":  # zlib-wrapped as the RFC says; raw deflate as many servers send
+            try:
+                body = _inflate(body, 15, limit)
+            except zlib.error:
+                body = _inflate(body, -15, limit)
+        elif coding == b"br":
+            body = _unbrotli(body, limit)
+        elif coding == b"zstd":
+            body = _unzstd(body, limit)
+        else:
+            raise UnsupportedEncoding(f"unsupported Content-Encoding {coding.decode('latin-1')[:40]!r}")
+    return body
+
+
+def parse_http_response(block: bytes, max_body_bytes: int = 1 << 62) -> tuple[int, str, str | None, bytes]:
     """(status, content type, charset or None, decoded body) of a raw HTTP response block."""
     head, sep, body = block.partition(b"\r\n\r\n")
     if not sep:
@@ -53,16 +113,7 @@ def parse_http_response(block: bytes) -> tuple[int, str, str | None, bytes]:
     charset = m.group(1).decode("ascii") if m else None
     if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
         body = _dechunk(body)
-    encoding = headers.get(b"content-encoding", b"").lower().strip()
-    if encoding in (b"gzip", b"x-gzip"):
-        body = zlib.decompress(body, wbits=47)
-    elif encoding == b"deflate":
-        try:
-            body = zlib.decompress(body)
-        except zlib.error:
-            body = zlib.decompress(body, wbits=-15)
-    elif encoding not in (b"", b"identity"):
-        raise ValueError(f"unsupported Content-Encoding {encoding.decode('latin-1')!r}")
+    body = decode_content(body, headers.get(b"content-encoding", b""), max_body_bytes)
     return status, ctype, charset, body
 
 

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -23,12 +24,25 @@ from dataclasses import asdict, dataclass, field
 
 from gristmill.config import JsonlConfig, ReadConfig
 from gristmill.documents import dropped, new_document
-from gristmill.errors import GristmillError
+from gristmill.errors import ExitCode, GristmillError
 from gristmill.io import filesystems
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def repair_text(s: str | None) -> str | None:
+    """Lone UTF-16 surrogates (JSON escapes such as "\\ud800", common in scraped JSON) become U+FFFD,
+    as invalid UTF-8 does: a string holding one cannot be encoded, so no later step (nor Beam's
+    coder) could handle it. Surrogate pairs become the character they encode."""
+    if s is None or s.isascii() or not _SURROGATE_RE.search(s):
+        return s
+    return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class InputError(GristmillError):
     """An input file that cannot be read at all. The message names the file and the problem."""
+
+    exit_code = ExitCode.INPUT
 
 
 @dataclass
@@ -39,6 +53,7 @@ class FileStats:
     size: int = 0
     sha256: str = ""
     documents: int = 0  # records that are documents (each counted as read)
+    renamed_ids: int = 0  # ids repeated within the file, made unique
     skipped_records: dict[str, int] = field(default_factory=dict)  # WARC request/metadata/... records
     error: str | None = None
 
@@ -191,7 +206,11 @@ def read_file(path: str, source: str, cfg: ReadConfig) -> Iterator[dict | FileSt
                     stream = _decompressed(raw, compression)
                 with stream:
                     parse = {"warc": _read_warc, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt]
+                    seen: set[str] = set()
                     for doc in parse(stream, source, cfg, stats):
+                        if doc["id"] in seen:
+                            _make_unique(doc, seen, stats)
+                        seen.add(doc["id"])
                         stats.documents += 1
                         yield doc
         except BaseException as e:  # noqa: BLE001 - FastWARC reports some damage as a Rust panic
@@ -211,6 +230,19 @@ def read_file(path: str, source: str, cfg: ReadConfig) -> Iterator[dict | FileSt
     yield stats
 
 
+def _make_unique(doc: dict, seen: set[str], stats: FileStats) -> None:
+    """A repeated id gets its record number in the file appended (``#7``; ``#7.1`` ... in the rare
+    case that is taken too): the first occurrence keeps the id, the same input gives the same ids."""
+    base = f"{doc['id']}#{stats.documents}"
+    new, k = base, 0
+    while new in seen:
+        k += 1
+        new = f"{base}.{k}"
+    doc["original_id"] = doc.get("original_id") or doc["id"]
+    doc["id"] = new
+    stats.renamed_ids += 1
+
+
 def _is_empty(path: str) -> bool:
     return filesystems().match([path])[0].metadata_list[0].size_in_bytes == 0
 
@@ -228,27 +260,52 @@ def _first(record: dict, names) -> str | None:
     for name in names:
         v = _dig(record, name)
         if v not in (None, ""):
-            return str(v)
+            return repair_text(v if isinstance(v, str) else _as_text(v))
     return None
+
+
+def _as_text(value) -> str:
+    """A non-string field value as text: JSON (``42``, ``1.5``, ``true``, ``{"a": 1}``)."""
+    return repair_text(json.dumps(value, ensure_ascii=False, sort_keys=True, default=str))
+
+
+def document_id(value, source: str, index: int) -> str:
+    """The id of a JSONL/Parquet record (the rule, documented in docs/corpus.md): a string as it is
+    (lone surrogates repaired); a number, boolean, object or array as its JSON text (``42`` →
+    ``"42"``); missing, null or empty → ``<source>#<record index>``."""
+    if value is None or value == "":
+        return f"{source}#{index}"
+    return repair_text(value) if isinstance(value, str) else _as_text(value)
 
 
 def _record_to_doc(record, index: int, source: str, jcfg: JsonlConfig, max_bytes: int) -> dict:
     if not isinstance(record, dict):
         return dropped(new_document(f"{source}#{index}", "", source), "read:not_an_object")
-    rid = _dig(record, jcfg.id_field)
-    doc_id = str(rid) if rid not in (None, "") else f"{source}#{index}"
+    raw_id = _dig(record, jcfg.id_field)
+    doc_id = document_id(raw_id, source, index)
     url = _first(record, (jcfg.url_field, *jcfg.url_fallbacks))
     date = _first(record, (jcfg.date_field, *jcfg.date_fallbacks))
     text = _dig(record, jcfg.text_field)
     doc = new_document(doc_id, "", source, url, date)
+    if raw_id not in (None, "") and raw_id != doc_id:
+        # a string changed only by repairing surrogates is kept as escaped JSON text
+        doc["original_id"] = json.dumps(raw_id) if isinstance(raw_id, str) else _as_text(raw_id)
     if text is None:
         return dropped(doc, "read:no_text_field", f"field {jcfg.text_field!r} missing")
     if not isinstance(text, str):
         return dropped(doc, "read:no_text_field", f"field {jcfg.text_field!r} is {type(text).__name__}")
     if len(text) > max_bytes:  # characters ≤ bytes: a cheap, safe bound before encoding
         return dropped(doc, "read:too_large", f"{len(text)} characters")
-    doc["text"] = text
+    doc["text"] = repair_text(text)
     return doc
+
+
+def _record_or_error(record, index: int, source: str, cfg: ReadConfig) -> dict:
+    try:
+        return _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)
+    except Exception as e:  # noqa: BLE001 - one odd record never costs the rest of the file
+        doc = new_document(f"{source}#{index}", "", source)
+        return dropped(doc, "read:bad_record", f"record {index}: {type(e).__name__}: {e}"[:300])
 
 
 def _read_jsonl(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
@@ -261,10 +318,10 @@ def _read_jsonl(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Itera
         try:
             # invalid UTF-8 becomes U+FFFD rather than costing the whole record
             record = json.loads(line.decode("utf-8", errors="replace"))
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # bad JSON, a number over 4,300 digits, deep nesting
             yield dropped(new_document(f"{source}#{index}", "", source), "read:invalid_json", str(e)[:200])
             continue
-        yield _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)
+        yield _record_or_error(record, index, source, cfg)
 
 
 def _read_parquet(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
@@ -273,7 +330,7 @@ def _read_parquet(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Ite
     index = 0
     for batch in pq.ParquetFile(stream).iter_batches(batch_size=1024):
         for record in batch.to_pylist():
-            yield _record_to_doc(record, index, source, cfg.jsonl, cfg.max_doc_bytes)
+            yield _record_or_error(record, index, source, cfg)
             index += 1
 
 
@@ -283,17 +340,16 @@ _DOC_RECORD_TYPES = ("response", "conversion", "resource")
 def _read_warc(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
     from fastwarc.warc import ArchiveIterator
 
-    from gristmill.pipelines.extract import html_to_text, is_html, parse_http_response
-
     skipped: Counter[str] = Counter()
     for rec in ArchiveIterator(stream, parse_http=False, auto_decode="none"):
         rtype = rec.headers.get("WARC-Type", "unknown")
         if rtype not in _DOC_RECORD_TYPES:
             skipped[rtype] += 1
             continue
-        record_id = (rec.record_id or "").strip("<>").removeprefix("urn:uuid:") or f"{source}@{rec.stream_pos}"
-        url = (rec.headers.get("WARC-Target-URI") or "").strip().strip("<>") or None
-        doc = new_document(record_id, "", source, url, rec.headers.get("WARC-Date"))
+        record_id = repair_text((rec.record_id or "").strip("<>").removeprefix("urn:uuid:"))
+        record_id = record_id or f"{source}@{rec.stream_pos}"
+        url = repair_text((rec.headers.get("WARC-Target-URI") or "").strip().strip("<>")) or None
+        doc = new_document(record_id, "", source, url, repair_text(rec.headers.get("WARC-Date")))
         if rec.content_length > cfg.max_doc_bytes:
             rec.reader.consume()
             yield dropped(doc, "read:too_large", f"{rec.content_length} bytes")
@@ -302,32 +358,41 @@ def _read_warc(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterat
         if len(block) < rec.content_length:
             yield dropped(doc, "read:truncated_record", f"{len(block)} of {rec.content_length} bytes")
             continue
-        if rtype == "conversion":  # WET: the text is the block
-            doc["text"] = block.decode("utf-8", errors="replace")
-            yield doc
-            continue
-        if rtype == "resource":
-            ctype = rec.headers.get("Content-Type", "")
-            if not is_html(ctype, block):
-                yield dropped(doc, "extract:not_html", ctype or "no content type")
-                continue
-            body, charset = block, None
-        else:
-            try:
-                status, ctype, charset, body = parse_http_response(block)
-            except ValueError as e:
-                yield dropped(doc, "extract:bad_http", str(e)[:200])
-                continue
-            if status != 200:
-                yield dropped(doc, "extract:http_status", str(status))
-                continue
-            if not is_html(ctype, body):
-                yield dropped(doc, "extract:not_html", ctype or "no content type")
-                continue
-        text = html_to_text(body, charset, cfg.extractor)
-        if not text.strip():
-            yield dropped(doc, "extract:no_text")
-            continue
-        doc["text"] = text
-        yield doc
+        try:
+            yield _warc_document(doc, rtype, rec.headers.get("Content-Type", ""), block, cfg)
+        except Exception as e:  # noqa: BLE001 - a record's own damage never costs the rest of the file
+            error = f"{type(e).__name__}: {e}"[:300]
+            yield dropped(doc, "extract:error", f"{error} (record at byte {rec.stream_pos})")
     stats.skipped_records = dict(sorted(skipped.items()))
+
+
+def _warc_document(doc: dict, rtype: str, record_ctype: str, block: bytes, cfg: ReadConfig) -> dict:
+    """The document of one WARC record's block: its text, or dropped with the reason."""
+    from gristmill.pipelines import extract
+
+    if rtype == "conversion":  # WET: the text is the block
+        doc["text"] = block.decode("utf-8", errors="replace")
+        return doc
+    if rtype == "resource":
+        if not extract.is_html(record_ctype, block):
+            return dropped(doc, "extract:not_html", record_ctype or "no content type")
+        body, charset = block, None
+    else:
+        try:
+            status, ctype, charset, body = extract.parse_http_response(block, cfg.max_doc_bytes)
+        except extract.BodyTooLarge as e:
+            return dropped(doc, "read:too_large", str(e))
+        except extract.UnsupportedEncoding as e:
+            return dropped(doc, "extract:unsupported_encoding", str(e)[:200])
+        except Exception as e:  # noqa: BLE001 - bad headers; damaged gzip, brotli or zstd bodies
+            detail = str(e) if type(e) is ValueError else f"{type(e).__name__}: {e}"
+            return dropped(doc, "extract:bad_http", detail[:200])
+        if status != 200:
+            return dropped(doc, "extract:http_status", str(status))
+        if not extract.is_html(ctype, body):
+            return dropped(doc, "extract:not_html", ctype or "no content type")
+    text = extract.html_to_text(body, charset, cfg.extractor)
+    if not text.strip():
+        return dropped(doc, "extract:no_text")
+    doc["text"] = text
+    return doc

@@ -53,7 +53,8 @@ class PublishedCorpus:
         corpus = cls(path, manifest, versions)
         for v in versions:
             vm = manifest if v["path"] == path else _read_manifest(v["path"])
-            if not vm.get("near_dedup") or not vm.get("index_shards"):
+            # a version that kept nothing (a month with nothing new) has an empty index: that is fine
+            if not vm.get("near_dedup") or (vm["counts"]["kept"] and not vm.get("index_shards")):
                 raise RefreshError(
                     f"published corpus {v['path']} has no LSH index (_index/): it was written with "
                     "near_dedup disabled; rebuild it with `gristmill corpus` and near_dedup.enabled: true"

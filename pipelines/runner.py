@@ -10,18 +10,93 @@ whatever the size of the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gristmill import io
+from gristmill import __version__, io
+from gristmill.errors import ExitCode, GristmillError
 
 log = logging.getLogger("gristmill.beam")
 
 STATS_DIR = "_stats"
+RUN_FILE = "run.json"
+#: what the marker file of an output directory says, by kind of output
+MARKERS = {"corpus": b"gristmill corpus output\n", "tokens": b"gristmill token shards\n"}
+
+
+class OutputDirError(GristmillError):
+    """An output directory gristmill must not write into; the message says which to use."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The output directory of a run
+# ---------------------------------------------------------------------------------------------
+
+
+def check_output(output: str, kind: str, overwrite: bool) -> None:
+    """Refuse (before writing anything) an output that holds something else: a directory gristmill
+    did not write, or one holding another kind of output (token shards written over a corpus would
+    replace its manifest). ``overwrite`` allows both."""
+    if overwrite or not io.exists(output):
+        return
+    marker = io.join(output, io.OUTPUT_MARKER)
+    if io.exists(marker):
+        found = io.read_bytes(marker)
+        if found != MARKERS[kind]:
+            other = next((k for k, m in MARKERS.items() if m == found), "another gristmill output")
+            raise OutputDirError(f"{output} holds {other if other != 'corpus' else 'a corpus'} "
+                                 f"(written by gristmill); writing {kind} there would replace its manifest: "
+                                 "choose another directory (or pass --overwrite)")
+        return
+    if io.filesystems().match([io.join(output, "*")])[0].metadata_list:
+        raise OutputDirError(f"output directory {output} is not empty and was not written by gristmill; "
+                             "choose an empty or new directory (or pass --overwrite)")
+
+
+def begin_output(output: str, kind: str) -> None:
+    """Mark the directory as this kind of gristmill output, in progress: its manifest (a finished
+    earlier run's) goes first, so no reader takes files being replaced for a finished output."""
+    io.write_bytes_atomic(io.join(output, io.OUTPUT_MARKER), MARKERS[kind])
+    manifest = io.join(output, "manifest.json")
+    if io.exists(manifest):
+        io.delete([manifest])
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@contextlib.contextmanager
+def recorded_run(output: str, command: str) -> Iterator[dict]:
+    """``OUTPUT/run.json`` for monitoring: written as ``running`` at the start and rewritten at the
+    end, also when the run fails (status, exit code, error). The caller adds what it learnt
+    (counts, inputs) to the dict it is given. A run killed outright leaves ``running`` with its pid."""
+    record = {"command": command, "status": "running", "exit_code": None, "started": _now(), "finished": None,
+              "host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv, "gristmill_version": __version__}
+    path = io.join(output, RUN_FILE)
+    io.write_json_atomic(path, record)
+    try:
+        yield record
+    except BaseException as e:
+        code = e.exit_code if isinstance(e, GristmillError) else (130 if isinstance(e, KeyboardInterrupt) else
+                                                                   ExitCode.USAGE if isinstance(e, FileNotFoundError)
+                                                                   else ExitCode.INTERNAL)
+        record.update(status="interrupted" if code == 130 else "failed", exit_code=int(code), finished=_now(),
+                      error=f"{type(e).__name__}: {e}"[:2000])
+        with contextlib.suppress(Exception):  # the original error is what matters
+            io.write_json_atomic(path, record)
+        raise
+    record.update(status="succeeded", exit_code=int(ExitCode.OK), finished=_now())
+    io.write_json_atomic(path, record)
 
 
 def run_pipeline(build: Callable[[beam.Pipeline], object], beam_args: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ becomes one token shard (the format: :mod:`gristmill.tokenizer.tokens`)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -25,7 +26,16 @@ import numpy as np
 from gristmill import __version__, io
 from gristmill.config import TokenizeConfig
 from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest
-from gristmill.pipelines.runner import collect_stats, read_stats, remove_stats, run_pipeline
+from gristmill.locks import directory_lock
+from gristmill.pipelines.runner import (
+    begin_output,
+    check_output,
+    collect_stats,
+    read_stats,
+    recorded_run,
+    remove_stats,
+    run_pipeline,
+)
 from gristmill.tokenizer.tokens import SPLITS, pack, shard_bytes, token_dtype
 from gristmill.tokenizer.train import MODEL_FILE, TokenizerError, load
 
@@ -103,7 +113,9 @@ class TokenizeResult:
 
 
 def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
-                 beam_args: list[str] | None = None) -> TokenizeResult:
+                 beam_args: list[str] | None = None, overwrite: bool = False) -> TokenizeResult:
+    """Run the tokenize pipeline. One run at a time writes ``output`` (a lock), none rewrites
+    ``corpus`` meanwhile (a shared lock); ``run.json`` records how the run ended."""
     t0 = time.time()
     output = output.rstrip("/") if io.is_remote(output) else os.path.abspath(output)
     manifest = read_manifest(corpus)
@@ -123,7 +135,42 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
     total_chars = sum(s["bytes"] for s in manifest["shards"])  # an upper bound: file bytes ≥ text
     per_bucket = cfg.max_sequences_per_shard * (cfg.seq_len + 1)
     n_buckets = max(1, math.ceil(total_chars / CHARS_PER_TOKEN_ESTIMATE / per_bucket))
-    io.write_bytes_atomic(io.join(output, io.OUTPUT_MARKER), b"gristmill token shards\n")
+    check_output(output, "tokens", overwrite)
+    with contextlib.ExitStack() as held:
+        held.enter_context(directory_lock(output, "tokenize"))
+        held.enter_context(directory_lock(corpus, "tokenize", shared=True))
+        record = held.enter_context(recorded_run(output, "tokenize"))
+        begin_output(output, "tokens")
+        plan = _Plan(corpus, manifest, tokenizer, model, vocab, sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.unk_id(),
+                     np.dtype(dtype).name, n_buckets)
+        try:
+            result = _tokenize(plan, output, cfg, beam_args, t0)
+        finally:
+            remove_stats(output)
+        record.update(splits={k: {x: v[x] for x in ("documents", "tokens", "sequences")}
+                              for k, v in result.manifest["splits"].items()}, manifest=result.manifest_path)
+        return result
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the driver learnt before the job: the corpus, the tokenizer, the bucket count."""
+
+    corpus: str
+    manifest: dict  # the corpus's
+    tokenizer: str
+    model: bytes  # the SentencePiece model, shipped to the workers
+    vocab: int
+    bos: int
+    eos: int
+    pad: int
+    unk: int
+    dtype: str
+    n_buckets: int
+
+
+def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: float) -> TokenizeResult:
+    corpus, manifest, tokenizer, model = plan.corpus, plan.manifest, plan.tokenizer, plan.model
 
     def build(p):
         buckets = (
@@ -131,15 +178,14 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
             | "Shards" >> beam.Create(sorted(io.join(corpus, s["path"]) for s in manifest["shards"]))
             | "Spread" >> beam.Reshuffle()
             | "ReadDocs" >> beam.FlatMap(_read_docs)
-            | "Encode" >> beam.ParDo(EncodeFn(model, cfg, n_buckets, sp.bos_id(), sp.eos_id()))
+            | "Encode" >> beam.ParDo(EncodeFn(model, cfg, plan.n_buckets, plan.bos, plan.eos))
             | "Bucket" >> beam.GroupByKey()
-            | "Pack" >> beam.ParDo(_WriteBucketFn(output, cfg.seq_len, np.dtype(dtype).name))
+            | "Pack" >> beam.ParDo(_WriteBucketFn(output, cfg.seq_len, plan.dtype))
         )
         return collect_stats("buckets", buckets, output)
 
     run_pipeline(build, beam_args)
     entries = sorted(read_stats(output, "buckets"), key=lambda e: (e["split"], e["path"] or ""))
-    remove_stats(output)
     splits = {}
     for split in SPLITS:
         es = [e for e in entries if e["split"] == split]
@@ -172,12 +218,12 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
         "tokenizer": os.path.abspath(tokenizer) if not io.is_remote(tokenizer) else tokenizer,
         "tokenizer_model_sha256": hashlib.sha256(model).hexdigest(),
         "tokenizer_meta": io.read_json(tok_meta_path) if tok_meta_path and io.exists(tok_meta_path) else None,
-        "vocab_size": vocab,
-        "dtype": np.dtype(dtype).name,
+        "vocab_size": plan.vocab,
+        "dtype": plan.dtype,
         "seq_len": cfg.seq_len,
         "config": cfg.model_dump(mode="json"),
-        "special_tokens": {"bos": sp.bos_id(), "eos": sp.eos_id(), "pad": sp.pad_id(), "unk": sp.unk_id()},
-        "buckets": n_buckets,
+        "special_tokens": {"bos": plan.bos, "eos": plan.eos, "pad": plan.pad, "unk": plan.unk},
+        "buckets": plan.n_buckets,
         "splits": splits,
     }
     path = io.join(output, "manifest.json")

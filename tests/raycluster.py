@@ -13,12 +13,14 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .netns import VethLink, can_make_netns  # noqa: F401 - can_make_netns: the tests' skip reason
+from .netns import run as _run
 
 BIN = Path(sys.executable).parent
 
@@ -29,33 +31,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def can_make_netns() -> str | None:
-    """None if this machine can host the cluster, else why not."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if not shutil.which("ip"):
-        return "the `ip` command (iproute2) is missing"
-    return None
-
-
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
 @dataclass
 class TwoNodeCluster:
-    tag: str = field(default_factory=lambda: f"gm{os.getpid() % 10000}{secrets.token_hex(2)}")
     token: str = field(default_factory=lambda: secrets.token_hex(32))
 
     def __post_init__(self):
-        octet = 16 + (os.getpid() + int(self.tag[-4:], 16)) % 224
-        self.subnet = f"10.231.{octet}"
-        self.head_ip, self.node_ip = f"{self.subnet}.1", f"{self.subnet}.2"
-        self.netns, self.veth_host, self.veth_ns = self.tag, f"{self.tag}a", f"{self.tag}b"
+        self.link = VethLink()
+        self.tag = self.link.tag
+        self.head_ip, self.node_ip = self.link.host_ip, self.link.node_ip
         # short paths: Ray's unix sockets live under the temp dir (107-character limit)
         self.root = Path(tempfile.mkdtemp(prefix=f"{self.tag}-", dir="/tmp"))
         self.gcs_port, self.dashboard_port = _free_port(), _free_port()
-        self.started = False
 
     @property
     def address(self) -> str:
@@ -69,25 +55,16 @@ class TwoNodeCluster:
         return env
 
     def start(self) -> TwoNodeCluster:
-        ns = ["ip", "netns", "exec", self.netns]
-        _run(["ip", "netns", "add", self.netns])
-        _run(["ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns])
-        _run(["ip", "link", "set", self.veth_ns, "netns", self.netns])
-        _run(["ip", "addr", "add", f"{self.head_ip}/24", "dev", self.veth_host])
-        _run(["ip", "link", "set", self.veth_host, "up"])
-        _run([*ns, "ip", "addr", "add", f"{self.node_ip}/24", "dev", self.veth_ns])
-        _run([*ns, "ip", "link", "set", self.veth_ns, "up"])
-        _run([*ns, "ip", "link", "set", "lo", "up"])
-        self.started = True
+        self.link.create()
         ray = str(BIN / "ray")
         # gloo must use the veth link on both ends (the hostname resolves to an address the namespace lacks)
         _run([ray, "start", "--head", "--node-ip-address", self.head_ip, "--port", str(self.gcs_port),
               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
               "--num-cpus", "1", "--temp-dir", str(self.root / "head"), "--disable-usage-stats"],
-             env=self.env(GLOO_SOCKET_IFNAME=self.veth_host), timeout=120)
-        _run([*ns, ray, "start", "--address", f"{self.head_ip}:{self.gcs_port}", "--node-ip-address", self.node_ip,
-              "--num-cpus", "1", "--temp-dir", str(self.root / "node"), "--disable-usage-stats"],
-             env=self.env(GLOO_SOCKET_IFNAME=self.veth_ns), timeout=120)
+             env=self.env(GLOO_SOCKET_IFNAME=self.link.veth_host), timeout=120)
+        _run([*self.link.exec, ray, "start", "--address", f"{self.head_ip}:{self.gcs_port}",
+              "--node-ip-address", self.node_ip, "--num-cpus", "1", "--temp-dir", str(self.root / "node"),
+              "--disable-usage-stats"], env=self.env(GLOO_SOCKET_IFNAME=self.link.veth_ns), timeout=120)
         return self
 
     def nodes_alive(self) -> int:
@@ -120,7 +97,5 @@ class TwoNodeCluster:
                 except ProcessLookupError:
                     pass
             time.sleep(2)
-        if self.started:
-            subprocess.run(["ip", "link", "del", self.veth_host], capture_output=True)
-            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        self.link.delete()
         shutil.rmtree(self.root, ignore_errors=True)

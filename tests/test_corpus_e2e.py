@@ -8,6 +8,9 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,13 +19,13 @@ import pyarrow.dataset as ds
 import pytest
 
 from gristmill.config import load_config
-from gristmill.documents import open_corpus
+from gristmill.documents import SCHEMA_VERSION, open_corpus
 from gristmill.pipelines import filters
 from gristmill.pipelines.corpus import PipelineInputError, run_corpus
 from gristmill.pipelines.filters import dedup_key
 
 from . import badinputs
-from .conftest import DEMO_CONFIG, REPO, SAMPLE, SAMPLE_GLOB, run_cli
+from .conftest import DEMO_CONFIG, GRISTMILL, REPO, SAMPLE, SAMPLE_GLOB, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +38,9 @@ def run(out: Path, inputs=None, beam_args=None, overrides=None, **kw):
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file of an output but run.json (when and where the run ran: the one file that differs)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "run.json"}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +104,7 @@ def test_shards_open_in_pyarrow_dataset(direct):
         with pa.memory_map(str(out / s["path"])) as f:
             t = pa.ipc.open_file(f).read_all()
         assert t.column("id").to_pylist() == sorted(t.column("id").to_pylist())
-        assert t.schema.metadata[b"gristmill.schema_version"] == b"1"
+        assert t.schema.metadata[b"gristmill.schema_version"] == SCHEMA_VERSION.encode() == b"2"
 
 
 def test_shards_open_in_hf_datasets(direct):
@@ -165,6 +170,32 @@ def test_report_written(direct):
 # --- determinism and atomicity -------------------------------------------------------------------
 
 
+def test_a_killed_run_resumes_from_its_per_file_work(direct, tmp_path):
+    """SIGKILL a run once some input files are done; the same command again reuses their cleaned
+    documents (the rest are read again) and writes the bytes of an uninterrupted run."""
+    out, _ = direct
+    again = tmp_path / "again"
+    cmd = [GRISTMILL, "corpus", "--input", SAMPLE_GLOB, "--output", str(again), "--config", str(DEMO_CONFIG), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env(),
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while len(list((again / "_work").glob("*.json"))) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (again / "manifest.json").exists()
+    done = len(list((again / "_work").glob("*.json")))
+    r = run_cli("corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("reusing the cleaned documents of an earlier run") >= done >= 2
+    assert "did not finish" in r.stderr and not (again / "_work").exists()
+    assert tree_bytes(again) == tree_bytes(out)
+    # --fresh ignores earlier work
+    r = run_cli("corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG, "--fresh")
+    assert r.returncode == 0 and "reusing" not in r.stderr and tree_bytes(again) == tree_bytes(out)
+
+
 def test_rerun_is_byte_identical_and_recovers_from_a_crash(direct, tmp_path):
     out, _ = direct
     again = tmp_path / "again"
@@ -205,7 +236,7 @@ def test_dask_runner_on_a_local_cluster_gives_the_same_bytes(direct, tmp_path):
 
 
 def test_refuses_to_write_into_a_foreign_directory(tmp_path):
-    from gristmill.pipelines.corpus import OutputDirError
+    from gristmill.pipelines.runner import OutputDirError
 
     (tmp_path / "precious.txt").write_text("do not delete")
     with pytest.raises(OutputDirError, match="not empty"):
@@ -296,7 +327,7 @@ def test_cli_help_explains_every_command():
 
 def test_cli_errors_say_what_to_fix(tmp_path):
     r = run_cli("corpus", "--input", str(tmp_path / "none-*.jsonl"), "--output", str(tmp_path / "o"))
-    assert r.returncode == 2 and "matches no file" in r.stderr
+    assert r.returncode == 4 and "matches no file" in r.stderr  # exit code 4: an input problem
     bad = tmp_path / "bad.yaml"
     bad.write_text("clean:\n  gopher_quality:\n    min_doc_word: 10\n")
     r = run_cli("corpus", "--input", SAMPLE_GLOB, "--output", str(tmp_path / "o"), "--config", str(bad))

@@ -23,7 +23,7 @@ SECOND_CRAWL = [str(SAMPLE / "*")]  # overlaps the first completely, plus new fi
 
 
 def digest_tree(root: Path) -> dict[str, str]:
-    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != "run.json"]
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 

@@ -109,6 +109,34 @@ def test_local_run_learns_and_a_resubmitted_run_resumes_exactly(tmp_path, tokens
     assert _max_abs_diff(_final_weights(whole, 40), _final_weights(run_dir, 40)) <= 1e-6
 
 
+def test_a_run_killed_right_after_a_checkpoint_resumes_from_it(tmp_path, tokens):
+    """One Ray Train worker; the run is killed the moment its step-20 checkpoint is complete in storage,
+    before Ray Train's controller has (necessarily) recorded it. Submitted again, it resumes from step 20,
+    not from the checkpoint the controller recorded, and ends with the weights of an uninterrupted run."""
+    from gristmill.trainer import checkpoint as ckpt
+
+    ref = _pretrain(_config(tmp_path, tokens, "whole", num_workers=1))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    cfg = _config(tmp_path, tokens, "cut", num_workers=1)
+    run_dir = tmp_path / "runs" / "cut"
+    proc = subprocess.Popen([GRISTMILL, "pretrain", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=cli_env(), start_new_session=True)
+    deadline = time.time() + 240
+    while not ckpt.is_complete(run_dir / "checkpoint_00000020"):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"the run never wrote its step-20 checkpoint:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    again = _pretrain(cfg)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [m for m in _metrics(run_dir) if m.get("event") == "resumed"]
+    assert [m["step"] for m in resumed] == [20], resumed
+    assert [m["step"] for m in _metrics(run_dir) if "loss" in m] == list(range(1, 41))
+    assert _max_abs_diff(_final_weights(tmp_path / "runs" / "whole", 40), _final_weights(run_dir, 40)) <= 1e-6
+
+
 def test_two_ray_workers_survive_a_killed_worker_with_identical_weights(tmp_path, tokens):
     """DDP over gloo with two Ray Train workers; one worker process is SIGKILLed mid-run; Ray Train restarts the
     group, which resumes from the last reported checkpoint and ends with the weights of an uninterrupted run."""

@@ -105,3 +105,32 @@ class TokenSplit:
         for k, (s, i) in enumerate(zip(shard, indices)):
             out[k] = self.arrays[s][i - self.offsets[s]]
         return out
+
+
+def verify_tokens(data_dir: str | Path) -> list[str]:
+    """Re-check a token directory against its manifest: every shard present with its checksum,
+    sequence count and width. Returns the problems found."""
+    import hashlib
+
+    manifest = read_token_manifest(data_dir)
+    problems = []
+    width = int(manifest["seq_len"]) + 1
+    for split, info in manifest["splits"].items():
+        sequences = 0
+        for entry in info["shards"]:
+            path = Path(data_dir) / entry["path"]
+            if not path.is_file():
+                problems.append(f"{entry['path']}: missing")
+                continue
+            if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+                problems.append(f"{entry['path']}: checksum differs from the manifest's "
+                                "(the file was changed or damaged)")
+                continue
+            arr = open_sequences(path)
+            if arr.shape[1] != width or len(arr) != entry["sequences"]:
+                problems.append(f"{entry['path']}: {len(arr)} sequences of {arr.shape[1]} tokens, the manifest says "
+                                f"{entry['sequences']} of {width}")
+            sequences += len(arr)
+        if sequences != info["sequences"]:
+            problems.append(f"{split}: {sequences} sequences in the shards, the manifest says {info['sequences']}")
+    return problems

@@ -3,11 +3,11 @@
 generation and Hugging Face export. Imports the core and the token-shard format of
 :mod:`gristmill.tokenizer`; see docs/trainer.md."""
 
-from gristmill.errors import GristmillError
+from gristmill.errors import ExitCode, GristmillError
 
 
 class TrainingDivergedError(GristmillError, RuntimeError):
     """The loss became NaN or inf; the run stopped and its last good checkpoint is kept."""
 
-    exit_code = 3
+    exit_code = ExitCode.DIVERGED
     label = "training diverged"

@@ -9,8 +9,10 @@ A checkpoint directory holds
   and the last metrics; ``model_config.json``; ``config.json`` (the run's gristmill config);
 - the tokenizer files, so a checkpoint alone is enough to generate, evaluate or export.
 
-``trainer_state.json`` is written last and the directory is renamed into place, so a directory that
-has it is complete.
+``trainer_state.json`` is written last, with the size of every other file, and the directory is
+renamed into place. A checkpoint is complete when its state file parses and every file it lists
+has that size: a copy that was cut short (Ray Train persisting a checkpoint to storage file by
+file when the process was killed) is never taken for a checkpoint.
 """
 
 from __future__ import annotations
@@ -77,25 +79,38 @@ def save_checkpoint(path: Path, msd: dict, osd: dict | None, rng: dict, state: d
             src = Path(tokenizer_dir) / name
             if src.is_file():
                 shutil.copyfile(src, tmp / name)
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
+    files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1, sort_keys=True))
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
     return path
 
 
+def _complete_state(path: Path) -> dict | None:
+    """The checkpoint's state if the checkpoint is complete (see the module docstring), else None."""
+    try:
+        state = json.loads((Path(path) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    for name, size in state.get("files", {}).items():  # checkpoints before the list: the state file only
+        f = Path(path) / name
+        if not f.is_file() or f.stat().st_size != size:
+            return None
+    return state
+
+
 def is_complete(path: Path) -> bool:
-    return (Path(path) / STATE_FILE).is_file()
+    return _complete_state(path) is not None
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete ``checkpoint_*`` directory of a run (by step), or None."""
     best, best_step = None, -1
     for d in Path(run_dir).glob("checkpoint_*"):
-        if d.is_dir() and not d.name.endswith(".tmp") and is_complete(d):
-            step = json.loads((d / STATE_FILE).read_text())["step"]
-            if step > best_step:
-                best, best_step = d, step
+        if d.is_dir() and not d.name.endswith(".tmp") and (state := _complete_state(d)) is not None:
+            if state["step"] > best_step:
+                best, best_step = d, state["step"]
     return best
 
 

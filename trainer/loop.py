@@ -172,14 +172,21 @@ def resume(run: _Run) -> None:
     import ray.train
 
     p, state, resumed_from = run.p, None, None
+    # the newest complete checkpoint in storage wins over Ray Train's record: the controller learns of
+    # a reported checkpoint by polling, so a run killed right after one completed may not know of it
+    newest = ckpt.latest_checkpoint(run.run_dir)
+    newest_step = ckpt.read_state(newest)["step"] if newest is not None else -1
     checkpoint = ray.train.get_checkpoint() if not run.local_mode else None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = ckpt.restore(Path(d), run.wrapped, run.opt, run.rank)
-            resumed_from = d
-    elif run.local_mode and (latest := ckpt.latest_checkpoint(run.run_dir)) is not None:
-        state = ckpt.restore(latest, run.wrapped, run.opt, run.rank)
-        resumed_from = str(latest)
+            if ckpt.is_complete(Path(d)) and ckpt.read_state(Path(d))["step"] >= newest_step:
+                state = ckpt.restore(Path(d), run.wrapped, run.opt, run.rank)
+                resumed_from = d
+    if state is None and newest is not None:
+        if checkpoint is not None and run.rank == 0:
+            log.info("Ray Train recorded an older checkpoint than %s: resuming from the newest", newest)
+        state = ckpt.restore(newest, run.wrapped, run.opt, run.rank)
+        resumed_from = str(newest)
     if state is not None:
         run.step, run.samples, run.tokens_seen = state["step"], state["samples"], state["tokens_seen"]
         if state["batch_size"] != p.batch_size:

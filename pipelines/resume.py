@@ -1,0 +1,142 @@
+"""Resuming a crashed corpus run: the work already done for each input file is kept and reused.
+
+Reading, extraction and cleaning are per file and most of a run's time. While a run works, each
+input file's cleaned documents (kept and dropped, exactly as the next steps receive them) go to a
+work file ``OUTPUT/_work/<name>.arrow``, and once the file is done, its statistics and checksum to
+``<name>.json``, written last. A run started again after a crash (SIGKILL, a lost machine) reuses
+every file whose work is complete, made with the same config and gristmill version, and whose
+input still has the same size and SHA-256 (hashing a file is one quick pass: far cheaper than
+extracting and cleaning it); it redoes the rest. Deduplication and writing are global and run
+again in full. The finished output is byte-identical to an uninterrupted run's; ``_work/`` is then
+removed. ``--fresh`` (``run_corpus(fresh=True)``) ignores earlier work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+from gristmill import __version__, io
+from gristmill.config import GristmillConfig
+from gristmill.documents import SCHEMA_VERSION, pack_document, unpack_document
+from gristmill.pipelines.clean import Cleaner
+from gristmill.pipelines.readers import FileStats, read_file
+
+log = logging.getLogger("gristmill.corpus")
+
+WORK_DIR = "_work"
+#: documents per record batch of a work file
+BATCH = 1000
+_WORK_SCHEMA = pa.schema([pa.field("doc", pa.binary())])
+
+
+def work_fingerprint(cfg: GristmillConfig) -> str:
+    """What per-file work depends on: the reading and cleaning config, the document schema and the
+    code's version (a newer gristmill may clean differently)."""
+    parts = {k: cfg.model_dump(mode="json")[k] for k in ("read", "langid", "clean")}
+    blob = json.dumps([parts, SCHEMA_VERSION, __version__], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _file_sha256(path: str) -> tuple[int, str]:
+    h, n = hashlib.sha256(), 0
+    with io.filesystems().open(path, compression_type="uncompressed") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+class ReadCleanFileFn(beam.DoFn):
+    """One input file → its cleaned documents, then one ``{stats_key: FileStats}`` element; the
+    documents also go to the file's work file (or come from it, when an earlier run did the work)."""
+
+    def __init__(self, cfg: GristmillConfig, work_dir: str, stats_key: str):
+        self.cfg, self.work_dir, self.stats_key = cfg, work_dir, stats_key
+        self.fingerprint = work_fingerprint(cfg)
+        self.cleaner = None
+        self.reused = Metrics.counter("gristmill", "input_files_reused")
+
+    def __getstate__(self):
+        return {**self.__dict__, "cleaner": None}  # the fastText model cannot be pickled
+
+    def setup(self):
+        self.cleaner = Cleaner(self.cfg)
+
+    def process(self, item):
+        path, source = item
+        name = hashlib.blake2b(source.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+        docs_path, meta_path = io.join(self.work_dir, f"{name}.arrow"), io.join(self.work_dir, f"{name}.json")
+        meta = self._reusable(path, meta_path)
+        if meta is not None:
+            log.info("%s: reusing the cleaned documents of an earlier run (%d)", source, meta["stats"]["documents"])
+            self.reused.inc()
+            for batch in io.iter_batches(docs_path):
+                for packed in batch.column("doc").to_pylist():
+                    yield unpack_document(packed)
+            yield {self.stats_key: meta["stats"]}
+            return
+        yield from self._read_and_clean(path, source, docs_path, meta_path)
+
+    def _reusable(self, path: str, meta_path: str) -> dict | None:
+        if not io.exists(meta_path):
+            return None
+        try:
+            meta = io.read_json(meta_path)
+        except ValueError:
+            return None
+        if meta.get("fingerprint") != self.fingerprint:
+            return None
+        size, sha = _file_sha256(path)
+        if (size, sha) != (meta["stats"]["size"], meta["stats"]["sha256"]):
+            return None
+        return meta
+
+    def _read_and_clean(self, path: str, source: str, docs_path: str, meta_path: str):
+        tmp = io.temporary_name(docs_path)
+        writer = _WorkWriter(tmp)
+        for out in read_file(path, source, self.cfg.read):
+            if isinstance(out, FileStats):
+                log.info("read %s: %d documents%s", source, out.documents, f" ({out.error})" if out.error else "")
+                writer.close()
+                io.replace(tmp, docs_path)
+                stats = out.to_json()
+                io.write_json_atomic(meta_path, {"fingerprint": self.fingerprint, "stats": stats})
+                yield {self.stats_key: stats}
+            else:
+                # never mutate an input element: runners may share it with other consumers (Dask does)
+                doc = self.cleaner.process({**out, "signals": dict(out["signals"])})
+                Metrics.counter("gristmill", doc["reason"] or "kept").inc()
+                writer.add(doc)
+                yield doc
+
+
+class _WorkWriter:
+    """Packed documents appended to an Arrow file in batches (a file's documents are never all held)."""
+
+    def __init__(self, path: str):
+        io.ensure_parent(path)
+        self._file = io.filesystems().create(path, mime_type="application/octet-stream",
+                                             compression_type="uncompressed")
+        self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), _WORK_SCHEMA)
+        self._pending: list[bytes] = []
+
+    def add(self, doc: dict) -> None:
+        self._pending.append(pack_document(doc))
+        if len(self._pending) >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_batch(pa.record_batch([pa.array(self._pending, pa.binary())], schema=_WORK_SCHEMA))
+            self._pending = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._file.close()

@@ -1,0 +1,112 @@
+"""The monthly refresh as a scheduler runs it (ops/monthly_refresh.sh, the Airflow DAG's tasks):
+each version is written, verified, tokenized and only then published by one atomic rename; a
+refresh killed at any point leaves the published corpus exactly as it was."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import GRISTMILL, REPO, SAMPLE, cli_env, run_cli
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = REPO / "ops" / "monthly_refresh.sh"
+DAG = REPO / "ops" / "airflow_monthly_refresh.py"
+FIRST = str(SAMPLE / "oscar-2019-multilingual.jsonl.zst")
+SECOND = str(SAMPLE / "o*")  # the same file again, as a new month's crawl
+
+
+def _env() -> dict:
+    return {**cli_env(), "GRISTMILL": GRISTMILL, "GRISTMILL_OPTIONS": "--set write.max_docs_per_shard=200"}
+
+
+def _step(root: Path, crawl: str, version: str, step: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), str(root), crawl, version, step], capture_output=True, text=True,
+                          env=_env(), timeout=600)
+
+
+def _dag_steps() -> list[str]:
+    """The DAG's tasks, in order, read from the file (Airflow itself need not be installed)."""
+    tree = ast.parse(DAG.read_text())
+    steps = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "STEPS")
+    return list(ast.literal_eval(steps))
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """The first month, run as the DAG runs it (task by task), with a tokenizer in ROOT."""
+    root = tmp_path_factory.mktemp("corpus")
+    steps = _dag_steps()
+    assert steps == ["refresh", "verify", "tokenize", "publish"]
+    r = _step(root, FIRST, "2026-01", "refresh")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert run_cli("tokenizer", "train", "--corpus", root / "2026-01", "--output", root / "tokenizer",
+                   "--set", "tokenizer.vocab_size=4000", check=True)
+    for step in steps[1:]:
+        r = _step(root, FIRST, "2026-01", step)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert os.readlink(root / "CURRENT") == "2026-01"
+    assert json.loads((root / "2026-01.tokens" / "manifest.json").read_text())["kind"] == "tokens"
+    return root
+
+
+def test_a_month_is_published_only_when_written_and_verified(published):
+    root = published
+    r = subprocess.run(["bash", str(SCRIPT), str(root), SECOND, "2026-02"], capture_output=True, text=True,
+                       env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.readlink(root / "CURRENT") == "2026-02"
+    versions = json.loads((root / "2026-02" / "versions.json").read_text())
+    assert [Path(v["path"]).name for v in versions] == ["2026-01", "2026-02"]
+    counts = json.loads((root / "2026-02" / "manifest.json").read_text())["counts"]
+    assert counts["kept"] == 0 and counts["dropped"]["exact_dedup:published_duplicate"] > 0  # nothing new
+    assert "nothing new to tokenize" in r.stderr and not (root / "2026-02.tokens").exists()
+    # run again: already published, nothing done
+    again = subprocess.run(["bash", str(SCRIPT), str(root), SECOND, "2026-02"], capture_output=True, text=True,
+                           env=_env(), timeout=600)
+    assert again.returncode == 0 and "already published" in again.stderr
+
+
+@pytest.mark.parametrize("kill_after", [1.0, 4.0, "stats", "manifest"])
+def test_a_refresh_killed_at_any_point_leaves_the_published_corpus_as_it_was(published, kill_after, tmp_path):
+    root = published
+    current = os.readlink(root / "CURRENT")
+    before = digest(root / current)
+    version = f"killed-{kill_after}"
+    proc = subprocess.Popen(["bash", str(SCRIPT), str(root), str(SAMPLE / "*"), version], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env(), start_new_session=True)
+    new = root / version
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if isinstance(kill_after, float):
+            reached = time.time() > deadline - 300 + kill_after
+        else:
+            reached = (new / "_stats").exists() if kill_after == "stats" else (new / "manifest.json").exists()
+        if reached:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the refresh ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert os.readlink(root / "CURRENT") == current, "published although killed"
+    assert digest(root / current) == before, "the published corpus changed"
+    # the output of the killed run is not a finished corpus (unless it was killed after the manifest, when
+    # it is one that verify accepts): either way CURRENT never pointed at it
+    v = run_cli("verify", new)
+    assert v.returncode in (0, 6)
+    if v.returncode == 0:
+        assert kill_after == "manifest"
