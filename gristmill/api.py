@@ -115,12 +115,14 @@ def load_tokenizer(path: str):
 
 
 def tokenize(corpus: str, tokenizer: str, output: str, config: GristmillConfig | None = None,
-             beam_args: Sequence[str] | None = None, *, overwrite: bool = False):
+             beam_args: Sequence[str] | None = None, *, overwrite: bool = False, fresh: bool = False):
     """``gristmill tokenize``: a corpus → packed token shards (``config.tokenize``) under ``output``.
+    Run again after a crash, it reuses the shards already encoded (``fresh`` ignores them).
     Returns a ``TokenizeResult`` (manifest, manifest_path, seconds)."""
     from gristmill.pipelines.tokenize import run_tokenize
 
-    return run_tokenize(corpus, tokenizer, output, _cfg(config).tokenize, list(beam_args or []), overwrite=overwrite)
+    return run_tokenize(corpus, tokenizer, output, _cfg(config).tokenize, list(beam_args or []),
+                        overwrite=overwrite, fresh=fresh)
 
 
 # --- training --------------------------------------------------------------------------------------

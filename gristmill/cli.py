@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seq-len", type=int, metavar="N", help="tokens per training sequence (default: tokenize.seq_len)")
     k.add_argument("--overwrite", action="store_true",
                    help="write into a directory that holds something else (a corpus, files gristmill did not write)")
+    k.add_argument("--fresh", action="store_true",
+                   help="start from scratch: ignore the shards a crashed run into OUTPUT already encoded (_work/)")
     add_config_arguments(k)
     add_logging_arguments(k)
 
@@ -331,7 +333,9 @@ def _cmd_tokenize(args, beam_args: list[str]) -> int:
 
     overrides = list(args.set) + ([f"tokenize.seq_len={args.seq_len}"] if args.seq_len else [])
     cfg = load_config(args.config, overrides)
-    _print_tokens(api.tokenize(args.corpus, args.tokenizer, args.output, cfg, beam_args, overwrite=args.overwrite), cfg)
+    result = api.tokenize(args.corpus, args.tokenizer, args.output, cfg, beam_args, overwrite=args.overwrite,
+                          fresh=args.fresh)
+    _print_tokens(result, cfg)
     return 0
 
 

@@ -155,3 +155,34 @@ def read_table(path: str) -> pa.Table:
 def ipc_schema(path: str) -> pa.Schema:
     """The schema of an Arrow IPC file (a footer or header read, not the data)."""
     return open_ipc(path).schema
+
+
+class ArrowFileWriter:
+    """Rows appended to an Arrow IPC file in record batches of ``batch_rows`` (a large output is never
+    held whole), under a temporary name that :meth:`close` renames into place: the final name only
+    ever holds a complete file."""
+
+    def __init__(self, path: str, schema: pa.Schema, batch_rows: int = 1000):
+        self.path, self.schema, self.batch_rows = path, schema, batch_rows
+        self._tmp = temporary_name(path)
+        ensure_parent(path)
+        self._file = filesystems().create(self._tmp, mime_type="application/octet-stream",
+                                          compression_type="uncompressed")
+        self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), schema)
+        self._rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._writer.write_batch(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._file.close()
+        replace(self._tmp, self.path)

@@ -10,7 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow import DAG
-from airflow.operators.bash import BashOperator
+
+try:  # Airflow 3
+    from airflow.providers.standard.operators.bash import BashOperator
+except ImportError:  # Airflow 2
+    from airflow.operators.bash import BashOperator
 
 ROOT = "/data/corpus"  # one directory per version, and CURRENT
 CRAWL = "/data/crawl/{{ logical_date.strftime('%Y-%m') }}/*.warc.gz"

@@ -47,7 +47,9 @@ from gristmill.pipelines.transforms import (
     FILE_STATS,
     ExactDedup,
     NearDedup,
+    UniqueIds,
     WriteShards,
+    apply_id_changes,
     text_bytes,
     with_text_hash,
 )
@@ -56,7 +58,7 @@ log = logging.getLogger("gristmill.corpus")
 
 SPILL_DIR = "_spill"  # documents waiting for their near-dedup clusters; removed after the run
 #: the statistics the job hands the driver (see runner.collect_stats)
-STATS = ("counts", "shards", "rejected_shards", "index_shards", "files", "cc_rounds")
+STATS = ("counts", "shards", "rejected_shards", "index_shards", "files", "cc_rounds", "id_changes")
 
 
 class PipelineInputError(GristmillError):
@@ -228,14 +230,17 @@ def build_pipeline(
     kept = cleaned | "Kept" >> beam.Filter(_is_kept)
     rejected = cleaned | "Rejected" >> beam.Filter(_is_dropped)
     kept = kept | "TextHash" >> beam.Map(with_text_hash)
+    id_changes = kept | "UniqueIds" >> UniqueIds()
     if cfg.exact_dedup.enabled:
         pub_hashes = None
         if published is not None:
             pub_hashes = published | "PublishedHashes" >> beam.Map(lambda r: (r["text_hash"], r["node"]))
-        exact = kept | "ExactDedup" >> ExactDedup(pub_hashes)
+        exact = kept | "ExactDedup" >> ExactDedup(pub_hashes, id_changes)
         kept = exact | "Unique" >> beam.Filter(_is_kept)
         dups = exact | "Duplicates" >> beam.Filter(_is_dropped)
         rejected = (rejected, dups) | "AllRejected" >> beam.Flatten()
+    else:
+        kept = apply_id_changes(kept, id_changes)
     cc_changes = p | "NoClustering" >> beam.Create([])
     if cfg.near_dedup.enabled:
         spill = io.join(output, SPILL_DIR)
@@ -263,9 +268,11 @@ def build_pipeline(
             output, cfg.write, "_index/", _no_partition, "index", operator.itemgetter("text_bytes"))
     else:
         index_shards = p | "NoIndex" >> beam.Create([])
+    n_changes = (id_changes | "CountIdChanges" >> beam.Map(lambda _: ("across_files", 1))
+                 | "SumIdChanges" >> beam.CombinePerKey(sum))
     written = [collect_stats(name, pcoll, output) for name, pcoll in (
         ("counts", counts), ("shards", kept_shards), ("rejected_shards", rejected_shards),
-        ("index_shards", index_shards), ("files", file_stats), ("cc_rounds", cc_changes))]
+        ("index_shards", index_shards), ("files", file_stats), ("cc_rounds", cc_changes), ("id_changes", n_changes))]
     # One sink that depends on every branch, applied last: the DaskRunner computes only the graph
     # of the pipeline's last transform, so a branch not feeding it would silently not run.
     return written | "AllWritten" >> beam.Flatten()
@@ -349,6 +356,9 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
         },
         "funnel": funnel(read, dropped_by, stages(cfg)),
         "near_dedup": near,
+        # ids made unique: repeated within a file (#<record number>), or used in two files (@<source>)
+        "ids_renamed": {"within_files": sum(f.get("renamed_ids", 0) for f in stats["files"]),
+                        "across_files": dict(stats["id_changes"]).get("across_files", 0)},
         "languages": dict(sorted(langs.items(), key=lambda kv: (-kv[1]["kept"], kv[0]))),
         "shards": stats["shards"],
         "rejected_shards": stats["rejected_shards"],

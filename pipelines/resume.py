@@ -98,13 +98,11 @@ class ReadCleanFileFn(beam.DoFn):
         return meta
 
     def _read_and_clean(self, path: str, source: str, docs_path: str, meta_path: str):
-        tmp = io.temporary_name(docs_path)
-        writer = _WorkWriter(tmp)
+        writer = io.ArrowFileWriter(docs_path, _WORK_SCHEMA, BATCH)
         for out in read_file(path, source, self.cfg.read):
             if isinstance(out, FileStats):
                 log.info("read %s: %d documents%s", source, out.documents, f" ({out.error})" if out.error else "")
                 writer.close()
-                io.replace(tmp, docs_path)
                 stats = out.to_json()
                 io.write_json_atomic(meta_path, {"fingerprint": self.fingerprint, "stats": stats})
                 yield {self.stats_key: stats}
@@ -112,31 +110,5 @@ class ReadCleanFileFn(beam.DoFn):
                 # never mutate an input element: runners may share it with other consumers (Dask does)
                 doc = self.cleaner.process({**out, "signals": dict(out["signals"])})
                 Metrics.counter("gristmill", doc["reason"] or "kept").inc()
-                writer.add(doc)
+                writer.add({"doc": pack_document(doc)})
                 yield doc
-
-
-class _WorkWriter:
-    """Packed documents appended to an Arrow file in batches (a file's documents are never all held)."""
-
-    def __init__(self, path: str):
-        io.ensure_parent(path)
-        self._file = io.filesystems().create(path, mime_type="application/octet-stream",
-                                             compression_type="uncompressed")
-        self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), _WORK_SCHEMA)
-        self._pending: list[bytes] = []
-
-    def add(self, doc: dict) -> None:
-        self._pending.append(pack_document(doc))
-        if len(self._pending) >= BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            self._writer.write_batch(pa.record_batch([pa.array(self._pending, pa.binary())], schema=_WORK_SCHEMA))
-            self._pending = []
-
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
-        self._file.close()

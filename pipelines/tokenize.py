@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
 from gristmill import __version__, io
 from gristmill.config import TokenizeConfig
@@ -50,9 +52,26 @@ def _unit(key: str, seed: int) -> float:
     return int.from_bytes(h, "little") / 2**64
 
 
-class EncodeFn(beam.DoFn):
-    def __init__(self, model: bytes, cfg: TokenizeConfig, n_buckets: int, bos: int, eos: int):
+#: the work kept per corpus shard for a rerun (see EncodeShardFn)
+WORK_DIR = "_work"
+_WORK_SCHEMA = pa.schema([("split", pa.string()), ("bucket", pa.int32()), ("id", pa.string()),
+                          ("lang", pa.string()), ("tokens", pa.list_(pa.uint32()))])
+
+
+class EncodeShardFn(beam.DoFn):
+    """One corpus shard → ((split, bucket), (id, token ids, lang)) for each of its documents: each
+    document encoded and followed by eos (after bos with ``add_bos``), assigned to train or val by a
+    hash of its id and to a bucket by another.
+
+    The encoded shard is also kept in ``OUTPUT/_work/`` (keyed by the shard's SHA-256 and what
+    encoding depends on) until the run ends: a run started again after a crash reuses the shards
+    already encoded."""
+
+    def __init__(self, model: bytes, cfg: TokenizeConfig, n_buckets: int, bos: int, eos: int, work_dir: str):
         self.model, self.cfg, self.n_buckets, self.bos, self.eos = model, cfg, n_buckets, bos, eos
+        self.work_dir = work_dir
+        blob = json.dumps([hashlib.sha256(model).hexdigest(), cfg.model_dump(mode="json"), n_buckets, __version__])
+        self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()
         self.sp = None
 
     def __getstate__(self):
@@ -63,14 +82,30 @@ class EncodeFn(beam.DoFn):
 
         self.sp = spm.SentencePieceProcessor(model_proto=self.model)
 
-    def process(self, doc):
-        ids = self.sp.encode(doc["text"])
+    def process(self, item):
+        path, sha256 = item
+        work = io.join(self.work_dir, f"{self.fingerprint[:16]}-{sha256}.arrow")
+        if io.exists(work):
+            log.info("%s: reusing its encoding from an earlier run", path)
+            for batch in io.iter_batches(work):
+                for row in batch.to_pylist():
+                    yield (row["split"], row["bucket"]), (row["id"], np.asarray(row["tokens"], np.uint32), row["lang"])
+            return
+        writer = io.ArrowFileWriter(work, _WORK_SCHEMA)
+        for doc_id, text, lang in iter_shard_rows(path, ["id", "text", "lang"]):
+            key, value = self.encode(doc_id, text, lang)
+            writer.add({"split": key[0], "bucket": key[1], "id": doc_id, "lang": lang, "tokens": value[1]})
+            yield key, value
+        writer.close()
+
+    def encode(self, doc_id: str, text: str, lang: str):
+        ids = self.sp.encode(text)
         if self.cfg.add_bos:
             ids = [self.bos, *ids]
         ids.append(self.eos)
-        split = "val" if _unit(doc["id"], self.cfg.seed) < self.cfg.val_fraction else "train"
-        bucket = int(_unit(doc["id"], self.cfg.seed + 1) * self.n_buckets)
-        yield (split, bucket), (doc["id"], np.asarray(ids, dtype=np.uint32), doc["lang"])
+        split = "val" if _unit(doc_id, self.cfg.seed) < self.cfg.val_fraction else "train"
+        bucket = int(_unit(doc_id, self.cfg.seed + 1) * self.n_buckets)
+        return (split, bucket), (doc_id, np.asarray(ids, dtype=np.uint32), lang)
 
 
 class _WriteBucketFn(beam.DoFn):
@@ -100,11 +135,6 @@ class _WriteBucketFn(beam.DoFn):
         }
 
 
-def _read_docs(path: str):
-    for doc_id, text, lang in iter_shard_rows(path, ["id", "text", "lang"]):
-        yield {"id": doc_id, "text": text, "lang": lang}
-
-
 @dataclass
 class TokenizeResult:
     manifest: dict
@@ -113,9 +143,10 @@ class TokenizeResult:
 
 
 def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
-                 beam_args: list[str] | None = None, overwrite: bool = False) -> TokenizeResult:
+                 beam_args: list[str] | None = None, overwrite: bool = False, fresh: bool = False) -> TokenizeResult:
     """Run the tokenize pipeline. One run at a time writes ``output`` (a lock), none rewrites
-    ``corpus`` meanwhile (a shared lock); ``run.json`` records how the run ended."""
+    ``corpus`` meanwhile (a shared lock); ``run.json`` records how the run ended. Run again after a
+    crash, it reuses the corpus shards already encoded (``fresh`` ignores them)."""
     t0 = time.time()
     output = output.rstrip("/") if io.is_remote(output) else os.path.abspath(output)
     manifest = read_manifest(corpus)
@@ -143,10 +174,13 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
         begin_output(output, "tokens")
         plan = _Plan(corpus, manifest, tokenizer, model, vocab, sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.unk_id(),
                      np.dtype(dtype).name, n_buckets)
+        if fresh:
+            io.remove_tree(io.join(output, WORK_DIR))
         try:
             result = _tokenize(plan, output, cfg, beam_args, t0)
         finally:
             remove_stats(output)
+        io.remove_tree(io.join(output, WORK_DIR))  # done: nothing left to resume
         record.update(splits={k: {x: v[x] for x in ("documents", "tokens", "sequences")}
                               for k, v in result.manifest["splits"].items()}, manifest=result.manifest_path)
         return result
@@ -175,10 +209,10 @@ def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: floa
     def build(p):
         buckets = (
             p
-            | "Shards" >> beam.Create(sorted(io.join(corpus, s["path"]) for s in manifest["shards"]))
+            | "Shards" >> beam.Create(sorted((io.join(corpus, s["path"]), s["sha256"]) for s in manifest["shards"]))
             | "Spread" >> beam.Reshuffle()
-            | "ReadDocs" >> beam.FlatMap(_read_docs)
-            | "Encode" >> beam.ParDo(EncodeFn(model, cfg, plan.n_buckets, plan.bos, plan.eos))
+            | "Encode" >> beam.ParDo(EncodeShardFn(model, cfg, plan.n_buckets, plan.bos, plan.eos,
+                                                   io.join(output, WORK_DIR)))
             | "Bucket" >> beam.GroupByKey()
             | "Pack" >> beam.ParDo(_WriteBucketFn(output, cfg.seq_len, plan.dtype))
         )

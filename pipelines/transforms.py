@@ -29,7 +29,7 @@ from gristmill.pipelines.clean import Cleaner
 from gristmill.pipelines.filters import dedup_key
 from gristmill.pipelines.readers import FileStats, read_file
 
-__all__ = ["Clean", "ExactDedup", "NearDedup", "ReadFiles", "WriteShards", "text_hash"]
+__all__ = ["Clean", "ExactDedup", "NearDedup", "ReadFiles", "UniqueIds", "WriteShards", "text_hash"]
 
 log = logging.getLogger("gristmill.corpus")
 
@@ -140,21 +140,41 @@ def _dedup_keyed(doc: dict):
     return doc.get("text_hash") or text_hash(doc["text"]), doc
 
 
+RENAME = "\x00rename"  # marks an id change travelling with documents: (RENAME, old id, source, new id)
+
+
 def _node_of(item) -> str:
     # a document, or the node (a string) of a published document with the same text
     return item if isinstance(item, str) else node_key(item["id"], item["source"])
 
 
+def _is_rename(item) -> bool:
+    return isinstance(item, tuple) and item[0] == RENAME
+
+
+def renamed(doc: dict, new_id: str) -> dict:
+    """A copy of the document under a new id, its input id kept in ``original_id``."""
+    return {**doc, "id": new_id, "original_id": doc.get("original_id") or doc["id"]}
+
+
 def _keep_smallest(item):
     """Of documents with the same normalised text keep the smallest (id, source); mark the rest.
-    A published document (refresh) sorts before every new one, so it wins. Two passes over the
-    group, holding only the smallest node (see dedupe/components.py)."""
-    _, docs = item
-    winner = min(_node_of(d) for d in docs)
+    A published document (refresh) sorts before every new one, so it wins. Id changes for this
+    group's documents (see :class:`UniqueIds`) are applied first. Three passes over the group,
+    holding only its id changes (rare) and the smallest node (see dedupe/components.py)."""
+    _, values = item
+    renames = {(r[1], r[2]): r[3] for r in values if _is_rename(r)}
+
+    def final(d):
+        new = renames.get((d["id"], d["source"])) if renames else None
+        return renamed(d, new) if new else d
+
+    winner = min(_node_of(v if isinstance(v, str) else final(v)) for v in values if not _is_rename(v))
     reason = "exact_dedup:published_duplicate" if is_published(winner) else "exact_dedup:duplicate"
-    for d in docs:
-        if isinstance(d, str):
+    for v in values:
+        if isinstance(v, str) or _is_rename(v):
             continue
+        d = final(v)
         if node_key(d["id"], d["source"]) != winner:
             yield dropped(dict(d), reason, node_id(winner))  # a copy: inputs are immutable
         else:
@@ -166,17 +186,81 @@ class ExactDedup(beam.PTransform):
     the same normalised text (NFKC, casefolded, whitespace collapsed) marked
     ``exact_dedup:duplicate`` with the kept id in ``detail``. Uses a document's ``text_hash`` when
     it has one. ``published_hashes``: (text hash, published node) pairs of a published corpus, whose
-    documents win (``exact_dedup:published_duplicate``; a refresh)."""
+    documents win (``exact_dedup:published_duplicate``; a refresh). ``renames``: id changes keyed
+    by text hash (:class:`UniqueIds` with ``by_text_hash``), applied on the way."""
 
-    def __init__(self, published_hashes=None):
+    def __init__(self, published_hashes=None, renames=None):
         super().__init__()
-        self.published_hashes = published_hashes
+        self.published_hashes, self.renames = published_hashes, renames
 
     def expand(self, docs):
         keyed = docs | "DedupKey" >> beam.Map(_dedup_keyed)
-        if self.published_hashes is not None:
-            keyed = (keyed, self.published_hashes) | "WithPublishedHashes" >> beam.Flatten()
+        extra = [x for x in (self.published_hashes, self.renames) if x is not None]
+        if extra:
+            keyed = (keyed, *extra) | "WithPublishedHashesAndRenames" >> beam.Flatten()
         return keyed | "DedupGroup" >> beam.GroupByKey() | "ExactDedupKeep" >> beam.FlatMap(_keep_smallest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unique ids
+# ---------------------------------------------------------------------------------------------
+
+
+def _id_census_entry(doc: dict):
+    return doc["id"], (doc["source"], doc.get("text_hash"))
+
+
+def _id_changes(item):
+    """Documents sharing an id (from different files: within a file the reader made them unique):
+    the one from the smallest source keeps it, each other one becomes ``<id>@<source>``. Two
+    passes, holding only the smallest source."""
+    doc_id, members = item
+    first, n = None, 0
+    for source, _ in members:
+        n += 1
+        first = source if first is None or source < first else first
+    if n < 2:
+        return
+    for source, text_key in members:
+        if source != first:
+            yield text_key, (RENAME, doc_id, source, f"{doc_id}@{source}")
+
+
+def _by_node(item):
+    _, rename = item
+    return node_key(rename[1], rename[2]), rename
+
+
+def _apply_renames(item):
+    _, joined = item
+    new = next((r[3] for r in joined["renames"]), None)
+    for doc in joined["docs"]:
+        yield renamed(doc, new) if new else doc
+
+
+class UniqueIds(beam.PTransform):
+    """Kept documents → the id changes that make their ids unique across the whole run (an id used
+    in two input files for different documents; within a file the reader already made ids unique):
+    ``(text hash, (RENAME, id, source, new id))``. Hand them to :class:`ExactDedup`, which applies
+    them in the groups it forms anyway, or to :func:`apply_id_changes` (a join of its own)."""
+
+    def expand(self, docs):
+        return (
+            docs
+            | "IdCensus" >> beam.Map(_id_census_entry)
+            | "IdGroups" >> beam.GroupByKey()
+            | "IdChanges" >> beam.FlatMap(_id_changes)
+        )
+
+
+def apply_id_changes(docs, changes, label: str = "ApplyIdChanges"):
+    """The documents with :class:`UniqueIds`' changes applied (when no exact dedup carries them)."""
+    return (
+        {"docs": docs | f"{label}DocsByNode" >> beam.Map(lambda d: (node_key(d["id"], d["source"]), d)),
+         "renames": changes | f"{label}ByNode" >> beam.Map(_by_node)}
+        | f"{label}Join" >> beam.CoGroupByKey()
+        | f"{label}Apply" >> beam.FlatMap(_apply_renames)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

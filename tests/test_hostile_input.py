@@ -261,3 +261,23 @@ def test_a_run_with_hostile_records_finishes_and_balances(tmp_path):
     rows = {r["id"]: r for r in every if r["source"].endswith("hostile.jsonl")}
     assert rows["7"]["original_id"] == "7" and rows["7#14"]["original_id"] == "7"  # an integer id, repeated
     assert any(k.endswith("hostile.jsonl#15") for k in rows) and "\ufffd" in rows["s"]["text"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exact_dedup", [True, False])
+def test_ids_are_unique_across_files(tmp_path, exact_dedup):
+    """Two files that number their records alike ("0", "1", ...): the smallest source keeps each id, the
+    other file's document becomes "<id>@<source>" (its id in original_id); counted in the manifest."""
+    texts = [json.loads(line)["text"] for line in JSONL]
+    for name, part in (("a.jsonl", texts[:15]), ("b.jsonl", texts[15:30])):
+        (tmp_path / name).write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(part)))
+    overrides = ["near_dedup.enabled=false"] + ([] if exact_dedup else ["exact_dedup.enabled=false"])
+    result = run_corpus([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], str(tmp_path / "out"),
+                        load_config(DEMO_CONFIG, overrides), progress=False)
+    kept = open_corpus(str(tmp_path / "out")).to_table().to_pylist()
+    ids = [r["id"] for r in kept]
+    assert len(set(ids)) == len(ids)
+    moved = [r for r in kept if r["original_id"] is not None]
+    assert moved and all(r["id"] == f"{r['original_id']}@b.jsonl" and r["source"] == "b.jsonl" for r in moved)
+    assert all(any(k["id"] == r["original_id"] and k["source"] == "a.jsonl" for k in kept) for r in moved)
+    assert result.manifest["ids_renamed"] == {"within_files": 0, "across_files": len(moved)}

@@ -41,6 +41,29 @@ def _dag_steps() -> list[str]:
     return list(ast.literal_eval(steps))
 
 
+def test_the_airflow_dag_runs_the_steps_in_order(tmp_path, monkeypatch):
+    """Airflow (the `ops` extra) parses the DAG: its tasks are the script's steps, chained, and each
+    renders to the script call the other tests run."""
+    pytest.importorskip("airflow")
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    import importlib.util
+
+    import pendulum
+
+    spec = importlib.util.spec_from_file_location("airflow_monthly_refresh", DAG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.dag
+    assert [t.task_id for t in dag.tasks] == _dag_steps() == ["refresh", "verify", "tokenize", "publish"]
+    assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
+        "refresh": ["verify"], "verify": ["tokenize"], "tokenize": ["publish"], "publish": []}
+    assert dag.max_active_runs == 1
+    context = {"logical_date": pendulum.datetime(2026, 2, 1)}
+    for task in dag.tasks:
+        command = task.render_template(task.bash_command, context)
+        assert command == f"{module.SCRIPT} {module.ROOT} '/data/crawl/2026-02/*.warc.gz' 2026-02 {task.task_id}"
+
+
 def digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
