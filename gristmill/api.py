@@ -99,12 +99,13 @@ def add_filter(config: GristmillConfig | None, name: str, function: Callable | s
 # --- tokenizer -------------------------------------------------------------------------------------
 
 
-def train_tokenizer(corpus: str, output: str, config: GristmillConfig | None = None):
+def train_tokenizer(corpus: str, output: str, config: GristmillConfig | None = None, *, progress: bool = True,
+                    overwrite: bool = False):
     """``gristmill tokenizer train``: SentencePiece (``config.tokenizer``) trained on a corpus
     directory, written to ``output`` with tokenizer.json. Returns a ``TrainResult`` (meta, seconds)."""
     from gristmill.tokenizer.train import train_tokenizer as _train
 
-    return _train(corpus, output, _cfg(config).tokenizer)
+    return _train(corpus, output, _cfg(config).tokenizer, progress=progress, overwrite=overwrite)
 
 
 def load_tokenizer(path: str):
@@ -238,9 +239,9 @@ def verify(directory: str) -> list[str]:
     return [f"{path}: unknown kind {json.dumps(kind)} (expected a corpus or token directory)"]
 
 
-def export_hf(checkpoint: str, output: str, tokenizer: str | None = None) -> Path:
+def export_hf(checkpoint: str, output: str, tokenizer: str | None = None, *, overwrite: bool = False) -> Path:
     """``gristmill export-hf``: a checkpoint → a directory ``transformers`` loads
-    (``AutoModelForCausalLM``, ``AutoTokenizer``). Returns its path."""
+    (``AutoModelForCausalLM``, ``AutoTokenizer``; chat generation stops at <|im_end|>). Returns its path."""
     from gristmill.trainer.export import export_hf as _export
 
-    return _export(checkpoint, output, tokenizer)
+    return _export(checkpoint, output, tokenizer, overwrite=overwrite)

@@ -7,6 +7,7 @@ and prints what it returned. Stages are imported only when a command runs, so ``
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
@@ -22,6 +23,7 @@ log = logging.getLogger("gristmill")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_GLOB = str(REPO_ROOT / "sample" / "crawl" / "*")
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+CHECKPOINT_HELP = "a checkpoint_NNNNNNNN directory of a training run"
 #: commands whose unknown arguments are Beam pipeline options
 BEAM_COMMANDS = ("corpus", "refresh", "tokenize", "demo")
 
@@ -35,6 +37,61 @@ PRETRAIN_DESCRIPTION = (
     "restarts from it (pretrain.max_failures). On a cluster: ray job submit --address http://HEAD:8265 "
     "--working-dir . -- python -m gristmill.trainer.pretrain --config FILE"
 )
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default when it has one worth showing; keeps an example on one line."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        unset = d is None or d is False or d is argparse.SUPPRESS or d == []
+        unset = unset or isinstance(action, argparse._CountAction)
+        if not unset and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+    def _fill_text(self, text, width, indent):
+        parts = []
+        for part in text.split("\n\n"):
+            if part.startswith("example:"):  # a command to copy: never wrapped
+                parts.append(indent + part)
+            else:
+                parts.append(super()._fill_text(part, width, indent))
+        return "\n\n".join(parts)
+
+
+#: command → the config sections it reads, and where they are documented key by key
+CONFIG_SECTIONS = {
+    "corpus": (("read", "langid", "clean", "exact_dedup", "near_dedup", "write"), "configs/corpus.yaml"),
+    "refresh": (("read", "langid", "clean", "exact_dedup", "near_dedup", "write"), "configs/corpus.yaml"),
+    "tokenizer train": (("tokenizer",), "configs/corpus.yaml"),
+    "tokenize": (("tokenize",), "configs/corpus.yaml"),
+    "pretrain": (("model", "pretrain"), None),
+    "sft": (("model", "sft"), None),
+    "finetune-cls": (("model", "finetune_cls"), None),
+}
+
+
+def _add_config_help(parsers: dict[str, argparse.ArgumentParser]) -> None:
+    """Each command's --help ends with the config keys it reads (every key and its default: gristmill/config.py)."""
+    for command, (sections, where) in CONFIG_SECTIONS.items():
+        p = parsers[command]
+        documented = (f"every key with its default and meaning: {where}" if where else
+                      "every key with its default and meaning: gristmill/config.py; examples: configs/demo.yaml, "
+                      "configs/pretrain-124M.yaml, configs/cls-lid.yaml")
+        p.epilog = (p.epilog or "") + (
+            f"\n\nconfig: reads the section{'s' if len(sections) > 1 else ''} {', '.join(s + ':' for s in sections)} "
+            f"({documented}). Other sections in the same file are ignored.")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every gristmill parser: no abbreviations of options (``--over`` is not ``--overwrite``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _corpus_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
@@ -59,7 +116,7 @@ def _training_arguments(parser: argparse.ArgumentParser, example: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gristmill",
         description="From raw web crawls to a trained language model. Data flow: "
         "web text → corpus (Beam: read, clean, language ID, dedup) → Arrow shards → tokenizer → token shards "
@@ -112,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: gristmill tokenizer train --corpus corpus/ --output tok/ --set tokenizer.vocab_size=32000")
     tt.add_argument("--corpus", required=True, metavar="DIR", help="a corpus directory written by `gristmill corpus`")
     tt.add_argument("--output", required=True, metavar="DIR", help="where to write the tokenizer files")
+    tt.add_argument("--overwrite", action="store_true",
+                    help="write into a directory that holds something else (a corpus, files gristmill did not write)")
     add_config_arguments(tt)
     add_logging_arguments(tt)
     for name, what, example in (("encode", "text → ids (or pieces with --pieces)", "'The old mill'"),
@@ -176,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on multiple-choice JSONL files ({question, choices, answer}; --mc), k-shot (--shots). Writes a JSON report.",
         epilog="example: gristmill eval --checkpoint runs/demo/pretrain/demo/checkpoint_00000150 "
         "--data runs/demo/tokens --mc sample/eval/genesis_next_sentence_mc.jsonl --shots 3 --output eval.json")
-    e.add_argument("--checkpoint", required=True, metavar="DIR")
+    e.add_argument("--checkpoint", required=True, metavar="DIR", help=CHECKPOINT_HELP)
     e.add_argument("--data", metavar="DIR", help="token directory (its val/ split) for perplexity")
     e.add_argument("--max-batches", type=int, default=0, metavar="N",
                    help="perplexity on at most N batches of 8 (0: all)")
@@ -194,16 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
         "in the tokenizer's ChatML template as a user message and stops at <|im_end|>.",
         epilog="example: gristmill generate --checkpoint runs/demo/sft/demo/checkpoint_00000040 "
         "--chat 'What is a mill?'")
-    g.add_argument("--checkpoint", required=True, metavar="DIR")
+    g.add_argument("--checkpoint", required=True, metavar="DIR", help=CHECKPOINT_HELP)
     g.add_argument("prompt", nargs="*", help="the prompt (default: read standard input)")
     g.add_argument("--chat", action="store_true", help="treat the prompt as a user message of a chat")
     g.add_argument("--system", metavar="TEXT", help="a system message (with --chat)")
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens to generate at most")
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=50, help="0 = off")
     g.add_argument("--top-p", type=float, default=0.95, help="1 = off")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed, the same text)")
     g.add_argument("--no-cache", action="store_true",
                    help="recompute the whole sequence every token (slower; for checks)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -212,12 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser(
         "export-hf", help="a checkpoint → a Hugging Face transformers directory (LlamaForCausalLM + tokenizer)",
         description="Write OUTPUT with config.json (LlamaForCausalLM), model.safetensors, generation_config.json "
-        "and the tokenizer (tokenizer.json, tokenizer_config.json with the chat template), loadable with "
-        "AutoModelForCausalLM and AutoTokenizer.",
+        "(stops at </s> and <|im_end|>), the tokenizer (tokenizer.json; tokenizer_config.json with the ChatML "
+        "template and its generation markers, left padding) and a model card, loadable with AutoModelForCausalLM "
+        "and AutoTokenizer. A directory holding files export-hf did not write is refused (--overwrite writes next "
+        "to them; nothing is ever deleted but an earlier export's own files).",
         epilog="example: gristmill export-hf --checkpoint runs/demo/sft/demo/checkpoint_00000040 --output hf/")
-    x.add_argument("--checkpoint", required=True, metavar="DIR")
-    x.add_argument("--output", required=True, metavar="DIR")
+    x.add_argument("--checkpoint", required=True, metavar="DIR", help=CHECKPOINT_HELP)
+    x.add_argument("--output", required=True, metavar="DIR", help="the Hugging Face directory to write")
     x.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory if the checkpoint carries none")
+    x.add_argument("--overwrite", action="store_true",
+                   help="export into a directory that holds other files (they are left as they are, never deleted)")
     add_logging_arguments(x)
 
     v = sub.add_parser(
@@ -241,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--output", default="runs/demo", metavar="DIR", help="where to write (default: runs/demo)")
     add_logging_arguments(d)
+    _add_config_help({**sub.choices, **{f"tokenizer {k}": v for k, v in tsub.choices.items()}})
     return parser
 
 
@@ -313,7 +377,8 @@ def _cmd_tokenizer(args, beam_args: list[str]) -> int:
 
     if args.tokenizer_command == "train":
         cfg = _config(args)
-        _print_tokenizer(api.train_tokenizer(args.corpus, args.output, cfg), cfg, args.output)
+        _print_tokenizer(api.train_tokenizer(args.corpus, args.output, cfg, progress=not args.quiet,
+                                             overwrite=args.overwrite), cfg, args.output)
         return 0
     sp = api.load_tokenizer(args.tokenizer)
     items = args.text or [sys.stdin.read()]
@@ -322,7 +387,15 @@ def _cmd_tokenizer(args, beam_args: list[str]) -> int:
             out = sp.encode(text, out_type=str) if args.pieces else sp.encode(text)
             print(" ".join(map(str, out)))
         return 0
-    ids = [int(x) for item in items for x in item.split()]
+    from gristmill.tokenizer.train import TokenizerError
+
+    ids, n = [], sp.get_piece_size()
+    for x in (x for item in items for x in item.split()):
+        if not x.isdigit():
+            raise TokenizerError(f"{x!r} is not a token id: decode takes whole numbers 0..{n - 1}, separated by spaces")
+        if int(x) >= n:
+            raise TokenizerError(f"token id {x} is out of range: this tokenizer has {n:,} pieces (ids 0..{n - 1})")
+        ids.append(int(x))
     print(sp.decode(ids))
     return 0
 
@@ -373,8 +446,10 @@ def _cmd_eval(args, beam_args: list[str]) -> int:
 
 def _cmd_generate(args, beam_args: list[str]) -> int:
     from gristmill import api
+    from gristmill.trainer.checkpoint import resolve_checkpoint
     from gristmill.trainer.generate import SamplingConfig
 
+    resolve_checkpoint(args.checkpoint)  # before the prompt is echoed
     prompt = " ".join(args.prompt) if args.prompt else sys.stdin.read()
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None,
@@ -390,7 +465,7 @@ def _cmd_generate(args, beam_args: list[str]) -> int:
 def _cmd_export(args, beam_args: list[str]) -> int:
     from gristmill import api
 
-    out = api.export_hf(args.checkpoint, args.output, args.tokenizer)
+    out = api.export_hf(args.checkpoint, args.output, args.tokenizer, overwrite=args.overwrite)
     print(f"exported: {out} (LlamaForCausalLM + tokenizer; "
           "load with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
@@ -421,7 +496,7 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
     log.info("demo 1/5: corpus pipeline on %s", SAMPLE_GLOB)
     _print_corpus(api.run_corpus([SAMPLE_GLOB], str(corpus), cfg, beam_args, progress=not args.quiet), args.quiet)
     log.info("demo 2/5: tokenizer training on %s", corpus)
-    _print_tokenizer(api.train_tokenizer(str(corpus), str(tok), cfg), cfg, str(tok))
+    _print_tokenizer(api.train_tokenizer(str(corpus), str(tok), cfg, progress=not args.quiet), cfg, str(tok))
     log.info("demo 3/5: token shards")
     _print_tokens(api.tokenize(str(corpus), str(tok), str(tokens), cfg, beam_args), cfg)
     log.info("demo 4/5: pretraining a small GPT on the token shards (Ray Train, CPU)")
@@ -454,18 +529,64 @@ COMMANDS = {
 }
 
 
+def _subparser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    if args.command == "tokenizer" and getattr(args, "tokenizer_command", None):
+        sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[args.tokenizer_command]
+    return sub
+
+
+def _unknown_beam_options(args: list[str]) -> tuple[list[str], list[str]]:
+    """(arguments no Beam pipeline option class accepts, every Beam option string): what Beam itself
+    would only warn about and drop, a misspelled --runner among them."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(args)
+    return unknown, [o for a in parser._actions for o in a.option_strings]
+
+
+def _check_unknown(parser: argparse.ArgumentParser, args, rest: list[str]) -> None:
+    """Unknown options are errors that name the option and what it may have meant; a Beam command
+    passes on the options some Beam pipeline option class knows (and everything after ``--``)."""
+    sub = _subparser(parser, args)
+    ours = [o for a in sub._actions for o in a.option_strings]
+    unknown, known = rest, ours
+    if args.command in BEAM_COMMANDS:
+        unknown, beam_options = _unknown_beam_options(rest)
+        known = ours + beam_options
+    if not unknown:
+        return
+    first = next((u for u in unknown if u.startswith("-")), unknown[0])
+    close = difflib.get_close_matches(first.split("=", 1)[0], known, n=2, cutoff=0.7)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    if args.command in BEAM_COMMANDS:
+        hint += (" (options gristmill does not know must be Beam pipeline options; "
+                 "put options for another tool after --)")
+    sub.error(f"unrecognized argument {first}{hint}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:  # everything after -- goes to the runner unchecked
+        at = argv.index("--")
+        argv, passthrough = argv[:at], argv[at + 1:]
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     setup_logging(verbosity(args))
-    if rest and args.command not in BEAM_COMMANDS:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "tokenizer" and not args.tokenizer_command:
         parser.parse_args(["tokenizer", "--help"])
-    return run_command(args.command, lambda: COMMANDS[args.command](args, rest))
+    if rest:
+        _check_unknown(parser, args, rest)
+    if passthrough and args.command not in BEAM_COMMANDS:
+        _subparser(parser, args).error(f"arguments after -- are Beam pipeline options; {args.command} takes none")
+    return run_command(args.command, lambda: COMMANDS[args.command](args, rest + passthrough))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ error: a typo in a threshold must not be silently ignored.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -21,6 +22,14 @@ from gristmill.errors import GristmillError
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _one_string_is_a_list_of_one(cls, v: Any, info) -> Any:
+        # `--set langid.keep=en` means [en]: a lone string where a list of strings goes is that list
+        if isinstance(v, str) and cls.model_fields[info.field_name].annotation == tuple[str, ...]:
+            return (v,)
+        return v
 
 
 class JsonlConfig(_Section):
@@ -357,7 +366,7 @@ class LoopConfig(_Section):
     @classmethod
     def _min_below_max(cls, v, info):
         if "lr" in info.data and v > info.data["lr"]:
-            raise ValueError("pretrain.min_lr must not exceed pretrain.lr")
+            raise ValueError(f"min_lr ({v}) must not exceed lr ({info.data['lr']})")
         return v
 
 
@@ -366,12 +375,12 @@ class PretrainConfig(LoopConfig):
     """Pretraining on token shards with Ray Train (``gristmill pretrain``)."""
 
     #: token directory written by ``gristmill tokenize`` (train/, val/, manifest.json); every node must reach it
-    data: str = "runs/demo/tokens"
+    data: str | None = None
 
 
 class _FinetuneConfig(LoopConfig):
     #: a pretraining (or fine-tuning) checkpoint directory: its weights, model shape and tokenizer are used
-    init_checkpoint: str = "runs/demo/pretrain/demo/checkpoint_00000150"
+    init_checkpoint: str | None = None
     #: examples are cut (SFT: from the end of the conversation kept whole when it fits) to this many tokens
     seq_len: int = Field(default=256, ge=8)
     #: share of examples held out for validation, chosen by a hash of the example's position and file
@@ -467,20 +476,56 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (read, langid, clean, ...)")
+    set_by: dict[str, str] = {}  # key → the --set that gave it
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set expects key.path=value, got {item!r}")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({e.problem}); quote it") from None
+        _set_dotted(tree, key.strip(), value)
+        set_by[key.strip()] = item
     try:
         return GristmillConfig.model_validate(tree)
     except ValidationError as e:
-        where = f" in {path}" if path else ""
-        lines = [f"invalid config{where}:"]
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(_explain(e, path, set_by)) from None
+
+
+def _explain(error: ValidationError, path, set_by: dict[str, str]) -> str:
+    """One line per problem: the key, where its value came from (the --set or the file), what is
+    wrong, and for a misspelled key the keys it may have meant."""
+    lines = []
+    for err in error.errors():
+        loc = [str(x) for x in err["loc"]]
+        key = ".".join(loc)
+        origin = next((f"--set {set_by[k]}" for k in set_by
+                       if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+        origin = origin or (f"in {path}" if path else "")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            section = _section_at(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], list(section.model_fields), n=3) if section else []
+            known = ", ".join(section.model_fields) if section else ""
+            msg = f"unknown key{'; did you mean ' + ' or '.join(close) + '?' if close else ''}"
+            if section and not close:
+                msg += f" (the keys of {'.'.join(loc[:-1]) or 'the config'}: {known})"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {key}{' (' + origin + ')' if origin else ''}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _section_at(path: list[str]):
+    """The config section class at a dotted path ([] = the whole config), or None."""
+    section = GristmillConfig
+    for name in path:
+        field = section.model_fields.get(name)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        section = field.annotation
+    return section
 
 
 def add_config_arguments(parser: argparse.ArgumentParser,

@@ -17,6 +17,25 @@ class _DropKnownNoise(logging.Filter):
         return not any(n in msg for n in _KNOWN_NOISE)
 
 
+class _AboveProgressBars(logging.Handler):
+    """Emits through ``inner`` with tqdm's bars cleared first and redrawn after: a log line never
+    prints into a progress bar (tqdm's logging_redirect_tqdm only swaps plain stream handlers)."""
+
+    def __init__(self, inner: logging.Handler):
+        super().__init__(inner.level)
+        self.inner = inner
+        self.addFilter(_DropKnownNoise())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "tqdm" not in sys.modules:  # no bar can exist: skip the import
+            self.inner.handle(record)
+            return
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=sys.stderr):
+            self.inner.handle(record)
+
+
 def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     level = getattr(logging, os.environ.get("GRISTMILL_LOG_LEVEL", ""), level)
@@ -30,8 +49,7 @@ def setup_logging(verbosity: int = 0) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    handler.addFilter(_DropKnownNoise())
-    root.addHandler(handler)
+    root.addHandler(_AboveProgressBars(handler))
     root.setLevel(level)
     # Beam and friends are chatty at INFO; keep their warnings
     for noisy in ("apache_beam", "distributed", "urllib3", "absl", "trafilatura"):

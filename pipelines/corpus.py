@@ -16,6 +16,7 @@ import contextlib
 import logging
 import operator
 import os
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -30,13 +31,13 @@ from gristmill.dedupe.minhash import lsh_params
 from gristmill.documents import CORPUS_SCHEMA, SCHEMA_VERSION
 from gristmill.errors import ExitCode, GristmillError
 from gristmill.locks import directory_lock
+from gristmill.outputs import begin_output, check_output
 from gristmill.pipelines.clean import Cleaner, stages
+from gristmill.pipelines.progress import CorpusProgress
 from gristmill.pipelines.readers import probe
 from gristmill.pipelines.refresh_index import PublishedCorpus, read_index_rows
 from gristmill.pipelines.resume import WORK_DIR, ReadCleanFileFn
 from gristmill.pipelines.runner import (
-    begin_output,
-    check_output,
     collect_stats,
     read_stats,
     recorded_run,
@@ -110,6 +111,10 @@ def plan_inputs(patterns: list[str], read_cfg: ReadConfig, skip_bad_files: bool 
             raise PipelineInputError(f"input {pattern!r}: cannot list: {e}") from e
         found = sorted(m.path for m in matched if not (local and os.path.isdir(m.path)))
         if not found:
+            if local and os.path.isdir(pat):
+                suggestion = os.path.join(pattern, "*") if not pattern.endswith("/") else pattern + "*"
+                raise PipelineInputError(f"input {pattern!r} is a directory: give the files in it, e.g. '{suggestion}' "
+                                         "(quoted, so gristmill expands the glob)")
             raise PipelineInputError(f"input {pattern!r} matches no file")
         paths.extend(found)
 
@@ -435,7 +440,7 @@ def run_corpus(
         if fresh:
             io.remove_tree(io.join(output, WORK_DIR))
         try:
-            result = _run(plan, output, cfg, beam_args, published, t0)
+            result = _run(plan, output, cfg, beam_args, published, t0, progress)
         finally:
             remove_stats(output)
             io.remove_tree(io.join(output, SPILL_DIR))
@@ -446,10 +451,13 @@ def run_corpus(
         return result
 
 
-def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, published, t0: float) -> RunResult:
+def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, published, t0: float,
+         progress: bool = True) -> RunResult:
     io.remove_tree(io.join(output, SPILL_DIR))  # left by a crashed run
     index_files = published.index_files if published else None
-    run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files), beam_args)
+    bar = progress and sys.stderr.isatty()
+    with CorpusProgress(output, len(plan.files), sum(plan.sizes.values()), bar=bar):
+        run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files), beam_args)
     manifest = build_manifest(plan, read_run_stats(output), cfg)
     if published is not None:
         manifest.update(published.lineage(output, manifest))

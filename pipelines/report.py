@@ -51,48 +51,85 @@ def print_summary(manifest: dict, seconds: float | None = None, console=None) ->
     console.print(line)
 
 
-def _bars(rows: list[tuple[str, int, str]], width: int = 560) -> str:
-    """Horizontal bar chart as inline SVG; rows are (label, value, colour)."""
+#: the report's tables stay readable for a crawl of 90,000 files and 170 languages
+TOP_LANGUAGES = 30
+TOP_INPUTS = 50
+
+
+def _bars(rows: list[tuple[str, int, str]], total: int, width: int = 520) -> str:
+    """Horizontal bar chart as inline SVG; rows are (label, value, colour), each value also as a
+    share of ``total`` (the documents read). The label column is as wide as the longest label."""
     if not rows:
         return "<p>(none)</p>"
     top = max(v for _, v, _ in rows) or 1
-    h, label_w = 22, 190
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 80}" height="{h * len(rows) + 6}">']
+    h = 22
+    label_w = 12 + int(7.2 * max(len(label) for label, _, _ in rows))  # ~7 px per character at 12 px
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 130}" height="{h * len(rows) + 6}">']
     for i, (label, v, colour) in enumerate(rows):
         y = i * h + 3
         w = max(1, int(width * v / top)) if v else 0
+        share = f" ({v / total:.1%})" if total else ""
         out.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12">{html.escape(label)}</text>')
         out.append(f'<rect x="{label_w}" y="{y}" width="{w}" height="{h - 5}" fill="{colour}"/>')
-        out.append(f'<text x="{label_w + w + 4}" y="{y + 15}" font-size="12">{v:,}</text>')
+        out.append(f'<text x="{label_w + w + 4}" y="{y + 15}" font-size="12">{v:,}{share}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
+def _language_rows(languages: dict) -> list[tuple[str, int, str]]:
+    kept = sorted(((lang, v["kept"]) for lang, v in languages.items() if v["kept"]), key=lambda kv: (-kv[1], kv[0]))
+    rows = [(lang, n, "#54a24b") for lang, n in kept[:TOP_LANGUAGES]]
+    if len(kept) > TOP_LANGUAGES:
+        rest = kept[TOP_LANGUAGES:]
+        rows.append((f"{len(rest)} more languages", sum(n for _, n in rest), "#a0a0a0"))
+    return rows
+
+
+def _inputs_table(inputs: list[dict]) -> str:
+    """Files that stopped with an error first, then the largest: at most TOP_INPUTS rows, then the
+    rest as one row, then the totals."""
+    chosen = sorted(inputs, key=lambda f: (not f["error"], -f["size"], f["source"]))[:TOP_INPUTS]
+    shown = {id(f) for f in chosen}
+    rest = [f for f in inputs if id(f) not in shown]
+
+    def row(name: str, fmt: str, size: int, docs: int, error: str, bold: bool = False) -> str:
+        cells = [html.escape(name), fmt, f"{size:,}", f"{docs:,}", html.escape(error)]
+        tag = ("<td><b>", "</b></td>") if bold else ("<td>", "</td>")
+        return "<tr>" + "".join(f"{tag[0]}{c}{tag[1]}" for c in cells) + "</tr>"
+
+    rows = [row(f["source"], f["format"], f["size"], f["documents"], f["error"] or "") for f in chosen]
+    if rest:
+        errors = sum(1 for f in rest if f["error"])
+        rows.append(row(f"… {len(rest):,} more files", "", sum(f["size"] for f in rest),
+                        sum(f["documents"] for f in rest), f"{errors:,} with errors" if errors else ""))
+    rows.append(row(f"all {len(inputs):,} files", "", sum(f["size"] for f in inputs),
+                    sum(f["documents"] for f in inputs), "", bold=True))
+    return "".join(rows)
+
+
 def render_html(manifest: dict, seconds: float | None = None) -> str:
     c = manifest["counts"]
+    read = c["read"]
     funnel_rows = [(f"after {r['stage']}", r["out"], "#4c78a8") for r in manifest["funnel"]]
-    funnel_rows.insert(0, ("read", c["read"], "#9ecae9"))
-    reason_rows = [(r, n, "#e45756") for r, n in sorted(c["dropped"].items(), key=lambda kv: -kv[1])]
-    lang_rows = [(lang, v["kept"], "#54a24b") for lang, v in list(manifest["languages"].items())[:30] if v["kept"]]
-    inputs = "".join(
-        f"<tr><td>{html.escape(f['source'])}</td><td>{f['format']}</td><td>{f['size']:,}</td>"
-        f"<td>{f['documents']:,}</td><td>{html.escape(f['error'] or '')}</td></tr>"
-        for f in manifest["inputs"]
-    )
+    funnel_rows.insert(0, ("read", read, "#9ecae9"))
+    reason_rows = [(r, n, "#e45756") for r, n in sorted(c["dropped"].items(), key=lambda kv: (-kv[1], kv[0]))]
+    lang_rows = _language_rows(manifest["languages"])
     timing = f" in {seconds:.1f} s" if seconds is not None else ""
     config_id = manifest["config_sha256"][:12]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>gristmill corpus report</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1000px}}td,th{{padding:2px 8px;text-align:left}}
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}td,th{{padding:2px 8px;text-align:left}}
 table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}code{{background:#eee;padding:1px 4px}}</style>
 </head><body>
 <h1>gristmill corpus report</h1>
-<p>Read <b>{c['read']:,}</b> documents from {c['input_files']} files{timing}; kept <b>{c['kept']:,}</b>,
-dropped {sum(c['dropped'].values()):,}; {len(manifest['shards'])} shards. Config <code>{config_id}</code>.</p>
-<h2>Funnel</h2>{_bars(funnel_rows)}
-<h2>Dropped by reason</h2>{_bars(reason_rows)}
-<h2>Languages kept</h2>{_bars(lang_rows)}
-<h2>Inputs</h2><table><tr><th>file</th><th>format</th><th>bytes</th><th>documents</th><th>error</th></tr>{inputs}</table>
+<p>Read <b>{read:,}</b> documents from {c['input_files']} files{timing}; kept <b>{c['kept']:,}</b>,
+dropped {sum(c['dropped'].values()):,}; {len(manifest['shards'])} shards. Config <code>{config_id}</code>.
+Percentages are of the documents read.</p>
+<h2>Funnel</h2>{_bars(funnel_rows, read)}
+<h2>Dropped by reason</h2>{_bars(reason_rows, read)}
+<h2>Languages kept</h2>{_bars(lang_rows, read)}
+<h2>Inputs</h2><table><tr><th>file</th><th>format</th><th>bytes</th><th>documents</th><th>error</th></tr>
+{_inputs_table(manifest["inputs"])}</table>
 </body></html>
 """
 

@@ -25,6 +25,7 @@ from gristmill import __version__, io
 from gristmill.config import GristmillConfig
 from gristmill.documents import SCHEMA_VERSION, pack_document, unpack_document
 from gristmill.pipelines.clean import Cleaner
+from gristmill.pipelines.progress import PROGRESS_SUFFIX, FileProgress
 from gristmill.pipelines.readers import FileStats, read_file
 
 log = logging.getLogger("gristmill.corpus")
@@ -99,9 +100,13 @@ class ReadCleanFileFn(beam.DoFn):
 
     def _read_and_clean(self, path: str, source: str, docs_path: str, meta_path: str):
         writer = io.ArrowFileWriter(docs_path, _WORK_SCHEMA, BATCH)
+        progress = FileProgress(meta_path[: -len(".json")] + PROGRESS_SUFFIX)  # what the driver shows
         for out in read_file(path, source, self.cfg.read):
             if isinstance(out, FileStats):
-                log.info("read %s: %d documents%s", source, out.documents, f" ({out.error})" if out.error else "")
+                if out.error:  # the documents before the break are kept
+                    log.warning("read %s: %d documents, then %s", source, out.documents, out.error)
+                else:  # the driver shows the totals (pipelines/progress.py)
+                    log.debug("read %s: %d documents", source, out.documents)
                 writer.close()
                 stats = out.to_json()
                 io.write_json_atomic(meta_path, {"fingerprint": self.fingerprint, "stats": stats})
@@ -111,4 +116,5 @@ class ReadCleanFileFn(beam.DoFn):
                 doc = self.cleaner.process({**out, "signals": dict(out["signals"])})
                 Metrics.counter("gristmill", doc["reason"] or "kept").inc()
                 writer.add({"doc": pack_document(doc)})
+                progress.add()
                 yield doc

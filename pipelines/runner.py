@@ -29,48 +29,6 @@ log = logging.getLogger("gristmill.beam")
 
 STATS_DIR = "_stats"
 RUN_FILE = "run.json"
-#: what the marker file of an output directory says, by kind of output
-MARKERS = {"corpus": b"gristmill corpus output\n", "tokens": b"gristmill token shards\n"}
-
-
-class OutputDirError(GristmillError):
-    """An output directory gristmill must not write into; the message says which to use."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The output directory of a run
-# ---------------------------------------------------------------------------------------------
-
-
-def check_output(output: str, kind: str, overwrite: bool) -> None:
-    """Refuse (before writing anything) an output that holds something else: a directory gristmill
-    did not write, or one holding another kind of output (token shards written over a corpus would
-    replace its manifest). ``overwrite`` allows both."""
-    if overwrite or not io.exists(output):
-        return
-    marker = io.join(output, io.OUTPUT_MARKER)
-    if io.exists(marker):
-        found = io.read_bytes(marker)
-        if found != MARKERS[kind]:
-            other = next((k for k, m in MARKERS.items() if m == found), "another gristmill output")
-            raise OutputDirError(f"{output} holds {other if other != 'corpus' else 'a corpus'} "
-                                 f"(written by gristmill); writing {kind} there would replace its manifest: "
-                                 "choose another directory (or pass --overwrite)")
-        return
-    if io.filesystems().match([io.join(output, "*")])[0].metadata_list:
-        raise OutputDirError(f"output directory {output} is not empty and was not written by gristmill; "
-                             "choose an empty or new directory (or pass --overwrite)")
-
-
-def begin_output(output: str, kind: str) -> None:
-    """Mark the directory as this kind of gristmill output, in progress: its manifest (a finished
-    earlier run's) goes first, so no reader takes files being replaced for a finished output."""
-    io.write_bytes_atomic(io.join(output, io.OUTPUT_MARKER), MARKERS[kind])
-    manifest = io.join(output, "manifest.json")
-    if io.exists(manifest):
-        io.delete([manifest])
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

@@ -29,9 +29,8 @@ from gristmill import __version__, io
 from gristmill.config import TokenizeConfig
 from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest
 from gristmill.locks import directory_lock
+from gristmill.outputs import begin_output, check_output
 from gristmill.pipelines.runner import (
-    begin_output,
-    check_output,
     collect_stats,
     read_stats,
     recorded_run,
@@ -39,7 +38,7 @@ from gristmill.pipelines.runner import (
     run_pipeline,
 )
 from gristmill.tokenizer.tokens import SPLITS, pack, shard_bytes, token_dtype
-from gristmill.tokenizer.train import MODEL_FILE, TokenizerError, load
+from gristmill.tokenizer.train import TokenizerError, load, model_file
 
 log = logging.getLogger("gristmill.tokenize")
 
@@ -159,8 +158,7 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
     except ValueError as e:
         raise TokenizerError(str(e)) from None
     sp = load(tokenizer)
-    model_path = io.join(tokenizer, MODEL_FILE) if not tokenizer.endswith(".model") else tokenizer
-    model = io.read_bytes(model_path)
+    model = io.read_bytes(model_file(tokenizer))
     vocab = sp.get_piece_size()
     dtype = token_dtype(vocab)
     total_chars = sum(s["bytes"] for s in manifest["shards"])  # an upper bound: file bytes ≥ text
@@ -243,7 +241,7 @@ def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: floa
     stale = [r for r in io.list_files(output, "train/") + io.list_files(output, "val/") if r not in keep]
     if stale:
         io.delete([io.join(output, r) for r in stale])
-    tok_meta_path = io.join(tokenizer, "tokenizer_meta.json") if not tokenizer.endswith(".model") else None
+    tok_meta_path = io.join(tokenizer, "tokenizer_meta.json") if model_file(tokenizer) != tokenizer else None
     out = {
         "gristmill_version": __version__,
         "kind": "tokens",

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from gristmill.config import ConfigError, GristmillConfig, load_config
 
@@ -27,6 +28,11 @@ def test_shipped_configs_load(name):
 def test_corpus_yaml_documents_every_default():
     # configs/corpus.yaml claims to list every key with its default: hold it to that
     assert load_config(REPO / "configs" / "corpus.yaml") == GristmillConfig()
+    # ... and every key of the data stages, the tokenizer's included (`tokenizer train --help` points here)
+    sections = yaml.safe_load((REPO / "configs" / "corpus.yaml").read_text())
+    assert set(sections) == set(GristmillConfig.model_fields) - {"model", "pretrain", "sft", "finetune_cls"}
+    for name, section in sections.items():
+        assert set(section) == set(type(getattr(GristmillConfig(), name)).model_fields), name
 
 
 def test_unknown_key_is_an_error_that_names_it(tmp_path):

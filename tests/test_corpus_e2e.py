@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -190,6 +191,9 @@ def test_a_killed_run_resumes_from_its_per_file_work(direct, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("reusing the cleaned documents of an earlier run") >= done >= 2
     assert "did not finish" in r.stderr and not (again / "_work").exists()
+    # the driver's progress (pipelines/progress.py): one line per phase with the totals
+    assert re.search(r"read \+ clean: 6 files, 1,\d{3} documents in [\d.]+ s", r.stderr), r.stderr[-3000:]
+    assert re.search(r"dedup: [\d.]+ s; writing shards", r.stderr) and re.search(r"write: [\d.]+ s", r.stderr)
     assert tree_bytes(again) == tree_bytes(out)
     # --fresh ignores earlier work
     r = run_cli("corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG, "--fresh")
@@ -236,7 +240,7 @@ def test_dask_runner_on_a_local_cluster_gives_the_same_bytes(direct, tmp_path):
 
 
 def test_refuses_to_write_into_a_foreign_directory(tmp_path):
-    from gristmill.pipelines.runner import OutputDirError
+    from gristmill.outputs import OutputDirError
 
     (tmp_path / "precious.txt").write_text("do not delete")
     with pytest.raises(OutputDirError, match="not empty"):

@@ -117,6 +117,68 @@ def test_export_to_transformers_gives_the_same_logits_and_ids(sft_checkpoint, tm
         assert list(ids) == encode_chat(sp, msgs)[0]
 
 
+def test_export_chats_correctly_and_never_deletes_a_users_files(sft_checkpoint, tmp_path):
+    import transformers
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from gristmill.trainer.checkpoint import load_model_args
+    from gristmill.trainer.finetune_data import IGNORE, encode_chat, read_conversations
+
+    # a directory of the user's: refused; with --overwrite the export goes next to the user's file
+    out = tmp_path / "hf"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    r = run_cli("export-hf", "--checkpoint", sft_checkpoint, "--output", out)
+    assert r.returncode == 2 and "holds files export-hf did not write (notes.txt, sub)" in r.stderr
+    assert not (out / "config.json").exists()
+    _run("export-hf", "--checkpoint", str(sft_checkpoint), "--output", str(out), "--overwrite")
+    _run("export-hf", "--checkpoint", str(sft_checkpoint), "--output", str(out), "--overwrite")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sub").is_dir()
+    again = tmp_path / "again"  # a directory holding only an earlier export is simply replaced
+    _run("export-hf", "--checkpoint", str(sft_checkpoint), "--output", str(again))
+    _run("export-hf", "--checkpoint", str(sft_checkpoint), "--output", str(again))
+    for f in out.iterdir():
+        if f.is_file() and f.name != "notes.txt":
+            assert f.stat().st_mode & 0o777 == 0o644, f
+    card = (out / "README.md").read_text()
+    assert "sft" in card and "steps" in card and "apply_chat_template" in card
+
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.padding_side == "left" and tok.model_max_length == load_model_args(sft_checkpoint).max_seq_len
+    assert model.generation_config.eos_token_id == [tok.eos_token_id, im_end]
+    # the assistant mask TRL's assistant-only loss uses marks exactly the tokens SFT trained on
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(sft_checkpoint / "tokenizer.model"))
+    convs = read_conversations([REPO / "sample/sft/oasst_en_100_rank0_conversations.jsonl",
+                                REPO / "sample/sft/self_instruct_seed_tasks.jsonl"])
+    for _, msgs in convs:
+        r = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, labels = encode_chat(sp, msgs)
+        assert list(r["input_ids"]) == ids
+        assert list(r["assistant_masks"]) == [int(x != IGNORE) for x in labels]
+
+    class ImEndAtStep3(LogitsProcessor):  # the model says <|im_end|> as its third token, nothing stops it before
+        def __call__(self, input_ids, scores):
+            scores[:, [tok.eos_token_id, im_end]] = -1e9
+            if input_ids.shape[1] == start + 2:
+                scores[:, im_end] = 1e9
+            return scores
+
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Name a grain."}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    start = prompt["input_ids"].shape[1]
+    out_ids = model.generate(**prompt, max_new_tokens=30, do_sample=False,
+                             logits_processor=LogitsProcessorList([ImEndAtStep3()]))
+    assert out_ids.shape[1] == start + 3 and int(out_ids[0, -1]) == im_end  # generation stopped there
+
+    # a native checkpoint is not mistaken for a transformers directory
+    with pytest.raises(OSError, match="config.json"):
+        transformers.AutoModelForCausalLM.from_pretrained(sft_checkpoint)
+
+
 def test_eval_reports_perplexity_and_multiple_choice(pretrained, demo_tokens64, tmp_path):
     report = tmp_path / "eval.json"
     mc = REPO / "sample/eval/genesis_next_sentence_mc.jsonl"
@@ -196,4 +258,4 @@ def test_fine_tuning_errors_say_what_to_fix(tmp_path):
     cfg = _yaml(tmp_path / "bad.yaml", {"sft": {"init_checkpoint": str(tmp_path / "nope"), "files": ["x.jsonl"]}})
     env = dict(os.environ)
     r = subprocess.run([GRISTMILL, "sft", "--config", cfg], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 2 and "not a complete checkpoint" in r.stderr
+    assert r.returncode == 2 and f"sft.init_checkpoint: checkpoint {tmp_path / 'nope'} does not exist" in r.stderr

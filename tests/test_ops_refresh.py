@@ -8,6 +8,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -77,8 +78,11 @@ def published(tmp_path_factory):
     assert steps == ["refresh", "verify", "tokenize", "publish"]
     r = _step(root, FIRST, "2026-01", "refresh")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert run_cli("tokenizer", "train", "--corpus", root / "2026-01", "--output", root / "tokenizer",
-                   "--set", "tokenizer.vocab_size=4000", check=True)
+    r = run_cli("tokenizer", "train", "--corpus", root / "2026-01", "--output", root / "tokenizer",
+                "--set", "tokenizer.vocab_size=4000", check=True)
+    # what it did while it worked: sentences read, then training started and ended
+    assert re.search(r"read [\d,]+ lines from [\d,]+ documents in [\d.]+ s; training SentencePiece", r.stderr)
+    assert re.search(r"trained in [\d.]+ s", r.stderr), r.stderr[-2000:]
     for step in steps[1:]:
         r = _step(root, FIRST, "2026-01", step)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -194,7 +194,7 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
 
 
 def test_vocab_the_data_cannot_support(corpus, tmp_path):
-    with pytest.raises(TokenizerError, match=r"vocab_size=1000 is too small.*Raise tokenizer.vocab_size"):
+    with pytest.raises(TokenizerError, match=r"vocab_size=1000 is too small.*raise tokenizer.vocab_size"):
         train_tokenizer(str(corpus), str(tmp_path / "t"),
                         load_config(DEMO_CONFIG, ["tokenizer.vocab_size=1000"]).tokenizer)
     small = tmp_path / "small"
@@ -233,4 +233,4 @@ def test_cli_encode_decode(tok):
     pieces = run_cli("tokenizer", "encode", "--pieces", "--tokenizer", tok, "The old mill", check=True)
     assert "▁old" in pieces.stdout
     bad = run_cli("tokenizer", "encode", "--tokenizer", "/nonexistent", "x")
-    assert bad.returncode == 2 and "no SentencePiece model" in bad.stderr
+    assert bad.returncode == 2 and "tokenizer /nonexistent does not exist" in bad.stderr

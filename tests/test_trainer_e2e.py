@@ -182,6 +182,20 @@ def test_fsdp_trains_like_ddp_and_its_checkpoint_is_the_full_model(tmp_path, tok
     assert max(float((ddp[k] - fsdp[k]).abs().mean()) for k in ddp) < 1e-5  # measured 6.1e-7
 
 
+def test_a_compiled_run_trains_like_an_eager_one(tmp_path, tokens):
+    # torch.compile takes the model and its loss as one function (trainer/loop.py): same losses, same validation
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        r = _pretrain(_config(tmp_path, tokens, name, compile=compile_, max_steps=4, eval_every=4, checkpoint_every=4))
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = _metrics(tmp_path / "runs" / name)
+    eager, compiled = ([m["loss"] for m in runs[n] if "loss" in m] for n in ("eager", "compiled"))
+    assert len(eager) == len(compiled) == 4
+    assert all(abs(a - b) <= 1e-3 * abs(a) for a, b in zip(eager, compiled, strict=True)), (eager, compiled)
+    val = [next(m["val_loss"] for m in runs[n] if "val_loss" in m) for n in ("eager", "compiled")]
+    assert abs(val[0] - val[1]) <= 1e-3 * val[0], val
+
+
 def test_a_nan_loss_or_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tokens):
     # an absurd learning rate: the first step is finite, the weights then overflow
     cfg = _config(tmp_path, tokens, "nan", lr=1e30, min_lr=0.0, warmup_steps=0, checkpoint_every=1, max_steps=20)

@@ -15,7 +15,7 @@ from gristmill.config import ModelConfig, PretrainConfig, load_config
 from gristmill.tokenizer.tokens import TokenDataError, TokenSplit
 from gristmill.trainer import checkpoint as ckpt
 from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_batch_start, val_indices
-from gristmill.trainer.loop import lr_at
+from gristmill.trainer.loop import lr_at, mfu, peak_flops
 from gristmill.trainer.model import GPT, KVCache, ModelArgs, flops_per_token, lm_loss, resolve_model_args
 
 
@@ -241,5 +241,25 @@ def test_loading_refuses_pickled_objects(tmp_path):
 def test_incomplete_checkpoints_are_ignored(tmp_path):
     (tmp_path / "checkpoint_00000005").mkdir()  # a crash before trainer_state.json
     assert ckpt.latest_checkpoint(tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="not a complete"):
+    with pytest.raises(ckpt.CheckpointError, match="is not a gristmill checkpoint"):
         ckpt.load_model(tmp_path / "checkpoint_00000005")
+    (tmp_path / "checkpoint_00000005" / ckpt.STATE_FILE).write_text(json.dumps({"step": 5, "files": {"x": 3}}))
+    with pytest.raises(ckpt.CheckpointError, match="incomplete checkpoint"):  # a listed file is missing
+        ckpt.load_model(tmp_path / "checkpoint_00000005")
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.load_model(tmp_path / "nope")
+
+
+def test_mfu_is_never_above_one_and_unknown_without_a_peak():
+    assert mfu(1e9, 100.0, 1, 1e12) == pytest.approx(0.1)
+    assert mfu(1e9, 100.0, 2, 1e11) == pytest.approx(0.5)  # per device
+    assert mfu(1e9, 300.0, 1, 1e11) is None  # the model beat the measured peak: the peak is wrong, not the model
+    assert mfu(1e9, 100.0, 1, float("nan")) is None
+
+
+def test_the_cpu_peak_is_measured_once_per_process():
+    p = PretrainConfig()
+    first = peak_flops(torch.device("cpu"), p, torch.float32)
+    assert first[0] > 0 and "measured" in first[1]
+    assert peak_flops(torch.device("cpu"), p, torch.float32) is first  # cached: no second measurement
+    assert peak_flops(torch.device("cpu"), PretrainConfig(peak_tflops=2.0), torch.float32) == (2e12, "config")

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from gristmill import io
 from gristmill.config import TokenizerConfig
 from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest
 from gristmill.errors import GristmillError
+from gristmill.outputs import begin_output, check_output
 
 log = logging.getLogger("gristmill.tokenizer")
 
@@ -93,11 +97,69 @@ class TrainResult:
     seconds: float
 
 
-def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig) -> TrainResult:
+class _TrainingProgress:
+    """SentencePiece reads every sentence first, then trains without a word: the documents read (a
+    bar on a terminal), then one line when training starts and a ticking clock until it ends."""
+
+    def __init__(self, documents: int, cfg: TokenizerConfig, bar: bool):
+        self.documents, self.cfg, self.bar_enabled = documents, cfg, bar
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def lines(self, it, stats: Counter):
+        bar = None
+        if self.bar_enabled:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.documents, desc="reading the corpus", unit="doc", leave=False, dynamic_ncols=True)
+        seen = 0
+        for line in it:
+            if bar is not None and stats["documents"] + stats["documents_skipped"] != seen:
+                bar.update(stats["documents"] + stats["documents_skipped"] - seen)
+                seen = stats["documents"] + stats["documents_skipped"]
+            yield line
+        if bar is not None:
+            bar.close()
+        log.info("read %s lines from %s documents in %.1f s; training SentencePiece (%s, vocabulary %s)",
+                 f"{stats['lines']:,}", f"{stats['documents']:,}", time.monotonic() - self.t0, self.cfg.model_type,
+                 f"{self.cfg.vocab_size:,}")
+        self.training_started = time.monotonic()
+        if self.bar_enabled:
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+
+    def _tick(self) -> None:
+        from tqdm import tqdm
+
+        with tqdm(desc="training SentencePiece", bar_format="{desc}: {elapsed}", leave=False) as clock:
+            while not self._stop.wait(1.0):
+                clock.refresh()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if exc[0] is None and hasattr(self, "training_started"):
+            log.info("trained in %.1f s", time.monotonic() - self.training_started)
+
+
+def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig, progress: bool = True,
+                    overwrite: bool = False) -> TrainResult:
+    """Train on ``corpus`` and write the tokenizer to ``output``: a new directory, or one an earlier
+    ``tokenizer train`` wrote (its marker file), unless ``overwrite``."""
     import sentencepiece as spm
 
     t0 = time.time()
+    check_output(output, "tokenizer", overwrite)  # before hours of training, not after
     manifest = read_manifest(corpus)
+    if manifest.get("kind") != "corpus":
+        what = "a token directory (written by `gristmill tokenize`)" if manifest.get("kind") == "tokens" else \
+            f"not a corpus (manifest kind {manifest.get('kind')!r})"
+        raise TokenizerError(f"{corpus} is {what}: pass the corpus directory `gristmill corpus` wrote")
     if manifest["counts"]["kept"] == 0 or not manifest["shards"]:
         raise TokenizerError(f"corpus {corpus} is empty (0 documents kept): nothing to train a tokenizer on")
     try:
@@ -107,17 +169,25 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig) -> TrainResu
     stats: Counter = Counter()
     model = BytesIO()
     spm.set_random_generator_seed(cfg.seed)
+    watch = _TrainingProgress(manifest["counts"]["kept"], cfg, bar=progress and sys.stderr.isatty())
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter_corpus_lines(corpus, cfg, stats), model_writer=model, **trainer_options(cfg)
-        )
+        with watch:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=watch.lines(iter_corpus_lines(corpus, cfg, stats), stats),
+                model_writer=model, **trainer_options(cfg)
+            )
     except RuntimeError as e:
         msg = str(e).strip()
         seen = f"({stats['lines']:,} lines from {stats['documents']:,} documents)"
         if "smaller than required_chars" in msg:
+            import re
+
+            m = re.search(r"(\d+) vs (\d+)", msg)
+            need = f" (the corpus needs at least {int(m.group(2)):,} pieces for its characters)" if m else ""
             raise TokenizerError(
-                f"tokenizer.vocab_size={cfg.vocab_size} is too small for the characters of corpus {corpus} {seen}: "
-                f"{msg.split('] ', 1)[-1]} Raise tokenizer.vocab_size or lower tokenizer.character_coverage."
+                f"tokenizer.vocab_size={cfg.vocab_size} is too small for the characters of corpus {corpus} {seen}"
+                f"{need}: raise tokenizer.vocab_size, or lower tokenizer.character_coverage "
+                f"(now {cfg.character_coverage}) to leave the rarest characters to byte fallback"
             ) from None
         if "Vocabulary size is too high" in msg or "vocab_size" in msg:
             raise TokenizerError(
@@ -130,6 +200,8 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig) -> TrainResu
                              "check tokenizer.language_weights")
     data = model.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=data)
+    check_output(output, "tokenizer", overwrite)  # nothing took the directory while training ran
+    begin_output(output, "tokenizer")
     io.write_bytes_atomic(io.join(output, MODEL_FILE), data)
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
     io.write_bytes_atomic(io.join(output, "tokenizer.vocab"), vocab.encode())
@@ -157,16 +229,26 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig) -> TrainResu
     return TrainResult(output, meta, time.time() - t0)
 
 
+def model_file(path: str) -> str:
+    """The SentencePiece model of a tokenizer given as its directory or as the .model file itself."""
+    if path.endswith(".model") or (not io.is_remote(path) and os.path.isfile(path)):
+        return path
+    return io.join(path, MODEL_FILE)
+
+
 def load(path: str):
     """A SentencePiece processor from a tokenizer directory or a .model file, with a clear error."""
     import sentencepiece as spm
 
-    model_path = io.join(path, MODEL_FILE) if not path.endswith(".model") else path
+    model_path = model_file(path)
+    if not io.exists(path):
+        raise TokenizerError(f"tokenizer {path} does not exist (train one with `gristmill tokenizer train`)")
     if not io.exists(model_path):
-        raise TokenizerError(f"no SentencePiece model at {model_path} (train one with `gristmill tokenizer train`)")
+        raise TokenizerError(f"no SentencePiece model at {model_path}: pass the directory `gristmill tokenizer train` "
+                             "wrote, or its tokenizer.model")
     data = io.read_bytes(model_path)
     try:
         return spm.SentencePieceProcessor(model_proto=data)
     except RuntimeError as e:
-        raise TokenizerError(f"{model_path} is not a SentencePiece model ({str(e).strip()}); pass the .model file "
-                             "or the directory `gristmill tokenizer train` wrote") from None
+        raise TokenizerError(f"{model_path} is not a SentencePiece model ({str(e).strip()}): pass the directory "
+                             "`gristmill tokenizer train` wrote, or its tokenizer.model") from None

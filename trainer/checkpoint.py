@@ -6,7 +6,7 @@ A checkpoint directory holds
   with ``torch.load(weights_only=True)``, which refuses arbitrary objects);
 - ``rng.safetensors``: every rank's torch CPU (and CUDA) generator state;
 - ``trainer_state.json``: step, data position (samples consumed), tokens seen, the schedule's position
-  and the last metrics; ``model_config.json``; ``config.json`` (the run's gristmill config);
+  and the last metrics; ``model_config.json``; ``run_config.json`` (the run's gristmill config);
 - the tokenizer files, so a checkpoint alone is enough to generate, evaluate or export.
 
 ``trainer_state.json`` is written last, with the size of every other file, and the directory is
@@ -34,9 +34,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from gristmill.errors import GristmillError
 from gristmill.trainer.model import GPT, ModelArgs, build_model
 
 STATE_FILE = "trainer_state.json"
+RUN_CONFIG = "run_config.json"  # the gristmill config of the run that wrote the checkpoint
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer_meta.json")
 
 
@@ -73,7 +75,8 @@ def save_checkpoint(path: Path, msd: dict, osd: dict | None, rng: dict, state: d
         torch.save(osd, tmp / "optimizer.pt")
     save_file(rng, tmp / "rng.safetensors")
     (tmp / "model_config.json").write_text(json.dumps(args.to_dict(), indent=1))
-    (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+    # not config.json: transformers would take the directory for a model of its own and fail obscurely
+    (tmp / RUN_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
     if tokenizer_dir:
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name
@@ -114,6 +117,26 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
+class CheckpointError(GristmillError):
+    """A path that is not a usable checkpoint; the message says what to pass instead."""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` if it is a complete checkpoint, else an error that says what it is and what to pass."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if is_complete(p):
+        return p
+    latest = latest_checkpoint(p) if p.is_dir() else None
+    if latest is not None:
+        raise CheckpointError(f"{p} is a training run, not a checkpoint: its latest checkpoint is {latest}")
+    if (p / STATE_FILE).is_file():
+        raise CheckpointError(f"{p} is an incomplete checkpoint (a file is missing or was cut short): use another one")
+    raise CheckpointError(f"{p} is not a gristmill checkpoint (no {STATE_FILE}): pass one of the checkpoint_NNNNNNNN "
+                          "directories a training run writes")
+
+
 def read_state(path: Path) -> dict:
     return json.loads((Path(path) / STATE_FILE).read_text())
 
@@ -149,9 +172,7 @@ def restore(path: Path, model, optimizer, rank: int) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu", with_classifier: bool = False) -> GPT:
     """A checkpoint's model, ready for inference (eval mode): the language model, or with
     ``with_classifier`` the classifier a classification fine-tuning trained (GPTClassifier)."""
-    path = Path(path)
-    if not is_complete(path):
-        raise FileNotFoundError(f"{path}: not a complete gristmill checkpoint (no {STATE_FILE})")
+    path = resolve_checkpoint(path)
     args = load_model_args(path)
     weights = load_weights(path, args)
     if not with_classifier:

@@ -8,12 +8,15 @@ extra rows are never produced by the tokenizer.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from gristmill.errors import GristmillError
+from gristmill.tokenizer.hf import CHATML_TEMPLATE
 from gristmill.trainer import checkpoint as ckpt
+from gristmill.trainer.finetune_data import IM_END
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
@@ -56,35 +59,122 @@ def llama_config(args, special: dict) -> dict:
     }
 
 
-def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | Path | None = None) -> Path:
-    checkpoint, output = Path(checkpoint), Path(output)
-    if not ckpt.is_complete(checkpoint):
-        raise FileNotFoundError(f"{checkpoint}: not a complete gristmill checkpoint (no {ckpt.STATE_FILE})")
+class ExportError(GristmillError):
+    """An export that would harm files it did not write; the message says what to do."""
+
+
+#: what an export directory holds besides the files it lists (written last: a complete export)
+EXPORT_MARKER = ".gristmill-export.json"
+
+
+def _model_card(checkpoint: Path, args, state: dict, run: dict, special: dict, n_params: int) -> str:
+    task = state.get("task", "pretrain")
+    section = {"pretrain": "pretrain", "sft": "sft", "cls": "finetune_cls"}.get(task, task)
+    cfg = run.get(section, {})
+    data = cfg.get("data") or ", ".join(cfg.get("files") or []) or "?"
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gristmill, llama]", "---", "",
+        f"# {checkpoint.parent.name} (step {state.get('step')})", "",
+        "A decoder-only transformer trained with gristmill — Llama layout "
+        "(RoPE, RMSNorm, SwiGLU), exported from a native checkpoint; the logits equal the native model's.", "",
+        "| | |", "|---|---|",
+        f"| parameters | {n_params:,}: {args.n_layer} layers × {args.d_model} wide ({args.n_head} heads, "
+        f"{args.n_kv_head} KV heads), embeddings {'tied' if args.tie_embeddings else 'untied'} |",
+        f"| context | {args.max_seq_len} tokens |",
+        f"| vocabulary | {args.vocab_size:,} SentencePiece pieces (table padded to {args.padded_vocab_size:,}) |",
+        f"| training | {task}, {state.get('step')} steps, {state.get('tokens_seen', 0):,} tokens, "
+        f"batch {state.get('batch_size')} |",
+        f"| data | {data} |",
+    ]
+    if state.get("init_checkpoint"):
+        lines.append(f"| started from | {state['init_checkpoint']} |")
+    metrics = {k: v for k, v in (state.get("metrics") or {}).items() if isinstance(v, (int, float)) and k != "step"}
+    if metrics:
+        lines.append("| last metrics | " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())) + " |")
+    lines += ["", "Chat: the tokenizer's template is ChatML (`<|im_start|>role\\n…<|im_end|>`); generation stops at "
+              f"`<|im_end|>` or `</s>` (generation_config.json: eos {special.get('eos_token_id')}).", "",
+              "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "tok = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)",
+              "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Hi'}], add_generation_prompt=True, "
+              "return_tensors='pt')", "print(tok.decode(model.generate(ids, max_new_tokens=50)[0]))", "```", ""]
+    return "\n".join(lines)
+
+
+def _check_output(output: Path, overwrite: bool) -> list[str]:
+    """The files an earlier export wrote here (replaceable); refuse a directory holding anything else."""
+    if not output.exists():
+        return []
+    if not output.is_dir():
+        raise ExportError(f"{output} is a file: give a directory to export to")
+    marker = output / EXPORT_MARKER
+    ours = json.loads(marker.read_text())["files"] if marker.is_file() else []
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in (*ours, EXPORT_MARKER))
+    if foreign and not overwrite:
+        raise ExportError(f"{output} holds files export-hf did not write ({', '.join(foreign[:5])}"
+                          f"{' …' if len(foreign) > 5 else ''}): choose a new directory, or pass --overwrite to write "
+                          "the export next to them (they are never deleted)")
+    return ours
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)  # readable by the serving user, whatever the umask of the training job
+    os.replace(tmp, path)
+
+
+def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | Path | None = None,
+              overwrite: bool = False) -> Path:
+    """Write ``output``: config.json (LlamaForCausalLM), model.safetensors, generation_config.json (stops
+    at eos and <|im_end|>), the tokenizer (left padding, model_max_length = the model's context, the
+    ChatML template with generation markers) and a model card. Never deletes a file it did not
+    write: a directory with other files is refused unless ``overwrite``, and then left beside them."""
+    checkpoint, output = ckpt.resolve_checkpoint(checkpoint), Path(output)
+    previous = _check_output(output, overwrite)
     args = ckpt.load_model_args(checkpoint)
+    state = ckpt.read_state(checkpoint)
+    run_path = checkpoint / ckpt.RUN_CONFIG
+    if not run_path.is_file():
+        run_path = checkpoint / "config.json"  # checkpoints written before run_config.json
+    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
     weights = ckpt.load_weights(checkpoint, args)
     # the language model only: a classification head has no place in LlamaForCausalLM
     tensors = {hf_name(k): v.contiguous() for k, v in weights.items()
                if not (args.tie_embeddings and k == "lm_head.weight") and not k.startswith("cls_head.")}
     tok_dir = Path(tokenizer) if tokenizer else checkpoint
     if not (tok_dir / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{tok_dir / 'tokenizer.json'} not found: pass --tokenizer DIR "
-                                "(written by `gristmill tokenizer train`)")
-    special = {}
+        raise ExportError(f"{tok_dir / 'tokenizer.json'} not found: pass --tokenizer DIR "
+                          "(written by `gristmill tokenizer train`)")
+    special, im_end = {}, None
     meta_path = tok_dir / "tokenizer_meta.json"
     if meta_path.is_file():
-        toks = json.loads(meta_path.read_text()).get("special_tokens", {})
+        meta = json.loads(meta_path.read_text())
+        toks = meta.get("special_tokens", {})
         special = {f"{k}_token_id": toks[k]["id"] for k in ("bos", "eos", "pad") if k in toks and toks[k]["id"] >= 0}
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(llama_config(args, special), indent=1))
-    gen = {k: v for k, v in special.items()}
-    (tmp / "generation_config.json").write_text(json.dumps(gen, indent=1))
+        im_end = meta.get("user_defined_symbols", {}).get(IM_END)
+    generation = dict(special)
+    if im_end is not None and "eos_token_id" in special:  # a chat answer ends at <|im_end|>
+        generation["eos_token_id"] = [special["eos_token_id"], im_end]
+
+    files: dict[str, bytes] = {
+        "model.safetensors": save(tensors, metadata={"format": "pt"}),
+        "config.json": json.dumps(llama_config(args, special), indent=1).encode(),
+        "generation_config.json": json.dumps(generation, indent=1).encode(),
+        "README.md": _model_card(checkpoint, args, state, run, generation,
+                                 sum(t.numel() for t in tensors.values())).encode(),
+    }
     for name in TOKENIZER_FILES:
         if (tok_dir / name).is_file():
-            shutil.copyfile(tok_dir / name, tmp / name)
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+            files[name] = (tok_dir / name).read_bytes()
+    if "tokenizer_config.json" in files:
+        tok_cfg = json.loads(files["tokenizer_config.json"])
+        tok_cfg.update(chat_template=CHATML_TEMPLATE, model_max_length=args.max_seq_len, padding_side="left")
+        files["tokenizer_config.json"] = json.dumps(tok_cfg, indent=2).encode()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / EXPORT_MARKER).unlink(missing_ok=True)  # incomplete until every file is in place
+    for name, data in files.items():
+        _write(output / name, data)
+    for name in set(previous) - set(files):  # what an earlier export wrote and this one does not
+        (output / name).unlink(missing_ok=True)
+    _write(output / EXPORT_MARKER, json.dumps({"checkpoint": str(checkpoint), "files": sorted(files)}).encode())
     return output

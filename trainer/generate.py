@@ -34,7 +34,9 @@ class SamplingConfig:
 def load_tokenizer(checkpoint: str | Path):
     import sentencepiece as spm
 
-    path = Path(checkpoint) / "tokenizer.model"
+    from gristmill.trainer.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint) / "tokenizer.model"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the checkpoint carries no tokenizer (pass --tokenizer)")
     return spm.SentencePieceProcessor(model_file=str(path))
