@@ -62,22 +62,49 @@ def peak_flops(device: torch.device, p: PretrainConfig, dtype: torch.dtype) -> t
                 return value, f"data sheet ({name}, bf16 dense)"
         return float("nan"), f"unknown GPU {name}: set pretrain.peak_tflops"
     # CPU: no data sheet; measure what a large matmul reaches with this worker's threads, once per
-    # process and before training starts (cached). The best of five short windows: a run starts while
-    # Ray's own processes start too, and a single window taken then read half the peak (MFU over 100%).
+    # process (cached). A measurement taken while other processes start reads low (the demo once
+    # printed MFU 206%): the driver measures before it starts Ray, and its workers on the same
+    # machine take its number (run_training, start_logging); the best of five windows besides.
     key = (dtype, torch.get_num_threads())
     if key not in _CPU_PEAK:
-        n = 1024
+        n = 2048
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
         best = 0.0
         for _ in range(5):
             t0, reps = time.perf_counter(), 0
-            while time.perf_counter() - t0 < 0.1:
+            while time.perf_counter() - t0 < 0.2:
                 a @ b
                 reps += 1
             best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
         _CPU_PEAK[key] = (best, f"measured {dtype} matmul on {torch.get_num_threads()} CPU threads")
     return _CPU_PEAK[key]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX); elsewhere PyTorch emulates
+    bf16 and autocast makes a CPU step tens of times slower. Unknown (no /proc/cpuinfo): assume not."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def driver_cpu_peak(p: PretrainConfig, threads: int) -> dict:
+    """The CPU peak measured in the driver before Ray starts (nothing else is running yet), with
+    the thread count and dtype a worker must have to use it."""
+    bf16 = p.precision == "bf16" and cpu_has_native_bf16()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        value, source = peak_flops(torch.device("cpu"), p, dtype)
+    finally:
+        torch.set_num_threads(before)
+    return {"flops": value, "source": source + " (before Ray started)", "threads": threads, "dtype": str(dtype),
+            "host": os.uname().nodename}
 
 
 _CPU_PEAK: dict[tuple, tuple[float, str]] = {}
@@ -165,6 +192,12 @@ def set_up(loop_config: dict) -> _Run:
     (run_dir / "workers" / f"rank{rank}.json").write_text(json.dumps(
         {"pid": os.getpid(), "rank": rank, "world": world, "host": os.uname().nodename, "ip": _node_ip()}))
     bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
+    if bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        if rank == 0:
+            log.warning("pretrain.precision is bf16 but this CPU has no native bf16 (no avx512_bf16 or amx_bf16): "
+                        "PyTorch emulates it, and a bf16 step ran 27x slower than fp32 on an AVX2 EPYC (83 s "
+                        "against 3 s); training in fp32. Set pretrain.precision: fp32 to silence this.")
+        bf16 = False
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     run = _Run(loop_config, task_name, p, rank, world, device, local_mode, run_dir,
                ModelArgs.from_dict(loop_config["model_args"]), plan, task, SampleStream(len(task.train), p.seed),
@@ -231,7 +264,13 @@ def start_logging(run: _Run) -> None:
     """The opening lines (model size, batch layout, the peak MFU is measured against), the progress bar."""
     p = run.p
     run.fpt = flops_per_token(run.args, run.task.seq_len)
-    run.peak, peak_source = peak_flops(run.device, p, torch.bfloat16 if run.bf16 else torch.float32)
+    dtype = torch.bfloat16 if run.bf16 else torch.float32
+    measured = run.loop_config.get("cpu_peak")
+    if (run.device.type == "cpu" and not p.peak_tflops and measured and measured["host"] == os.uname().nodename
+            and measured["threads"] == torch.get_num_threads() and measured["dtype"] == str(dtype)):
+        run.peak, peak_source = measured["flops"], measured["source"]
+    else:
+        run.peak, peak_source = peak_flops(run.device, p, dtype)
     if run.rank == 0:
         log.info("model %.2fM parameters (%.2fM without embeddings), %.3g FLOPs/token; %d workers × %d micro-batch "
                  "× %d accumulation = %d sequences of %d tokens per step; MFU against %.3g FLOP/s (%s)",
@@ -568,10 +607,33 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
 
 
 def _quiet_placement_group_cleaner() -> None:
-    """Worker setup when gristmill starts Ray without its dashboard: Ray Train's placement-group
-    cleaner asks the State API (served by the dashboard) about the controller every second and
-    warns each time it cannot; the run is not affected (gristmill's Ray ends with the run)."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    """Worker setup when gristmill starts Ray itself, without its dashboard, on this machine:
+    - Ray Train's placement-group cleaner asks the State API (served by the dashboard) about the
+      controller every second and warns each time it cannot; the run is not affected (gristmill's
+      Ray ends with the run);
+    - the controller's autoscaling requests time out when the CPUs are busy training (a warning with
+      a GetTimeoutError traceback, "safe to ignore" by its own words): a Ray started in-process has
+      no autoscaler to ask."""
+    for name in ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
+                 "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _start_autoscaling_coordinator() -> None:
+    """Start, and wait for, the actor Ray Train's controller sends its resource requests to. Created
+    on the controller's first request, while the CPUs are busy starting the run, it is often not up
+    within the request's 5 s timeout, and the controller logs a GetTimeoutError traceback ("safe to
+    ignore") into every run. Ray's internal API: if it changes, the warning may come back, nothing else."""
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=120)
+    except Exception as e:  # noqa: BLE001 - only a warning is at stake
+        log.debug("could not start Ray's autoscaling coordinator ahead of the run: %s", e)
 
 
 def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = False) -> TrainResult:
@@ -585,11 +647,21 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
     cfg, args, extra = prepare(cfg, task)
     p = getattr(cfg, TASK_SECTIONS[task])
     run_dir = Path(p.storage_path) / p.name
+    if not (p.use_gpu or p.peak_tflops or ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
+        threads = torch.get_num_threads() if p.num_workers == 0 else p.cpus_per_worker
+        extra["cpu_peak"] = driver_cpu_peak(p, threads)
     if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):
+            # a Ray of our own keeps Ray's default for a new local cluster, token authentication, without
+            # Ray's warning on every run that it is on (RAY_AUTH_MODE=token said explicitly is not the
+            # same: Ray then makes no token for the new cluster and cannot connect to it)
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         no_dashboard = not (p.local_dashboard or os.environ.get("RAY_ADDRESS"))
         quiet = {"worker_process_setup_hook": _quiet_placement_group_cleaner}
         ray.init(logging_level=logging.WARNING, log_to_driver=True,
                  **({"include_dashboard": False, "runtime_env": quiet} if no_dashboard else {}))
+        if not os.environ.get("RAY_ADDRESS"):
+            _start_autoscaling_coordinator()
     local_mode = p.num_workers == 0
     trainer = TorchTrainer(
         train_loop,
