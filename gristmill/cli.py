@@ -536,11 +536,33 @@ def _subparser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser
     return sub
 
 
+def _import_runner_options(args: list[str]) -> None:
+    """A runner's own options (the DaskRunner's --dask_client_address, ...) exist once its module is
+    imported: import the module of the runner ``--runner`` names, as Beam itself will."""
+    import importlib
+
+    from apache_beam.runners.runner import _RUNNER_MAP
+
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), None)
+    if name is None and "--runner" in args[:-1]:
+        name = args[args.index("--runner") + 1]
+    if not name:
+        return
+    path = _RUNNER_MAP.get(name.lower(), _RUNNER_MAP.get(name.lower() + "runner", name))
+    if "." not in path:
+        return
+    try:
+        importlib.import_module(path.rsplit(".", 1)[0])
+    except Exception:  # noqa: BLE001 - a runner that cannot load says so itself when the pipeline starts
+        log.debug("could not import the runner %s to check its options", path)
+
+
 def _unknown_beam_options(args: list[str]) -> tuple[list[str], list[str]]:
     """(arguments no Beam pipeline option class accepts, every Beam option string): what Beam itself
     would only warn about and drop, a misspelled --runner among them."""
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+    _import_runner_options(args)
     parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)

@@ -175,3 +175,12 @@ def test_every_command_has_an_example_and_names_the_config_it_reads():
         assert "config: reads the section" in text and all(f"{s}:" in text for s in sections), name
     assert "(default: 1024)" not in commands["tokenize"].format_help()  # --seq-len's default is the config's
     assert "(default: runs/demo)" in commands["demo"].format_help()
+
+
+def test_a_runners_own_options_are_known_once_the_runner_is_named():
+    from gristmill.cli import _unknown_beam_options
+
+    dask = ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner"]
+    assert _unknown_beam_options([*dask, "--dask_client_address", "127.0.0.1:8786"])[0] == []
+    unknown, known = _unknown_beam_options([*dask, "--dask_client_adress", "127.0.0.1:8786"])
+    assert unknown[0] == "--dask_client_adress" and "--dask_client_address" in known

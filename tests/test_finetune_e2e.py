@@ -175,7 +175,8 @@ def test_export_chats_correctly_and_never_deletes_a_users_files(sft_checkpoint, 
     assert out_ids.shape[1] == start + 3 and int(out_ids[0, -1]) == im_end  # generation stopped there
 
     # a native checkpoint is not mistaken for a transformers directory
-    with pytest.raises(OSError, match="config.json"):
+    with pytest.raises(ValueError, match=r"gristmill-native-checkpoint \(not a transformers model: run `gristmill "
+                                         r"export-hf --checkpoint THIS_DIR --output HF_DIR`"):
         transformers.AutoModelForCausalLM.from_pretrained(sft_checkpoint)
 
 

@@ -38,6 +38,12 @@ from gristmill.errors import GristmillError
 from gristmill.trainer.model import GPT, ModelArgs, build_model
 
 STATE_FILE = "trainer_state.json"
+#: config.json of a native checkpoint: not a transformers model; transformers' error quotes model_type
+NATIVE_SIGNPOST = {
+    "model_type": "gristmill-native-checkpoint (not a transformers model: run `gristmill export-hf --checkpoint "
+                  "THIS_DIR --output HF_DIR` and load HF_DIR)",
+    "gristmill": "a native gristmill checkpoint; its run config is run_config.json, its dimensions model_config.json",
+}
 RUN_CONFIG = "run_config.json"  # the gristmill config of the run that wrote the checkpoint
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "tokenizer_meta.json")
 
@@ -77,6 +83,9 @@ def save_checkpoint(path: Path, msd: dict, osd: dict | None, rng: dict, state: d
     (tmp / "model_config.json").write_text(json.dumps(args.to_dict(), indent=1))
     # not config.json: transformers would take the directory for a model of its own and fail obscurely
     (tmp / RUN_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
+    # ... and without any config.json transformers 5 still fails obscurely ("Should have a `model_type`
+    # key"): a signpost whose model_type is the way out, which transformers quotes in its error
+    (tmp / "config.json").write_text(json.dumps(NATIVE_SIGNPOST, indent=1))
     if tokenizer_dir:
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name

@@ -163,12 +163,25 @@ class _Run:
         return self.loop_config.get("init_checkpoint")
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every ``ray.train.report`` at INFO with the whole report, on a logger named by its
+    file path (so its LoggingConfig does not reach it); gristmill's own lines already say the same."""
+    if log.isEnabledFor(logging.DEBUG):
+        return
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def set_up(loop_config: dict) -> _Run:
     """The worker's device, data and task, then the model (fine-tuning: from its init checkpoint)
     and the optimizer; identical initial weights on every rank."""
     import ray.train
 
     cfg = GristmillConfig.model_validate(loop_config["config"])
+    _quiet_ray_train_reports()
     task_name = loop_config.get("task", "pretrain")
     p = getattr(cfg, TASK_SECTIONS[task_name])
     local_mode = loop_config["local_mode"]
