@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,19 @@ def run_cli(*args, cwd=REPO, timeout: int = 300, check: bool = False, env: dict 
     if check:
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return r
+
+
+def run_cli_and_kill_when(args: list, ready, timeout: int = 300) -> None:
+    """Start ``gristmill ARGS`` in its own process group, wait until ``ready()`` holds, then SIGKILL the
+    group (the command and anything it started): a crash at a known point of a run."""
+    proc = subprocess.Popen([GRISTMILL, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=cli_env(), start_new_session=True)
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
 
 
 def shared(rel: str) -> Path:

@@ -9,9 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from gristmill.pipelines.corpus import PipelineInputError, run_corpus
 from gristmill.pipelines.filters import dedup_key
 
 from . import badinputs
-from .conftest import DEMO_CONFIG, GRISTMILL, REPO, SAMPLE, SAMPLE_GLOB, cli_env, run_cli
+from .conftest import DEMO_CONFIG, REPO, SAMPLE, SAMPLE_GLOB, run_cli, run_cli_and_kill_when
 
 pytestmark = pytest.mark.slow
 
@@ -176,15 +173,8 @@ def test_a_killed_run_resumes_from_its_per_file_work(direct, tmp_path):
     documents (the rest are read again) and writes the bytes of an uninterrupted run."""
     out, _ = direct
     again = tmp_path / "again"
-    cmd = [GRISTMILL, "corpus", "--input", SAMPLE_GLOB, "--output", str(again), "--config", str(DEMO_CONFIG), "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env(),
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while len(list((again / "_work").glob("*.json"))) < 2:
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    run_cli_and_kill_when(["corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG, "-q"],
+                          lambda: len(list((again / "_work").glob("*.json"))) >= 2)
     assert not (again / "manifest.json").exists()
     done = len(list((again / "_work").glob("*.json")))
     r = run_cli("corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG)

@@ -37,7 +37,7 @@ def test_a_terminal_gets_a_bar_and_a_log_gets_phase_lines(tmp_path, capsys, capl
             fp._last -= 10  # as if a second had passed: the next document writes the file
             fp.add()
             assert json.loads((work / "a.progress").read_text()) == {"documents": 1}
-            deadline = time.time() + 10
+            deadline = time.time() + 120  # a wait, not a timing: the poll is every 0.05 s
             while "files 0/3, 1 docs" not in capsys.readouterr().err and time.time() < deadline:
                 time.sleep(0.05)
             assert time.time() < deadline, "the bar never showed the document in flight"
@@ -45,7 +45,7 @@ def test_a_terminal_gets_a_bar_and_a_log_gets_phase_lines(tmp_path, capsys, capl
                 (work / f"{name}.json").write_text(json.dumps({"stats": {"documents": 4, "size": 1000}}))
             (tmp_path / "en").mkdir()
             (tmp_path / "en" / "part-00000.arrow").write_bytes(b"x")
-            while p.write_started_at is None and time.time() < deadline + 10:
+            while p.write_started_at is None and time.time() < deadline + 120:
                 time.sleep(0.05)
     text = caplog.text
     assert "read + clean: 3 files, 12 documents" in text

@@ -5,11 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +17,7 @@ from gristmill.pipelines.tokenize import run_tokenize
 from gristmill.tokenizer.tokens import open_sequences, pack
 from gristmill.tokenizer.train import TokenizerError, load, train_tokenizer
 
-from .conftest import DEMO_CONFIG, GRISTMILL, SAMPLE, cli_env, run_cli, shared
+from .conftest import DEMO_CONFIG, SAMPLE, run_cli, run_cli_and_kill_when, shared
 
 DIRECT = ["--runner", "DirectRunner"]
 PARQUET = [str(SAMPLE / "ccnet-cc-main-2020-16.parquet")]
@@ -158,14 +154,7 @@ def test_a_killed_tokenize_resumes_from_the_shards_it_encoded(corpus, tok, token
     again = tmp_path / "again"
     args = ["tokenize", "--corpus", str(corpus), "--tokenizer", str(tok), "--output", str(again), "--config",
             str(DEMO_CONFIG), "--set", "tokenize.seq_len=128", "--set", "tokenize.max_sequences_per_shard=2000"]
-    proc = subprocess.Popen([GRISTMILL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env(),
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while len(list((again / "_work").glob("*.arrow"))) < 3:
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    run_cli_and_kill_when(args, lambda: len(list((again / "_work").glob("*.arrow"))) >= 3)
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("reusing its encoding from an earlier run") >= 3 and not (again / "_work").exists()
