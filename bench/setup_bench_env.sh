@@ -19,13 +19,15 @@ CONSTRAINTS=()
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch stays pinned by the project (torch==2.13.0, the CPU wheel from local disk)
 "$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" -e '.[test,bench]'
-# the constraints keep datatrove's dependencies at the project's versions
-"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" datatrove==0.10.1 spacy==3.8.18 regex fasteners
+# the constraints keep datatrove's dependencies at the project's versions; orjson: datatrove's
+# JsonlReader/JsonlWriter (bench_corpus.py's whole-job pipeline)
+"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" datatrove==0.10.1 spacy==3.8.18 regex fasteners orjson
 "$VENV/bin/python" - <<'PY'
 from importlib.metadata import version
 import fasttext  # noqa: F401  (fasttext-predict)
 from fasttext.FastText import _FastText  # noqa: F401  (what datatrove's lid.py loads)
 from datatrove.utils.word_tokenizers import load_word_tokenizer
+import orjson  # noqa: F401  (datatrove's JSONL reader and writer)
 from gristmill.pipelines.langid import default_model_path
 tok = load_word_tokenizer("eng")
 assert tok.word_tokenize("Don't panic.") == ["Do", "n't", "panic", "."]

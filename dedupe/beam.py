@@ -38,7 +38,7 @@ def _node(doc) -> str:
     return cc.node_key(doc["id"], doc["source"])
 
 
-def _sign(doc, ngram: int, num_perm: int, seed: int, bands: int, rows: int):
+def sign(doc, ngram: int, num_perm: int, seed: int, bands: int, rows: int):
     """The document (a copy) with its signature and band keys; None for both when it is shorter
     than one shingle (exact dedup only)."""
     sig = mh.text_signature(doc["text"], ngram, num_perm, seed)
@@ -123,7 +123,7 @@ def similarity(a, b) -> float:
     corpus (whose shingles are not stored) the MinHash estimate from the two signatures."""
     (sh_a, sig_a), (sh_b, sig_b) = a, b
     if sh_a is not None and sh_b is not None:
-        return mh.jaccard(sh_a, sh_b)
+        return mh.jaccard(sh_a, sh_b, sorted_unique=True)  # _attach_first sends np.unique's output
     return float(np.mean(sig_a == sig_b))
 
 
@@ -259,23 +259,14 @@ def _published_signature(row):
         yield row["node"], ("s", None, np.asarray(row["signature"], dtype=np.uint32))
 
 
-def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=None,
-               spill_file_docs: int = SPILL_FILE_DOCS):
-    """Returns (documents with cluster_id/cluster_size, near duplicates marked; round changes).
-
-    ``spill_dir``: a directory (local or any Beam filesystem every worker reaches) where the
-    documents wait, packed, while their clusters are computed; the caller removes it after the
-    pipeline has run. ``spill_file_docs``: documents per spill file (what the last step holds
-    the labels of).
-
-    ``published``: index rows of a published corpus (refresh). Its documents join the buckets and
-    the clustering but are never output; a new document clustered with one is marked
-    ``near_dedup:published_duplicate``. Their signatures stand in for their shingles when a
-    candidate pair is verified (estimated instead of exact Jaccard): a refresh never reads or
-    re-signs the published text.
-    """
+def candidate_edges(docs, cfg, published=None, label: str = "NearDedup", signed: bool = False):
+    """Returns (signed documents, candidate edges): every document with its signature and band
+    keys, and the distinct (larger, smaller) node pairs that share a band key and (with
+    ``cfg.verify``) reach the Jaccard threshold — the graph whose components are the clusters.
+    ``signed``: the documents already carry ``_sig``/``_band_keys`` made with ``cfg`` (:func:`sign`)."""
     bands, rows = mh.lsh_params(cfg)
-    docs = docs | f"{label}Sign" >> beam.Map(_sign, cfg.ngram, cfg.num_perm, cfg.seed, bands, rows)
+    if not signed:
+        docs = docs | f"{label}Sign" >> beam.Map(sign, cfg.ngram, cfg.num_perm, cfg.seed, bands, rows)
     entries = docs | f"{label}BandKeys" >> beam.FlatMap(_bucket_entries)  # ((band, key), node)
     if published is not None:
         pub_entries = published | f"{label}PublishedBands" >> beam.FlatMap(_published_buckets)
@@ -300,15 +291,19 @@ def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=No
             | f"{label}JoinSecond" >> beam.GroupByKey()
             | f"{label}Verify" >> beam.FlatMap(_verify, cfg.threshold)
         )
-    labels, changes = connected_components(edges, cfg.max_rounds, f"{label}CC")
+    return docs, edges
+
+
+def mark_documents(labels, locations, label: str = "NearDedup"):
+    """(node, component minimum) labels + (node, ("f", spill file)) locations → the spilled
+    documents with ``cluster_id``/``cluster_size``, all but each cluster's smallest member marked."""
     clusters = (
         labels
         | f"{label}ByCluster" >> beam.Map(_by_cluster)
         | f"{label}ClusterGroup" >> beam.GroupByKey()
         | f"{label}ClusterInfo" >> beam.FlatMap(_cluster_info)
     )
-    locations = docs | f"{label}SpillDocs" >> beam.ParDo(_SpillDocumentsFn(spill_dir, spill_file_docs))
-    out = (
+    return (
         (locations, clusters)
         | f"{label}LocationsAndClusters" >> beam.Flatten()
         | f"{label}JoinClusters" >> beam.GroupByKey()
@@ -316,7 +311,29 @@ def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=No
         | f"{label}FileGroup" >> beam.GroupByKey()
         | f"{label}Mark" >> beam.FlatMap(_mark_file)
     )
-    return out, changes
+
+
+def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=None,
+               spill_file_docs: int = SPILL_FILE_DOCS):
+    """Returns (documents with cluster_id/cluster_size, near duplicates marked; round changes), in
+    one pipeline (``cfg.max_rounds`` clustering rounds in its graph: see :mod:`gristmill.dedupe.rounds`
+    for the form ``gristmill corpus`` runs, which stops when the clustering has converged).
+
+    ``spill_dir``: a directory (local or any Beam filesystem every worker reaches) where the
+    documents wait, packed, while their clusters are computed; the caller removes it after the
+    pipeline has run. ``spill_file_docs``: documents per spill file (what the last step holds
+    the labels of).
+
+    ``published``: index rows of a published corpus (refresh). Its documents join the buckets and
+    the clustering but are never output; a new document clustered with one is marked
+    ``near_dedup:published_duplicate``. Their signatures stand in for their shingles when a
+    candidate pair is verified (estimated instead of exact Jaccard): a refresh never reads or
+    re-signs the published text.
+    """
+    docs, edges = candidate_edges(docs, cfg, published, label)
+    labels, changes = connected_components(edges, cfg.max_rounds, f"{label}CC")
+    locations = docs | f"{label}SpillDocs" >> beam.ParDo(_SpillDocumentsFn(spill_dir, spill_file_docs))
+    return mark_documents(labels, locations, label), changes
 
 
 class NearDedup(beam.PTransform):

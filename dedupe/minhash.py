@@ -191,13 +191,22 @@ def text_signature(text: str, n: int = 5, num_perm: int = 256, seed: int = 1) ->
     return signature(hashes, num_perm, seed)
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+def jaccard(a: np.ndarray, b: np.ndarray, sorted_unique: bool = False) -> float:
     """Exact Jaccard similarity of two shingle sets given as hash arrays (64-bit hashes make a
-    collision between distinct shingles a 2^-64 event)."""
-    a, b = np.unique(a), np.unique(b)
+    collision between distinct shingles a 2^-64 event). ``sorted_unique``: both arrays are already
+    sorted and free of repeats (``np.unique``'s output, as verification keeps them): no sort here,
+    one binary search per element of the smaller set."""
+    if not sorted_unique:
+        a, b = np.unique(a), np.unique(b)
     if a.size == 0 and b.size == 0:
         return 1.0
-    inter = np.intersect1d(a, b, assume_unique=True).size
+    if a.size == 0 or b.size == 0:
+        return 0.0
+    if a.size > b.size:
+        a, b = b, a
+    at = np.searchsorted(b, a)
+    at[at == b.size] = 0
+    inter = int(np.count_nonzero(b[at] == a))
     return inter / (a.size + b.size - inter)
 
 

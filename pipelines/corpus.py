@@ -26,6 +26,8 @@ import apache_beam as beam
 
 from gristmill import __version__, io
 from gristmill.config import GristmillConfig, ReadConfig
+from gristmill.dedupe import rounds
+from gristmill.dedupe.beam import candidate_edges, mark_documents
 from gristmill.dedupe.minhash import SCHEME as MINHASH_SCHEME
 from gristmill.dedupe.minhash import lsh_params
 from gristmill.documents import CORPUS_SCHEMA, SCHEMA_VERSION
@@ -47,13 +49,12 @@ from gristmill.pipelines.runner import (
 from gristmill.pipelines.transforms import (
     FILE_STATS,
     ExactDedup,
-    NearDedup,
     UniqueIds,
     WriteShards,
     apply_id_changes,
     text_bytes,
-    with_text_hash,
 )
+from gristmill.pipelines.workpool import plan_local_workers
 
 log = logging.getLogger("gristmill.corpus")
 
@@ -172,8 +173,11 @@ def plan_inputs(patterns: list[str], read_cfg: ReadConfig, skip_bad_files: bool 
 # ---------------------------------------------------------------------------------------------
 
 
-def _count_keys(doc: dict):
-    yield "read"
+def _count_keys(doc: dict, read: bool = True):
+    """The counter keys of one document (``read``: whether it counts as read here: a document
+    counted once when read and again after near-dedup must not count twice)."""
+    if read:
+        yield "read"
     if doc["reason"]:
         yield "dropped\x00" + doc["reason"]
         if doc["lang"]:
@@ -183,6 +187,10 @@ def _count_keys(doc: dict):
         yield "lang_kept\x00" + doc["lang"]
         if (doc.get("cluster_size") or 1) > 1:
             yield "near_dup_clusters"
+
+
+def _read_key(doc: dict):
+    yield "read"
 
 
 def _index_row(doc) -> dict:
@@ -210,11 +218,17 @@ def _is_dropped(d) -> bool:
 
 
 def build_pipeline(
-    p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig, published_index: list[str] | None = None
+    p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig, published_index: list[str] | None = None,
+    pool_workers: int = 1,
 ) -> beam.PCollection:
     """The corpus pipeline; with ``published_index`` (the index files of a published corpus), new
-    documents are also deduplicated against that corpus (``gristmill refresh``). Returns its one
-    sink (see the end)."""
+    documents are also deduplicated against that corpus (``gristmill refresh``). ``pool_workers``:
+    processes for the per-file work on the in-process runner (pipelines/workpool.py). Returns its
+    one sink (see the end).
+
+    With near-dedup on, this is the first of the run's pipelines: it ends with the documents still
+    kept spilled to files and their candidate edges written for the clustering rounds
+    (dedupe/rounds.py; :func:`build_round_pipeline`, :func:`build_write_pipeline`)."""
     published = None
     if published_index:
         published = (
@@ -228,13 +242,12 @@ def build_pipeline(
         p
         | "Inputs" >> beam.Create(plan.files)
         | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS))
+        | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS, pool_workers))
     )
     file_stats = read | "FileStats" >> beam.Map(lambda x: x.get(FILE_STATS)) | "OnlyStats" >> beam.Filter(bool)
     cleaned = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
     kept = cleaned | "Kept" >> beam.Filter(_is_kept)
     rejected = cleaned | "Rejected" >> beam.Filter(_is_dropped)
-    kept = kept | "TextHash" >> beam.Map(with_text_hash)
     id_changes = kept | "UniqueIds" >> UniqueIds()
     if cfg.exact_dedup.enabled:
         pub_hashes = None
@@ -246,41 +259,94 @@ def build_pipeline(
         rejected = (rejected, dups) | "AllRejected" >> beam.Flatten()
     else:
         kept = apply_id_changes(kept, id_changes)
-    cc_changes = p | "NoClustering" >> beam.Create([])
+    n_changes = (id_changes | "CountIdChanges" >> beam.Map(lambda _: ("across_files", 1))
+                 | "SumIdChanges" >> beam.CombinePerKey(sum))
+    written = [collect_stats("files", file_stats, output), collect_stats("id_changes", n_changes, output)]
     if cfg.near_dedup.enabled:
         spill = io.join(output, SPILL_DIR)
-        near = NearDedup(cfg.near_dedup, spill, published, with_round_changes=True)
-        clustered, cc_changes = kept | "NearDedup" >> near
-        kept = clustered | "NearUnique" >> beam.Filter(_is_kept)
-        near_dups = clustered | "NearDuplicates" >> beam.Filter(_is_dropped)
-        rejected = (rejected, near_dups) | "AllRejectedNear" >> beam.Flatten()
+        # ReadCleanFileFn gave every kept document its text hash and signature
+        signed, edges = candidate_edges(kept, cfg.near_dedup, published, "NearDedup", signed=True)
+        spill_files = signed | "NearDedupSpillDocs" >> beam.ParDo(rounds.SpillFilesFn(spill))
+        edge_files = (rounds.normalised_edges(edges, "NearDedupCC")
+                      | "WriteEdges" >> beam.ParDo(rounds.WriteEdgesFn(_round_dir(output, 0))))
+        counts = (
+            ((kept | "CountRead" >> beam.FlatMap(_read_key)),
+             (rejected | "CountRejected" >> beam.FlatMap(_count_keys)))
+            | "AllKeys" >> beam.Flatten()
+            | "Count" >> beam.combiners.Count.PerElement()
+        )
+        written += [collect_stats("spill_files", spill_files, output),
+                    collect_stats(_edges_stat(0), edge_files, output),
+                    collect_stats("counts", counts, output),
+                    collect_stats("rejected_shards", _write_rejected(p, rejected, output, cfg), output)]
+    else:
+        written += _write_outputs(p, kept, rejected, output, cfg)
+    # One sink that depends on every branch, applied last: the DaskRunner computes only the graph
+    # of the pipeline's last transform, so a branch not feeding it would silently not run.
+    return written | "AllWritten" >> beam.Flatten()
 
+
+def _round_dir(output: str, r: int) -> str:
+    return io.join(output, SPILL_DIR, "cc", f"r{r:02d}")
+
+
+def _edges_stat(r: int) -> str:
+    return f"cc_edges_{r:02d}"
+
+
+def _changes_stat(r: int) -> str:
+    return f"cc_changes_{r:02d}"
+
+
+def build_round_pipeline(p: beam.Pipeline, output: str, edge_files: list[str], r: int) -> beam.PCollection:
+    """Clustering round ``r``: the edge files of round r-1 → those of round r, and its changes."""
+    edges = rounds.files_of(p, "LastEdges", edge_files) | "ReadEdges" >> beam.FlatMap(rounds.read_edges)
+    out, changes = rounds.one_round(edges, r, "NearDedupCC")
+    files = out | "WriteEdges" >> beam.ParDo(rounds.WriteEdgesFn(_round_dir(output, r)))
+    written = [collect_stats(_edges_stat(r), files, output), collect_stats(_changes_stat(r), changes, output)]
+    return written | "AllWritten" >> beam.Flatten()
+
+
+def build_write_pipeline(p: beam.Pipeline, output: str, cfg: GristmillConfig, label_files: list[str],
+                         spill_files: list[str]) -> beam.PCollection:
+    """The last pipeline of a run with near-dedup: the converged labels + the spilled documents →
+    documents marked → shards, index, the near duplicates' rejected shards and their counts."""
+    labels = rounds.files_of(p, "Labels", label_files) | "ReadLabels" >> beam.FlatMap(rounds.read_edges)
+    locations = rounds.files_of(p, "Spilled", spill_files) | "ReadSpilled" >> beam.FlatMap(rounds.spill_locations)
+    clustered = mark_documents(labels, locations, "NearDedup")
+    kept = clustered | "NearUnique" >> beam.Filter(_is_kept)
+    near_dups = clustered | "NearDuplicates" >> beam.Filter(_is_dropped)
+    return _write_outputs(p, kept, near_dups, output, cfg, counted_as_read=False) | "AllWritten" >> beam.Flatten()
+
+
+def _write_rejected(p, rejected, output: str, cfg: GristmillConfig):
+    if cfg.write.write_rejected:
+        return rejected | "WriteRejected" >> WriteShards(output, cfg.write, "_rejected/reason=", _stage_of, "rejected")
+    return p | "NoRejected" >> beam.Create([])
+
+
+def _write_outputs(p, kept, rejected, output: str, cfg: GristmillConfig, counted_as_read: bool = True) -> list:
+    """Count, write the shards (kept, rejected, index) and hand their statistics to the driver.
+    ``counted_as_read``: whether these documents are counted as read here (not when the first
+    pipeline of a near-dedup run has counted them)."""
     counts = (
         (kept, rejected)
         | "AllDocs" >> beam.Flatten()
-        | "CountKeys" >> beam.FlatMap(_count_keys)
+        | "CountKeys" >> beam.FlatMap(_count_keys, counted_as_read)
         | "Count" >> beam.combiners.Count.PerElement()
     )
     kept_shards = kept | "WriteKept" >> WriteShards(output, cfg.write)
-    if cfg.write.write_rejected:
-        rejected_shards = rejected | "WriteRejected" >> WriteShards(
-            output, cfg.write, "_rejected/reason=", _stage_of, "rejected")
-    else:
-        rejected_shards = p | "NoRejected" >> beam.Create([])
+    rejected_shards = _write_rejected(p, rejected, output, cfg)
     if cfg.near_dedup.enabled:
         index_rows = kept | "IndexRows" >> beam.Map(_index_row)
         index_shards = index_rows | "WriteIndex" >> WriteShards(
             output, cfg.write, "_index/", _no_partition, "index", operator.itemgetter("text_bytes"))
     else:
         index_shards = p | "NoIndex" >> beam.Create([])
-    n_changes = (id_changes | "CountIdChanges" >> beam.Map(lambda _: ("across_files", 1))
-                 | "SumIdChanges" >> beam.CombinePerKey(sum))
-    written = [collect_stats(name, pcoll, output) for name, pcoll in (
-        ("counts", counts), ("shards", kept_shards), ("rejected_shards", rejected_shards),
-        ("index_shards", index_shards), ("files", file_stats), ("cc_rounds", cc_changes), ("id_changes", n_changes))]
-    # One sink that depends on every branch, applied last: the DaskRunner computes only the graph
-    # of the pipeline's last transform, so a branch not feeding it would silently not run.
-    return written | "AllWritten" >> beam.Flatten()
+    suffix = "" if counted_as_read else "_near"
+    return [collect_stats(name, pcoll, output) for name, pcoll in (
+        ("counts" + suffix, counts), ("shards", kept_shards), ("rejected_shards" + suffix, rejected_shards),
+        ("index_shards", index_shards))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,10 +456,15 @@ class RunResult:
     seconds: float
 
 
-def read_run_stats(output: str) -> dict:
-    """The statistics the job wrote, in a canonical order."""
-    stats = {name: read_stats(output, name) for name in STATS}
-    stats["counts"] = dict(stats["counts"])
+def read_run_stats(output: str, cc_rounds: list | None = None) -> dict:
+    """The statistics the job's pipelines wrote, in a canonical order (``cc_rounds``: the
+    clustering rounds' changes, gathered by the driver)."""
+    stats = {name: read_stats(output, name) for name in STATS if name != "cc_rounds"}
+    stats["cc_rounds"] = list(cc_rounds or [])
+    counts: Counter[str] = Counter(dict(stats["counts"]))
+    counts.update(dict(read_stats(output, "counts_near")))
+    stats["counts"] = dict(counts)
+    stats["rejected_shards"] += read_stats(output, "rejected_shards_near")
     for name in ("shards", "rejected_shards", "index_shards", "files"):
         stats[name].sort(key=lambda x: x["path"])
     return stats
@@ -451,14 +522,45 @@ def run_corpus(
         return result
 
 
+def _cluster(output: str, cfg: GristmillConfig, beam_args) -> tuple[list, list[str]]:
+    """The clustering rounds, one small pipeline each, until one changes nothing (converged) or
+    ``near_dedup.max_rounds`` have run. Returns (("round-kk", edges changed) for each round that
+    changed edges, the edge files of the last round: the labels)."""
+    edge_files = read_stats(output, _edges_stat(0))
+    changed: list = []
+    r = 0
+    while edge_files and r < cfg.near_dedup.max_rounds:
+        r += 1
+        started = time.monotonic()
+        run_pipeline(lambda p, r=r, files=edge_files: build_round_pipeline(p, output, files, r), beam_args)
+        n = sum(x for _, x in read_stats(output, _changes_stat(r)))
+        io.remove_tree(_round_dir(output, r - 1))
+        edge_files = read_stats(output, _edges_stat(r))
+        log.info("near-dedup clustering: round %d changed %s edges (%.1f s)", r, f"{n:,}", time.monotonic() - started)
+        if not n:
+            break
+        changed.append((f"round-{r:02d}", n))
+    return changed, edge_files
+
+
 def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, published, t0: float,
          progress: bool = True) -> RunResult:
     io.remove_tree(io.join(output, SPILL_DIR))  # left by a crashed run
     index_files = published.index_files if published else None
     bar = progress and sys.stderr.isatty()
-    with CorpusProgress(output, len(plan.files), sum(plan.sizes.values()), bar=bar):
-        run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files), beam_args)
-    manifest = build_manifest(plan, read_run_stats(output), cfg)
+    workers, beam_args = plan_local_workers(beam_args)
+    if workers > 1:
+        log.info("reading and cleaning on %d processes", workers)
+    cc_rounds: list = []
+    with CorpusProgress(output, len(plan.files), sum(plan.sizes.values()), bar=bar) as watch:
+        run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files, workers), beam_args)
+        if cfg.near_dedup.enabled:
+            watch.read_finished()
+            cc_rounds, labels = _cluster(output, cfg, beam_args)
+            watch.phase("writing shards")
+            run_pipeline(lambda p: build_write_pipeline(p, output, cfg, labels, read_stats(output, "spill_files")),
+                         beam_args)
+    manifest = build_manifest(plan, read_run_stats(output, cc_rounds), cfg)
     if published is not None:
         manifest.update(published.lineage(output, manifest))
         io.write_json_atomic(io.join(output, "versions.json"), manifest["versions"])

@@ -64,9 +64,309 @@ def _ftfy_config(unicode_form: str):
 
 
 def _ftfy_fix(text: str, unicode_form: str) -> str:
+    """``ftfy.fix_text(text, _ftfy_config(unicode_form))``, the same string, computed faster."""
+    gate = _ftfy_gate(unicode_form)
+    if gate is None:  # an ftfy this module has not been checked against
+        import ftfy
+
+        return ftfy.fix_text(text, _ftfy_config(unicode_form))
+    return gate.fix_text(text)
+
+
+# ftfy, fast and exact. ``ftfy.fix_text`` cuts the text into segments (each line with its "\n", a
+# line longer than ``max_decode_length`` in pieces of that length) and runs ``fix_and_explain`` on
+# each: the fixers below, then the Unicode normalisation, repeated until nothing changes. With
+# ``unescape_html="auto"``, HTML entities are unescaped only in the segments before the first one
+# that contains a "<". A segment on which every fixer is the identity comes out as its normalised
+# form (the second round changes nothing: normalisation is idempotent, and the fixers are checked on
+# the normalised form too). Each fixer is the identity on a string without the characters it acts
+# on, read from ftfy's own tables and regexes:
+#
+# * unescape_html: HTML_ENTITY_RE.sub - the identity where HTML_ENTITY_RE does not match;
+# * fix_encoding: returns the text as it is unless ``badness.is_bad(text)`` (its first test), that
+#   is BADNESS_RE.search. _mojibake_gate derives from BADNESS_RE a looser pattern that matches
+#   wherever it does; most text has no match of it, and where it has one, is_bad decides;
+# * fix_c1_controls (C1_CONTROL_RE), fix_latin_ligatures (LIGATURES), fix_character_width
+#   (WIDTH_MAP), uncurl_quotes (SINGLE_QUOTE_RE, DOUBLE_QUOTE_RE), fix_surrogates (SURROGATE_RE),
+#   remove_terminal_escapes (ANSI_RE: every match starts with ESC), remove_control_chars
+#   (CONTROL_CHARS), fix_line_breaks (the four characters it replaces): the characters they act on.
+#
+# A text shorter than max_decode_length that passes all checks as a whole comes out as its
+# normalised form: every segment passes (the checks look for characters, or for matches that would
+# be matches in the whole text too), and normalising segments that end in "\n" one by one equals
+# normalising their concatenation ("\n" is a starter that composes with nothing, so neither
+# canonical reordering nor composition crosses it). Otherwise the text is fixed segment by segment
+# as fix_text does it, and a segment that fails a check (about 1 in 100 on web text) goes to
+# ``ftfy.fix_and_explain`` with the configuration fix_text would pass. This reasoning holds for the
+# ftfy versions checked (tests/test_ftfy_gate.py compares with ftfy.fix_text on real and broken
+# text); any other ftfy is called as it is.
+_FTFY_CHECKED_VERSIONS = ("6.3.",)
+_FTFY_FIXERS = frozenset({
+    "unescape_html", "remove_terminal_escapes", "restore_byte_a0", "replace_lossy_sequences",
+    "decode_inconsistent_utf8", "fix_c1_controls", "fix_latin_ligatures", "fix_character_width",
+    "uncurl_quotes", "fix_line_breaks", "fix_surrogates", "remove_control_chars",
+})
+_FTFY_OPTIONS = frozenset(_FTFY_FIXERS | {"fix_encoding", "normalization", "max_decode_length", "explain"})
+_LINE_BREAKS = "\r\u2028\u2029\x85"  # what ftfy.fixes.fix_line_breaks replaces by "\n"
+
+
+def _regex_items(pattern: re.Pattern) -> list | None:
+    from re import _parser  # the re module's own parser (Python >= 3.11)
+
+    if pattern.flags & (re.IGNORECASE | re.LOCALE):
+        return None
+    return list(_parser.parse(pattern.pattern, pattern.flags).data)
+
+
+def _item_chars(item) -> frozenset[int] | None:
+    """Code points a one-character item of a parsed regex (a literal or a class) matches; None for
+    any other item or a class with categories or negation."""
+    from re import _constants as sre
+
+    op, av = item
+    if op is sre.LITERAL:
+        return frozenset((av,))
+    if op is not sre.IN:
+        return None
+    chars: set[int] = set()
+    for member, value in av:
+        if member is sre.LITERAL:
+            chars.add(value)
+        elif member is sre.RANGE:
+            chars.update(range(value[0], value[1] + 1))
+        else:
+            return None
+    return frozenset(chars)
+
+
+def _first_chars(pattern: re.Pattern) -> frozenset[int] | None:
+    """Code points every match of ``pattern`` starts with, if its first item is a plain class."""
+    items = _regex_items(pattern)
+    return _item_chars(items[0]) if items else None
+
+
+def _char_src(c: int) -> str:
+    return f"\\U{c:08x}"
+
+
+def _class_src(chars) -> str:
+    """A character class of the code points, as ranges."""
+    cs = sorted(chars)
+    parts, i = [], 0
+    while i < len(cs):
+        j = i
+        while j + 1 < len(cs) and cs[j + 1] == cs[j] + 1:
+            j += 1
+        parts.append(_char_src(cs[i]) if i == j else f"{_char_src(cs[i])}-{_char_src(cs[j])}")
+        i = j + 1
+    return "[" + "".join(parts) + "]"
+
+
+def _unparse(items) -> str | None:
+    """Regex source of parsed items, for the kinds of item ftfy's BADNESS_RE is made of; None for
+    anything else (anchors and lookarounds included)."""
+    from re import _constants as sre
+
+    categories = {
+        sre.CATEGORY_DIGIT: r"\d", sre.CATEGORY_NOT_DIGIT: r"\D", sre.CATEGORY_SPACE: r"\s",
+        sre.CATEGORY_NOT_SPACE: r"\S", sre.CATEGORY_WORD: r"\w", sre.CATEGORY_NOT_WORD: r"\W",
+    }
+    out = []
+    for op, av in items:
+        if op is sre.LITERAL:
+            out.append(_char_src(av))
+        elif op is sre.NOT_LITERAL:
+            out.append(f"[^{_char_src(av)}]")
+        elif op is sre.ANY:
+            out.append(".")
+        elif op is sre.IN:
+            parts = []
+            for member, value in av:
+                if member is sre.NEGATE:
+                    parts.append("^")
+                elif member is sre.LITERAL:
+                    parts.append(_char_src(value))
+                elif member is sre.RANGE:
+                    parts.append(f"{_char_src(value[0])}-{_char_src(value[1])}")
+                elif member is sre.CATEGORY and value in categories:
+                    parts.append(categories[value])
+                else:
+                    return None
+            out.append("[" + "".join(parts) + "]")
+        elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+            lo, hi, sub = av
+            inner = _unparse(sub.data)
+            if inner is None:
+                return None
+            bounds = f"{{{lo},{'' if hi is sre.MAXREPEAT else hi}}}"
+            out.append(f"(?:{inner}){bounds}" + ("?" if op is sre.MIN_REPEAT else ""))
+        elif op is sre.SUBPATTERN and not av[1] and not av[2]:
+            inner = _unparse(av[3].data)
+            if inner is None:
+                return None
+            out.append(f"(?:{inner})")
+        elif op is sre.BRANCH:
+            alts = [_unparse(b.data) for b in av[1]]
+            if any(a is None for a in alts):
+                return None
+            out.append("(?:" + "|".join(alts) + ")")
+        else:
+            return None
+    return "".join(out)
+
+
+def _tree_key(node):
+    """A parsed regex as nested tuples (the parser's objects do not compare by value)."""
+    if hasattr(node, "data"):
+        node = node.data
+    if isinstance(node, (list, tuple)):
+        return tuple(_tree_key(x) for x in node)
+    return node
+
+
+def _rarity(chars: frozenset[int]) -> int:
+    """A guess at how often text has one of these characters: letters are common (lowercase the
+    most), symbols rare. Only speed depends on it."""
+    weights = {"Ll": 100, "Lo": 100, "Lm": 100, "Lu": 20, "Lt": 20, "Pi": 10, "Pf": 10, "Pd": 10, "Po": 10, "Zs": 10}
+    return sum(weights.get(unicodedata.category(chr(c)), 1) for c in chars)
+
+
+def _mojibake_gate(badness_re: re.Pattern) -> re.Pattern | None:
+    """A pattern that matches in every string in which ``badness_re`` matches, and in few others; a
+    match of it in a string is one in any longer string that contains it. None if ``badness_re`` is
+    not of the shape this relies on.
+
+    Of each alternative of ``badness_re`` it keeps an item that matches non-ASCII characters only
+    (every match of the alternative has such a character), the one-character items just before it
+    (as a lookbehind) and the items after it without zero-width assertions; what comes before is
+    dropped. It starts with one character class, which the regex engine scans for at C speed."""
+    from re import _constants as sre
+    from re import _parser
+
+    one_char = (sre.LITERAL, sre.NOT_LITERAL, sre.IN, sre.ANY)
+    items = _regex_items(badness_re)
+    if not items:
+        return None
+    alternatives = [b.data for b in items[0][1][1]] if len(items) == 1 and items[0][0] is sre.BRANCH else [items]
+    flags = badness_re.flags & ~re.VERBOSE
+    first: set[int] = set()
+    branches = []
+    for alt in alternatives:
+        found = [(i, cs) for i, it in enumerate(alt) if (cs := _item_chars(it)) and min(cs) >= 0x80]
+        if not found:
+            return None
+        k, chars = min(found, key=lambda x: (_rarity(x[1]), -x[0]))
+        j = k
+        while j > 0 and alt[j - 1][0] in one_char:
+            j -= 1
+        before = list(alt[j : k + 1])
+        after = [it for it in alt[k + 1 :] if it[0] not in (sre.AT, sre.ASSERT, sre.ASSERT_NOT)]
+        src_before, src_after = _unparse(before), _unparse(after)
+        for src, part in ((src_before, before), (src_after, after)):
+            if src is None or _tree_key(_parser.parse(src, flags)) != _tree_key(part):
+                return None
+        first |= chars
+        branches.append(f"(?<={src_before}){src_after}")
+    return re.compile(_class_src(first) + "(?:" + "|".join(branches) + ")", flags)
+
+
+class _FtfyGate:
+    """fix_text for one configuration, with the checks above."""
+
+    def __init__(self, config):
+        import ftfy
+        from ftfy import badness, chardata, fixes
+
+        self.config = config
+        self.form = config.normalization
+        self.html_re = chardata.HTML_ENTITY_RE
+        self.is_bad = badness.is_bad
+        self.fix_and_explain = ftfy.fix_and_explain
+        acts: set[int] = set()
+        for enabled, chars in (
+            (config.fix_c1_controls, _first_chars(chardata.C1_CONTROL_RE)),
+            (config.fix_latin_ligatures, frozenset(chardata.LIGATURES)),
+            (config.fix_character_width, frozenset(chardata.WIDTH_MAP)),
+            (config.uncurl_quotes, _first_chars(chardata.SINGLE_QUOTE_RE)),
+            (config.uncurl_quotes, _first_chars(chardata.DOUBLE_QUOTE_RE)),
+            (config.fix_line_breaks, frozenset(map(ord, _LINE_BREAKS))),
+            (config.fix_surrogates, _first_chars(fixes.SURROGATE_RE)),
+            (config.remove_terminal_escapes, _first_chars(fixes.ANSI_RE)),
+            (config.remove_control_chars, frozenset(chardata.CONTROL_CHARS)),
+        ):
+            if enabled:
+                if chars is None:
+                    raise ValueError("unexpected ftfy table")
+                acts |= chars
+        self.act_re = re.compile(_class_src(acts)) if acts else None
+        self.mojibake_re = None
+        if config.fix_encoding:
+            self.mojibake_re = _mojibake_gate(badness.BADNESS_RE)
+            if self.mojibake_re is None:
+                raise ValueError("unexpected ftfy BADNESS_RE")
+
+    def _untouched(self, text: str, html: bool, segment: bool) -> bool:
+        """Every fixer is the identity on ``text`` (a segment, or with ``segment`` False a whole
+        text, checked without is_bad, which is not per segment)."""
+        if self.act_re is not None and self.act_re.search(text):
+            return False
+        if html and "&" in text and self.html_re.search(text):
+            return False
+        if self.mojibake_re is not None and self.mojibake_re.search(text):
+            return segment and not self.is_bad(text)
+        return True
+
+    def _segment(self, seg: str, config, html: bool) -> str:
+        if self._untouched(seg, html, True):
+            if self.form is None:
+                return seg
+            fixed = unicodedata.normalize(self.form, seg)
+            if fixed == seg or self._untouched(fixed, html, True):
+                return fixed
+        return self.fix_and_explain(seg, config).text
+
+    def fix_text(self, text: str) -> str:
+        config = self.config
+        html = bool(config.unescape_html)
+        if len(text) <= config.max_decode_length and self._untouched(text, html, False):
+            if self.form is None:
+                return text
+            fixed = unicodedata.normalize(self.form, text)
+            if fixed == text or self._untouched(fixed, html, False):
+                return fixed
+        # ftfy.fix_text's loop
+        out = []
+        pos, end = 0, len(text)
+        while pos < end:
+            brk = text.find("\n", pos) + 1
+            if brk == 0:
+                brk = end
+            if brk - pos > config.max_decode_length:
+                brk = pos + config.max_decode_length
+            seg = text[pos:brk]
+            if config.unescape_html == "auto" and "<" in seg:
+                config = config._replace(unescape_html=False)
+                html = False
+            out.append(self._segment(seg, config, html))
+            pos = brk
+        return "".join(out)
+
+
+@lru_cache(maxsize=4)
+def _ftfy_gate(unicode_form: str) -> _FtfyGate | None:
     import ftfy
 
-    return ftfy.fix_text(text, _ftfy_config(unicode_form))
+    config = _ftfy_config(unicode_form)
+    if (
+        not ftfy.__version__.startswith(_FTFY_CHECKED_VERSIONS)
+        or frozenset(ftfy.FIXERS) != _FTFY_FIXERS
+        or frozenset(config._fields) != _FTFY_OPTIONS
+    ):
+        return None
+    try:
+        return _FtfyGate(config)
+    except (ImportError, ValueError, AttributeError):  # tables or regexes not of the shape checked
+        return None
 
 
 def normalize_text(text: str, cfg: NormalizeConfig) -> Verdict:
@@ -227,42 +527,69 @@ def gopher_quality(text: str, cfg: GopherQualityConfig) -> Verdict:
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
     """(number of repeated items, characters in repeated items), first occurrences not counted."""
-    seen: set[str] = set()
-    dup_items = dup_chars = 0
-    for x in items:
-        if x in seen:
-            dup_items += 1
-            dup_chars += len(x)
-        else:
-            seen.add(x)
-    return dup_items, dup_chars
+    firsts = dict.fromkeys(items)  # each item once, in order
+    return len(items) - len(firsts), sum(map(len, items)) - sum(map(len, firsts))
 
 
 class _Ngrams:
     """The tokens of a document as integer ids, with an id per n-gram: numpy does the counting,
-    Python only walks the few documents that repeat themselves."""
+    Python only walks the few documents that repeat themselves.
 
-    # odd 64-bit multipliers: an n-gram's key is sum(id_k * M_k) mod 2^64 over its n token ids, a
-    # collision between different n-grams of one document is a ~2^-64 event
-    _MUL = np.random.RandomState(20211208).randint(1, 2**62, size=16, dtype=np.int64).astype(np.uint64)
-    _MUL = _MUL * np.uint64(2) + np.uint64(1)
+    Ids are exact (no hashing): a token's id is the position where it first occurs, an n-gram's is the
+    rank of the pair (id of its first n-1 tokens, id of its last token). If no n-gram occurs twice, no
+    longer one does (two equal (n+1)-grams begin with two equal n-grams): from the first such n on,
+    an n-gram's id is its position and nothing is sorted."""
 
     def __init__(self, tokens: list[str]):
-        vocab: dict[str, int] = {}
-        self.ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in tokens), dtype=np.uint64, count=len(tokens))
-        self.cum = np.concatenate(([0], np.cumsum(np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens)))))
-        self._grams: dict[int, np.ndarray] = {}
+        n_tokens = len(tokens)
+        vocab: dict[str, int] = {}  # setdefault keeps the first position
+        self.ids = np.fromiter(map(vocab.setdefault, tokens, range(n_tokens)), dtype=np.int64, count=n_tokens)
+        self.cum = np.concatenate(([0], np.cumsum(np.fromiter(map(len, tokens), dtype=np.int64, count=n_tokens))))
+        self._grams: dict[int, np.ndarray] = {1: self.ids}
+        #: positions (ascending) whose n-gram occurred before
+        self._repeats: dict[int, np.ndarray] = {}
+        #: the smallest n of which no n-gram occurs twice, once seen (0: not yet)
+        self._distinct_from = 1 if len(vocab) == n_tokens else 0
+
+    def distinct(self, n: int) -> bool:
+        """No n-gram occurs twice."""
+        if not 0 < self._distinct_from <= n:
+            self.grams(n)
+        return 0 < self._distinct_from <= n
 
     def grams(self, n: int) -> np.ndarray:
         """A small integer per n-gram position: equal n-grams, equal numbers."""
-        if n not in self._grams:
-            count = self.ids.size - n + 1
-            key = np.zeros(max(count, 0), dtype=np.uint64)
-            with np.errstate(over="ignore"):
-                for k in range(n):
-                    key += self.ids[k : k + count] * self._MUL[k]
-            self._grams[n] = np.unique(key, return_inverse=True)[1].reshape(-1)
-        return self._grams[n]
+        g = self._grams.get(n)
+        if g is not None:
+            return g
+        count = max(self.ids.size - n + 1, 0)
+        if n < 1:  # not an n-gram size; as before: one number for all
+            g, repeats = np.zeros(count, dtype=np.int64), np.arange(1, count)
+        elif 0 < self._distinct_from <= n:
+            g, repeats = np.arange(count, dtype=np.int64), np.arange(0)
+        else:
+            key = self.grams(n - 1)[:count] * self.ids.size + self.ids[n - 1 :]
+            order = np.argsort(key, kind="stable")  # equal keys in position order
+            ranked = key[order]
+            new = np.empty(count, dtype=bool)
+            new[:1] = True
+            np.not_equal(ranked[1:], ranked[:-1], out=new[1:])
+            g = np.empty(count, dtype=np.int64)
+            g[order] = np.cumsum(new) - 1
+            repeats = np.sort(order[~new])  # all but the first of each run of equal keys
+            if repeats.size == 0 and not self._distinct_from:
+                self._distinct_from = n
+        self._grams[n], self._repeats[n] = g, repeats
+        return g
+
+    def repeats(self, n: int) -> np.ndarray:
+        """Positions (ascending) of the n-grams that occurred before."""
+        if n not in self._repeats:
+            if n == 1:
+                self._repeats[1] = np.flatnonzero(self.ids != np.arange(self.ids.size))
+            else:
+                self.grams(n)
+        return self._repeats[n]
 
     def chars(self, start, n: int):
         """Characters of the n tokens from ``start`` (spaces excluded)."""
@@ -278,11 +605,14 @@ def _top_ngram_chars(ng: _Ngrams, n: int, min_count: int = 1) -> int:
     grams = ng.grams(n)
     if grams.size == 0:
         return 0
-    counts = np.bincount(grams)
-    top = counts.max()
+    if ng.distinct(n):  # every n-gram once: the first is the first-seen of the most frequent
+        top, first_top = 1, 0
+    else:
+        counts = np.bincount(grams)
+        top = counts.max()
+        first_top = int(np.flatnonzero(counts[grams] == top)[0])  # first-seen among ties, like the reference
     if top < min_count:
         return 0
-    first_top = int(np.flatnonzero(counts[grams] == top)[0])  # first-seen among ties, like the reference
     return int((ng.chars(first_top, n) + n - 1) * top)
 
 
@@ -290,21 +620,26 @@ def _duplicate_ngram_chars(ng: _Ngrams, n: int, limit: float = float("inf")) -> 
     """Characters in n-grams that repeat an earlier n-gram, scanning left to right and jumping over
     a repeated n-gram (so overlapping repeats are not counted twice). Characters exclude spaces.
     Stops as soon as the count passes ``limit``."""
-    grams = ng.grams(n)
-    total = grams.size
-    if total == 0:
+    if ng.distinct(n):  # the common case: nothing repeats (then nothing longer does either)
         return 0
-    first = np.full(int(grams.max()) + 1, total, dtype=np.int64)
-    np.minimum.at(first, grams, np.arange(total))
-    repeats = np.flatnonzero(first[grams] < np.arange(total))
-    if repeats.size == 0:  # the common case: nothing repeats
-        return 0
-    start = int(repeats[0])  # before the first repeat every position is visited and new
-    seen = set(grams[:start].tolist())
-    gl = grams.tolist()
+    repeats = ng.repeats(n).tolist()
+    gl = ng.grams(n).tolist()
     cum = ng.cum.tolist()
-    idx, repeated = start, 0
+    total, n_repeats = len(gl), len(repeats)
+    # The reference walk: at a new n-gram, remember it and step one; at a remembered one, count its
+    # characters and jump n ahead. An n-gram that occurs nowhere before is always new: the walk takes
+    # the runs of those in one step and looks only at the positions in `repeats`.
+    idx = j = repeated = 0
+    seen: set[int] = set()
     while idx < total:
+        while j < n_repeats and repeats[j] < idx:
+            j += 1
+        nxt = repeats[j] if j < n_repeats else total
+        if nxt > idx:
+            seen.update(gl[idx:nxt])
+            idx = nxt
+            if idx >= total:
+                break
         g = gl[idx]
         if g in seen:
             repeated += cum[idx + n] - cum[idx]
@@ -321,14 +656,16 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> Verdict:
     n_chars = len(text)
     if n_chars == 0:
         return Verdict(text, "empty")
-    paragraphs = _PARAGRAPH_RE.split(text.strip())
+    stripped = text.strip()
+    # the regex splits only where a blank line is; most web text has none (str.split is much faster)
+    paragraphs = _PARAGRAPH_RE.split(stripped) if "\n\n" in stripped else [stripped]
     dup_paras, dup_para_chars = _duplicates(paragraphs)
     signals: dict[str, float | int] = {"dup_para_frac": round(dup_paras / len(paragraphs), 4)}
     if cfg.dup_para_frac is not None and dup_paras / len(paragraphs) > cfg.dup_para_frac:
         return Verdict(text, "dup_para_frac", signals)
     if cfg.dup_para_char_frac is not None and dup_para_chars / n_chars > cfg.dup_para_char_frac:
         return Verdict(text, "dup_para_char_frac", signals)
-    lines = _LINES_RE.split(text)
+    lines = _LINES_RE.split(text) if "\n\n" in text else text.split("\n")
     dup_lines, dup_line_chars = _duplicates(lines)
     signals["dup_line_frac"] = round(dup_lines / len(lines), 4)
     if cfg.dup_line_frac is not None and dup_lines / len(lines) > cfg.dup_line_frac:

@@ -29,7 +29,7 @@ WRITE_EVERY_S = 1.0
 #: without a bar (a log, not a terminal): one progress line this often while reading
 LOG_EVERY_S = 60.0
 # what the driver's poll ignores when it looks for the first written shard
-_NOT_SHARDS = ("_work", "_spill", "_stats")
+_NOT_SHARDS = ("_work", "_spill", "_stats", "_rejected")
 
 
 class FileProgress:
@@ -66,6 +66,8 @@ class CorpusProgress:
         self._thread: threading.Thread | None = None
         self._bar = None
         self._last_line = time.monotonic()
+        self._phases = False  # the driver tells the phases after reading (read_finished, phase)
+        self._phase_started: float | None = None
 
     # --- reading the workers' files ---
 
@@ -154,9 +156,31 @@ class CorpusProgress:
                 self._bar.close()
             log.info("read + clean: %d files, %s documents in %.1f s (%s documents/s); deduplicating",
                      files, f"{docs:,}", elapsed, f"{docs / elapsed if elapsed else 0:,.0f}")
-        if self.read_done_at is not None and self.write_started_at is None and self._shards_started():
+        if (self.read_done_at is not None and self.write_started_at is None and not self._phases
+                and self._shards_started()):
             self.write_started_at = time.monotonic()
             log.info("dedup: %.1f s; writing shards", self.write_started_at - self.read_done_at)
+
+    # --- phases the driver knows of (a run of several pipelines: near-dedup's clustering rounds) ---
+
+    def read_finished(self) -> None:
+        """The first pipeline has ended: every file is read; what follows is clustering."""
+        if not self.enabled:
+            return
+        self._phases = True
+        self.update()  # the read line, if the poll has not written it yet
+        now = time.monotonic()
+        log.info("dedup: %.1f s (exact duplicates, signatures, candidate pairs); clustering",
+                 now - (self.read_done_at or now))
+        self._phase_started = now
+
+    def phase(self, name: str) -> None:
+        """The clustering has ended; ``name`` (writing shards) begins."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        log.info("clustering: %.1f s; %s", now - (self._phase_started or now), name)
+        self.write_started_at = now
 
     def __exit__(self, *exc) -> None:
         if not self.enabled:

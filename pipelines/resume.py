@@ -17,16 +17,19 @@ import hashlib
 import json
 import logging
 
-import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from gristmill import __version__, io
 from gristmill.config import GristmillConfig
+from gristmill.dedupe.beam import sign
+from gristmill.dedupe.minhash import lsh_params
 from gristmill.documents import SCHEMA_VERSION, pack_document, unpack_document
 from gristmill.pipelines.clean import Cleaner
 from gristmill.pipelines.progress import PROGRESS_SUFFIX, FileProgress
 from gristmill.pipelines.readers import FileStats, read_file
+from gristmill.pipelines.transforms import with_text_hash
+from gristmill.pipelines.workpool import PooledWorkFn
 
 log = logging.getLogger("gristmill.corpus")
 
@@ -37,9 +40,9 @@ _WORK_SCHEMA = pa.schema([pa.field("doc", pa.binary())])
 
 
 def work_fingerprint(cfg: GristmillConfig) -> str:
-    """What per-file work depends on: the reading and cleaning config, the document schema and the
-    code's version (a newer gristmill may clean differently)."""
-    parts = {k: cfg.model_dump(mode="json")[k] for k in ("read", "langid", "clean")}
+    """What per-file work depends on: the reading and cleaning config, the near-dedup signature's
+    parameters, the document schema and the code's version (a newer gristmill may clean differently)."""
+    parts = {k: cfg.model_dump(mode="json")[k] for k in ("read", "langid", "clean", "near_dedup")}
     blob = json.dumps([parts, SCHEMA_VERSION, __version__], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -53,36 +56,68 @@ def _file_sha256(path: str) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
-class ReadCleanFileFn(beam.DoFn):
+class ReadCleanFileFn(PooledWorkFn):
     """One input file → its cleaned documents, then one ``{stats_key: FileStats}`` element; the
-    documents also go to the file's work file (or come from it, when an earlier run did the work)."""
+    documents also go to the file's work file (or come from it, when an earlier run did the work).
+    With ``pool_workers`` > 1 the files are read and cleaned in forked children, one per worker,
+    and their documents replayed from the work files (pipelines/workpool.py)."""
 
-    def __init__(self, cfg: GristmillConfig, work_dir: str, stats_key: str):
+    def __init__(self, cfg: GristmillConfig, work_dir: str, stats_key: str, pool_workers: int = 1):
+        super().__init__(pool_workers)
         self.cfg, self.work_dir, self.stats_key = cfg, work_dir, stats_key
         self.fingerprint = work_fingerprint(cfg)
         self.cleaner = None
         self.reused = Metrics.counter("gristmill", "input_files_reused")
 
     def __getstate__(self):
-        return {**self.__dict__, "cleaner": None}  # the fastText model cannot be pickled
+        return {**super().__getstate__(), "cleaner": None}  # the fastText model cannot be pickled
 
     def setup(self):
         self.cleaner = Cleaner(self.cfg)
 
-    def process(self, item):
+    def _prepare_kept(self, doc: dict) -> dict:
+        """What the global steps need of a kept document, computed here, where the work is spread
+        over every worker: its exact-dedup key and (near-dedup on) its MinHash signature."""
+        doc = with_text_hash(doc)
+        nd = self.cfg.near_dedup
+        if nd.enabled:
+            bands, rows = lsh_params(nd)
+            doc = sign(doc, nd.ngram, nd.num_perm, nd.seed, bands, rows)
+        return doc
+
+    def _paths(self, item) -> tuple[str, str, str, str]:
         path, source = item
         name = hashlib.blake2b(source.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
-        docs_path, meta_path = io.join(self.work_dir, f"{name}.arrow"), io.join(self.work_dir, f"{name}.json")
+        return path, source, io.join(self.work_dir, f"{name}.arrow"), io.join(self.work_dir, f"{name}.json")
+
+    def process_direct(self, item):
+        path, source, docs_path, meta_path = self._paths(item)
         meta = self._reusable(path, meta_path)
         if meta is not None:
-            log.info("%s: reusing the cleaned documents of an earlier run (%d)", source, meta["stats"]["documents"])
-            self.reused.inc()
-            for batch in io.iter_batches(docs_path):
-                for packed in batch.column("doc").to_pylist():
-                    yield unpack_document(packed)
-            yield {self.stats_key: meta["stats"]}
+            yield from self.replay(item, (meta, True))
             return
         yield from self._read_and_clean(path, source, docs_path, meta_path)
+
+    def work_to_file(self, item):
+        """(the file's work record, whether an earlier run did it): the work file is complete."""
+        path, source, docs_path, meta_path = self._paths(item)
+        meta = self._reusable(path, meta_path)
+        if meta is not None:
+            return meta, True
+        for _ in self._read_and_clean(path, source, docs_path, meta_path):
+            pass
+        return io.read_json(meta_path), False
+
+    def replay(self, item, token):
+        meta, reused = token
+        _, source, docs_path, _ = self._paths(item)
+        if reused:
+            log.info("%s: reusing the cleaned documents of an earlier run (%d)", source, meta["stats"]["documents"])
+            self.reused.inc()
+        for batch in io.iter_batches(docs_path):
+            for packed in batch.column("doc").to_pylist():
+                yield unpack_document(packed)
+        yield {self.stats_key: meta["stats"]}
 
     def _reusable(self, path: str, meta_path: str) -> dict | None:
         if not io.exists(meta_path):
@@ -114,6 +149,8 @@ class ReadCleanFileFn(beam.DoFn):
             else:
                 # never mutate an input element: runners may share it with other consumers (Dask does)
                 doc = self.cleaner.process({**out, "signals": dict(out["signals"])})
+                if not doc["reason"]:
+                    doc = self._prepare_kept(doc)
                 Metrics.counter("gristmill", doc["reason"] or "kept").inc()
                 writer.add({"doc": pack_document(doc)})
                 progress.add()

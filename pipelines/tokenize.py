@@ -37,6 +37,7 @@ from gristmill.pipelines.runner import (
     remove_stats,
     run_pipeline,
 )
+from gristmill.pipelines.workpool import PooledWorkFn, plan_local_workers
 from gristmill.tokenizer.tokens import SPLITS, pack, shard_bytes, token_dtype
 from gristmill.tokenizer.train import TokenizerError, load, model_file
 
@@ -57,16 +58,19 @@ _WORK_SCHEMA = pa.schema([("split", pa.string()), ("bucket", pa.int32()), ("id",
                           ("lang", pa.string()), ("tokens", pa.list_(pa.uint32()))])
 
 
-class EncodeShardFn(beam.DoFn):
+class EncodeShardFn(PooledWorkFn):
     """One corpus shard → ((split, bucket), (id, token ids, lang)) for each of its documents: each
     document encoded and followed by eos (after bos with ``add_bos``), assigned to train or val by a
     hash of its id and to a bucket by another.
 
     The encoded shard is also kept in ``OUTPUT/_work/`` (keyed by the shard's SHA-256 and what
     encoding depends on) until the run ends: a run started again after a crash reuses the shards
-    already encoded."""
+    already encoded. With ``pool_workers`` > 1 the shards are encoded in forked children and
+    replayed from their work files (pipelines/workpool.py)."""
 
-    def __init__(self, model: bytes, cfg: TokenizeConfig, n_buckets: int, bos: int, eos: int, work_dir: str):
+    def __init__(self, model: bytes, cfg: TokenizeConfig, n_buckets: int, bos: int, eos: int, work_dir: str,
+                 pool_workers: int = 1):
+        super().__init__(pool_workers)
         self.model, self.cfg, self.n_buckets, self.bos, self.eos = model, cfg, n_buckets, bos, eos
         self.work_dir = work_dir
         blob = json.dumps([hashlib.sha256(model).hexdigest(), cfg.model_dump(mode="json"), n_buckets, __version__])
@@ -74,23 +78,41 @@ class EncodeShardFn(beam.DoFn):
         self.sp = None
 
     def __getstate__(self):
-        return {**self.__dict__, "sp": None}
+        return {**super().__getstate__(), "sp": None}
 
     def setup(self):
         import sentencepiece as spm
 
         self.sp = spm.SentencePieceProcessor(model_proto=self.model)
 
-    def process(self, item):
-        path, sha256 = item
-        work = io.join(self.work_dir, f"{self.fingerprint[:16]}-{sha256}.arrow")
-        if io.exists(work):
-            log.info("%s: reusing its encoding from an earlier run", path)
-            for batch in io.iter_batches(work):
-                for row in batch.to_pylist():
-                    yield (row["split"], row["bucket"]), (row["id"], np.asarray(row["tokens"], np.uint32), row["lang"])
+    def _work_path(self, item) -> str:
+        _, sha256 = item
+        return io.join(self.work_dir, f"{self.fingerprint[:16]}-{sha256}.arrow")
+
+    def process_direct(self, item):
+        if io.exists(self._work_path(item)):
+            yield from self.replay(item, True)
             return
-        writer = io.ArrowFileWriter(work, _WORK_SCHEMA)
+        yield from self._encode_shard(item)
+
+    def work_to_file(self, item) -> bool:
+        """Whether an earlier run had encoded the shard; either way its work file is complete."""
+        if io.exists(self._work_path(item)):
+            return True
+        for _ in self._encode_shard(item):
+            pass
+        return False
+
+    def replay(self, item, reused: bool):
+        if reused:
+            log.info("%s: reusing its encoding from an earlier run", item[0])
+        for batch in io.iter_batches(self._work_path(item)):
+            for row in batch.to_pylist():
+                yield (row["split"], row["bucket"]), (row["id"], np.asarray(row["tokens"], np.uint32), row["lang"])
+
+    def _encode_shard(self, item):
+        path, _ = item
+        writer = io.ArrowFileWriter(self._work_path(item), _WORK_SCHEMA)
         for doc_id, text, lang in iter_shard_rows(path, ["id", "text", "lang"]):
             key, value = self.encode(doc_id, text, lang)
             writer.add({"split": key[0], "bucket": key[1], "id": doc_id, "lang": lang, "tokens": value[1]})
@@ -203,6 +225,9 @@ class _Plan:
 
 def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: float) -> TokenizeResult:
     corpus, manifest, tokenizer, model = plan.corpus, plan.manifest, plan.tokenizer, plan.model
+    workers, beam_args = plan_local_workers(beam_args)
+    if workers > 1:
+        log.info("encoding on %d processes", workers)
 
     def build(p):
         buckets = (
@@ -210,7 +235,7 @@ def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: floa
             | "Shards" >> beam.Create(sorted((io.join(corpus, s["path"]), s["sha256"]) for s in manifest["shards"]))
             | "Spread" >> beam.Reshuffle()
             | "Encode" >> beam.ParDo(EncodeShardFn(model, cfg, plan.n_buckets, plan.bos, plan.eos,
-                                                   io.join(output, WORK_DIR)))
+                                                   io.join(output, WORK_DIR), workers))
             | "Bucket" >> beam.GroupByKey()
             | "Pack" >> beam.ParDo(_WriteBucketFn(output, cfg.seq_len, plan.dtype))
         )

@@ -183,7 +183,9 @@ def test_a_killed_run_resumes_from_its_per_file_work(direct, tmp_path):
     assert "did not finish" in r.stderr and not (again / "_work").exists()
     # the driver's progress (pipelines/progress.py): one line per phase with the totals
     assert re.search(r"read \+ clean: 6 files, 1,\d{3} documents in [\d.]+ s", r.stderr), r.stderr[-3000:]
-    assert re.search(r"dedup: [\d.]+ s; writing shards", r.stderr) and re.search(r"write: [\d.]+ s", r.stderr)
+    assert re.search(r"dedup: [\d.]+ s \(exact duplicates, signatures, candidate pairs\); clustering", r.stderr)
+    assert re.search(r"near-dedup clustering: round 1 changed [\d,]+ edges", r.stderr)
+    assert re.search(r"clustering: [\d.]+ s; writing shards", r.stderr) and re.search(r"write: [\d.]+ s", r.stderr)
     assert tree_bytes(again) == tree_bytes(out)
     # --fresh ignores earlier work
     r = run_cli("corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG, "--fresh")
@@ -203,6 +205,15 @@ def test_rerun_is_byte_identical_and_recovers_from_a_crash(direct, tmp_path):
     (again / "_spill" / "0123abcd.arrow").write_bytes(b"orphan")
     run(again)
     assert tree_bytes(again) == tree_bytes(out)
+
+
+def test_one_process_gives_the_same_bytes_as_the_default_pool(direct, tmp_path):
+    """The default in-process runner reads and cleans on a pool of one process per core
+    (pipelines/workpool.py); ``--direct_num_workers 1`` turns the pool off: the same bytes."""
+    out, _ = direct
+    one = tmp_path / "one"
+    run(one, beam_args=["--runner", "DirectRunner", "--direct_num_workers", "1"])
+    assert tree_bytes(one) == tree_bytes(out)
 
 
 def test_multiprocess_direct_runner_gives_the_same_bytes(direct, tmp_path):

@@ -253,7 +253,10 @@ def test_filters_keep_their_contract_on_any_text(text):
         assert v.reason is None or (v.reason and ":" not in v.reason)
     c4 = filters.c4_lines(text, C4LinesConfig(remove_citations=False))
     assert set(c4.signals) <= {"c4_lines_removed_frac"}
-    assert set(c4.text.split("\n")) <= {line.strip() for line in text.split("\n")} | {""}
+    if c4.reason in ("lorem_ipsum", "curly_bracket"):  # whole-document rules judge, they do not rewrite
+        assert c4.text is text
+    else:
+        assert set(c4.text.split("\n")) <= {line.strip() for line in text.split("\n")} | {""}
     assert c4.reason is not None or c4.text  # what it keeps is never empty
     pii = filters.redact_pii(text, PiiConfig())
     assert "pii_ips" in pii.signals and set(pii.signals) <= {"pii_emails", "pii_ips"} and pii.reason is None

@@ -106,3 +106,16 @@ def test_giant_document_signature_in_bounded_chunks():
 def test_shingle_words_keep_combining_marks():
     assert mh.shingle_words("अस्पताल में, Hello_World!") == ["अस्पताल", "में", "hello", "world"]
     assert mh.word_hashes("अस्पताल में, Hello_World!").size == 4
+
+
+def test_jaccard_of_sorted_unique_sets_equals_the_set_formula():
+    """Verification passes np.unique's output and skips the sort (mh.jaccard(sorted_unique=True))."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n, m = rng.integers(0, 200, 2)
+        a = rng.integers(0, 300, n).astype(np.uint64)
+        b = rng.integers(0, 300, m).astype(np.uint64)
+        sa, sb = set(a.tolist()), set(b.tolist())
+        expected = 1.0 if not sa and not sb else len(sa & sb) / len(sa | sb)
+        assert mh.jaccard(a, b) == expected
+        assert mh.jaccard(np.unique(a), np.unique(b), sorted_unique=True) == expected

@@ -248,6 +248,74 @@ def test_connected_components_on_random_graphs_equal_union_find():
     assert "round-12" not in rounds and rounds, "converged, after at least one changing round"
 
 
+def _graph():
+    rng = np.random.RandomState(7)
+    nodes = [f"n{i:04d}" for i in range(400)]
+    edges = set()
+    for _ in range(300):  # random sparse edges, plus a long path (large diameter)
+        a, b = rng.choice(400, 2, replace=False)
+        edges.add((nodes[a], nodes[b]))
+    edges |= {(nodes[i], nodes[i + 1]) for i in range(100, 180)}
+    return nodes, edges
+
+
+def _write_first_round(output, edges):
+    from gristmill.dedupe import rounds
+    from gristmill.pipelines import corpus
+    from gristmill.pipelines.runner import collect_stats, run_pipeline
+
+    def build(p):
+        files = (rounds.normalised_edges(p | beam.Create(sorted(edges)), "T")
+                 | beam.ParDo(rounds.WriteEdgesFn(corpus._round_dir(output, 0))))
+        return collect_stats(corpus._edges_stat(0), files, output)
+
+    run_pipeline(build, ["--runner", "DirectRunner"])
+
+
+def test_clustering_rounds_stop_when_converged(tmp_path, caplog):
+    """gristmill corpus's clustering (dedupe/rounds.py): one small pipeline per round, the first
+    round that changes nothing is the last; the labels equal union-find's."""
+    from gristmill.dedupe import rounds
+    from gristmill.pipelines import corpus
+
+    nodes, edges = _graph()
+    output = str(tmp_path)
+    _write_first_round(output, edges)
+    cfg = load_config(None, ["near_dedup.max_rounds=12"])
+    with caplog.at_level("INFO", logger="gristmill"):
+        changed, label_files = corpus._cluster(output, cfg, ["--runner", "DirectRunner"])
+    labels = dict(itertools.chain.from_iterable(rounds.read_edges(f) for f in label_files))
+    for node, root in cc.union_find_components(nodes, edges).items():
+        assert labels.get(node, node) == root
+    ran = [int(m.split()[3]) for m in caplog.messages if m.startswith("near-dedup clustering: round")]
+    assert len(changed) >= 2 and ran == list(range(1, len(changed) + 2)), "every changing round, then one more"
+    assert len(ran) < 12  # no pipeline for the rounds it did not need
+    assert f"round {len(ran)} changed 0 edges" in caplog.messages[-1]
+    assert [int(k.split("-")[1]) for k, _ in changed] == list(range(1, len(changed) + 1))
+    # the manifest records the same figure as the one-pipeline form: rounds until one changed nothing
+    stats = {"counts": {"read": 0, "kept": 0}, "files": [], "shards": [], "rejected_shards": [], "index_shards": [],
+             "id_changes": [], "cc_rounds": changed}
+    from gristmill.pipelines.corpus import InputPlan
+
+    assert build_manifest(InputPlan(), stats, cfg)["near_dedup"]["rounds_to_converge"] == len(ran)
+
+
+def test_clustering_rounds_that_do_not_converge_fail_the_run(tmp_path):
+    from gristmill.pipelines import corpus
+    from gristmill.pipelines.corpus import InputPlan
+
+    _, edges = _graph()
+    output = str(tmp_path)
+    _write_first_round(output, edges)
+    cfg = load_config(None, ["near_dedup.max_rounds=2"])
+    changed, _ = corpus._cluster(output, cfg, ["--runner", "DirectRunner"])
+    assert [k for k, _ in changed] == ["round-01", "round-02"]
+    stats = {"counts": {"read": 0, "kept": 0}, "files": [], "shards": [], "rejected_shards": [], "index_shards": [],
+             "id_changes": [], "cc_rounds": changed}
+    with pytest.raises(RuntimeError, match=r"did not converge in 2 rounds"):
+        build_manifest(InputPlan(), stats, cfg)
+
+
 def test_non_convergence_is_a_clear_error():
     cfg = load_config(None, ["near_dedup.max_rounds=3"])
     stats = {

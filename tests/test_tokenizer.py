@@ -143,10 +143,16 @@ def test_sequences_are_documents_joined_by_eos_in_id_order(corpus, tok, tokens):
 
 
 def test_tokenize_is_deterministic(corpus, tok, tokens, tmp_path):
+    """Encoded on a pool of one process per core (the default) or in one process
+    (``--direct_num_workers 1``): the same shards."""
     out, m = tokens
     cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000"]).tokenize
-    again = run_tokenize(str(corpus), str(tok), str(tmp_path / "again"), cfg, ["--runner", "DirectRunner"]).manifest
-    assert again["splits"] == m["splits"]
+    again = tmp_path / "again"
+    m2 = run_tokenize(str(corpus), str(tok), str(again), cfg, ["--runner", "DirectRunner", "--direct_num_workers", "1"])
+    assert m2.manifest["splits"] == m["splits"]
+    for split in ("train", "val"):
+        for shard in m["splits"][split]["shards"]:
+            assert (again / shard["path"]).read_bytes() == (out / shard["path"]).read_bytes()
 
 
 def test_a_killed_tokenize_resumes_from_the_shards_it_encoded(corpus, tok, tokens, tmp_path):
