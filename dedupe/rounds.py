@@ -12,6 +12,9 @@ the clustering instead, into pipelines the driver runs one after the other:
    the driver stops after the first round that changed nothing (its output equals its input: the
    fixed point the unrolled graph reaches too, so the labels are the same), or fails after
    ``max_rounds`` as before;
+   while the graph is small (at most :data:`IN_MEMORY_MAX_EDGES` edges) the driver runs the same
+   rounds in its own memory instead (:func:`one_round_in_memory`: the same functions on the same
+   groups, so the same labels and change counts), sparing a pipeline's start per round;
 3. a last pipeline joins the final labels with the spilled documents, marks them and writes.
 
 Every step is the same streamed, bounded-memory Beam step as in the one-pipeline form; only
@@ -22,6 +25,7 @@ names). The files live under the run's spill directory, which the driver removes
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 
 import apache_beam as beam
 import pyarrow as pa
@@ -119,5 +123,48 @@ def one_round(edges, r: int, label: str = "CC"):
     return out, changes
 
 
-__all__ = ["SPILL_FILE_DOCS", "SpillFilesFn", "WriteEdgesFn", "files_of", "normalised_edges", "one_round",
-           "read_edges", "spill_locations"]
+#: up to this many candidate edges the rounds run in the driver's memory (≈ 250 bytes an edge in
+#: Python: ~125 MB at the limit); above it, one small pipeline per round on the runner
+IN_MEMORY_MAX_EDGES = 500_000
+
+
+def read_edges_up_to(paths: list[str], limit: int) -> list[tuple[str, str]] | None:
+    """Every edge of the files, or None as soon as there are more than ``limit``."""
+    edges: list[tuple[str, str]] = []
+    for path in paths:
+        for batch in io.iter_batches(path):
+            if len(edges) + batch.num_rows > limit:
+                return None
+            edges.extend(zip(batch.column("u").to_pylist(), batch.column("v").to_pylist()))
+    return edges
+
+
+def one_round_in_memory(edges: set[tuple[str, str]], r: int) -> tuple[set[tuple[str, str]], int]:
+    """:func:`one_round` on a set in memory: the same steps (dedupe/components.py's functions on the
+    same groups), so the same edges and the same change count. Returns (next edges, changes)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for edge in edges:
+        for u, v in cc.both_directions(edge):
+            groups[u].append(v)
+    smaller: dict[str, list[str]] = defaultdict(list)
+    for item in groups.items():
+        for edge in cc.large_star(item, r):
+            u, v = cc.larger_first(edge)
+            smaller[u].append(v)
+    out: set = set()
+    for item in smaller.items():
+        out.update(cc.small_star(item, r))
+    changes = sum(value[3] for u, value in out if u == cc.MARKER)
+    return {e for e in out if not cc.is_marker(e)}, changes
+
+
+def write_edges_file(path: str, edges) -> None:
+    writer = io.ArrowFileWriter(path, _EDGE_SCHEMA, EDGE_BATCH)
+    for u, v in sorted(edges):
+        writer.add({"u": u, "v": v})
+    writer.close()
+
+
+__all__ = ["IN_MEMORY_MAX_EDGES", "SPILL_FILE_DOCS", "SpillFilesFn", "WriteEdgesFn", "files_of",
+           "normalised_edges", "one_round", "one_round_in_memory", "read_edges", "read_edges_up_to",
+           "spill_locations", "write_edges_file"]

@@ -522,24 +522,36 @@ def run_corpus(
         return result
 
 
-def _cluster(output: str, cfg: GristmillConfig, beam_args) -> tuple[list, list[str]]:
-    """The clustering rounds, one small pipeline each, until one changes nothing (converged) or
-    ``near_dedup.max_rounds`` have run. Returns (("round-kk", edges changed) for each round that
-    changed edges, the edge files of the last round: the labels)."""
+def _cluster(output: str, cfg: GristmillConfig, beam_args,
+             in_memory_max_edges: int = rounds.IN_MEMORY_MAX_EDGES) -> tuple[list, list[str]]:
+    """The clustering rounds until one changes nothing (converged) or ``near_dedup.max_rounds``
+    have run: in the driver's memory while the graph has at most ``in_memory_max_edges`` edges,
+    else one small pipeline each (dedupe/rounds.py). Returns (("round-kk", edges changed) for each
+    round that changed edges, the edge files of the last round: the labels)."""
     edge_files = read_stats(output, _edges_stat(0))
+    edges = rounds.read_edges_up_to(edge_files, in_memory_max_edges) if edge_files else None
     changed: list = []
     r = 0
-    while edge_files and r < cfg.near_dedup.max_rounds:
+    while (edge_files or edges) and r < cfg.near_dedup.max_rounds:
         r += 1
         started = time.monotonic()
-        run_pipeline(lambda p, r=r, files=edge_files: build_round_pipeline(p, output, files, r), beam_args)
-        n = sum(x for _, x in read_stats(output, _changes_stat(r)))
-        io.remove_tree(_round_dir(output, r - 1))
-        edge_files = read_stats(output, _edges_stat(r))
-        log.info("near-dedup clustering: round %d changed %s edges (%.1f s)", r, f"{n:,}", time.monotonic() - started)
+        if edges is not None:
+            edges, n = rounds.one_round_in_memory(set(edges), r)
+            where = "in memory"
+        else:
+            run_pipeline(lambda p, r=r, files=edge_files: build_round_pipeline(p, output, files, r), beam_args)
+            n = sum(x for _, x in read_stats(output, _changes_stat(r)))
+            io.remove_tree(_round_dir(output, r - 1))
+            edge_files = read_stats(output, _edges_stat(r))
+            where = "a pipeline"
+        log.info("near-dedup clustering: round %d changed %s edges (%s, %.1f s)", r, f"{n:,}", where,
+                 time.monotonic() - started)
         if not n:
             break
         changed.append((f"round-{r:02d}", n))
+    if edges is not None:  # the labels, for the last pipeline
+        edge_files = [io.join(_round_dir(output, r), "labels.arrow")]
+        rounds.write_edges_file(edge_files[0], edges)
     return changed, edge_files
 
 

@@ -272,9 +272,11 @@ def _write_first_round(output, edges):
     run_pipeline(build, ["--runner", "DirectRunner"])
 
 
-def test_clustering_rounds_stop_when_converged(tmp_path, caplog):
-    """gristmill corpus's clustering (dedupe/rounds.py): one small pipeline per round, the first
-    round that changes nothing is the last; the labels equal union-find's."""
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_clustering_rounds_stop_when_converged(tmp_path, caplog, in_memory):
+    """gristmill corpus's clustering (dedupe/rounds.py): one small pipeline per round, or the same
+    rounds in the driver's memory for a small graph; the first round that changes nothing is the
+    last; the labels equal union-find's."""
     from gristmill.dedupe import rounds
     from gristmill.pipelines import corpus
 
@@ -283,7 +285,9 @@ def test_clustering_rounds_stop_when_converged(tmp_path, caplog):
     _write_first_round(output, edges)
     cfg = load_config(None, ["near_dedup.max_rounds=12"])
     with caplog.at_level("INFO", logger="gristmill"):
-        changed, label_files = corpus._cluster(output, cfg, ["--runner", "DirectRunner"])
+        changed, label_files = corpus._cluster(output, cfg, ["--runner", "DirectRunner"],
+                                               in_memory_max_edges=10**6 if in_memory else 10)
+    assert all(("in memory" if in_memory else "a pipeline") in m for m in caplog.messages if "changed" in m)
     labels = dict(itertools.chain.from_iterable(rounds.read_edges(f) for f in label_files))
     for node, root in cc.union_find_components(nodes, edges).items():
         assert labels.get(node, node) == root
@@ -300,7 +304,8 @@ def test_clustering_rounds_stop_when_converged(tmp_path, caplog):
     assert build_manifest(InputPlan(), stats, cfg)["near_dedup"]["rounds_to_converge"] == len(ran)
 
 
-def test_clustering_rounds_that_do_not_converge_fail_the_run(tmp_path):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_clustering_rounds_that_do_not_converge_fail_the_run(tmp_path, in_memory):
     from gristmill.pipelines import corpus
     from gristmill.pipelines.corpus import InputPlan
 
@@ -308,7 +313,8 @@ def test_clustering_rounds_that_do_not_converge_fail_the_run(tmp_path):
     output = str(tmp_path)
     _write_first_round(output, edges)
     cfg = load_config(None, ["near_dedup.max_rounds=2"])
-    changed, _ = corpus._cluster(output, cfg, ["--runner", "DirectRunner"])
+    changed, _ = corpus._cluster(output, cfg, ["--runner", "DirectRunner"],
+                                 in_memory_max_edges=10**6 if in_memory else 10)
     assert [k for k, _ in changed] == ["round-01", "round-02"]
     stats = {"counts": {"read": 0, "kept": 0}, "files": [], "shards": [], "rejected_shards": [], "index_shards": [],
              "id_changes": [], "cc_rounds": changed}
@@ -344,3 +350,17 @@ def test_itertools_pairs_in_small_buckets():
     members = [f"m{i}" for i in range(5)]
     edges = set(cc.bucket_edges(("k", members)))
     assert edges == {(b, a) for a, b in itertools.combinations(members, 2)}
+
+
+def test_in_memory_rounds_count_the_changes_the_pipelines_count(tmp_path):
+    """The manifest's rounds_to_converge must not depend on where the rounds ran."""
+    from gristmill.pipelines import corpus
+
+    _, edges = _graph()
+    got = {}
+    for in_memory in (True, False):
+        output = str(tmp_path / str(in_memory))
+        _write_first_round(output, edges)
+        got[in_memory] = corpus._cluster(output, load_config(None, ["near_dedup.max_rounds=12"]),
+                                         ["--runner", "DirectRunner"], 10**6 if in_memory else 10)[0]
+    assert got[True] == got[False] and len(got[True]) >= 2
