@@ -183,7 +183,7 @@ class _SpillDocumentsFn(beam.DoFn):
 
     def _flush(self):
         table = pa.table({"node": pa.array(self._nodes, pa.string()), "doc": pa.array(self._docs, pa.binary())})
-        io.write_bytes_atomic(self._path, io.table_bytes(table, "file"))
+        io.write_bytes_atomic(self._path, io.table_bytes(table, "file", io.WORK_COMPRESSION))
         self._path, self._nodes, self._docs = None, [], []
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import zlib
 
 import pyarrow as pa
 
@@ -113,13 +112,15 @@ def dropped(doc: dict, reason: str, detail: str | None = None) -> dict:
 
 
 def pack_document(doc: dict) -> bytes:
-    """A document as one compressed byte string (pickle + zlib): how documents wait on disk between
-    steps of a run (near-dedup spill files, a run's per-file work). Never a published format."""
-    return zlib.compress(pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL), 1)
+    """A document as one byte string (a pickle): how documents wait on disk between steps of a run
+    (near-dedup spill files, a run's per-file work). Never a published format. Not compressed one
+    by one: the files that hold them compress whole record batches with LZ4 (``io.WORK_COMPRESSION``),
+    ~4× cheaper to write and ~2.5× cheaper to read back than zlib per document."""
+    return pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpack_document(data: bytes) -> dict:
-    return pickle.loads(zlib.decompress(data))
+    return pickle.loads(data)
 
 
 def sort_key(doc: dict) -> tuple[str, str]:

@@ -117,13 +117,18 @@ def list_files(root: str, prefix: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def table_bytes(table: pa.Table, arrow_format: str) -> bytes:
-    """A table as Arrow IPC bytes: ``file`` (random access) or ``stream`` format."""
+#: buffer compression of a run's temporary files (work, spill): fast to write and read back
+WORK_COMPRESSION = "lz4"
+
+
+def table_bytes(table: pa.Table, arrow_format: str, compression: str | None = None) -> bytes:
+    """A table as Arrow IPC bytes: ``file`` (random access) or ``stream`` format; ``compression``:
+    the IPC buffer codec (``lz4``/``zstd``; None for the published shards, which any Arrow reader opens)."""
     sink = pa.BufferOutputStream()
     opener = pa.ipc.new_file if arrow_format == "file" else pa.ipc.new_stream
     # record batches of at most 10k rows: large enough for fast scans, small enough that a reader
     # can stream a shard without holding it whole
-    with opener(sink, table.schema) as w:
+    with opener(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
         w.write_table(table, max_chunksize=10_000)
     return sink.getvalue().to_pybytes()
 
@@ -162,13 +167,14 @@ class ArrowFileWriter:
     held whole), under a temporary name that :meth:`close` renames into place: the final name only
     ever holds a complete file."""
 
-    def __init__(self, path: str, schema: pa.Schema, batch_rows: int = 1000):
+    def __init__(self, path: str, schema: pa.Schema, batch_rows: int = 1000, compression: str | None = None):
         self.path, self.schema, self.batch_rows = path, schema, batch_rows
         self._tmp = temporary_name(path)
         ensure_parent(path)
         self._file = filesystems().create(self._tmp, mime_type="application/octet-stream",
                                           compression_type="uncompressed")
-        self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), schema)
+        self._writer = pa.ipc.new_file(pa.PythonFile(self._file, mode="w"), schema,
+                                       options=pa.ipc.IpcWriteOptions(compression=compression))
         self._rows: list[dict] = []
 
     def add(self, row: dict) -> None:

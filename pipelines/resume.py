@@ -34,6 +34,8 @@ from gristmill.pipelines.workpool import PooledWorkFn
 log = logging.getLogger("gristmill.corpus")
 
 WORK_DIR = "_work"
+#: how documents are stored in a work file (pickles in LZ4-compressed batches; was zlib per document)
+WORK_FORMAT = 2
 #: documents per record batch of a work file
 BATCH = 1000
 _WORK_SCHEMA = pa.schema([pa.field("doc", pa.binary())])
@@ -43,7 +45,7 @@ def work_fingerprint(cfg: GristmillConfig) -> str:
     """What per-file work depends on: the reading and cleaning config, the near-dedup signature's
     parameters, the document schema and the code's version (a newer gristmill may clean differently)."""
     parts = {k: cfg.model_dump(mode="json")[k] for k in ("read", "langid", "clean", "near_dedup")}
-    blob = json.dumps([parts, SCHEMA_VERSION, __version__], sort_keys=True).encode()
+    blob = json.dumps([parts, SCHEMA_VERSION, __version__, WORK_FORMAT], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -134,7 +136,7 @@ class ReadCleanFileFn(PooledWorkFn):
         return meta
 
     def _read_and_clean(self, path: str, source: str, docs_path: str, meta_path: str):
-        writer = io.ArrowFileWriter(docs_path, _WORK_SCHEMA, BATCH)
+        writer = io.ArrowFileWriter(docs_path, _WORK_SCHEMA, BATCH, io.WORK_COMPRESSION)
         progress = FileProgress(meta_path[: -len(".json")] + PROGRESS_SUFFIX)  # what the driver shows
         for out in read_file(path, source, self.cfg.read):
             if isinstance(out, FileStats):
