@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fastText language ID, Gopher repetition and quality rules, C4 line rules, your own filters, PII redaction), "
         "remove exact and MinHash near duplicates and write Arrow shards under OUTPUT/lang=xx/ with "
         "OUTPUT/manifest.json (every input document counted: read = kept + dropped by reason) and OUTPUT/report.html. "
-        "Arguments this command does not know are Beam pipeline options, passed through unchanged: "
-        "--runner DataflowRunner|FlinkRunner|SparkRunner|..., --direct_num_workers 2 "
+        "On one machine the per-file work runs on one process per core (--direct_num_workers N to choose, "
+        "1 for one process). Arguments this command does not know are Beam pipeline options, passed through "
+        "unchanged: --runner DataflowRunner|FlinkRunner|SparkRunner|..., --direct_num_workers 2 "
         "--direct_running_mode multi_processing, --project, --temp_location, --setup_file ./setup.py ...",
         epilog="example: gristmill corpus --input 'crawl/*.warc.gz' --output corpus/ --config configs/corpus.yaml",
     )
