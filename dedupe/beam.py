@@ -229,22 +229,33 @@ def connected_components(edges, max_rounds: int, label: str = "CC"):
     """
     current = edges | f"{label}Norm0" >> beam.Map(cc.larger_first) | f"{label}Distinct0" >> beam.Distinct()
     for r in range(1, max_rounds + 1):
-        current = (
-            current
-            | f"{label}Directed{r}" >> beam.FlatMap(cc.both_directions)
-            | f"{label}LargeGroup{r}" >> beam.GroupByKey()
-            | f"{label}LargeStar{r}" >> beam.FlatMap(cc.large_star, r)
-            | f"{label}ByLarger{r}" >> beam.Map(cc.larger_first)
-            | f"{label}SmallGroup{r}" >> beam.GroupByKey()
-            | f"{label}SmallStar{r}" >> beam.FlatMap(cc.small_star, r)
-            | f"{label}Distinct{r}" >> beam.Distinct()
-        )
-    labels = current | f"{label}Labels" >> beam.Filter(lambda e: not cc.is_marker(e))
+        current = star_round(current, r, label)
+    return split_markers(current, label)
+
+
+def star_round(edges, r: int, label: str):
+    """One large-star + small-star round over (u, v) edges; the change markers of earlier rounds
+    pass through, this round's join them (dedupe/components.py)."""
+    return (
+        edges
+        | f"{label}Directed{r}" >> beam.FlatMap(cc.both_directions)
+        | f"{label}LargeGroup{r}" >> beam.GroupByKey()
+        | f"{label}LargeStar{r}" >> beam.FlatMap(cc.large_star, r)
+        | f"{label}ByLarger{r}" >> beam.Map(cc.larger_first)
+        | f"{label}SmallGroup{r}" >> beam.GroupByKey()
+        | f"{label}SmallStar{r}" >> beam.FlatMap(cc.small_star, r)
+        | f"{label}Distinct{r}" >> beam.Distinct()
+    )
+
+
+def split_markers(current, label: str, suffix: str = ""):
+    """Edges with markers → (the edges, ("round-kk", n) summed per round that changed n > 0 edges)."""
+    labels = current | f"{label}Labels{suffix}" >> beam.Filter(lambda e: not cc.is_marker(e))
     changes = (
         current
-        | f"{label}Markers" >> beam.Filter(cc.is_marker)
-        | f"{label}RoundKey" >> beam.Map(_round_key)
-        | f"{label}SumChanges" >> beam.CombinePerKey(sum)
+        | f"{label}Markers{suffix}" >> beam.Filter(cc.is_marker)
+        | f"{label}RoundKey{suffix}" >> beam.Map(_round_key)
+        | f"{label}SumChanges{suffix}" >> beam.CombinePerKey(sum)
     )
     return labels, changes
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from gristmill import io
 from gristmill.dedupe import components as cc
-from gristmill.dedupe.beam import SPILL_FILE_DOCS, _round_key, _SpillDocumentsFn
+from gristmill.dedupe.beam import SPILL_FILE_DOCS, _SpillDocumentsFn, split_markers, star_round
 
 _EDGE_SCHEMA = pa.schema([pa.field("u", pa.string(), nullable=False), pa.field("v", pa.string(), nullable=False)])
 #: edges per record batch of an edge file
@@ -103,24 +103,7 @@ def normalised_edges(edges, label: str):
 def one_round(edges, r: int, label: str = "CC"):
     """One large-star + small-star round. Returns (next edges, ("round-kk", n) with n > 0 the edges
     this round changed; empty when it changed nothing)."""
-    current = (
-        edges
-        | f"{label}Directed{r}" >> beam.FlatMap(cc.both_directions)
-        | f"{label}LargeGroup{r}" >> beam.GroupByKey()
-        | f"{label}LargeStar{r}" >> beam.FlatMap(cc.large_star, r)
-        | f"{label}ByLarger{r}" >> beam.Map(cc.larger_first)
-        | f"{label}SmallGroup{r}" >> beam.GroupByKey()
-        | f"{label}SmallStar{r}" >> beam.FlatMap(cc.small_star, r)
-        | f"{label}Distinct{r}" >> beam.Distinct()
-    )
-    out = current | f"{label}Edges{r}" >> beam.Filter(lambda e: not cc.is_marker(e))
-    changes = (
-        current
-        | f"{label}Markers{r}" >> beam.Filter(cc.is_marker)
-        | f"{label}RoundKey{r}" >> beam.Map(_round_key)
-        | f"{label}SumChanges{r}" >> beam.CombinePerKey(sum)
-    )
-    return out, changes
+    return split_markers(star_round(edges, r, label), label, str(r))
 
 
 #: up to this many candidate edges the rounds run in the driver's memory (≈ 250 bytes an edge in

@@ -223,7 +223,7 @@ def test_exact_dedup_and_near_dedup_joins_stream_their_groups():
 # --- connected components -------------------------------------------------------------------------
 
 
-def test_connected_components_on_random_graphs_equal_union_find():
+def _graph():
     rng = np.random.RandomState(7)
     nodes = [f"n{i:04d}" for i in range(400)]
     edges = set()
@@ -231,6 +231,11 @@ def test_connected_components_on_random_graphs_equal_union_find():
         a, b = rng.choice(400, 2, replace=False)
         edges.add((nodes[a], nodes[b]))
     edges |= {(nodes[i], nodes[i + 1]) for i in range(100, 180)}
+    return nodes, edges
+
+
+def test_connected_components_on_random_graphs_equal_union_find():
+    nodes, edges = _graph()
     ref = cc.union_find_components(nodes, edges)
     import tempfile
 
@@ -246,17 +251,6 @@ def test_connected_components_on_random_graphs_equal_union_find():
     for node, root in ref.items():
         assert labels.get(node, node) == root
     assert "round-12" not in rounds and rounds, "converged, after at least one changing round"
-
-
-def _graph():
-    rng = np.random.RandomState(7)
-    nodes = [f"n{i:04d}" for i in range(400)]
-    edges = set()
-    for _ in range(300):  # random sparse edges, plus a long path (large diameter)
-        a, b = rng.choice(400, 2, replace=False)
-        edges.add((nodes[a], nodes[b]))
-    edges |= {(nodes[i], nodes[i + 1]) for i in range(100, 180)}
-    return nodes, edges
 
 
 def _write_first_round(output, edges):
