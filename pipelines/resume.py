@@ -68,6 +68,7 @@ class ReadCleanFileFn(PooledWorkFn):
         super().__init__(pool_workers)
         self.cfg, self.work_dir, self.stats_key = cfg, work_dir, stats_key
         self.fingerprint = work_fingerprint(cfg)
+        self.lsh = lsh_params(cfg.near_dedup) if cfg.near_dedup.enabled else None  # (bands, rows), once
         self.cleaner = None
         self.reused = Metrics.counter("gristmill", "input_files_reused")
 
@@ -82,9 +83,8 @@ class ReadCleanFileFn(PooledWorkFn):
         over every worker: its exact-dedup key and (near-dedup on) its MinHash signature."""
         doc = with_text_hash(doc)
         nd = self.cfg.near_dedup
-        if nd.enabled:
-            bands, rows = lsh_params(nd)
-            doc = sign(doc, nd.ngram, nd.num_perm, nd.seed, bands, rows)
+        if self.lsh is not None:
+            doc = sign(doc, nd.ngram, nd.num_perm, nd.seed, *self.lsh)
         return doc
 
     def _paths(self, item) -> tuple[str, str, str, str]:
