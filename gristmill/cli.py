@@ -10,6 +10,7 @@ import argparse
 import difflib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -592,6 +593,9 @@ def _check_unknown(parser: argparse.ArgumentParser, args, rest: list[str]) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    # gRPC (Beam's in-process data plane) logs an INFO line at each fork of the per-file work pool
+    # (pipelines/workpool.py); read by gRPC when it starts, so set before any pipeline runs
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []
