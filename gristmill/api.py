@@ -167,15 +167,26 @@ def evaluate(checkpoint: str, *, data: str | None = None, mc: Sequence[str] = ()
     """``gristmill eval``: perplexity on the val split of the token directory ``data`` and accuracy
     on multiple-choice JSONL files ``mc`` ({question, choices, answer}), k-shot. Returns the
     report; ``on_result(name, result)`` is called as each part is done."""
-    from gristmill.trainer.checkpoint import load_model
-    from gristmill.trainer.evaluate import multiple_choice, perplexity, read_mc
+    from gristmill.trainer.checkpoint import load_model, require_causal
+    from gristmill.trainer.checkpoint import read_state as ckpt_state
+    from gristmill.trainer.evaluate import masked_perplexity, multiple_choice, perplexity, read_mc
     from gristmill.trainer.generate import load_tokenizer as checkpoint_tokenizer
 
     if not data and not mc:
         raise ConfigError("nothing to evaluate: give a token directory (data) and/or multiple-choice files (mc)")
     model = load_model(checkpoint, _device(device))
+    if mc:  # before any work: multiple choice scores choices by next-token log-likelihood
+        require_causal(model.args, checkpoint, "multiple choice (scored by next-token log-likelihood)")
     report: dict = {"checkpoint": str(Path(checkpoint).resolve())}
-    if data:
+    if data and model.args.objective == "mlm":  # masked-token perplexity, the masks from the checkpoint's tokenizer
+        sp = checkpoint_tokenizer(checkpoint)
+        specials = tuple(i for i in (sp.bos_id(), sp.eos_id(), sp.pad_id()) if i >= 0)
+        seed = ckpt_state(checkpoint).get("seed", 0)  # the run's: the masks its validation used
+        report["perplexity"] = masked_perplexity(model, data, specials, sp.eos_id(), max_batches=max_batches,
+                                                 seed=seed)
+        if on_result:
+            on_result("perplexity", report["perplexity"])
+    elif data:
         report["perplexity"] = perplexity(model, data, max_batches=max_batches)
         if on_result:
             on_result("perplexity", report["perplexity"])
@@ -197,12 +208,13 @@ def generate(checkpoint: str, prompt: str, sampling=None, *, chat: bool = False,
     it as a user message, through the ChatML template). ``sampling``: a
     ``gristmill.trainer.generate.SamplingConfig`` (temperature, top-k, top-p, stops, seed).
     ``on_text`` receives the text as it grows (streaming)."""
-    from gristmill.trainer.checkpoint import load_model
+    from gristmill.trainer.checkpoint import load_model, require_causal
     from gristmill.trainer.finetune_data import encode_chat
     from gristmill.trainer.generate import SamplingConfig, default_stop_ids, generate_text
     from gristmill.trainer.generate import load_tokenizer as checkpoint_tokenizer
 
     model = load_model(checkpoint, _device(device))
+    require_causal(model.args, checkpoint, "generation")
     sp = checkpoint_tokenizer(checkpoint)
     cfg = sampling or SamplingConfig()
     if not cfg.stop_ids:
@@ -241,7 +253,8 @@ def verify(directory: str) -> list[str]:
 
 def export_hf(checkpoint: str, output: str, tokenizer: str | None = None, *, overwrite: bool = False) -> Path:
     """``gristmill export-hf``: a checkpoint → a directory ``transformers`` loads
-    (``AutoModelForCausalLM``, ``AutoTokenizer``; chat generation stops at <|im_end|>). Returns its path."""
+    (``AutoModelForCausalLM``, ``AutoTokenizer``; chat generation stops at <|im_end|>; an MLM checkpoint:
+    ``AutoModelForMaskedLM``, its classification fine-tune ``AutoModelForSequenceClassification``). Returns its path."""
     from gristmill.trainer.export import export_hf as _export
 
     return _export(checkpoint, output, tokenizer, overwrite=overwrite)

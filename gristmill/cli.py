@@ -29,8 +29,11 @@ CHECKPOINT_HELP = "a checkpoint_NNNNNNNN directory of a training run"
 BEAM_COMMANDS = ("corpus", "refresh", "tokenize", "demo")
 
 PRETRAIN_DESCRIPTION = (
-    "Pretrain the decoder-only transformer (model: section) on token shards (pretrain.data, written by "
-    "`gristmill tokenize`) with Ray Train: DDP or FSDP over pretrain.num_workers workers (0 = in this process), "
+    "Pretrain the transformer (model: section) on token shards (pretrain.data, written by "
+    "`gristmill tokenize`): a causal LM (model.objective: clm), or a bidirectional encoder by masked language "
+    "modelling (model.objective: mlm: 15 % of the tokens chosen, 80 % <mask>, 10 % random, 10 % kept; masked "
+    "on the fly, deterministic per data position; loss and accuracy on the masked tokens). With Ray Train: DDP or "
+    "FSDP over pretrain.num_workers workers (0 = in this process), "
     "AdamW with warmup + cosine, gradient accumulation and clipping, validation loss and perplexity every "
     "pretrain.eval_every steps. Checkpoints (safetensors + optimizer/RNG/data position) go to "
     "STORAGE_PATH/NAME/checkpoint_NNNNNNNN; metrics to STORAGE_PATH/NAME/metrics.jsonl and tensorboard/. "
@@ -224,17 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: gristmill sft --config configs/demo.yaml --set sft.max_steps=200")
     _training_arguments(s, "configs/demo.yaml has an sft: section")
     c = sub.add_parser(
-        "finetune-cls", help="sequence classification fine-tuning (last-token pooling) with accuracy and macro-F1",
-        description="Add a linear classification head on the last token's hidden state of a checkpoint "
-        "(finetune_cls.init_checkpoint) and fine-tune on labelled JSONL/TSV (finetune_cls.files, text_field, "
-        "label_field); reports validation accuracy and macro-F1.",
+        "finetune-cls", help="sequence classification fine-tuning (causal or MLM checkpoint), accuracy and macro-F1",
+        description="Add a classification head to a checkpoint (finetune_cls.init_checkpoint) and fine-tune on "
+        "labelled JSONL/TSV (finetune_cls.files, text_field, label_field); reports validation accuracy and macro-F1. "
+        "A causal checkpoint: a linear head on the last token's hidden state. An MLM encoder: finetune_cls.pooling "
+        "mean (default: the mean over the text's tokens) or first (a <s> put before each text, BERT's [CLS]), then "
+        "dense, GELU, linear (EuroBERT's head).",
         epilog="example: gristmill finetune-cls --config configs/cls-lid.yaml")
     _training_arguments(c, "configs/cls-lid.yaml")
 
     e = sub.add_parser(
         "eval", help="perplexity on validation token shards; k-shot multiple choice by log-likelihood; JSON report",
-        description="Evaluate a checkpoint: perplexity on the val/ split of a token directory (--data) and accuracy "
-        "on multiple-choice JSONL files ({question, choices, answer}; --mc), k-shot (--shots). Writes a JSON report.",
+        description="Evaluate a checkpoint: perplexity on the val/ split of a token directory (--data; for an MLM "
+        "checkpoint the masked-token perplexity and accuracy) and accuracy on multiple-choice JSONL files "
+        "({question, choices, answer}; --mc; causal checkpoints), k-shot (--shots). Writes a JSON report.",
         epilog="example: gristmill eval --checkpoint runs/demo/pretrain/demo/checkpoint_00000150 "
         "--data runs/demo/tokens --mc sample/eval/genesis_next_sentence_mc.jsonl --shots 3 --output eval.json")
     e.add_argument("--checkpoint", required=True, metavar="DIR", help=CHECKPOINT_HELP)
@@ -271,12 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_arguments(g)
 
     x = sub.add_parser(
-        "export-hf", help="a checkpoint → a Hugging Face transformers directory (LlamaForCausalLM + tokenizer)",
+        "export-hf", help="a checkpoint → a Hugging Face transformers directory (LlamaForCausalLM or EuroBERT)",
         description="Write OUTPUT with config.json (LlamaForCausalLM), model.safetensors, generation_config.json "
         "(stops at </s> and <|im_end|>), the tokenizer (tokenizer.json; tokenizer_config.json with the ChatML "
         "template and its generation markers, left padding) and a model card, loadable with AutoModelForCausalLM "
         "and AutoTokenizer. A directory holding files export-hf did not write is refused (--overwrite writes next "
-        "to them; nothing is ever deleted but an earlier export's own files).",
+        "to them; nothing is ever deleted but an earlier export's own files). An MLM checkpoint (model.objective: "
+        "mlm) exports as EuroBertForMaskedLM (AutoModelForMaskedLM, the fill-mask pipeline), its classification "
+        "fine-tune as EuroBertForSequenceClassification (AutoModelForSequenceClassification).",
         epilog="example: gristmill export-hf --checkpoint runs/demo/sft/demo/checkpoint_00000040 --output hf/")
     x.add_argument("--checkpoint", required=True, metavar="DIR", help=CHECKPOINT_HELP)
     x.add_argument("--output", required=True, metavar="DIR", help="the Hugging Face directory to write")
@@ -293,6 +301,45 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: gristmill verify corpus/2024-11 && gristmill tokenize --corpus corpus/2024-11 ...")
     v.add_argument("directory", metavar="DIR", help="a corpus or token directory")
     add_logging_arguments(v)
+
+    q = sub.add_parser(
+        "quality",
+        help="train the model-based quality classifier (fastText-format, DCLM's recipe)",
+        description="Model-based quality scoring: `quality train` fits a linear classifier on word uni+bigrams, "
+        "high-quality text against crawl text; `gristmill corpus --set clean.quality.enabled=true` scores and "
+        "filters with it (the shipped model unless clean.quality.model names yours). See docs/corpus.md.",
+        epilog="example: gristmill quality train --positive 'books/*.txt' --negative 'crawl/*.jsonl.gz' --output q/",
+    )
+    qsub = q.add_subparsers(dest="quality_command", metavar="ACTION")
+    qt = qsub.add_parser(
+        "train", help="train a classifier: positive (high-quality) against negative (crawl) documents",
+        description="Train on POSITIVE and NEGATIVE files (JSONL/JSON records: `text`, else every string field; "
+        "corpus shards .arrow/.parquet; plain .txt cut into paragraph groups), hold out a share of each class "
+        "(chosen by a hash of the text and --seed) and write OUTPUT/model.bin (a fastText supervised model: "
+        "labels __label__hq and __label__cc), OUTPUT/metadata.json (inputs with SHA-256, counts, parameters, "
+        "held-out precision, recall and ROC AUC) and OUTPUT/report.md. The same inputs and seed give the same "
+        "model, byte for byte.",
+        epilog="example: gristmill quality train --positive 'books/*.txt' 'sft/*.jsonl' "
+        "--negative 'crawl/*.jsonl.gz' --output quality-model/")
+    qt.add_argument("--positive", required=True, nargs="+", metavar="GLOB", help="high-quality documents")
+    qt.add_argument("--negative", required=True, nargs="+", metavar="GLOB", help="crawl documents")
+    qt.add_argument("--output", required=True, metavar="DIR", help="where to write the model and its metadata")
+    qt.add_argument("--overwrite", action="store_true",
+                    help="write into a directory that holds something else (files gristmill did not write)")
+    from gristmill.pipelines.quality_model import TrainParams
+
+    defaults = TrainParams()
+    for name, kind, what in (("seed", int, "seed of the split, the initialisation and the order"),
+                             ("holdout", float, "share of each class held out for the metrics"),
+                             ("epochs", int, "passes over the training documents"),
+                             ("lr", float, "learning rate, decaying linearly to 0"),
+                             ("dim", int, "embedding size"),
+                             ("bucket", int, "hashed bigram rows"),
+                             ("min_count", int, "words seen fewer times get no row of their own"),
+                             ("max_words", int, "words of a document used (its start)")):
+        qt.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name), metavar="N",
+                        help=f"{what} (default {getattr(defaults, name)})")
+    add_logging_arguments(qt)
 
     d = sub.add_parser(
         "demo",
@@ -431,7 +478,10 @@ def _cmd_eval(args, beam_args: list[str]) -> int:
     from gristmill import api
 
     def show(name: str, r: dict) -> None:
-        if name == "perplexity":
+        if name == "perplexity" and r.get("objective") == "mlm":
+            print(f"masked-token perplexity: {r['perplexity']:.2f} (loss {r['loss']:.4f}, accuracy {r['accuracy']:.3f} "
+                  f"over {r['masked_tokens']:,} masked tokens of {args.data}/val)")
+        elif name == "perplexity":
             print(f"perplexity: {r['perplexity']:.2f} (loss {r['loss']:.4f} over {r['tokens']:,} tokens "
                   f"of {args.data}/val)")
         else:
@@ -523,11 +573,34 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_quality(args, beam_args: list[str]) -> int:
+    from dataclasses import fields
+
+    from gristmill.outputs import begin_output, check_output
+    from gristmill.pipelines import quality_model
+
+    check_output(args.output, "quality", args.overwrite)
+    params = quality_model.TrainParams(**{f.name: getattr(args, f.name) for f in fields(quality_model.TrainParams)
+                                          if hasattr(args, f.name)})
+    begin_output(args.output, "quality")
+
+    def progress(epoch, epochs, loss):
+        if not args.quiet:
+            print(f"epoch {epoch}/{epochs}: training loss {loss:.4f}", file=sys.stderr, flush=True)
+
+    meta = quality_model.train_from_files(args.positive, args.negative, args.output, params, progress)
+    ho, c = meta["holdout"], meta["counts"]
+    print(f"{args.output}/model.bin: {c['positive']:,} positive and {c['negative']:,} negative documents, "
+          f"{c['holdout']:,} held out: precision {ho['precision']:.3f}, recall {ho['recall']:.3f}, "
+          f"ROC AUC {ho['auc']:.3f}")
+    return 0
+
+
 COMMANDS = {
     "corpus": _cmd_corpus, "refresh": _cmd_refresh, "tokenizer": _cmd_tokenizer, "tokenize": _cmd_tokenize,
     "pretrain": _train_command("pretrain"), "sft": _train_command("sft"), "finetune-cls": _train_command("cls"),
     "eval": _cmd_eval, "generate": _cmd_generate, "export-hf": _cmd_export, "verify": _cmd_verify,
-    "demo": _cmd_demo,
+    "demo": _cmd_demo, "quality": _cmd_quality,
 }
 
 
@@ -609,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbosity(args))
     if args.command == "tokenizer" and not args.tokenizer_command:
         parser.parse_args(["tokenizer", "--help"])
+    if args.command == "quality" and not args.quality_command:
+        parser.parse_args(["quality", "--help"])  # prints the actions and exits
     if rest:
         _check_unknown(parser, args, rest)
     if passthrough and args.command not in BEAM_COMMANDS:

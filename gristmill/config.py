@@ -44,6 +44,14 @@ class JsonlConfig(_Section):
     date_fallbacks: tuple[str, ...] = ("date", "metadata.warc_date", "metadata.date_download")
 
 
+def _without_defaults(section: BaseModel, data: dict, keys: tuple[str, ...]) -> dict:
+    """``data`` (a section's dump) without those of ``keys`` that are at their defaults."""
+    for key in keys:
+        if key in data and data[key] == type(section).model_fields[key].default:
+            data.pop(key)
+    return data
+
+
 class ReadConfig(_Section):
     jsonl: JsonlConfig = JsonlConfig()
     #: HTML → text extractor for WARC response records
@@ -141,6 +149,39 @@ class PiiConfig(_Section):
     ip_replacement: str = "<IP_ADDRESS>"
 
 
+class QualityConfig(_LanguageScoped):
+    """The model-based quality classifier (DCLM's recipe; pipelines/quality.py, docs/corpus.md): every
+    document of the listed languages that passes the cleaning rules gets ``quality_score`` (P(high
+    quality)); those below their language's cut are dropped as ``quality:low_score``. Off by default:
+    a classifier trained on books and instructions against crawl text is a choice about what the
+    corpus is for, not a clean-up every corpus wants."""
+
+    enabled: bool = False
+    languages: tuple[str, ...] = ("en",)
+    #: a fastText classifier with the labels __label__hq / __label__cc (`gristmill quality train`);
+    #: None: the one shipped in pipelines/resources/quality (its report.md says what it was trained on)
+    model: str | None = None
+    #: keep a document whose score is at least this ...
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: ... or, when set, the best-scoring fraction of each language's documents instead
+    top_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    #: per-language override of ``top_fraction`` (when set) or ``threshold``: {de: 0.3}
+    per_language: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("per_language")
+    @classmethod
+    def _fractions(cls, v):
+        for lang, x in v.items():
+            if not 0.0 <= x <= 1.0:
+                raise ValueError(f"clean.quality.per_language.{lang} = {x}: a threshold or fraction is in [0, 1]")
+        return v
+
+    def cut_value(self, lang: str) -> float:
+        """The threshold, or with ``top_fraction`` the fraction, of documents in ``lang``."""
+        default = self.top_fraction if self.top_fraction is not None else self.threshold
+        return self.per_language.get(lang, default)
+
+
 #: stages of the cleaning chain a document can be dropped in; a custom filter takes another name
 BUILTIN_CLEAN_STAGES = ("normalize", "url_blocklist", "langid", "gopher_repetition", "gopher_quality", "c4_lines")
 
@@ -163,7 +204,7 @@ class CustomFilterConfig(_LanguageScoped):
     @field_validator("name")
     @classmethod
     def _not_a_builtin_stage(cls, v):
-        reserved = ("read", "extract", *BUILTIN_CLEAN_STAGES, "exact_dedup", "near_dedup")
+        reserved = ("read", "extract", *BUILTIN_CLEAN_STAGES, "quality", "decontaminate", "exact_dedup", "near_dedup")
         if v in reserved:
             raise ValueError(f"{v!r} is the name of a built-in stage; choose another")
         return v
@@ -176,6 +217,7 @@ class CleanConfig(_Section):
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
     c4_lines: C4LinesConfig = C4LinesConfig()
     pii: PiiConfig = PiiConfig()
+    quality: QualityConfig = QualityConfig()
     #: your own filters (see CustomFilterConfig); e.g. [{name: no_recipes, function: "my.filters:no_recipes"}]
     custom_filters: tuple[CustomFilterConfig, ...] = ()
 
@@ -194,6 +236,8 @@ class CleanConfig(_Section):
         data = handler(self)
         if not self.custom_filters:
             data.pop("custom_filters", None)
+        if self.quality == QualityConfig():  # added later: out of the dump while at its defaults
+            data.pop("quality", None)
         return data
 
 
@@ -247,6 +291,41 @@ class WriteConfig(_Section):
     #: also write dropped documents, with their reason, under rejected/reason=<stage>/
     write_rejected: bool = True
     html_report: bool = True
+    #: shard files: "arrow" (Arrow IPC, ``arrow_format`` says which kind) or "parquet" (DuckDB, polars,
+    #: Spark, the Hugging Face Hub; kept and rejected shards: the LSH index stays Arrow, docs/corpus.md)
+    format: Literal["arrow", "parquet"] = "arrow"
+    #: a Parquet row group holds at most this many bytes of text (readers parallelise over row groups
+    #: and the Hub's viewer reads one at a time)
+    parquet_row_group_bytes: int = Field(default=32 * 2**20, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        # keys added after outputs were published stay out of the dump (recorded in manifests, hashed
+        # as the config's fingerprint) while at their defaults: earlier outputs stay byte-identical
+        data = handler(self)
+        for key in ("format", "parquet_row_group_bytes"):
+            if data.get(key) == type(self).model_fields[key].default:
+                data.pop(key, None)
+        return data
+
+
+class DecontaminateConfig(_Section):
+    """Dropping documents that share an n-gram with evaluation data (pipelines/decontaminate.py;
+    docs/corpus.md). Off while ``files`` is empty."""
+
+    #: JSONL files of evaluation items (one record per line; ``.gz`` too), e.g. GSM8K's test.jsonl
+    files: tuple[str, ...] = ()
+    #: the record fields holding evaluation text (dotted paths reach into objects); empty = every string
+    fields: tuple[str, ...] = ()
+    #: words per n-gram after normalisation (13: GPT-3, datatrove)
+    ngram: int = Field(default=13, ge=1)
+    #: an evaluation text shorter than ``ngram`` words is matched whole if it has at least this many
+    #: words, and ignored (counted in the manifest) if shorter: a two-word answer is in every corpus
+    min_words: int = Field(default=8, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.files)
 
 
 class TokenizerConfig(_Section):
@@ -267,7 +346,8 @@ class TokenizerConfig(_Section):
     split_digits: bool = True
     #: the corpus is already NFC (pipelines/filters.py); "identity" keeps text as it is
     normalization: Literal["identity", "nfkc", "nmt_nfkc"] = "identity"
-    #: reserved pieces: ids 0..3 are unk, bos, eos, pad; then these (chat markers for fine-tuning)
+    #: reserved pieces: ids 0..3 are unk, bos, eos, pad; then these (chat markers for fine-tuning), then <mask>
+    #: (always reserved, for masked language modelling)
     user_defined_symbols: tuple[str, ...] = ("<|im_start|>", "<|im_end|>")
     seed: int = 0
     num_threads: int = Field(default=2, ge=1)
@@ -293,7 +373,7 @@ class TokenizeConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Decoder-only transformer (trainer/model.py). A preset fills the dimensions; keys set here override it."""
+    """The transformer (trainer/model.py). A preset fills the dimensions; keys set here override it."""
 
     #: tiny (CPU tests, seconds), small (CPU demos, minutes), 124M (GPT-2 small shape), 350M (GPT-2 medium shape)
     preset: Literal["tiny", "small", "124M", "350M"] | None = "tiny"
@@ -312,6 +392,17 @@ class ModelConfig(_Section):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     #: the embedding table is padded to a multiple of this (tensor-core friendly); ids beyond the tokenizer never occur
     vocab_multiple: int = Field(default=64, ge=1)
+    #: clm: causal language model (GPT, next-token loss); mlm: bidirectional encoder with masked language modelling
+    #: (BERT: mask_rate of the tokens chosen, 80 % of them become <mask>, 10 % a random token, 10 % stay)
+    objective: Literal["clm", "mlm"] = "clm"
+    #: MLM: share of the tokens whose originals are predicted
+    mask_rate: float = Field(default=0.15, gt=0.0, lt=1.0)
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        # added after outputs were published: out of the dump (recorded in manifests, hashed as the
+        # config's fingerprint) while at their defaults, so earlier outputs stay byte-identical
+        return _without_defaults(self, handler(self), ("objective", "mask_rate"))
 
 
 class LoopConfig(_Section):
@@ -421,6 +512,14 @@ class ClsConfig(_FinetuneConfig):
     max_examples_per_label: int = Field(default=0, ge=0)
     seq_len: int = Field(default=64, ge=8)
     eval_batches: int = Field(default=0, ge=0)
+    #: the hidden state the head reads. auto: last for a causal checkpoint (the only choice there: the last token
+    #: is the one that has seen the text), mean for an MLM encoder; first: an MLM encoder's state of a <s> put
+    #: before each text (BERT's [CLS]); mean: the mean over the text's tokens
+    pooling: Literal["auto", "last", "first", "mean"] = "auto"
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        return _without_defaults(self, handler(self), ("pooling",))  # as ModelConfig's
 
 
 class GristmillConfig(_Section):
@@ -430,6 +529,7 @@ class GristmillConfig(_Section):
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
     near_dedup: NearDedupConfig = NearDedupConfig()
     write: WriteConfig = WriteConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     model: ModelConfig = ModelConfig()
@@ -442,6 +542,14 @@ class GristmillConfig(_Section):
     def _none_is_default(cls, v: Any) -> Any:
         # an empty YAML section ("langid:") parses as None; treat it as "all defaults"
         return {} if v is None else v
+
+    @model_serializer(mode="wrap")
+    def _omit_no_decontamination(self, handler):
+        # like CleanConfig's custom_filters: without evaluation files the dump is what it was before
+        data = handler(self)
+        if not self.decontaminate.enabled:
+            data.pop("decontaminate", None)
+        return data
 
     def fingerprint(self) -> str:
         """Stable hash of the effective config, recorded in manifests."""

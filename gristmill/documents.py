@@ -28,8 +28,10 @@ cluster_size        int32      documents in the cluster before near-dedup (1: no
 
 Rejected shards carry the same columns plus ``reason`` (``stage:rule``) and ``detail``.
 
-A corpus directory: ``lang=xx/part-NNNNN.arrow`` (each shard sorted by id), dropped documents
-under ``_rejected/reason=<stage>/``, the LSH index for refreshes under ``_index/``, and
+A corpus directory: ``lang=xx/part-NNNNN.arrow`` (``.parquet`` with ``write.format: parquet``;
+each shard sorted by id), dropped documents under ``_rejected/reason=<stage>/`` (Parquet:
+``_rejected/stage=<stage>/``), the LSH index for refreshes under ``_index/``, a ``README.md``
+dataset card, and
 ``manifest.json``, which lists every shard: read shards through it (:func:`open_corpus`), never by
 globbing, so a stale file of an interrupted run is never read.
 """
@@ -43,7 +45,7 @@ import pyarrow as pa
 
 from gristmill import io
 
-SCHEMA_VERSION = "2"  # 2: original_id
+SCHEMA_VERSION = "3"  # 2: original_id; 3: quality_score
 
 #: quality signals written as columns, in this order; filters emit a subset of them
 SIGNAL_FIELDS: dict[str, pa.DataType] = {
@@ -57,6 +59,7 @@ SIGNAL_FIELDS: dict[str, pa.DataType] = {
     "pii_emails": pa.int32(),
     "pii_ips": pa.int32(),
     "control_chars_removed": pa.int32(),
+    "quality_score": pa.float32(),
 }
 
 BASE_FIELDS: list[pa.Field] = [
@@ -186,18 +189,25 @@ def to_table(docs: list[dict], rejected: bool = False) -> pa.Table:
 # ---------------------------------------------------------------------------------------------
 
 
-def shard_name(partition_dir: str, index: int) -> str:
-    return f"{partition_dir}/part-{index:05d}.arrow"
+def shard_name(partition_dir: str, index: int, file_format: str = "arrow") -> str:
+    return f"{partition_dir}/part-{index:05d}.{file_format}"
 
 
-def write_shard(output: str, partition_dir: str, index: int, docs: list[dict], kind: str, arrow_format: str) -> dict:
-    """Sort by id, write one Arrow shard (kind: corpus, rejected or index) atomically, return its
-    manifest entry."""
+def write_shard(output: str, partition_dir: str, index: int, docs: list[dict], kind: str, arrow_format: str,
+                file_format: str = "arrow", row_group_bytes: int = 32 * 2**20) -> dict:
+    """Sort by id, write one shard (kind: corpus, rejected or index) atomically, return its
+    manifest entry. ``file_format``: ``arrow`` (IPC, ``arrow_format``) or ``parquet`` (row groups
+    of at most ``row_group_bytes`` of text)."""
     docs = sorted(docs, key=sort_key)
     table = to_index_table(docs) if kind == "index" else to_table(docs, rejected=kind == "rejected")
-    # the index is read by refreshes with pyarrow directly: always the random-access file format
-    data = io.table_bytes(table, "file" if kind == "index" else arrow_format)
-    rel = shard_name(partition_dir.rstrip("/"), index)
+    if kind == "index":
+        # read by refreshes only, with pyarrow directly: always the random-access Arrow file format
+        file_format, data = "arrow", io.table_bytes(table, "file")
+    elif file_format == "parquet":
+        data = io.parquet_bytes(table, [len(d["text"].encode("utf-8")) for d in docs], row_group_bytes)
+    else:
+        data = io.table_bytes(table, arrow_format)
+    rel = shard_name(partition_dir.rstrip("/"), index, file_format)
     io.write_bytes_atomic(io.join(output, rel), data)
     return {"path": rel, "rows": len(docs), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
@@ -214,18 +224,20 @@ def open_corpus(output: str, rejected: bool = False):
 
     ``rejected=True`` opens the dropped documents instead (columns ``reason`` and ``detail`` added).
     Stream-format shards (``write.arrow_format: stream``) are for ``datasets.Dataset.from_file``;
-    pyarrow.dataset reads only the file format.
+    pyarrow.dataset reads only the file format. Parquet shards (``write.format: parquet``) open too.
     """
     import pyarrow.dataset as ds
 
     manifest = io.read_json(io.join(output, "manifest.json"))
-    if manifest["config"]["write"]["arrow_format"] != "file":
+    write = manifest["config"]["write"]
+    parquet = write.get("format", "arrow") == "parquet"  # absent: written before Parquet existed
+    if not parquet and write["arrow_format"] != "file":
         raise ValueError(f"{output}: shards are Arrow stream files; open them with datasets.Dataset.from_file")
     entries = manifest["rejected_shards" if rejected else "shards"]
     return ds.dataset(
         [io.join(output, s["path"]) for s in entries],
         schema=REJECTED_SCHEMA if rejected else CORPUS_SCHEMA,
-        format="arrow",
+        format="parquet" if parquet else "arrow",
     )
 
 
@@ -239,11 +251,21 @@ def check_corpus_shards(corpus: str, manifest: dict, columns: tuple[str, ...] = 
         try:
             names = set(io.ipc_schema(path).names)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"corpus shard {path} is not an Arrow IPC file: {e}") from None
+            kind = "a Parquet" if io.is_parquet(path) else "an Arrow IPC"
+            raise ValueError(f"corpus shard {path} is not {kind} file: {e}") from None
         missing = [c for c in columns if c not in names]
         if missing:
             raise ValueError(f"corpus shard {path} has an unexpected schema: no column(s) {missing} "
                              f"(has {sorted(names)})")
+
+
+def shard_size_bound(corpus: str, entry: dict) -> int:
+    """An upper bound of the text bytes of a shard the manifest lists: an Arrow shard's size (its
+    buffers are not compressed); for a Parquet shard, whose compressed file is smaller than its
+    text, the size of its data before compression (a footer read)."""
+    if not io.is_parquet(entry["path"]):
+        return entry["bytes"]
+    return io.parquet_uncompressed_bytes(io.join(corpus, entry["path"]))
 
 
 def iter_shard_rows(path: str, columns: list[str]):
@@ -267,9 +289,10 @@ def verify_corpus(corpus: str) -> list[str]:
             path = io.join(corpus, entry["path"])
             if io.exists(path):
                 try:
-                    n = io.open_ipc(path).read_all().num_rows
+                    n = io.read_table(path).num_rows
                 except (pa.ArrowInvalid, OSError) as e:
-                    problems.append(f"{entry['path']}: not a readable Arrow file ({e})")
+                    problems.append(f"{entry['path']}: not a readable {'Parquet' if io.is_parquet(path) else 'Arrow'} "
+                                    f"file ({e})")
                     continue
                 rows[key] += n
                 if n != entry["rows"]:

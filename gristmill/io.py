@@ -1,4 +1,4 @@
-"""Files: atomic writes, JSON, and the one Arrow IPC opener. Shared by every stage.
+"""Files: atomic writes, JSON, the one Arrow IPC opener and the Parquet shard writer. Shared by every stage.
 
 Paths go through Beam's ``FileSystems`` so an output can be local, ``gs://``, ``s3://`` or
 ``hdfs://`` (with the matching Beam extra installed); Beam is imported on first use only, so the
@@ -133,6 +133,57 @@ def table_bytes(table: pa.Table, arrow_format: str, compression: str | None = No
     return sink.getvalue().to_pybytes()
 
 
+#: shards whose name ends so are Parquet; every other shard is Arrow IPC
+PARQUET_SUFFIX = ".parquet"
+#: Parquet columns with few distinct values, dictionary-encoded (the text would only waste the attempt)
+PARQUET_DICTIONARY_COLUMNS = ("lang", "source", "reason")
+
+
+def is_parquet(path: str) -> bool:
+    return path.endswith(PARQUET_SUFFIX)
+
+
+def row_group_bounds(sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive row groups holding at most ``max_bytes`` (the sum of ``sizes``)
+    each, every group at least one row: a function of the rows alone, so the same rows always give
+    the same row groups."""
+    bounds, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > max_bytes:
+            bounds.append((start, i))
+            start, total = i, 0
+        total += size
+    if start < len(sizes) or not sizes:
+        bounds.append((start, len(sizes)))
+    return bounds
+
+
+def parquet_bytes(table: pa.Table, row_group_sizes: list[int], max_group_bytes: int) -> bytes:
+    """A table as Parquet bytes (zstd), row groups cut by :func:`row_group_bounds` of
+    ``row_group_sizes`` (one size per row); the Arrow schema, with its metadata, is kept in the file."""
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    dictionary = [c for c in PARQUET_DICTIONARY_COLUMNS if c in table.column_names]
+    with pq.ParquetWriter(sink, table.schema, compression="zstd", use_dictionary=dictionary) as w:
+        for start, stop in row_group_bounds(row_group_sizes, max_group_bytes):
+            w.write_table(table.slice(start, stop - start), row_group_size=max(1, stop - start))
+    return sink.getvalue().to_pybytes()
+
+
+def _parquet_file(path: str):
+    import pyarrow.parquet as pq
+
+    source = pa.BufferReader(read_bytes(path)) if is_remote(path) else pa.memory_map(str(path))
+    return pq.ParquetFile(source)
+
+
+def parquet_uncompressed_bytes(path: str) -> int:
+    """The size of a Parquet file's data before compression (from its footer)."""
+    meta = _parquet_file(path).metadata
+    return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+
+
 def open_ipc(path: str) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader:
     """An Arrow IPC reader of either format (told apart by the file magic), memory-mapped when
     local: arrays read from it are zero-copy views that keep the mapping alive."""
@@ -143,7 +194,11 @@ def open_ipc(path: str) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStre
 
 
 def iter_batches(path: str, columns: list[str] | None = None):
-    """Record batches of one Arrow IPC file, read incrementally, with ``columns`` selected."""
+    """Record batches of one Arrow IPC (or, by its name, Parquet) file, read incrementally, with
+    ``columns`` selected."""
+    if is_parquet(path):
+        yield from _parquet_file(path).iter_batches(batch_size=10_000, columns=columns)
+        return
     reader = open_ipc(path)
     if isinstance(reader, pa.ipc.RecordBatchFileReader):
         batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
@@ -154,12 +209,13 @@ def iter_batches(path: str, columns: list[str] | None = None):
 
 
 def read_table(path: str) -> pa.Table:
-    return open_ipc(path).read_all()
+    """A whole Arrow IPC (or, by its name, Parquet) file."""
+    return _parquet_file(path).read() if is_parquet(path) else open_ipc(path).read_all()
 
 
 def ipc_schema(path: str) -> pa.Schema:
-    """The schema of an Arrow IPC file (a footer or header read, not the data)."""
-    return open_ipc(path).schema
+    """The schema of an Arrow IPC (or, by its name, Parquet) file (a footer or header read, not the data)."""
+    return _parquet_file(path).schema_arrow if is_parquet(path) else open_ipc(path).schema
 
 
 class ArrowFileWriter:

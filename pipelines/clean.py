@@ -14,18 +14,21 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gristmill.config import BUILTIN_CLEAN_STAGES, ConfigError, GristmillConfig
-from gristmill.pipelines import filters, langid
+from gristmill.pipelines import filters, langid, quality
 
 #: funnel order of the stages a document can be dropped in (reason = "<stage>:<rule>"); custom
-#: filters come after the built-in cleaning stages (see :func:`stages`)
+#: filters and decontamination come after the built-in cleaning stages (see :func:`stages`)
 STAGES = ("read", "extract", *BUILTIN_CLEAN_STAGES, "exact_dedup", "near_dedup")
 
 
 def stages(cfg: GristmillConfig) -> tuple[str, ...]:
-    """The funnel order of a run: the built-in stages with the config's custom filters in place."""
+    """The funnel order of a run: the built-in stages with the config's custom filters and (when
+    on; a run without it keeps the funnel it always had) decontamination in place."""
     custom = tuple(f.name for f in cfg.clean.custom_filters)
+    quality = ("quality",) if cfg.clean.quality.enabled else ()
+    decontaminate = ("decontaminate",) if cfg.decontaminate.enabled else ()
     at = STAGES.index("exact_dedup")
-    return STAGES[:at] + custom + STAGES[at:]
+    return STAGES[:at] + custom + quality + decontaminate + STAGES[at:]
 
 
 def import_function(path: str):
@@ -69,6 +72,7 @@ class Cleaner:
         self.model = langid.load_model(cfg.langid.model_path)
         self.custom = [(f, import_function(f.function), MappingProxyType(dict(f.params)))
                        for f in c.custom_filters if f.enabled]
+        self.quality = quality.QualityScorer(c.quality.model) if c.quality.enabled else None
 
     def process(self, doc: dict) -> dict:
         """Mark ``doc`` dropped (``doc['reason']``) or return it cleaned, with signals set. An
@@ -135,6 +139,12 @@ class Cleaner:
                 doc["reason"] = f"{f.name}:{v.reason}"
                 return doc
             doc["text"] = v.text
+
+        if self.quality is not None and c.quality.applies_to(lang):
+            # scored here (on every worker); whether it stays is decided per language once the scores
+            # are known (pipelines/corpus.py: QualityCut), before decontamination and dedup
+            self.stage = "quality"
+            signals["quality_score"] = self.quality.score(doc["text"])
 
         if c.pii.enabled:
             self.stage = "pii"

@@ -34,7 +34,11 @@ from gristmill.documents import CORPUS_SCHEMA, SCHEMA_VERSION
 from gristmill.errors import ExitCode, GristmillError
 from gristmill.locks import directory_lock
 from gristmill.outputs import begin_output, check_output
+from gristmill.pipelines import quality
+from gristmill.pipelines.card import write_card
 from gristmill.pipelines.clean import Cleaner, stages
+from gristmill.pipelines.decontaminate import REASON as DECONTAMINATED
+from gristmill.pipelines.decontaminate import Decontaminate, EvaluationSets, load_evaluation_sets
 from gristmill.pipelines.progress import CorpusProgress
 from gristmill.pipelines.readers import probe
 from gristmill.pipelines.refresh_index import PublishedCorpus, read_index_rows
@@ -60,7 +64,7 @@ log = logging.getLogger("gristmill.corpus")
 
 SPILL_DIR = "_spill"  # documents waiting for their near-dedup clusters; removed after the run
 #: the statistics the job hands the driver (see runner.collect_stats)
-STATS = ("counts", "shards", "rejected_shards", "index_shards", "files", "cc_rounds", "id_changes")
+STATS = ("counts", "shards", "rejected_shards", "index_shards", "files", "cc_rounds", "id_changes", "quality_hist")
 
 
 class PipelineInputError(GristmillError):
@@ -219,12 +223,14 @@ def _is_dropped(d) -> bool:
 
 def build_pipeline(
     p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig, published_index: list[str] | None = None,
-    pool_workers: int = 1,
+    pool_workers: int = 1, evaluation: EvaluationSets | None = None, quality_cuts: dict[str, int] | None = None,
 ) -> beam.PCollection:
     """The corpus pipeline; with ``published_index`` (the index files of a published corpus), new
     documents are also deduplicated against that corpus (``gristmill refresh``). ``pool_workers``:
-    processes for the per-file work on the in-process runner (pipelines/workpool.py). Returns its
-    one sink (see the end).
+    processes for the per-file work on the in-process runner (pipelines/workpool.py);
+    ``evaluation``: the checked evaluation files of decontamination (read again when not given);
+    ``quality_cuts``: per language the lowest histogram bin kept, when the quality classifier keeps a
+    top fraction (:func:`build_quality_prepass` counted the scores). Returns its one sink (see the end).
 
     With near-dedup on, this is the first of the run's pipelines: it ends with the documents still
     kept spilled to files and their candidate edges written for the clustering rounds
@@ -248,6 +254,21 @@ def build_pipeline(
     cleaned = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
     kept = cleaned | "Kept" >> beam.Filter(_is_kept)
     rejected = cleaned | "Rejected" >> beam.Filter(_is_dropped)
+    written = []
+    if cfg.clean.quality.enabled:
+        scored = kept | "QualityCut" >> beam.Map(quality.mark, cfg.clean.quality, dict(quality_cuts or {}))
+        decisions = (scored | "QualityDecisions" >> beam.FlatMap(quality.decision_key)
+                     | "CountQuality" >> beam.combiners.Count.PerElement())
+        written.append(collect_stats("quality_hist", decisions, output))
+        kept = scored | "QualityKept" >> beam.Filter(_is_kept)
+        low = scored | "QualityLow" >> beam.Filter(_is_dropped)
+        rejected = (rejected, low) | "RejectedOrLowQuality" >> beam.Flatten()
+    if cfg.decontaminate.enabled:
+        lengths = evaluation.short_lengths if evaluation is not None else None
+        marked = kept | "Decontaminate" >> Decontaminate(cfg.decontaminate, lengths)
+        kept = marked | "Uncontaminated" >> beam.Filter(_is_kept)
+        contaminated = marked | "Contaminated" >> beam.Filter(_is_dropped)
+        rejected = (rejected, contaminated) | "RejectedOrContaminated" >> beam.Flatten()
     id_changes = kept | "UniqueIds" >> UniqueIds()
     if cfg.exact_dedup.enabled:
         pub_hashes = None
@@ -261,7 +282,7 @@ def build_pipeline(
         kept = apply_id_changes(kept, id_changes)
     n_changes = (id_changes | "CountIdChanges" >> beam.Map(lambda _: ("across_files", 1))
                  | "SumIdChanges" >> beam.CombinePerKey(sum))
-    written = [collect_stats("files", file_stats, output), collect_stats("id_changes", n_changes, output)]
+    written += [collect_stats("files", file_stats, output), collect_stats("id_changes", n_changes, output)]
     if cfg.near_dedup.enabled:
         spill = io.join(output, SPILL_DIR)
         # ReadCleanFileFn gave every kept document its text hash and signature
@@ -284,6 +305,23 @@ def build_pipeline(
     # One sink that depends on every branch, applied last: the DaskRunner computes only the graph
     # of the pipeline's last transform, so a branch not feeding it would silently not run.
     return written | "AllWritten" >> beam.Flatten()
+
+
+def build_quality_prepass(p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig,
+                          pool_workers: int = 1) -> beam.PCollection:
+    """Keeping a top fraction per language needs every score first: read and clean (the per-file work
+    lands in ``_work/``, which the main pipeline then replays instead of cleaning again) and count the
+    scores into per-language histograms (``quality_prepass``)."""
+    bins = (
+        p
+        | "Inputs" >> beam.Create(plan.files)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS, pool_workers))
+        | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x and _is_kept(x))
+        | "ScoreBins" >> beam.FlatMap(quality.score_key)
+        | "CountBins" >> beam.combiners.Count.PerElement()
+    )
+    return collect_stats("quality_prepass", bins, output)
 
 
 def _round_dir(output: str, r: int) -> str:
@@ -319,9 +357,17 @@ def build_write_pipeline(p: beam.Pipeline, output: str, cfg: GristmillConfig, la
     return _write_outputs(p, kept, near_dups, output, cfg, counted_as_read=False) | "AllWritten" >> beam.Flatten()
 
 
+def rejected_prefix(cfg: GristmillConfig) -> str:
+    """Where rejected shards go: ``_rejected/reason=<stage>/``, or for Parquet ``_rejected/stage=<stage>/``:
+    hive-partitioning readers (DuckDB, polars) replace a file's column by the partition value of the
+    same name, which would turn every ``reason`` (``stage:rule``) into its stage."""
+    return "_rejected/stage=" if cfg.write.format == "parquet" else "_rejected/reason="
+
+
 def _write_rejected(p, rejected, output: str, cfg: GristmillConfig):
     if cfg.write.write_rejected:
-        return rejected | "WriteRejected" >> WriteShards(output, cfg.write, "_rejected/reason=", _stage_of, "rejected")
+        return rejected | "WriteRejected" >> WriteShards(output, cfg.write, rejected_prefix(cfg), _stage_of,
+                                                         "rejected")
     return p | "NoRejected" >> beam.Create([])
 
 
@@ -370,7 +416,8 @@ def funnel(read: int, dropped_by_reason: dict[str, int], stage_order: tuple[str,
     return rows
 
 
-def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
+def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
+                   evaluation: EvaluationSets | None = None) -> dict:
     raw = stats["counts"]
     counts: Counter[str] = Counter()
     dropped_by: dict[str, int] = {}
@@ -408,7 +455,7 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
     per_file_docs = sum(f["documents"] for f in stats["files"])
     if per_file_docs != read:
         raise AccountingError(f"files report {per_file_docs} documents, pipeline read {read}")
-    return {
+    manifest = {
         "gristmill_version": __version__,
         "kind": "corpus",
         "schema_version": SCHEMA_VERSION,
@@ -435,6 +482,13 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig) -> dict:
         "rejected_shards": stats["rejected_shards"],
         "index_shards": stats["index_shards"],
     }
+    if cfg.clean.quality.enabled:  # only then, as decontamination below
+        manifest["quality"] = quality.manifest_entry(cfg.clean.quality, stats["quality_hist"],
+                                                     stats.get("quality_cuts") or {})
+    if cfg.decontaminate.enabled:  # only then: a run without it keeps the manifest it always had
+        ev = evaluation or load_evaluation_sets(cfg.decontaminate)
+        manifest["decontamination"] = ev.manifest_entry(cfg.decontaminate, dropped_by.get(DECONTAMINATED, 0))
+    return manifest
 
 
 def _remove_stale(output: str, manifest: dict) -> list[str]:
@@ -490,8 +544,10 @@ def run_corpus(
     ended in ``run.json``."""
     t0 = time.time()
     output = output.rstrip("/") if io.is_remote(output) else os.path.abspath(output)
-    # fail early on config problems a worker would hit later (missing model, missing blocklist)
+    # fail early on config problems a worker would hit later (missing model, missing blocklist,
+    # evaluation files missing or without text)
     Cleaner(cfg)
+    evaluation = load_evaluation_sets(cfg.decontaminate) if cfg.decontaminate.enabled else None
     plan = plan_inputs(inputs, cfg.read, skip_bad_files=skip_bad_files, progress=progress)
     log.info(
         "%d input files (%s bytes)%s%s",
@@ -511,7 +567,7 @@ def run_corpus(
         if fresh:
             io.remove_tree(io.join(output, WORK_DIR))
         try:
-            result = _run(plan, output, cfg, beam_args, published, t0, progress)
+            result = _run(plan, output, cfg, beam_args, published, t0, progress, evaluation)
         finally:
             remove_stats(output)
             io.remove_tree(io.join(output, SPILL_DIR))
@@ -556,7 +612,7 @@ def _cluster(output: str, cfg: GristmillConfig, beam_args,
 
 
 def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, published, t0: float,
-         progress: bool = True) -> RunResult:
+         progress: bool = True, evaluation: EvaluationSets | None = None) -> RunResult:
     io.remove_tree(io.join(output, SPILL_DIR))  # left by a crashed run
     index_files = published.index_files if published else None
     bar = progress and sys.stderr.isatty()
@@ -564,15 +620,24 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
     if workers > 1:
         log.info("reading and cleaning on %d processes", workers)
     cc_rounds: list = []
+    cuts: dict[str, int] = {}
     with CorpusProgress(output, len(plan.files), sum(plan.sizes.values()), bar=bar) as watch:
-        run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files, workers), beam_args)
+        if cfg.clean.quality.enabled and cfg.clean.quality.top_fraction is not None:
+            run_pipeline(lambda p: build_quality_prepass(p, plan, output, cfg, workers), beam_args)
+            cuts = quality.top_fraction_cuts(cfg.clean.quality, read_stats(output, "quality_prepass"))
+            log.info("quality: keeping the top fraction per language from score %s",
+                     ", ".join(f"{lang} ≥ {quality.bin_floor(b):.4g}" for lang, b in cuts.items()) or "(none scored)")
+        run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files, workers, evaluation, cuts),
+                     beam_args)
         if cfg.near_dedup.enabled:
             watch.read_finished()
             cc_rounds, labels = _cluster(output, cfg, beam_args)
             watch.phase("writing shards")
             run_pipeline(lambda p: build_write_pipeline(p, output, cfg, labels, read_stats(output, "spill_files")),
                          beam_args)
-    manifest = build_manifest(plan, read_run_stats(output, cc_rounds), cfg)
+    stats = read_run_stats(output, cc_rounds)
+    stats["quality_cuts"] = cuts
+    manifest = build_manifest(plan, stats, cfg, evaluation)
     if published is not None:
         manifest.update(published.lineage(output, manifest))
         io.write_json_atomic(io.join(output, "versions.json"), manifest["versions"])
@@ -585,6 +650,7 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
 
         report_path = io.join(output, "report.html")
         write_html_report(manifest, report_path)  # no timings: the whole directory is deterministic
+    write_card(output, manifest)
     # the manifest last: its presence is what says the output is complete
     manifest_path = io.join(output, "manifest.json")
     io.write_json_atomic(manifest_path, manifest)

@@ -107,6 +107,24 @@ def _inputs_table(inputs: list[dict]) -> str:
     return "".join(rows)
 
 
+def _quality_section(quality: dict | None) -> str:
+    """Per language scored by the quality classifier: its cut and the score histogram (kept bins
+    green, dropped bins red). Empty without the classifier: such a run's report is what it was."""
+    if not quality:
+        return ""
+    keep, model = html.escape(quality["keep"].replace("_", " ")), html.escape(quality["model"])
+    parts = [f"<h2>Quality classifier</h2><p>Keeping by {keep}; model <code>{model}</code> "
+             f"(sha256 <code>{quality['model_sha256'][:12]}</code>).</p>"]
+    langs = sorted(quality["languages"].items(), key=lambda kv: (-kv[1]["scored"], kv[0]))[:TOP_LANGUAGES]
+    for lang, q in langs:
+        parts.append(f"<h3>{html.escape(lang)}: kept {q['kept']:,} of {q['scored']:,} scored "
+                     f"(cut: score ≥ {q['cut']:.4g})</h3>")
+        rows = [(f"≥ {b['from']:.3g}", b["documents"], "#54a24b" if b["from"] >= q["cut"] else "#e45756")
+                for b in q["histogram"]]
+        parts.append(_bars(rows, q["scored"]))
+    return "".join(parts)
+
+
 def render_html(manifest: dict, seconds: float | None = None) -> str:
     c = manifest["counts"]
     read = c["read"]
@@ -127,7 +145,7 @@ dropped {sum(c['dropped'].values()):,}; {len(manifest['shards'])} shards. Config
 Percentages are of the documents read.</p>
 <h2>Funnel</h2>{_bars(funnel_rows, read)}
 <h2>Dropped by reason</h2>{_bars(reason_rows, read)}
-<h2>Languages kept</h2>{_bars(lang_rows, read)}
+<h2>Languages kept</h2>{_bars(lang_rows, read)}{_quality_section(manifest.get("quality"))}
 <h2>Inputs</h2><table><tr><th>file</th><th>format</th><th>bytes</th><th>documents</th><th>error</th></tr>
 {_inputs_table(manifest["inputs"])}</table>
 </body></html>

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from gristmill import __version__, io
 from gristmill.config import TokenizeConfig
-from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest
+from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest, shard_size_bound
 from gristmill.locks import directory_lock
 from gristmill.outputs import begin_output, check_output
 from gristmill.pipelines.runner import (
@@ -183,7 +183,7 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
     model = io.read_bytes(model_file(tokenizer))
     vocab = sp.get_piece_size()
     dtype = token_dtype(vocab)
-    total_chars = sum(s["bytes"] for s in manifest["shards"])  # an upper bound: file bytes ≥ text
+    total_chars = sum(shard_size_bound(corpus, s) for s in manifest["shards"])  # an upper bound: bytes ≥ text
     per_bucket = cfg.max_sequences_per_shard * (cfg.seq_len + 1)
     n_buckets = max(1, math.ceil(total_chars / CHARS_PER_TOKEN_ESTIMATE / per_bucket))
     check_output(output, "tokens", overwrite)

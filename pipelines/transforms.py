@@ -311,12 +311,14 @@ def _assign_shards(item, max_docs: int, max_bytes: int):
 
 
 class _WriteShardFn(beam.DoFn):
-    def __init__(self, output: str, prefix: str, kind: str, arrow_format: str):
-        self.output, self.prefix, self.kind, self.arrow_format = output, prefix, kind, arrow_format
+    def __init__(self, output: str, prefix: str, kind: str, write_cfg: WriteConfig):
+        self.output, self.prefix, self.kind, self.write_cfg = output, prefix, kind, write_cfg
 
     def process(self, item):
         (partition, index), docs = item
-        info = write_shard(self.output, f"{self.prefix}{partition}", index, list(docs), self.kind, self.arrow_format)
+        w = self.write_cfg
+        info = write_shard(self.output, f"{self.prefix}{partition}", index, list(docs), self.kind, w.arrow_format,
+                           w.format, w.parquet_row_group_bytes)
         info["partition"] = partition
         yield info
 
@@ -330,8 +332,9 @@ def language(doc) -> str:
 
 
 class WriteShards(beam.PTransform):
-    """Documents → Arrow shards ``OUTPUT/<prefix><partition>/part-NNNNN.arrow``, each sorted by id;
-    outputs one manifest entry per shard (path, rows, bytes, sha256, partition).
+    """Documents → Arrow shards ``OUTPUT/<prefix><partition>/part-NNNNN.arrow`` (``.parquet`` with
+    ``write.format: parquet``), each sorted by id; outputs one manifest entry per shard (path, rows,
+    bytes, sha256, partition).
 
     ``partition_fn`` names a document's partition (its language by default: ``lang=xx/``). A
     partition is split into ``ceil(max(docs / write.max_docs_per_shard, bytes /
@@ -363,5 +366,5 @@ class WriteShards(beam.PTransform):
             | "JoinSizes" >> beam.CoGroupByKey()
             | "Assign" >> beam.FlatMap(_assign_shards, w.max_docs_per_shard, w.max_bytes_per_shard)
             | "Group" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(_WriteShardFn(self.output, self.prefix, self.kind, w.arrow_format))
+            | "Write" >> beam.ParDo(_WriteShardFn(self.output, self.prefix, self.kind, w))
         )

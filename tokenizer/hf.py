@@ -95,6 +95,8 @@ def export_hf(model_proto: bytes, output: str, meta: dict, model_max_length: int
         "pad_token": opts["pad_piece"],
         "additional_special_tokens": list(opts["user_defined_symbols"]),
     }
+    if "<mask>" in opts["user_defined_symbols"]:  # tokenizers trained before <mask> was reserved have none
+        special["mask_token"] = "<mask>"
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special,

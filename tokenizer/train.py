@@ -31,6 +31,8 @@ log = logging.getLogger("gristmill.tokenizer")
 
 SPECIAL = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad>"}
 SPECIAL_IDS = {"unk": 0, "bos": 1, "eos": 2, "pad": 3}
+#: always reserved (after the configured user-defined symbols): masked language modelling replaces tokens with it
+MASK = "<mask>"
 MODEL_FILE = "tokenizer.model"
 
 
@@ -61,6 +63,11 @@ def iter_corpus_lines(corpus: str, cfg: TokenizerConfig, stats: Counter | None =
                     yield line
 
 
+def reserved_symbols(cfg: TokenizerConfig) -> list[str]:
+    """The user-defined pieces a tokenizer reserves: the configured ones, then ``<mask>`` (MLM) if not among them."""
+    return [*cfg.user_defined_symbols, *([MASK] if MASK not in cfg.user_defined_symbols else [])]
+
+
 def trainer_options(cfg: TokenizerConfig) -> dict:
     return {
         "model_type": cfg.model_type,
@@ -76,7 +83,7 @@ def trainer_options(cfg: TokenizerConfig) -> dict:
         # no dummy "▁" before the first word: a document's first word is tokenized as it is written
         # (as GPT-style BPEs do), and tokenizer.json can reproduce every segmentation exactly
         "add_dummy_prefix": False,
-        "user_defined_symbols": list(cfg.user_defined_symbols),
+        "user_defined_symbols": reserved_symbols(cfg),
         "unk_id": SPECIAL_IDS["unk"],
         "bos_id": SPECIAL_IDS["bos"],
         "eos_id": SPECIAL_IDS["eos"],
@@ -216,7 +223,7 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig, progress: bo
         "model_sha256": hashlib.sha256(data).hexdigest(),
         "vocab_size": sp.get_piece_size(),
         "special_tokens": {k: {"piece": SPECIAL[k], "id": SPECIAL_IDS[k]} for k in SPECIAL},
-        "user_defined_symbols": {s: sp.piece_to_id(s) for s in cfg.user_defined_symbols},
+        "user_defined_symbols": {s: sp.piece_to_id(s) for s in reserved_symbols(cfg)},
         "documents": stats["documents"],
         "documents_skipped_by_language_weight": stats["documents_skipped"],
         "lines_streamed": stats["lines"],

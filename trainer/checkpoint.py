@@ -178,6 +178,16 @@ def restore(path: Path, model, optimizer, rank: int) -> dict:
     return read_state(path)
 
 
+def require_causal(args: ModelArgs, path, what: str) -> None:
+    """An error for a causal-only command (``what``) given an MLM encoder's checkpoint, naming what to use."""
+    if args.objective == "mlm":
+        raise CheckpointError(
+            f"{path} is a masked-language-model encoder (model.objective: mlm): {what} needs a causal checkpoint "
+            "(model.objective: clm). An encoder predicts masked tokens: `gristmill eval --data` reports its masked-"
+            "token perplexity, `gristmill export-hf` gives a transformers fill-mask model, and `gristmill "
+            "finetune-cls` fine-tunes it for classification")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", with_classifier: bool = False) -> GPT:
     """A checkpoint's model, ready for inference (eval mode): the language model, or with
     ``with_classifier`` the classifier a classification fine-tuning trained (GPTClassifier)."""
@@ -186,7 +196,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", with_classi
     weights = load_weights(path, args)
     if not with_classifier:
         args = dataclasses.replace(args, n_classes=0)
-        weights = {k: v for k, v in weights.items() if not k.startswith("cls_head.")}
+        weights = {k: v for k, v in weights.items() if not k.startswith(("cls_head.", "cls_dense."))}
     elif not args.n_classes:
         raise ValueError(f"{path} is not a classifier checkpoint (it has no classification head)")
     model = build_model(args)

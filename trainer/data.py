@@ -9,6 +9,11 @@ micro-step ``m`` of rank ``r`` takes the ``micro_batch_size`` samples starting a
 ``s·G + (m·world + r)·micro_batch_size``. The data position is therefore the number of samples consumed,
 saved in every checkpoint: a resumed run reads exactly the samples an uninterrupted one would, and the
 global batches do not depend on the number of workers (only the split of each batch does).
+
+Masked language modelling (``model.objective: mlm``) masks on the fly, and the masks are part of the
+same position: sample ``i``'s mask comes from a generator seeded by ``(seed, split, i)`` alone
+(:func:`mlm_mask`), so a resumed run, or one on another number of workers, masks every sample as an
+uninterrupted run does, and a sequence read again in a later epoch gets a new mask.
 """
 
 from __future__ import annotations
@@ -85,3 +90,28 @@ def val_indices(n_val: int, rank: int, world: int, micro_batch_size: int, max_ba
         chunk = idx[start:start + per_round]
         batches.append(chunk[rank * micro_batch_size:(rank + 1) * micro_batch_size])
     return batches
+
+
+#: the streams of :func:`mlm_mask`'s generators: training samples and validation rows never share a mask
+MASK_STREAMS = {"train": 0, "val": 1}
+
+
+def mlm_mask(tokens: np.ndarray, positions: np.ndarray, seed: int, split: str, mask_id: int, vocab_size: int,
+             special_ids: tuple[int, ...] = (), rate: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's masking of rows ``tokens`` (n, T) whose data positions (sample indices) are ``positions``:
+    each token not in ``special_ids`` is chosen with probability ``rate``; of those, 80 % become
+    ``mask_id``, 10 % a uniformly random id below ``vocab_size``, 10 % stay. Returns (inputs, labels):
+    labels hold the original id at chosen positions and -100 (not counted by the loss) elsewhere.
+    Deterministic: row k depends only on (seed, split, positions[k]) and its tokens."""
+    inputs, labels = tokens.copy(), np.full_like(tokens, -100)
+    specials = np.asarray(special_ids, dtype=tokens.dtype)
+    for k, pos in enumerate(positions):
+        rng = np.random.default_rng([seed, MASK_STREAMS[split], int(pos)])
+        row = tokens[k]
+        u = rng.random((3, row.shape[0]))  # chosen?, which replacement, and the random id: one draw each
+        chosen = (u[0] < rate) & ~np.isin(row, specials)
+        labels[k, chosen] = row[chosen]
+        inputs[k, chosen & (u[1] < 0.8)] = mask_id
+        rand = chosen & (u[1] >= 0.8) & (u[1] < 0.9)
+        inputs[k, rand] = (u[2, rand] * vocab_size).astype(tokens.dtype)
+    return inputs, labels

@@ -1,5 +1,9 @@
 """``gristmill eval``: perplexity on validation token shards and k-shot multiple choice by log-likelihood.
 
+For an MLM encoder (``model.objective: mlm``) the perplexity is the masked-token one: exp of the mean
+cross-entropy of the original tokens at the masked positions (:func:`masked_perplexity`), with the masks
+validation uses during training; multiple choice needs a causal model.
+
 Multiple choice follows the usual log-likelihood protocol (as lm-evaluation-harness does): each choice
 is scored by the sum of the log-probabilities of its tokens after the prompt; ``accuracy`` takes the
 best sum, ``accuracy_norm`` the best sum per character of the choice (fairer to long choices). The
@@ -40,6 +44,41 @@ def perplexity(model: GPT, data_dir: str, batch_size: int = 8, max_batches: int 
         count += rows[:, 1:].numel()
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count, "sequences": n}
+
+
+@torch.no_grad()
+def masked_perplexity(model: GPT, data_dir: str, special_ids: tuple[int, ...], eos_id: int, batch_size: int = 8,
+                      max_batches: int = 0, seed: int = 0) -> dict:
+    """An MLM encoder's masked-token loss, perplexity and accuracy on the val split: each row masked as
+    validation during training masks it (:func:`~gristmill.trainer.data.mlm_mask`, the val stream of ``seed``),
+    within-document attention, the loss over the masked positions only."""
+    from gristmill.trainer.data import mlm_mask
+    from gristmill.trainer.model import document_mask
+
+    manifest = read_token_manifest(data_dir)
+    val = TokenSplit(data_dir, "val", manifest)
+    if len(val) == 0:
+        raise ValueError(f"{data_dir}: the val split is empty")
+    a = model.args
+    if manifest["vocab_size"] > a.vocab_size:
+        raise ValueError(f"{data_dir} uses a vocabulary of {manifest['vocab_size']}, the model {a.vocab_size}")
+    device = next(model.parameters()).device
+    n = len(val) if not max_batches else min(len(val), max_batches * batch_size)
+    total, count, correct = 0.0, 0, 0
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(n, start + batch_size))
+        tokens = val.rows(idx)[:, : min(val.seq_len, a.max_seq_len)]
+        inputs, labels = mlm_mask(tokens, idx, seed, "val", a.mask_id, a.vocab_size, special_ids, a.mask_rate)
+        y = torch.from_numpy(labels).to(device)
+        select = y != -100
+        logits = model(torch.from_numpy(inputs).to(device), mask=document_mask(torch.from_numpy(tokens).to(device),
+                       eos_id), select=select).float()[:, : a.vocab_size]
+        total += float(torch.nn.functional.cross_entropy(logits, y[select], reduction="sum"))
+        count += int(select.sum())
+        correct += int((logits.argmax(-1) == y[select]).sum())
+    loss = total / count
+    return {"objective": "mlm", "loss": loss, "perplexity": math.exp(loss), "accuracy": correct / count,
+            "masked_tokens": count, "sequences": n}
 
 
 def read_mc(path: str | Path) -> list[dict]:

@@ -3,6 +3,13 @@
 The model already has Llama's layout (trainer/model.py), so export renames tensors; nothing is
 converted or permuted (both use rotate-half RoPE). ``vocab_size`` is the padded embedding size: the
 extra rows are never produced by the tokenizer.
+
+An MLM encoder (``model.objective: mlm``) has EuroBERT's layout, which is Llama's without the causal
+mask, under the same tensor names: it exports as ``EuroBertForMaskedLM`` (``AutoModelForMaskedLM``, the
+``fill-mask`` pipeline), its classification fine-tunes as ``EuroBertForSequenceClassification``
+(``classifier_pooling`` bos or mean; ``cls_dense``/``cls_head`` → ``dense``/``classifier``). transformers
+attends across the whole input (with an attention mask: across its real tokens), as the encoder does
+within one document; several eos-joined documents in one input would see each other there.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def hf_name(name: str) -> str:
-    """gristmill parameter name → LlamaForCausalLM parameter name."""
+    """gristmill parameter name → LlamaForCausalLM (and EuroBERT) parameter name."""
+    if name.startswith(("cls_dense.", "cls_head.")):  # EuroBertForSequenceClassification's head
+        return name.replace("cls_dense.", "dense.").replace("cls_head.", "classifier.")
     if name == "embed.weight":
         return "model.embed_tokens.weight"
     if name == "norm.weight":
@@ -59,12 +68,76 @@ def llama_config(args, special: dict) -> dict:
     }
 
 
+def eurobert_config(args, special: dict, mask_id: int, classes: list[str] | None) -> dict:
+    """An MLM encoder's config: EuroBertForMaskedLM, or with ``classes`` EuroBertForSequenceClassification."""
+    cfg = {
+        "architectures": ["EuroBertForSequenceClassification" if classes else "EuroBertForMaskedLM"],
+        "model_type": "eurobert",
+        "vocab_size": args.padded_vocab_size,
+        "hidden_size": args.d_model,
+        "intermediate_size": args.ffn_hidden,
+        "num_hidden_layers": args.n_layer,
+        "num_attention_heads": args.n_head,
+        "num_key_value_heads": args.n_kv_head,
+        "head_dim": args.head_dim,
+        "max_position_embeddings": args.max_seq_len,
+        "rms_norm_eps": args.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        # a classifier has no output matrix to tie
+        "tie_word_embeddings": args.tie_embeddings and not classes,
+        "mask_token_id": mask_id,
+        "torch_dtype": "float32",
+        **special,
+    }
+    if classes:
+        cfg.update(classifier_pooling={"first": "bos", "mean": "mean"}[args.pooling], num_labels=len(classes),
+                   id2label={str(i): c for i, c in enumerate(classes)}, label2id={c: i for i, c in enumerate(classes)})
+    return cfg
+
+
+def _classifier_post_processor(tokenizer_json: bytes, args, special: dict) -> bytes:
+    """tokenizer.json that frames a text as classification fine-tuning did (finetune_data.cls_examples): <s> first
+    with first-token pooling, </s> last; the text-classification pipeline then gives the fine-tuned inputs."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(tokenizer_json.decode())
+    bos, eos = tok.id_to_token(special["bos_token_id"]), tok.id_to_token(special["eos_token_id"])
+    first = f"{bos} " if args.pooling == "first" else ""
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{first}$A {eos}", pair=f"{first}$A {eos} $B {eos}",
+        special_tokens=[(t, tok.token_to_id(t)) for t in dict.fromkeys([*([bos] if first else []), eos])])
+    return tok.to_str(pretty=False).encode()
+
+
 class ExportError(GristmillError):
     """An export that would harm files it did not write; the message says what to do."""
 
 
 #: what an export directory holds besides the files it lists (written last: a complete export)
 EXPORT_MARKER = ".gristmill-export.json"
+
+
+def _encoder_card(checkpoint: Path, args, state: dict, n_params: int) -> str:
+    classes = state.get("classes") if args.n_classes else None
+    auto = "AutoModelForSequenceClassification" if classes else "AutoModelForMaskedLM"
+    usage = (["from transformers import pipeline", "clf = pipeline('text-classification', model=PATH)",
+              "print(clf('Der Hund schläft.'))"] if classes else
+             ["from transformers import pipeline", "fill = pipeline('fill-mask', model=PATH)",
+              "print(fill('The mill grinds <mask>.'))"])
+    return "\n".join([
+        "---", "library_name: transformers", f"pipeline_tag: {'text-classification' if classes else 'fill-mask'}",
+        "tags: [gristmill, eurobert, masked-lm]", "---", "",
+        f"# {checkpoint.parent.name} (step {state.get('step')})", "",
+        "A bidirectional encoder pretrained with gristmill by masked language modelling (BERT's 80/10/10 masking "
+        f"of {args.mask_rate:.0%} of the tokens), EuroBERT layout (RoPE, RMSNorm, SwiGLU); exported from a native "
+        f"checkpoint, the logits equal the native model's. Load it with `{auto}`.", "",
+        f"parameters {n_params:,}: {args.n_layer} layers × {args.d_model} wide; context {args.max_seq_len} tokens; "
+        f"{state.get('task', 'pretrain')}, {state.get('step')} steps"
+        + (f"; classes {', '.join(classes)} ({args.pooling} pooling)" if classes else "") + ".", "",
+        "```python", *usage, "```", ""])
 
 
 def _model_card(checkpoint: Path, args, state: dict, run: dict, special: dict, n_params: int) -> str:
@@ -138,9 +211,16 @@ def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | Path 
         run_path = checkpoint / "config.json"  # checkpoints written before run_config.json
     run = json.loads(run_path.read_text()) if run_path.is_file() else {}
     weights = ckpt.load_weights(checkpoint, args)
-    # the language model only: a classification head has no place in LlamaForCausalLM
-    tensors = {hf_name(k): v.contiguous() for k, v in weights.items()
-               if not (args.tie_embeddings and k == "lm_head.weight") and not k.startswith("cls_head.")}
+    encoder = args.objective == "mlm"
+    classes = state.get("classes") if encoder and args.n_classes else None
+
+    def kept(k: str) -> bool:
+        if k == "lm_head.weight":  # tied: stored once; a sequence classifier has no output matrix
+            return not (args.tie_embeddings or classes)
+        # the language model only: a causal classifier's head has no place in LlamaForCausalLM
+        return classes is not None or not k.startswith(("cls_head.", "cls_dense."))
+
+    tensors = {hf_name(k): v.contiguous() for k, v in weights.items() if kept(k)}
     tok_dir = Path(tokenizer) if tokenizer else checkpoint
     if not (tok_dir / "tokenizer.json").is_file():
         raise ExportError(f"{tok_dir / 'tokenizer.json'} not found: pass --tokenizer DIR "
@@ -156,17 +236,32 @@ def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | Path 
     if im_end is not None and "eos_token_id" in special:  # a chat answer ends at <|im_end|>
         generation["eos_token_id"] = [special["eos_token_id"], im_end]
 
-    files: dict[str, bytes] = {
-        "model.safetensors": save(tensors, metadata={"format": "pt"}),
-        "config.json": json.dumps(llama_config(args, special), indent=1).encode(),
-        "generation_config.json": json.dumps(generation, indent=1).encode(),
-        "README.md": _model_card(checkpoint, args, state, run, generation,
-                                 sum(t.numel() for t in tensors.values())).encode(),
-    }
+    n_params = sum(t.numel() for t in tensors.values())
+    if encoder:
+        files: dict[str, bytes] = {
+            "model.safetensors": save(tensors, metadata={"format": "pt"}),
+            "config.json": json.dumps(eurobert_config(args, special, args.mask_id, classes), indent=1).encode(),
+            "README.md": _encoder_card(checkpoint, args, state, n_params).encode(),
+        }
+    else:
+        files = {
+            "model.safetensors": save(tensors, metadata={"format": "pt"}),
+            "config.json": json.dumps(llama_config(args, special), indent=1).encode(),
+            "generation_config.json": json.dumps(generation, indent=1).encode(),
+            "README.md": _model_card(checkpoint, args, state, run, generation, n_params).encode(),
+        }
     for name in TOKENIZER_FILES:
         if (tok_dir / name).is_file():
             files[name] = (tok_dir / name).read_bytes()
-    if "tokenizer_config.json" in files:
+    if classes and {"bos_token_id", "eos_token_id"} <= special.keys():
+        files["tokenizer.json"] = _classifier_post_processor(files["tokenizer.json"], args, special)
+    if "tokenizer_config.json" in files and encoder:
+        # an encoder reads the whole input at once: pad on the right (first-token pooling reads position 0)
+        tok_cfg = json.loads(files["tokenizer_config.json"])
+        tok_cfg.pop("chat_template", None)
+        tok_cfg.update(model_max_length=args.max_seq_len, padding_side="right")
+        files["tokenizer_config.json"] = json.dumps(tok_cfg, indent=2).encode()
+    elif "tokenizer_config.json" in files:
         tok_cfg = json.loads(files["tokenizer_config.json"])
         tok_cfg.update(chat_template=CHATML_TEMPLATE, model_max_length=args.max_seq_len, padding_side="left")
         files["tokenizer_config.json"] = json.dumps(tok_cfg, indent=2).encode()

@@ -249,9 +249,11 @@ def cls_examples(sp, cfg, split: str, seed: int = 0) -> ClsExamples:
     pad = sp.pad_id() if sp.pad_id() >= 0 else sp.eos_id()
     ids = np.full((len(kept), cfg.seq_len), pad, dtype=np.int64)
     last = np.zeros(len(kept), dtype=np.int64)
-    # each text ends with eos: the last token's state has seen the whole text and the same token always closes it
+    # each text ends with eos: the last token's state has seen the whole text and the same token always closes it.
+    # First-token pooling (an MLM encoder's) reads a <s> put before each text: BERT's [CLS]
+    first = [sp.bos_id()] if getattr(cfg, "pooling", "auto") == "first" else []
     for k, (text, _) in enumerate(kept):
-        toks = (sp.encode(text)[: cfg.seq_len - 1]) + [sp.eos_id()]
+        toks = first + (sp.encode(text)[: cfg.seq_len - 1 - len(first)]) + [sp.eos_id()]
         ids[k, : len(toks)] = toks
         last[k] = len(toks) - 1
     labels = np.asarray([y for _, y in kept], dtype=np.int64)

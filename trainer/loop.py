@@ -12,6 +12,7 @@ what a cluster needs and nothing else: the worker group, the process group, chec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -30,7 +32,7 @@ from gristmill.tokenizer.tokens import read_token_manifest
 from gristmill.trainer import TrainingDivergedError
 from gristmill.trainer import checkpoint as ckpt
 from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_batch_start
-from gristmill.trainer.model import GPT, GPTClassifier, ModelArgs, build_model, flops_per_token, resolve_model_args
+from gristmill.trainer.model import GPT, ModelArgs, build_model, flops_per_token, resolve_model_args
 from gristmill.trainer.tasks import TASK_SECTIONS, all_sum, build_task
 
 log = logging.getLogger("gristmill.trainer")
@@ -200,7 +202,7 @@ def set_up(loop_config: dict) -> _Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = BatchPlan(p.batch_size, p.micro_batch_size, world)
     plan.check()
-    task = build_task(task_name, cfg, loop_config.get("tokenizer_dir"))
+    task = build_task(task_name, cfg, loop_config.get("tokenizer_dir"), ModelArgs.from_dict(loop_config["model_args"]))
     (run_dir / "workers").mkdir(exist_ok=True)
     (run_dir / "workers" / f"rank{rank}.json").write_text(json.dumps(
         {"pid": os.getpid(), "rank": rank, "world": world, "host": os.uname().nodename, "ip": _node_ip()}))
@@ -221,7 +223,7 @@ def set_up(loop_config: dict) -> _Run:
     if run.init_checkpoint:  # fine-tuning starts from a trained model (a new classification head stays as initialised)
         init = Path(run.init_checkpoint)
         missing, unexpected = model.load_state_dict(ckpt.load_weights(init, ckpt.load_model_args(init)), strict=False)
-        if unexpected or [k for k in missing if not k.startswith("cls_head.")]:
+        if unexpected or [k for k in missing if not k.startswith(("cls_head.", "cls_dense."))]:
             raise DataError(f"{init} does not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
     run.model = model.to(device)
     run.wrapped = _wrap(run.model, run, bf16)
@@ -311,7 +313,9 @@ def train_step(run: _Run) -> tuple[float, float]:
     is_ddp = hasattr(wrapped, "no_sync")
     for micro in range(plan.grad_accum):
         start = micro_batch_start(run.step, micro, run.rank, plan)
-        batch = run.task.batch(run.task.train.rows(run.stream.indices(start, p.micro_batch_size)), run.device)
+        rows = run.task.train.rows(run.stream.indices(start, p.micro_batch_size))
+        # the data position of each row: MLM's masks are drawn from it
+        batch = run.task.batch(rows, run.device, positions=np.arange(start, start + p.micro_batch_size))
         sync = micro == plan.grad_accum - 1
         with (wrapped.no_sync() if is_ddp and not sync else contextlib.nullcontext()):
             loss = run.loss(batch)
@@ -475,7 +479,7 @@ def _wrap(model: GPT, run: _Run, bf16: bool):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     # a classifier never uses an untied output matrix: DDP must not wait for its gradient
-    unused = isinstance(model, GPTClassifier) and not model.args.tie_embeddings
+    unused = bool(model.args.n_classes) and not model.args.tie_embeddings
     device_ids = [run.device.index] if run.device.type == "cuda" else None
     return DDP(model, device_ids=device_ids, find_unused_parameters=unused)
 
@@ -554,6 +558,34 @@ def _abs(path: str) -> str:
     return os.path.abspath(path) if "://" not in path else path
 
 
+def mask_token_id(tokenizer_dir: str) -> int:
+    """The <mask> id of a tokenizer directory, or an error saying how to get a tokenizer that has one."""
+    import sentencepiece as spm
+
+    from gristmill.tokenizer.train import MASK
+
+    sp = spm.SentencePieceProcessor(model_file=str(Path(tokenizer_dir) / "tokenizer.model"))
+    mask_id = sp.piece_to_id(MASK)
+    if mask_id == sp.unk_id():  # SentencePiece's answer for a piece it does not have
+        raise DataError(f"model.objective: mlm needs a tokenizer with a {MASK} token, and {tokenizer_dir} has none "
+                        "(trained before gristmill reserved it): train the tokenizer again (`gristmill tokenizer "
+                        "train`, which reserves <mask>) and tokenize again, or pretrain with model.objective: clm")
+    return mask_id
+
+
+def cls_pooling(pooling: str, objective: str, init) -> str:
+    """finetune_cls.pooling resolved for the checkpoint's objective (auto: last for causal, mean for MLM)."""
+    if pooling == "auto":
+        return "mean" if objective == "mlm" else "last"
+    if objective == "mlm" and pooling == "last":
+        raise DataError(f"finetune_cls.pooling: last is for causal checkpoints; {init} is an MLM encoder: use first "
+                        "or mean (or auto)")
+    if objective != "mlm" and pooling != "last":
+        raise DataError(f"finetune_cls.pooling: {pooling} is for MLM encoders; {init} is a causal model, whose last "
+                        "token is the one that has read the text: use last (or auto)")
+    return pooling
+
+
 def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConfig, ModelArgs, dict]:
     """Check the data and resolve paths (absolute: workers on other nodes see the same) and dimensions.
     Returns the resolved config, the model dimensions and what else the workers need."""
@@ -580,7 +612,12 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
             tok_path = Path(tok) if Path(tok).is_dir() else Path(tok).parent
             extra["tokenizer_dir"] = str(tok_path.resolve()) if (tok_path / "tokenizer.model").is_file() else None
         if extra["tokenizer_dir"] is None:  # checkpoints are still complete for training, not for generation
+            if args.objective == "mlm":
+                raise DataError(f"model.objective: mlm needs the tokenizer of {data} (its <mask> id), and {tok} was "
+                                "not found: tokenize again with a tokenizer directory this machine can read")
             log.warning("the tokenizer of %s (%s) was not found: checkpoints will not carry it", data, tok)
+        if args.objective == "mlm":
+            args = dataclasses.replace(args, mask_id=mask_token_id(extra["tokenizer_dir"]))
     else:
         if not p.init_checkpoint:
             raise DataError(f"{section}.init_checkpoint is not set: give a config with a {section}: section "
@@ -598,21 +635,25 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
             raise DataError(f"{section}.files is empty: name the JSONL/JSON/TSV files to fine-tune on")
         extra.update(tokenizer_dir=str(init), init_checkpoint=str(init))
         args = ckpt.load_model_args(init)
+        if task == "sft" and args.objective == "mlm":
+            raise DataError(f"{init} is a masked-language-model encoder (model.objective: mlm): SFT trains a model to "
+                            "generate, which an encoder cannot. Fine-tune it for classification with `gristmill "
+                            "finetune-cls`, or run SFT from a causal checkpoint (model.objective: clm)")
         if p.seq_len > args.max_seq_len:
             raise DataError(f"{section}.seq_len {p.seq_len} exceeds the model's max_seq_len {args.max_seq_len}")
         if task == "cls":
-            import dataclasses
-
             import sentencepiece as spm
 
             from gristmill.trainer.finetune_data import cls_examples
 
+            pooling = cls_pooling(p.pooling, args.objective, init)
+            tree[section]["pooling"] = pooling
             sp = spm.SentencePieceProcessor(model_file=str(init / "tokenizer.model"))
             cfg_abs = GristmillConfig.model_validate(tree)
             classes = cls_examples(sp, cfg_abs.finetune_cls, "train", p.seed).classes
             if len(classes) < 2:
                 raise DataError(f"finetune_cls: {len(classes)} class(es) in the training split; need at least 2")
-            args = dataclasses.replace(args, n_classes=len(classes))
+            args = dataclasses.replace(args, n_classes=len(classes), pooling=pooling)
             extra["classes"] = classes
     cfg = GristmillConfig.model_validate(tree)
     BatchPlan(p.batch_size, p.micro_batch_size, max(1, p.num_workers)).check()

@@ -1,4 +1,5 @@
-"""A decoder-only transformer you can read in one sitting.
+"""A transformer you can read in one sitting: a causal language model (GPT), or the same network as a
+bidirectional encoder trained by masked language modelling (``objective: mlm``, BERT's recipe).
 
 Llama-style: RoPE, RMSNorm, SwiGLU, grouped-query attention through ``scaled_dot_product_attention``,
 optional tied embeddings, no biases. The layout and the RoPE convention (rotate-half) are those of
@@ -15,6 +16,13 @@ and autocast run the plain PyTorch ops (:func:`_eager_cpu`); the parameters are 
 ``GPT(idx)`` returns next-token logits; :func:`lm_loss` turns them into the training loss.
 ``GPTClassifier`` is the same network with a linear head on the hidden state at given positions
 (sequence classification); :func:`build_model` picks the class a checkpoint's dimensions call for.
+
+With ``objective == "mlm"`` the attention is bidirectional (no causal mask; a boolean ``mask`` keeps
+packed documents apart, :func:`document_mask`) and ``GPT(idx, mask, select)`` returns the logits of the
+original tokens at the ``select``ed (masked) positions only. The layout is then EuroBERT's (Llama's
+blocks without the causal mask), which is what export writes (``EuroBertForMaskedLM``);
+``EncoderClassifier`` is EuroBERT's sequence-classification head (first or mean pooling, dense, GELU,
+linear).
 """
 
 from __future__ import annotations
@@ -52,8 +60,15 @@ class ModelArgs:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     dropout: float = 0.0
-    #: > 0: a sequence-classification head on the last token's hidden state (GPTClassifier)
+    #: > 0: a sequence-classification head (GPTClassifier, or EncoderClassifier for an MLM encoder)
     n_classes: int = 0
+    #: clm: causal (GPT); mlm: bidirectional encoder trained by masked language modelling
+    objective: str = "clm"
+    #: MLM: the tokenizer's <mask> id, and the share of tokens whose originals are predicted
+    mask_id: int = -1
+    mask_rate: float = 0.15
+    #: the classifier's pooling: last (causal), first or mean (MLM encoder)
+    pooling: str = "last"
 
     @property
     def head_dim(self) -> int:
@@ -91,6 +106,7 @@ def resolve_model_args(cfg, vocab_size: int, seq_len: int | None = None) -> Mode
         vocab_size=vocab_size, padded_vocab_size=m * math.ceil(vocab_size / m), n_layer=n_layer, n_head=n_head,
         n_kv_head=n_kv, d_model=d_model, ffn_hidden=ffn, max_seq_len=max_seq_len, rope_theta=cfg.rope_theta,
         norm_eps=cfg.norm_eps, tie_embeddings=cfg.tie_embeddings, dropout=cfg.dropout,
+        objective=cfg.objective, mask_rate=cfg.mask_rate,
     )
 
 
@@ -187,6 +203,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(a.d_model, a.n_kv_head * self.hd, bias=False)
         self.o_proj = nn.Linear(a.n_head * self.hd, a.d_model, bias=False)
         self.dropout = a.dropout
+        self.causal = a.objective != "mlm"
 
     def _qkv_pairs(self, x, cos, sin):
         """q, k, v (B, H, T, D) for eager CPU work: one matmul with the three projections stacked (as
@@ -202,7 +219,7 @@ class Attention(nn.Module):
         k = rope_pairs(k.view(B, T, self.n_kv, self.hd), cos, sin)
         return q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None):
         B, T, _ = x.shape
         if cache is None and _eager_cpu(x, self.q_proj.weight):
             q, k, v = self._qkv_pairs(x, cos, sin)
@@ -213,8 +230,16 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        if not self.causal:  # an encoder: every token sees every other one (of its document, with a mask)
+            if mask is not None and self.n_kv != self.n_head:
+                # grouped-query heads repeated: the CUDA kernels that take a mask do not all take enable_gqa
+                k, v = (t.repeat_interleave(self.n_head // self.n_kv, dim=1) for t in (k, v))
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv != self.n_head and mask is None,
+            )
         # with a cache and several new tokens, queries sit at the end: causal mask offset by the cached length
-        if cache is None or T == k.shape[2]:
+        elif cache is None or T == k.shape[2]:
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv != self.n_head,
@@ -266,8 +291,8 @@ class Block(nn.Module):
         self.mlp = MLP(a)
         self.drop = nn.Dropout(a.dropout)
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))
+    def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer, mask))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -313,7 +338,7 @@ class GPT(nn.Module):
         """GPT-2 initialisation: N(0, 0.02); residual output projections scaled by 1/√(2·n_layer)."""
         std = 0.02
         for name, p in self.named_parameters():
-            if name == "cls_head.bias":
+            if name.endswith(".bias"):  # only the classification heads have biases
                 nn.init.zeros_(p)
             elif p.dim() == 1:
                 nn.init.ones_(p)
@@ -322,24 +347,31 @@ class GPT(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) → the final normalised hidden states (B, T, d_model); with a cache, the new
-        tokens' states after the cached ones."""
+        tokens' states after the cached ones. ``mask`` (an encoder's): (B, 1, T, T) or (B, 1, 1, T),
+        True where a query may attend to a key."""
         T = idx.shape[1]
+        if cache is not None and self.args.objective == "mlm":
+            raise ValueError("an MLM encoder does not generate (no KV cache): generate from a causal (clm) checkpoint")
         start = cache.length if cache is not None else 0
         if start + T > self.args.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.args.max_seq_len}")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.drop(self.embed(idx))
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i)
+            x = layer(x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.length += T
         return self.norm(x)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """idx (B, T) → next-token logits (B, T, padded_vocab)."""
-        return self.lm_head(self.hidden(idx, cache))
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) → logits (B, T, padded_vocab): of the next token (causal), of the token itself (MLM).
+        With ``select`` (B, T) bool, only the selected positions' logits (N, padded_vocab): MLM's loss needs
+        the masked ~15 %, and the output projection is the largest matmul of a small model."""
+        h = self.hidden(idx, cache, mask)
+        return self.lm_head(h if select is None else h[select])
 
     def num_params(self, embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
@@ -363,9 +395,46 @@ class GPTClassifier(GPT):
         return self.cls_head(h)
 
 
+class EncoderClassifier(GPT):
+    """An MLM encoder with EuroBERT's classification head: the hidden state of the first token (BERT's
+    [CLS]; fine-tuning puts <s> there) or the mean over the text's tokens, then dense, GELU, linear. Pad
+    tokens are masked out of attention (keys after ``positions``), as transformers does with an
+    attention mask, so the logits equal ``EuroBertForSequenceClassification``'s."""
+
+    def add_heads(self, args: ModelArgs) -> None:
+        if args.n_classes < 2:
+            raise ValueError(f"a classifier needs n_classes >= 2, not {args.n_classes}")
+        if args.pooling not in ("first", "mean"):
+            raise ValueError(f"an MLM encoder pools the first token or the mean, not {args.pooling!r}")
+        self.cls_dense = nn.Linear(args.d_model, args.d_model)
+        self.cls_head = nn.Linear(args.d_model, args.n_classes)
+
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """idx (B, T), positions (B,) = each row's last real token → class logits (B, n_classes)."""
+        real = torch.arange(idx.shape[1], device=idx.device)[None, :] <= positions[:, None]  # (B, T)
+        h = self.hidden(idx, mask=real[:, None, None, :])
+        if self.args.pooling == "first":
+            pooled = h[:, 0]
+        else:
+            w = real.unsqueeze(-1).to(h.dtype)
+            pooled = (h * w).sum(1) / w.sum(1)
+        return self.cls_head(F.gelu(self.cls_dense(pooled)))
+
+
 def build_model(args: ModelArgs) -> GPT:
     """The model a checkpoint's dimensions describe: a classifier when it has classes."""
-    return GPTClassifier(args) if args.n_classes else GPT(args)
+    if args.n_classes:
+        return EncoderClassifier(args) if args.objective == "mlm" else GPTClassifier(args)
+    return GPT(args)
+
+
+def document_mask(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) ids of rows packed from documents joined by eos → (B, 1, T, T) bool, True where query and
+    key are in the same document (each eos closes its document), so that an encoder's attention does
+    not cross document boundaries. (B·T² booleans: small next to the attention it masks.)"""
+    eos = (idx == eos_id).long()
+    doc = eos.cumsum(1) - eos  # document number of every token, its closing eos included
+    return (doc[:, :, None] == doc[:, None, :]).unsqueeze(1)
 
 
 class _CrossEntropyCPU(torch.autograd.Function):
@@ -408,9 +477,11 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -10
 def flops_per_token(args: ModelArgs, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward) as in the PaLM paper's MFU:
     6 × (matmul parameters) + 12 × n_layer × d_model × seq_len for attention scores and values.
-    The embedding lookup is not a matmul; the output projection (tied or not) is."""
+    The embedding lookup is not a matmul; the output projection (tied or not) is, for every token of a
+    causal model and for the masked ones (mask_rate) of an MLM encoder."""
     a = args
     attn_params = a.d_model * a.head_dim * (2 * a.n_head + 2 * a.n_kv_head)
     mlp_params = 3 * a.d_model * a.ffn_hidden
-    matmul_params = a.n_layer * (attn_params + mlp_params) + a.d_model * a.padded_vocab_size
+    head = a.d_model * a.padded_vocab_size * (a.mask_rate if a.objective == "mlm" else 1.0)
+    matmul_params = a.n_layer * (attn_params + mlp_params) + head
     return 6.0 * matmul_params + 12.0 * a.n_layer * a.d_model * seq_len

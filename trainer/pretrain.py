@@ -22,7 +22,9 @@ def print_summary(task: str, result) -> None:
     loss = f", loss {m['loss']:.4f}" if "loss" in m else ""
     val = f", val loss {m['val_loss']:.4f}" if "val_loss" in m else ""
     ppl = f" (perplexity {m['val_ppl']:.2f})" if "val_ppl" in m else ""
-    print(f"{task}: step {m.get('step', '?')}{loss}{val}{ppl} in {result.seconds:.0f} s")
+    # an MLM run's accuracy is over its masked tokens, a classifier's over its examples
+    acc = f", val accuracy {m['val_accuracy']:.3f}" if "val_accuracy" in m else ""
+    print(f"{task}: step {m.get('step', '?')}{loss}{val}{ppl}{acc} in {result.seconds:.0f} s")
     print(f"final:      {json.dumps(m)}")
     metrics_path = result.run_dir / "metrics.jsonl"
     curve = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []

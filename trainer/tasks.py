@@ -1,7 +1,8 @@
 """What the training loop trains on: a task is its train/val rows, how a batch of rows becomes
 tensors, its loss, and its validation metrics. The loop (trainer/loop.py) is the same for all.
 
-- ``pretrain``: next-token loss on token shards (rows of seq_len + 1 ids);
+- ``pretrain``: next-token loss on token shards (rows of seq_len + 1 ids); with ``model.objective: mlm``,
+  masked-token loss on the same shards (:class:`MLMTask`);
 - ``sft``: next-token loss on chat rows, only on assistant tokens (labels -100 elsewhere);
 - ``cls``: cross-entropy over classes from the last token's hidden state; accuracy and macro-F1.
 """
@@ -17,8 +18,8 @@ import torch.distributed as dist
 
 from gristmill.config import GristmillConfig, LoopConfig
 from gristmill.tokenizer.tokens import TokenSplit, read_token_manifest
-from gristmill.trainer.data import val_indices
-from gristmill.trainer.model import lm_loss
+from gristmill.trainer.data import mlm_mask, val_indices
+from gristmill.trainer.model import ModelArgs, document_mask, lm_loss
 
 #: task → its config section (the loop settings and the task's data)
 TASK_SECTIONS = {"pretrain": "pretrain", "sft": "sft", "cls": "finetune_cls"}
@@ -47,7 +48,7 @@ class LMTask:
         self.train, self.val, self.seq_len = train, val, seq_len
 
     @staticmethod
-    def batch(rows, device) -> dict:
+    def batch(rows, device, positions=None, split="train") -> dict:
         if isinstance(rows, np.ndarray):  # token shards: targets are the shifted ids
             t = torch.from_numpy(rows).to(device, non_blocking=True)
             return {"x": t[:, :-1], "y": t[:, 1:]}
@@ -77,6 +78,55 @@ class LMTask:
         return {"val_loss": loss, "val_ppl": math.exp(loss) if loss < 50 else float("inf"), "val_tokens": int(total[1])}
 
 
+class MLMTask:
+    """Masked language modelling on token shards (BERT): the first seq_len tokens of each row, masked on the fly
+    by :func:`~gristmill.trainer.data.mlm_mask` (deterministic per data position); the loss and the accuracy
+    count the masked positions only.
+
+    Rows were packed for causal training: documents joined by eos, cut at row boundaries. Attention stays
+    within each document (:func:`~gristmill.trainer.model.document_mask`, from the unmasked ids: eos, bos and
+    pad are never masked), so a row is a batch of whole or cut documents, none of which sees another."""
+
+    def __init__(self, train, val, seq_len: int, args: ModelArgs, special_ids: tuple[int, ...], eos_id: int,
+                 seed: int):
+        self.train, self.val, self.seq_len = train, val, seq_len
+        self.args, self.special_ids, self.eos_id, self.seed = args, special_ids, eos_id, seed
+
+    def batch(self, rows, device, positions=None, split="train") -> dict:
+        tokens = rows[:, : self.seq_len]
+        inputs, labels = mlm_mask(tokens, positions, self.seed, split, self.args.mask_id, self.args.vocab_size,
+                                  self.special_ids, self.args.mask_rate)
+        y = torch.from_numpy(labels).to(device, non_blocking=True)
+        return {"x": torch.from_numpy(inputs).to(device, non_blocking=True), "y": y, "select": y != -100,
+                "mask": document_mask(torch.from_numpy(tokens).to(device, non_blocking=True), self.eos_id)}
+
+    def loss(self, model, b, autocast):
+        with autocast:
+            logits = model(b["x"], mask=b["mask"], select=b["select"])  # the masked positions' logits only
+        return lm_loss(logits, b["y"][b["select"]])
+
+    @torch.no_grad()
+    def evaluate(self, model, rank: int, world: int, p: LoopConfig, device, autocast) -> dict:
+        """Masked-token loss, perplexity and accuracy over the first val rows (fixed masks: the val stream)."""
+        total = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, masked tokens, correct
+        for idx, weights in val_batches(len(self.val), rank, world, p, device):
+            b = self.batch(self.val.rows(idx), device, idx, "val")
+            with autocast:
+                logits = model(b["x"], mask=b["mask"]).float()[..., : self.args.vocab_size]
+            counted = b["select"].double()
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b["y"], reduction="none",
+                                                   ignore_index=-100).double()
+            correct = (logits.argmax(-1) == b["y"]).double() * counted
+            total[0] += (ce.sum(1) * weights).sum()
+            total[1] += (counted.sum(1) * weights).sum()
+            total[2] += (correct.sum(1) * weights).sum()
+        all_sum(total)
+        loss = float(total[0] / total[1]) if total[1] > 0 else float("nan")
+        return {"val_loss": loss, "val_ppl": math.exp(loss) if loss < 50 else float("inf"),
+                "val_accuracy": float(total[2] / total[1]) if total[1] > 0 else float("nan"),
+                "val_tokens": int(total[1])}
+
+
 class ClsTask:
     """Cross-entropy over classes from the last token's hidden state; accuracy and macro-F1 on validation."""
 
@@ -84,7 +134,7 @@ class ClsTask:
         self.train, self.val, self.seq_len, self.classes = train, val, seq_len, classes
 
     @staticmethod
-    def batch(rows, device) -> dict:
+    def batch(rows, device, positions=None, split="train") -> dict:
         return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in rows.items()}
 
     def loss(self, model, b, autocast):
@@ -117,14 +167,19 @@ class ClsTask:
                 "val_macro_f1": macro_f1(pred, gold, n), "val_examples": int(count)}
 
 
-def build_task(task: str, cfg: GristmillConfig, tokenizer_dir: str | None):
+def build_task(task: str, cfg: GristmillConfig, tokenizer_dir: str | None, args: ModelArgs | None = None):
     """The task's train/val data, built identically on every worker."""
+    import sentencepiece as spm
+
     p = getattr(cfg, TASK_SECTIONS[task])
     if task == "pretrain":
         manifest = read_token_manifest(p.data)
         train, val = TokenSplit(p.data, "train", manifest), TokenSplit(p.data, "val", manifest)
+        if args is not None and args.objective == "mlm":
+            sp = spm.SentencePieceProcessor(model_file=str(Path(tokenizer_dir) / "tokenizer.model"))
+            specials = tuple(i for i in (sp.bos_id(), sp.eos_id(), sp.pad_id()) if i >= 0)
+            return MLMTask(train, val, train.seq_len, args, specials, sp.eos_id(), p.seed)
         return LMTask(train, val, train.seq_len)
-    import sentencepiece as spm
 
     from gristmill.trainer.finetune_data import cls_examples, sft_examples
 
