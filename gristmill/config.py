@@ -462,11 +462,33 @@ class LoopConfig(_Section):
 
 
 
+class MixtureSourceConfig(_Section):
+    """One source of a training mixture (trainer/mixture.py; docs/trainer.md "Mixtures")."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    #: a token directory written by ``gristmill tokenize`` (the same tokenizer and seq_len for every source)
+    data: str
+    #: share of the training tokens (weights are normalised: 48 / 27 / 25 or 0.48 / 0.27 / 0.25 alike)
+    weight: float = Field(ge=0.0)
+    #: the most times this source's data may be read over the run; None: no cap
+    max_epochs: float | None = Field(default=None, gt=0.0)
+
+
 class PretrainConfig(LoopConfig):
     """Pretraining on token shards with Ray Train (``gristmill pretrain``)."""
 
     #: token directory written by ``gristmill tokenize`` (train/, val/, manifest.json); every node must reach it
     data: str | None = None
+    #: instead of ``data``: several token directories in chosen proportions (MassiveText-style), e.g.
+    #: [{name: web, data: tok/web, weight: 0.7}, {name: books, data: tok/books, weight: 0.3, max_epochs: 4}]
+    mixture: tuple[MixtureSourceConfig, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_no_mixture(self, handler):
+        data = handler(self)  # added later: out of the dump while empty (fingerprints unchanged)
+        if not self.mixture:
+            data.pop("mixture", None)
+        return data
 
 
 class _FinetuneConfig(LoopConfig):

@@ -215,7 +215,9 @@ def set_up(loop_config: dict) -> _Run:
         bf16 = False
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     run = _Run(loop_config, task_name, p, rank, world, device, local_mode, run_dir,
-               ModelArgs.from_dict(loop_config["model_args"]), plan, task, SampleStream(len(task.train), p.seed),
+               ModelArgs.from_dict(loop_config["model_args"]), plan, task,
+               # a mixture has its own stream (trainer/mixture.py): the same contract, a function of the position
+               task.train.stream(p.seed) if hasattr(task.train, "stream") else SampleStream(len(task.train), p.seed),
                autocast, bf16)
 
     torch.manual_seed(p.seed)  # same initial weights on every rank
@@ -586,6 +588,38 @@ def cls_pooling(pooling: str, objective: str, init) -> str:
     return pooling
 
 
+def _prepare_mixture(p, section_tree: dict, section: str) -> tuple[str, dict]:
+    """Check a mixture before any training: every source a token directory, all with one tokenizer and
+    seq_len, weights usable, and no epoch cap exceeded by the run's token budget (max_steps × batch_size
+    sequences). Logs MassiveText's table and writes it to STORAGE/NAME/mixture.json. Returns the first
+    source's directory and manifest (the tokenizer and shape of all)."""
+    from gristmill.trainer.mixture import MixedStream, MixtureSource, check_compatible, format_plan, plan
+
+    if p.data:
+        raise DataError(f"{section}.data and {section}.mixture are both set: a run reads one token directory or a "
+                        f"mixture; unset one (--set {section}.data=null)")
+    manifests, sources = {}, []
+    for k, src in enumerate(p.mixture):
+        path = _abs(src.data)
+        section_tree["mixture"][k]["data"] = path
+        try:
+            manifests[src.name] = read_token_manifest(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{section}.mixture source {src.name!r}: {e}") from None
+        sources.append(MixtureSource(src.name, src.weight, int(manifests[src.name]["splits"]["train"]["sequences"]),
+                                     src.max_epochs))
+    check_compatible(manifests)
+    first = next(iter(manifests.values()))
+    rows = plan(MixedStream(sources, p.seed), p.max_steps * p.batch_size, int(first["seq_len"]))
+    log.info("mixture over %d steps × %d sequences of %d tokens:\n%s", p.max_steps, p.batch_size,
+             int(first["seq_len"]), format_plan(rows))
+    run_dir = Path(section_tree["storage_path"]) / p.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "mixture.json").write_text(json.dumps({"sources": rows, "steps": p.max_steps,
+                                                      "batch_size": p.batch_size}, indent=1) + "\n")
+    return section_tree["mixture"][0]["data"], first
+
+
 def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConfig, ModelArgs, dict]:
     """Check the data and resolve paths (absolute: workers on other nodes see the same) and dimensions.
     Returns the resolved config, the model dimensions and what else the workers need."""
@@ -597,12 +631,15 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
     tree[section]["storage_path"] = _abs(p.storage_path)
     extra: dict = {"task": task, "tokenizer_dir": None, "init_checkpoint": None}
     if task == "pretrain":
-        if not p.data:
+        if p.mixture:
+            data, manifest = _prepare_mixture(p, tree[section], section)
+        elif not p.data:
             raise DataError("pretrain.data is not set: give a config with a pretrain: section (e.g. configs/demo.yaml) "
                             "or --set pretrain.data=TOKENS (a directory written by `gristmill tokenize`)")
-        data = _abs(p.data)
-        manifest = read_token_manifest(data)
-        tree[section]["data"] = data
+        else:
+            data = _abs(p.data)
+            manifest = read_token_manifest(data)
+            tree[section]["data"] = data
         args = resolve_model_args(cfg.model, vocab_size=int(manifest["vocab_size"]), seq_len=int(manifest["seq_len"]))
         if manifest["splits"]["train"]["sequences"] == 0:
             raise DataError(f"{data}: the train split has no sequences (corpus smaller than one sequence of "

@@ -161,3 +161,75 @@ def format_plan(rows: list[dict]) -> str:
         lines.append(f"{r['source']:<20} {r['weight']:>7.3f} {r['tokens_available']:>17,} {r['tokens_used']:>13,} "
                      f"{r['epochs']:>7.2f} {r['share']:>7.3f}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The token directories of a mixture, as the training loop reads them
+# ---------------------------------------------------------------------------------------------
+
+
+class MixedSplit:
+    """The train (``weights`` given) or val split of several token directories.
+
+    Train: :meth:`stream` gives the mixed sample order; its indices are (source, sequence) pairs and
+    :meth:`rows` reads them. Val: the sources' val splits one after the other (1-D indices), so every
+    source's held-out text is in the validation loss.
+    """
+
+    def __init__(self, splits: list, names: list[str], weights: list[float] | None = None,
+                 max_epochs: list[float | None] | None = None):
+        self.splits, self.names = splits, names
+        self.seq_len = splits[0].seq_len
+        self.offsets = np.cumsum([0] + [len(s) for s in splits])
+        self.sources = None
+        if weights is not None:
+            caps = max_epochs or [None] * len(splits)
+            self.sources = [MixtureSource(n, w, len(s), c) for n, w, s, c in zip(names, weights, splits, caps)]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def stream(self, seed: int) -> _PairStream:
+        if self.sources is None:
+            raise MixtureError("a validation split has no mixed stream")
+        return _PairStream(MixedStream(self.sources, seed))
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """Sequences at (source, sequence) pairs (an (n, 2) array), or at positions of the
+        concatenated splits (1-D)."""
+        indices = np.asarray(indices)
+        if indices.ndim == 2:
+            src, seq = indices[:, 0], indices[:, 1]
+        else:
+            src = np.searchsorted(self.offsets, indices, side="right") - 1
+            seq = indices - self.offsets[src]
+        out = np.empty((len(indices), self.seq_len + 1), dtype=np.int64)
+        for s in np.unique(src):
+            at = np.nonzero(src == s)[0]
+            out[at] = self.splits[s].rows(seq[at])
+        return out
+
+
+class _PairStream:
+    """A :class:`MixedStream` with the interface of :class:`~gristmill.trainer.data.SampleStream`:
+    ``indices(start, count)`` → an (count, 2) array of (source, sequence)."""
+
+    def __init__(self, mixed: MixedStream):
+        self.mixed = mixed
+
+    def indices(self, start: int, count: int) -> np.ndarray:
+        src, seq = self.mixed.indices(start, count)
+        return np.stack([src, seq], axis=1)
+
+
+def check_compatible(manifests: dict[str, dict]) -> None:
+    """Sources must share the tokenizer, the sequence length and the token type: their rows are
+    batched together and read by one model."""
+    first_name, first = next(iter(manifests.items()))
+    for key, what in (("tokenizer_model_sha256", "tokenizer"), ("seq_len", "seq_len"), ("vocab_size", "vocab_size"),
+                      ("dtype", "token type")):
+        for name, m in manifests.items():
+            if m.get(key) != first.get(key):
+                raise MixtureError(
+                    f"mixture sources {first_name!r} and {name!r} differ in {what} ({first.get(key)} vs {m.get(key)}): "
+                    "tokenize every source with the same tokenizer and --seq-len")

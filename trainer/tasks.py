@@ -173,8 +173,16 @@ def build_task(task: str, cfg: GristmillConfig, tokenizer_dir: str | None, args:
 
     p = getattr(cfg, TASK_SECTIONS[task])
     if task == "pretrain":
-        manifest = read_token_manifest(p.data)
-        train, val = TokenSplit(p.data, "train", manifest), TokenSplit(p.data, "val", manifest)
+        if p.mixture:
+            from gristmill.trainer.mixture import MixedSplit
+
+            names = [s.name for s in p.mixture]
+            train = MixedSplit([TokenSplit(s.data, "train") for s in p.mixture], names,
+                               [s.weight for s in p.mixture], [s.max_epochs for s in p.mixture])
+            val = MixedSplit([TokenSplit(s.data, "val") for s in p.mixture], names)
+        else:
+            manifest = read_token_manifest(p.data)
+            train, val = TokenSplit(p.data, "train", manifest), TokenSplit(p.data, "val", manifest)
         if args is not None and args.objective == "mlm":
             sp = spm.SentencePieceProcessor(model_file=str(Path(tokenizer_dir) / "tokenizer.model"))
             specials = tuple(i for i in (sp.bos_id(), sp.eos_id(), sp.pad_id()) if i >= 0)
