@@ -20,8 +20,10 @@ CONSTRAINTS=()
 # torch stays pinned by the project (torch==2.13.0, the CPU wheel from local disk)
 "$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" -e '.[test,bench]'
 # the constraints keep datatrove's dependencies at the project's versions; orjson: datatrove's
-# JsonlReader/JsonlWriter (bench_corpus.py's whole-job pipeline)
-"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" datatrove==0.10.1 spacy==3.8.18 regex fasteners orjson
+# JsonlReader/JsonlWriter (bench_corpus.py's whole-job pipeline); faust-cchardet, python-magic, pyahocorasick, tldextract: its
+# WarcReader (bench_ablate.py's FineWeb-style recipe)
+"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" datatrove==0.10.1 spacy==3.8.18 regex fasteners orjson \
+    faust-cchardet python-magic pyahocorasick tldextract
 "$VENV/bin/python" - <<'PY'
 from importlib.metadata import version
 import fasttext  # noqa: F401  (fasttext-predict)

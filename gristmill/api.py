@@ -154,6 +154,17 @@ def finetune_cls(config: GristmillConfig, *, progress: bool = False):
     return _train("cls", config, progress)
 
 
+def ablate(config: GristmillConfig, beam_args: Sequence[str] | None = None, *, overwrite: bool = False,
+           progress: bool = False):
+    """``gristmill ablate``: the same model trained on each data variant of ``config.ablate`` (corpus
+    directories or corpus settings run on one crawl), several seeds each, evaluated on the same held-out
+    sets. Returns an ``AblationResult`` (output, table, results_path, markdown, plot_path, seconds)."""
+    from gristmill.trainer.ablate import DataSteps, run_ablation
+
+    data = DataSteps(run_corpus=run_corpus, train_tokenizer=train_tokenizer, tokenize=tokenize)
+    return run_ablation(config, data, list(beam_args or []), overwrite=overwrite, progress=progress)
+
+
 def _device(name: str):
     import torch
 

@@ -26,7 +26,7 @@ SAMPLE_GLOB = str(REPO_ROOT / "sample" / "crawl" / "*")
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 CHECKPOINT_HELP = "a checkpoint_NNNNNNNN directory of a training run"
 #: commands whose unknown arguments are Beam pipeline options
-BEAM_COMMANDS = ("corpus", "refresh", "tokenize", "demo")
+BEAM_COMMANDS = ("corpus", "refresh", "tokenize", "demo", "ablate")
 
 PRETRAIN_DESCRIPTION = (
     "Pretrain the transformer (model: section) on token shards (pretrain.data, written by "
@@ -341,6 +341,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{what} (default {getattr(defaults, name)})")
     add_logging_arguments(qt)
 
+    ab = sub.add_parser(
+        "ablate",
+        help="data ablation: the same model trained on each data variant, compared on held-out sets (FineWeb's method)",
+        description="For each variant of ablate.variants (a corpus directory, or corpus settings run over "
+        "ablate.inputs: base raw = extraction and language ID only, base default, plus dotted overrides in set:), "
+        "build the corpus, tokenize every variant with one shared tokenizer, pretrain the model: section's model "
+        "for ablate.tokens tokens once per seed of ablate.seeds (Ray Train; runs in parallel when Ray has the "
+        "CPUs/GPUs), evaluate ablate.eval_points checkpoints per run on the held-out sets (ablate.heldout: loss "
+        "per token on clean text never trained on; ablate.mc: multiple-choice accuracy), and write "
+        "ablate.output/results.md (variant x metric, mean ± std over seeds, verdict against the baseline: better "
+        "or worse only beyond the spread over seeds), results.json and heldout_loss.png. Run again, it skips "
+        "finished steps and resumes training runs. Errors before any training: missing corpus directories, "
+        "variants whose data is too small for the token budget (ablate.max_epochs), unknown settings.",
+        epilog="example: gristmill ablate --config configs/ablate.yaml --set ablate.tokens=500000")
+    ab.add_argument("--overwrite", action="store_true",
+                    help="write into ablate.output although it holds something else (files gristmill did not write)")
+    ab.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(ab, "an ablate: section (with the corpus, tokenizer, tokenize, model and pretrain "
+                         "settings every variant shares), e.g. configs/ablate.yaml")
+    add_logging_arguments(ab)
+
     d = sub.add_parser(
         "demo",
         help="the main job end to end on the bundled sample crawl (CPU, minutes)",
@@ -573,6 +594,19 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_ablate(args, beam_args: list[str]) -> int:
+    from gristmill import api
+
+    result = api.ablate(_config(args), beam_args, overwrite=args.overwrite,
+                        progress=not (args.no_progress or args.quiet))
+    print(result.markdown)
+    print(f"results: {result.results_path}")
+    if result.plot_path:
+        print(f"plot:    {result.plot_path}")
+    print(f"in {result.seconds:.0f} s")
+    return 0
+
+
 def _cmd_quality(args, beam_args: list[str]) -> int:
     from dataclasses import fields
 
@@ -600,7 +634,7 @@ COMMANDS = {
     "corpus": _cmd_corpus, "refresh": _cmd_refresh, "tokenizer": _cmd_tokenizer, "tokenize": _cmd_tokenize,
     "pretrain": _train_command("pretrain"), "sft": _train_command("sft"), "finetune-cls": _train_command("cls"),
     "eval": _cmd_eval, "generate": _cmd_generate, "export-hf": _cmd_export, "verify": _cmd_verify,
-    "demo": _cmd_demo, "quality": _cmd_quality,
+    "demo": _cmd_demo, "quality": _cmd_quality, "ablate": _cmd_ablate,
 }
 
 

@@ -361,6 +361,24 @@ class TokenizerConfig(_Section):
         return v
 
 
+class TokenizeSelectConfig(_Section):
+    """Which documents of the corpus are tokenized — part of a corpus as one source of a training mixture
+    (docs/trainer.md "Mixtures"). Every condition set must hold; the documents left out are counted in the
+    token manifest (``select``)."""
+
+    #: languages kept (the corpus's ``lang``); empty: every language
+    langs: tuple[str, ...] = ()
+    #: a quality bucket: quality_score ≥ min and < max (a corpus written with clean.quality enabled)
+    min_quality_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_quality_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: other corpus columns: {column: [values kept]}, e.g. {source: [/data/news.jsonl]} or {cluster_size: [1]}
+    columns: dict[str, tuple[str | int | float | bool | None, ...]] = Field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self != TokenizeSelectConfig()
+
+
 class TokenizeConfig(_Section):
     """Packing the corpus into fixed-length token sequences (``gristmill tokenize``)."""
 
@@ -370,6 +388,15 @@ class TokenizeConfig(_Section):
     seed: int = 0
     #: a token shard holds at most this many sequences
     max_sequences_per_shard: int = Field(default=65_536, gt=0)
+    #: tokenize only some of the corpus's documents (by language, quality bucket, other columns)
+    select: TokenizeSelectConfig = TokenizeSelectConfig()
+
+    @model_serializer(mode="wrap")
+    def _omit_no_select(self, handler):
+        data = handler(self)  # added later: out of the dump while unused (manifests and work keys unchanged)
+        if not self.select.active:
+            data.pop("select", None)
+        return data
 
 
 class ModelConfig(_Section):
@@ -544,6 +571,55 @@ class ClsConfig(_FinetuneConfig):
         return _without_defaults(self, handler(self), ("pooling",))  # as ModelConfig's
 
 
+class AblateVariantConfig(_Section):
+    """One data variant of an ablation (trainer/ablate.py; docs/trainer.md "Ablations")."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    #: an existing corpus directory (``gristmill corpus`` output) ...
+    corpus: str | None = None
+    #: ... or a corpus run over these inputs (empty: ``ablate.inputs``) with this file's corpus sections, ...
+    inputs: tuple[str, ...] = ()
+    #: ... from every default (``default``) or with every filter and dedup off (``raw``: extraction and
+    #: language ID only) ...
+    base: Literal["default", "raw"] = "default"
+    #: ... and these dotted overrides on top, e.g. {clean.quality.enabled: true}
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class AblateConfig(_Section):
+    """Data ablations (``gristmill ablate``): the same model trained on each data variant, compared on held-out sets."""
+
+    #: the ablation's directory: variants/NAME/{corpus,tokens}, tokenizer/, runs/, results.{json,md}, heldout_loss.png
+    output: str = "runs/ablate"
+    #: the crawl that variants given as corpus settings run on (JSONL, WARC/WET, Parquet; globs)
+    inputs: tuple[str, ...] = ()
+    variants: tuple[AblateVariantConfig, ...] = ()
+    #: the variant the others are compared with (None: the first)
+    baseline: str | None = None
+    #: one run per variant and seed; the spread over seeds decides whether a difference counts
+    seeds: tuple[int, ...] = (0, 1, 2)
+    #: training tokens of every run (max_steps = tokens / (pretrain.batch_size x tokenize.seq_len), rounded up)
+    tokens: int = Field(default=2_000_000, gt=0)
+    #: a variant whose train split is smaller is repeated, at most this many times (Muennighoff et al. 2023:
+    #: up to ~4 epochs cost little); beyond it the budgets could only be equal by over-repeating: an error
+    max_epochs: float = Field(default=4.0, gt=0.0)
+    #: checkpoints per run evaluated on the held-out sets (evenly spaced; the loss curve's points)
+    eval_points: int = Field(default=5, ge=1)
+    #: a tokenizer directory shared by every variant; None: one trained on ``tokenizer_from``'s corpus
+    tokenizer: str | None = None
+    #: the variant whose corpus trains the shared tokenizer (None: the baseline)
+    tokenizer_from: str | None = None
+    #: held-out clean text, never trained on: .txt (one document per file) or .jsonl (``text`` of each record);
+    #: each file is one held-out set, reported as loss and perplexity per token of the shared tokenizer
+    heldout: tuple[str, ...] = ()
+    #: tokens read from each held-out set (from its start)
+    heldout_max_tokens: int = Field(default=100_000, gt=0)
+    #: multiple-choice files ({question, choices, answer} JSONL, as ``gristmill eval --mc``)
+    mc: tuple[str, ...] = ()
+    #: training runs at once (each pretrain.num_workers x cpus_per_worker CPUs); 0: as many as Ray's CPUs allow
+    parallel: int = Field(default=0, ge=0)
+
+
 class GristmillConfig(_Section):
     read: ReadConfig = ReadConfig()
     langid: LangIdConfig = LangIdConfig()
@@ -558,6 +634,7 @@ class GristmillConfig(_Section):
     pretrain: PretrainConfig = PretrainConfig()
     sft: SftConfig = SftConfig()
     finetune_cls: ClsConfig = ClsConfig()
+    ablate: AblateConfig = AblateConfig()
 
     @field_validator("*", mode="before")
     @classmethod
@@ -571,6 +648,8 @@ class GristmillConfig(_Section):
         data = handler(self)
         if not self.decontaminate.enabled:
             data.pop("decontaminate", None)
+        if not self.ablate.variants:  # added later: out of the dump (and the fingerprint) until used
+            data.pop("ablate", None)
         return data
 
     def fingerprint(self) -> str:

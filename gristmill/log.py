@@ -17,6 +17,16 @@ class _DropKnownNoise(logging.Filter):
         return not any(n in msg for n in _KNOWN_NOISE)
 
 
+def drop_known_noise() -> None:
+    """In a process without gristmill's logging (a Ray task): Beam's import-time warnings about its
+    optional cloud extras are dropped (they are logged on the root logger and Beam's own)."""
+    root = logging.getLogger()
+    for target in (root, *root.handlers):
+        if not any(isinstance(f, _DropKnownNoise) for f in target.filters):
+            target.addFilter(_DropKnownNoise())
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+
+
 class _AboveProgressBars(logging.Handler):
     """Emits through ``inner`` with tqdm's bars cleared first and redrawn after: a log line never
     prints into a progress bar (tqdm's logging_redirect_tqdm only swaps plain stream handlers)."""

@@ -9,8 +9,10 @@ from gristmill.errors import GristmillError
 
 #: what the marker file of an output directory says, by kind of output
 MARKERS = {"corpus": b"gristmill corpus output\n", "tokens": b"gristmill token shards\n",
-           "tokenizer": b"gristmill tokenizer\n", "quality": b"gristmill quality model\n"}
-KINDS = {"corpus": "a corpus", "tokens": "token shards", "tokenizer": "a tokenizer", "quality": "a quality model"}
+           "tokenizer": b"gristmill tokenizer\n", "quality": b"gristmill quality model\n",
+           "ablation": b"gristmill ablation\n"}
+KINDS = {"corpus": "a corpus", "tokens": "token shards", "tokenizer": "a tokenizer", "quality": "a quality model",
+         "ablation": "an ablation"}
 
 
 class OutputDirError(GristmillError):

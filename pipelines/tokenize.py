@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from gristmill import __version__, io
-from gristmill.config import TokenizeConfig
+from gristmill.config import TokenizeConfig, TokenizeSelectConfig
 from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest, shard_size_bound
 from gristmill.locks import directory_lock
 from gristmill.outputs import begin_output, check_output
@@ -45,6 +45,54 @@ log = logging.getLogger("gristmill.tokenize")
 
 #: characters per token assumed when sizing buckets before anything is encoded
 CHARS_PER_TOKEN_ESTIMATE = 3.0
+
+
+def select_columns(select: TokenizeSelectConfig) -> list[str]:
+    """The corpus columns ``tokenize.select`` reads, beyond id, text and lang."""
+    cols = ["quality_score"] if select.min_quality_score is not None or select.max_quality_score is not None else []
+    return cols + [c for c in select.columns if c not in ("id", "text", "lang", *cols)]
+
+
+def is_selected(row: dict, select: TokenizeSelectConfig) -> bool:
+    """Whether a document (its columns by name) is tokenized under ``tokenize.select``."""
+    if select.langs and row["lang"] not in select.langs:
+        return False
+    q = row.get("quality_score")
+    if select.min_quality_score is not None and (q is None or q < select.min_quality_score):
+        return False
+    if select.max_quality_score is not None and (q is None or q >= select.max_quality_score):
+        return False
+    return all(row[c] in allowed for c, allowed in select.columns.items())
+
+
+def check_select(corpus: str, manifest: dict, select: TokenizeSelectConfig) -> dict:
+    """Before the job: every column ``select`` names exists in the corpus, and how many documents it keeps
+    (read from the shards' columns, not their text)."""
+    if select.min_quality_score is not None and select.max_quality_score is not None \
+            and select.min_quality_score >= select.max_quality_score:
+        raise TokenizerError(f"tokenize.select: min_quality_score {select.min_quality_score} must be below "
+                             f"max_quality_score {select.max_quality_score}")
+    first = io.join(corpus, manifest["shards"][0]["path"])
+    names = set(io.ipc_schema(first).names)
+    needed = ["lang", *select_columns(select)]
+    for c in needed:
+        if c not in names:
+            raise TokenizerError(f"tokenize.select: {corpus} has no column {c!r}; its columns: "
+                                 f"{', '.join(sorted(names))}")
+    scored = manifest.get("config", {}).get("clean", {}).get("quality", {}).get("enabled", False)
+    if "quality_score" in needed and not scored:
+        raise TokenizerError(f"tokenize.select: a quality bucket needs quality scores, and {corpus} was written "
+                             "without them: run `gristmill corpus` with clean.quality.enabled: true")
+    kept = 0
+    for entry in manifest["shards"]:
+        for values in iter_shard_rows(io.join(corpus, entry["path"]), needed):
+            kept += is_selected(dict(zip(needed, values)), select)
+    total = manifest["counts"]["kept"]
+    if kept == 0:
+        raise TokenizerError(f"tokenize.select keeps none of the {total:,} documents of {corpus}: "
+                             f"{select.model_dump(mode='json', exclude_defaults=True)}")
+    return {"documents_selected": kept, "documents_skipped": total - kept,
+            "conditions": select.model_dump(mode="json", exclude_defaults=True)}
 
 
 def _unit(key: str, seed: int) -> float:
@@ -113,7 +161,12 @@ class EncodeShardFn(PooledWorkFn):
     def _encode_shard(self, item):
         path, _ = item
         writer = io.ArrowFileWriter(self._work_path(item), _WORK_SCHEMA)
-        for doc_id, text, lang in iter_shard_rows(path, ["id", "text", "lang"]):
+        select = self.cfg.select
+        columns = ["id", "text", "lang", *select_columns(select)]
+        for values in iter_shard_rows(path, columns):
+            doc_id, text, lang = values[:3]
+            if select.active and not is_selected(dict(zip(columns, values)), select):
+                continue
             key, value = self.encode(doc_id, text, lang)
             writer.add({"split": key[0], "bucket": key[1], "id": doc_id, "lang": lang, "tokens": value[1]})
             yield key, value
@@ -183,6 +236,7 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
     model = io.read_bytes(model_file(tokenizer))
     vocab = sp.get_piece_size()
     dtype = token_dtype(vocab)
+    selection = check_select(corpus, manifest, cfg.select) if cfg.select.active else None
     total_chars = sum(shard_size_bound(corpus, s) for s in manifest["shards"])  # an upper bound: bytes ≥ text
     per_bucket = cfg.max_sequences_per_shard * (cfg.seq_len + 1)
     n_buckets = max(1, math.ceil(total_chars / CHARS_PER_TOKEN_ESTIMATE / per_bucket))
@@ -193,7 +247,7 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
         record = held.enter_context(recorded_run(output, "tokenize"))
         begin_output(output, "tokens")
         plan = _Plan(corpus, manifest, tokenizer, model, vocab, sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.unk_id(),
-                     np.dtype(dtype).name, n_buckets)
+                     np.dtype(dtype).name, n_buckets, selection)
         if fresh:
             io.remove_tree(io.join(output, WORK_DIR))
         try:
@@ -221,6 +275,7 @@ class _Plan:
     unk: int
     dtype: str
     n_buckets: int
+    selection: dict | None = None  # tokenize.select's counts (None: every document)
 
 
 def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: float) -> TokenizeResult:
@@ -260,8 +315,10 @@ def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: floa
             "shards": [{k: e[k] for k in ("path", "sequences", "sha256")} for e in es if e["path"]],
         }
     docs = sum(s["documents"] for s in splits.values())
-    if docs != manifest["counts"]["kept"]:
-        raise RuntimeError(f"accounting error: tokenized {docs} documents, corpus has {manifest['counts']['kept']}")
+    expected = plan.selection["documents_selected"] if plan.selection else manifest["counts"]["kept"]
+    if docs != expected:
+        raise RuntimeError(f"accounting error: tokenized {docs} documents, expected {expected} "
+                           f"(corpus {manifest['counts']['kept']}, selection {plan.selection})")
     keep = {s["path"] for sp_ in splits.values() for s in sp_["shards"]}
     stale = [r for r in io.list_files(output, "train/") + io.list_files(output, "val/") if r not in keep]
     if stale:
@@ -283,6 +340,8 @@ def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: floa
         "buckets": plan.n_buckets,
         "splits": splits,
     }
+    if plan.selection:
+        out["select"] = plan.selection
     path = io.join(output, "manifest.json")
     io.write_json_atomic(path, out)
     return TokenizeResult(out, path, time.time() - t0)

@@ -19,7 +19,7 @@ def test_defaults_are_the_published_thresholds():
     assert cfg.langid.threshold == 0.65
 
 
-@pytest.mark.parametrize("name", ["corpus.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["corpus.yaml", "demo.yaml", "books.yaml", "cls-lid.yaml", "mixture.yaml", "ablate.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / name)
     assert isinstance(cfg, GristmillConfig)
@@ -30,7 +30,7 @@ def test_corpus_yaml_documents_every_default():
     assert load_config(REPO / "configs" / "corpus.yaml") == GristmillConfig()
     # ... and every key of the data stages, the tokenizer's included (`tokenizer train --help` points here)
     sections = yaml.safe_load((REPO / "configs" / "corpus.yaml").read_text())
-    assert set(sections) == set(GristmillConfig.model_fields) - {"model", "pretrain", "sft", "finetune_cls"}
+    assert set(sections) == set(GristmillConfig.model_fields) - {"model", "pretrain", "sft", "finetune_cls", "ablate"}
     for name, section in sections.items():
         assert set(section) == set(type(getattr(GristmillConfig(), name)).model_fields), name
 

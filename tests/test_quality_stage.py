@@ -121,3 +121,22 @@ def test_a_default_run_records_no_quality_section(tmp_path):
     on = load_config(DEMO_CONFIG, ["clean.quality.enabled=true"])
     assert on.model_dump(mode="json")["clean"]["quality"]["enabled"] is True
     assert on.fingerprint() != cfg.fingerprint()
+
+
+def test_a_quality_bucket_of_the_corpus_is_tokenized_alone(by_threshold, demo_tokenizer, tmp_path):
+    """tokenize.select: one quality bucket of one language, as a mixture source would take it."""
+    from gristmill.pipelines.tokenize import run_tokenize
+
+    out, m = by_threshold
+    kept = table(out, "lang=*")
+    rows = zip(kept.column("lang").to_pylist(), kept.column("quality_score").to_pylist())
+    expected = sum(lang == "en" and score is not None and 0.2 <= score < 0.9 for lang, score in rows)
+    assert 0 < expected < m["counts"]["kept"]
+    cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=64", "tokenize.select.langs=en",
+                                    "tokenize.select.min_quality_score=0.2", "tokenize.select.max_quality_score=0.9"])
+    tm = run_tokenize(str(out), str(demo_tokenizer), str(tmp_path / "k"), cfg.tokenize, ["--runner", "DirectRunner"])
+    tm = tm.manifest
+    assert tm["splits"]["train"]["documents"] + tm["splits"]["val"]["documents"] == expected
+    assert tm["select"]["documents_selected"] == expected
+    assert tm["select"]["documents_skipped"] == m["counts"]["kept"] - expected
+    assert set(tm["splits"]["train"]["tokens_by_lang"]) == {"en"}

@@ -229,3 +229,50 @@ def test_cli_encode_decode(tok):
     assert "▁old" in pieces.stdout
     bad = run_cli("tokenizer", "encode", "--tokenizer", "/nonexistent", "x")
     assert bad.returncode == 2 and "tokenizer /nonexistent does not exist" in bad.stderr
+
+
+# --- tokenize.select: part of a corpus as a mixture source --------------------------------------
+
+
+def _corpus_rows(corpus):
+    table = open_corpus(str(corpus)).to_table(columns=["id", "lang", "source"])
+    return table.to_pylist()
+
+
+def test_select_tokenizes_only_the_chosen_languages_and_counts_the_rest(corpus, tok, tokens, tmp_path):
+    rows = _corpus_rows(corpus)
+    langs = sorted({r["lang"] for r in rows}, key=lambda lg: -sum(r["lang"] == lg for r in rows))
+    chosen = langs[:2]  # the two largest languages
+    out = tmp_path / "sel"
+    cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000",
+                                    f"tokenize.select.langs={json.dumps(chosen)}"]).tokenize
+    m = run_tokenize(str(corpus), str(tok), str(out), cfg, DIRECT).manifest
+    expected = sum(r["lang"] in chosen for r in rows)
+    assert 0 < expected < len(rows)
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == expected
+    assert m["select"]["documents_selected"] == expected
+    assert m["select"]["documents_skipped"] == len(rows) - expected
+    assert m["select"]["conditions"] == {"langs": chosen}
+    for split in ("train", "val"):
+        assert set(m["splits"][split]["tokens_by_lang"]) <= set(chosen)
+        # the chosen languages' tokens are exactly what the unrestricted run gave them
+        full = tokens[1]["splits"][split]["tokens_by_lang"]
+        assert m["splits"][split]["tokens_by_lang"] == {lg: full[lg] for lg in chosen if lg in full}
+    # by another column: one source file of the sample crawl
+    source = rows[0]["source"]
+    cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=128",
+                                    f"tokenize.select.columns={{source: [{json.dumps(source)}]}}"]).tokenize
+    m = run_tokenize(str(corpus), str(tok), str(tmp_path / "src"), cfg, DIRECT).manifest
+    assert m["select"]["documents_selected"] == sum(r["source"] == source for r in rows)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("tokenize.select.min_quality_score=0.5", "a quality bucket needs quality scores"),
+    ("tokenize.select.columns={no_such_column: [1]}", "no column 'no_such_column'"),
+    ("tokenize.select.langs=[xx-not-a-language]", "keeps none of the"),
+])
+def test_select_that_cannot_work_is_refused_before_the_job(corpus, tok, tmp_path, setting, message):
+    cfg = load_config(DEMO_CONFIG, [setting]).tokenize
+    with pytest.raises(TokenizerError, match=message):
+        run_tokenize(str(corpus), str(tok), str(tmp_path / "k"), cfg, DIRECT)
+    assert not (tmp_path / "k").exists()

@@ -222,12 +222,18 @@ def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, tokens):
         cfg = _config(tmp_path, tokens, "cluster", num_workers=2, placement_strategy="SPREAD", max_steps=20,
                       checkpoint_every=10, log_every=5, eval_every=10)
         def submit(config: Path) -> None:
-            r = subprocess.run(
-                [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.address,
-                 "--working-dir", str(REPO), "--",
-                 "python", "-m", "gristmill.trainer.pretrain", "--config", str(config)],
-                capture_output=True, text=True, timeout=400, env=cluster.env(),
-            )
+            for _ in range(12):
+                r = subprocess.run(
+                    [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.address,
+                     "--working-dir", str(REPO), "--",
+                     "python", "-m", "gristmill.trainer.pretrain", "--config", str(config)],
+                    capture_output=True, text=True, timeout=400, env=cluster.env(),
+                )
+                # the head's job agent registers some seconds after `ray start` returns (longer on a busy
+                # machine); until then Ray refuses the submission and says to try again later
+                if "No available agent to submit job" not in r.stdout + r.stderr:
+                    break
+                time.sleep(5)
             assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-5000:]
 
         submit(cfg)

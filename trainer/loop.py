@@ -381,6 +381,7 @@ def log_step(run: _Run, loss: float, grad_norm: float) -> None:
 
 
 def validate(run: _Run) -> None:
+    paused = time.perf_counter()
     run.wrapped.eval()
     val = run.task.evaluate(run.wrapped, run.rank, run.world, run.p, run.device, run.autocast)
     run.wrapped.train()
@@ -389,12 +390,15 @@ def validate(run: _Run) -> None:
         run.metrics.write({"step": run.step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in val.items()}})
         log.info("step %d  %s", run.step, "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in val.items()))
-    run.window_t = time.perf_counter()  # validation time is not training throughput
+    # validation time is not training throughput: the window's start moves forward by it (the steps
+    # before it stay in the window)
+    run.window_t += time.perf_counter() - paused
 
 
 def save(run: _Run) -> None:
     """A complete checkpoint (weights, optimizer, every rank's RNG, data position), reported to Ray
     Train with the last metrics. Collective: every rank calls it at the same steps."""
+    paused = time.perf_counter()
     p, metrics_now = run.p, {"step": run.step, **run.last}
     msd, osd = ckpt.full_state(run.wrapped, run.opt)  # collective under FSDP
     rng = ckpt.gather_rng()  # collective
@@ -422,7 +426,7 @@ def save(run: _Run) -> None:
                 path = ckpt.save_checkpoint(Path(tmp) / name, msd, osd, rng, state, run.args, config, tok_dir)
                 checkpoint = ray.train.Checkpoint.from_directory(str(path))
             ray.train.report(metrics_now, checkpoint=checkpoint, checkpoint_dir_name=name)
-    run.window_t = time.perf_counter()
+    run.window_t += time.perf_counter() - paused  # as in validate
 
 
 def _due(step: int, every: int, max_steps: int) -> bool:
@@ -727,6 +731,26 @@ def _start_autoscaling_coordinator() -> None:
         log.debug("could not start Ray's autoscaling coordinator ahead of the run: %s", e)
 
 
+def ensure_ray(p: LoopConfig) -> None:
+    """Join the cluster of RAY_ADDRESS (``ray job submit``), or start a Ray in this process; no-op when
+    Ray is up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not os.environ.get("RAY_ADDRESS"):
+        # a Ray of our own keeps Ray's default for a new local cluster, token authentication, without
+        # Ray's warning on every run that it is on (RAY_AUTH_MODE=token said explicitly is not the
+        # same: Ray then makes no token for the new cluster and cannot connect to it)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    no_dashboard = not (p.local_dashboard or os.environ.get("RAY_ADDRESS"))
+    quiet = {"worker_process_setup_hook": _quiet_placement_group_cleaner}
+    ray.init(logging_level=logging.WARNING, log_to_driver=True,
+             **({"include_dashboard": False, "runtime_env": quiet} if no_dashboard else {}))
+    if not os.environ.get("RAY_ADDRESS"):
+        _start_autoscaling_coordinator()
+
+
 def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = False) -> TrainResult:
     """Launch the loop with Ray Train: on the cluster of RAY_ADDRESS (``ray job submit``), or a Ray started
     in-process."""
@@ -741,18 +765,7 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
     if not (p.use_gpu or p.peak_tflops or ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
         threads = torch.get_num_threads() if p.num_workers == 0 else p.cpus_per_worker
         extra["cpu_peak"] = driver_cpu_peak(p, threads)
-    if not ray.is_initialized():
-        if not os.environ.get("RAY_ADDRESS"):
-            # a Ray of our own keeps Ray's default for a new local cluster, token authentication, without
-            # Ray's warning on every run that it is on (RAY_AUTH_MODE=token said explicitly is not the
-            # same: Ray then makes no token for the new cluster and cannot connect to it)
-            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        no_dashboard = not (p.local_dashboard or os.environ.get("RAY_ADDRESS"))
-        quiet = {"worker_process_setup_hook": _quiet_placement_group_cleaner}
-        ray.init(logging_level=logging.WARNING, log_to_driver=True,
-                 **({"include_dashboard": False, "runtime_env": quiet} if no_dashboard else {}))
-        if not os.environ.get("RAY_ADDRESS"):
-            _start_autoscaling_coordinator()
+    ensure_ray(p)
     local_mode = p.num_workers == 0
     trainer = TorchTrainer(
         train_loop,

@@ -1,0 +1,135 @@
+"""``gristmill ablate``: the verdict rule, ablations refused before any work, and one end to end on a
+tiny budget (real corpus runs on the DirectRunner, a shared tokenizer, Ray Train runs in parallel,
+checkpoints evaluated as Ray tasks)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gristmill import api
+from gristmill.config import load_config
+from gristmill.trainer.ablate import AblationError, summarise
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample"
+SHARED = Path(os.environ.get("GRISTMILL_SHARED_DATA", REPO.parent / "shared" / "data"))
+CRAWL = SAMPLE / "crawl" / "dolma-cc-main-2019-30.jsonl.gz"
+MC = SAMPLE / "eval" / "genesis_next_sentence_mc.jsonl"
+
+
+def _runs(values: dict[str, list[float]], metric: str = "heldout:book") -> list[dict]:
+    return [{"variant": v, "seed": s, "curve": [{"tokens": 1, metric: x}]}
+            for v, xs in values.items() for s, x in enumerate(xs)]
+
+
+def test_a_difference_counts_only_beyond_the_spread_over_seeds():
+    data = {n: {"documents": 1, "train_tokens": 1, "epochs": 1.0} for n in ("raw", "clean", "noisy")}
+    table = summarise(_runs({"raw": [3.0, 3.1, 3.2], "clean": [2.5, 2.55, 2.6], "noisy": [2.5, 2.9, 3.3]}),
+                      ["raw", "clean", "noisy"], "raw", data)
+    by = {r["variant"]: r["metrics"]["heldout:book"] for r in table}
+    assert "verdict" not in by["raw"]
+    assert by["clean"]["verdict"] == "better"  # lower loss, 0.55 apart against spreads of 0.2 and 0.1
+    assert by["clean"]["vs_baseline"] == pytest.approx(-0.55)
+    assert by["noisy"]["verdict"] == "within noise"  # mean 0.2 lower, but its seeds spread over 0.8
+    assert by["clean"]["std"] == pytest.approx(0.05)
+    # accuracy: higher is better
+    acc = summarise(_runs({"raw": [0.5, 0.52], "clean": [0.4, 0.41]}, "mc:x"), ["raw", "clean"], "raw", data)
+    assert acc[1]["metrics"]["mc:x"]["verdict"] == "worse"
+
+
+def _config(tmp_path: Path, **ablate) -> Path:
+    tree = {
+        "langid": {"keep": ["en"]},
+        "tokenizer": {"vocab_size": 1000, "input_sentence_size": 200_000},
+        "tokenize": {"seq_len": 64, "val_fraction": 0.05},
+        "model": {"preset": "tiny"},
+        "pretrain": {"num_workers": 1, "cpus_per_worker": 1, "batch_size": 8, "micro_batch_size": 8,
+                     "warmup_steps": 2, "log_every": 5, "eval_batches": 2},
+        "ablate": {"output": str(tmp_path / "ablation"), "inputs": [str(CRAWL)],
+                   "variants": [{"name": "raw", "base": "raw"}, {"name": "default"}],
+                   "seeds": [0, 1], "tokens": 10_240, "eval_points": 2,
+                   "heldout": [str(SHARED / "text" / "pg84_frankenstein.txt")], "heldout_max_tokens": 4000,
+                   "mc": [str(MC)], **ablate},
+    }
+    path = tmp_path / "ablate.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.mark.parametrize("ablate, message", [
+    ({"variants": []}, "ablate.variants is empty"),
+    ({"variants": [{"name": "a"}, {"name": "a"}]}, "names repeat"),
+    ({"variants": [{"name": "a", "corpus": "/nonexistent/corpus"}]}, "is not a corpus directory"),
+    ({"variants": [{"name": "a", "corpus": "/tmp", "set": {"clean.pii.enabled": False}}]}, "drop one"),
+    ({"variants": [{"name": "a", "set": {"clean.no_such_filter.enabled": False}}]}, "ablate variant 'a'"),
+    ({"baseline": "nope"}, "ablate.baseline 'nope' is not a variant"),
+    ({"inputs": []}, "has no corpus and no inputs"),
+    ({"heldout": ["/nonexistent.txt"]}, "is not a file"),
+    ({"heldout": [], "mc": []}, "both empty"),
+    ({"tokens": 1024, "eval_points": 5}, "exceeds the 2 training steps"),
+    ({"seeds": [1, 1]}, "distinct seeds"),
+])
+def test_ablations_that_cannot_run_are_refused_before_any_work(tmp_path, ablate, message):
+    cfg = load_config(_config(tmp_path, **ablate))
+    with pytest.raises(AblationError, match=message):
+        api.ablate(cfg)
+    assert not (tmp_path / "ablation").exists()  # nothing written
+
+
+def _ablate(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GRISTMILL_LOG_LEVEL": "INFO"}
+    return subprocess.run([sys.executable, "-m", "gristmill", "ablate", "--config", str(config), *extra],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=1200)
+
+
+@pytest.mark.slow
+def test_ablate_end_to_end_on_a_tiny_budget(tmp_path):
+    config = _config(tmp_path)
+    first = _ablate(config)
+    assert first.returncode == 0, first.stderr[-4000:]
+    out = tmp_path / "ablation"
+    assert "| raw |" in first.stdout and "| default |" in first.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["tokens_per_run"] == 20 * 8 * 64 and res["steps"] == 20
+    docs = {n: v["documents"] for n, v in res["variants"].items()}
+    assert docs["raw"] > docs["default"] > 0  # the default's filters and dedup remove documents raw keeps
+    runs = {(r["variant"], r["seed"]): r for r in res["runs"]}
+    assert set(runs) == {("raw", 0), ("raw", 1), ("default", 0), ("default", 1)}
+    for r in runs.values():
+        assert [c["tokens"] for c in r["curve"]] == [5120, 10240]  # every checkpoint evaluated
+        for c in r["curve"]:
+            assert 0 < c["heldout:pg84_frankenstein"] < math.log(1000)  # learnt something: below uniform
+            assert 0 <= c["mc:genesis_next_sentence_mc"] <= 1
+        assert r["curve"][1]["heldout:pg84_frankenstein"] < r["curve"][0]["heldout:pg84_frankenstein"]
+    # seeds differ; the table is their mean
+    assert runs[("raw", 0)]["curve"][-1] != runs[("raw", 1)]["curve"][-1]
+    table = {row["variant"]: row for row in res["table"]}
+    m = table["raw"]["metrics"]["heldout:pg84_frankenstein"]
+    assert m["mean"] == pytest.approx(sum(runs[("raw", s)]["curve"][-1]["heldout:pg84_frankenstein"]
+                                          for s in (0, 1)) / 2)
+    assert table["default"]["metrics"]["heldout:pg84_frankenstein"]["verdict"] in ("better", "worse", "within noise")
+    assert (out / "heldout_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "results.md").read_text().startswith("Each run: 10,240 training tokens")
+
+    # again: every step is done; nothing is retrained, the evaluation gives the same numbers
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")}
+    assert stamps
+    again = _ablate(config)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert ": training" not in again.stderr and "corpus job over" not in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")} == stamps
+    assert json.loads((out / "results.json").read_text())["table"] == res["table"]
+
+    # a budget the smallest variant cannot give without over-repeating it: refused before training
+    big = _ablate(config, "--set", "ablate.tokens=50000000")
+    assert big.returncode != 0
+    assert "ablate.max_epochs" in big.stderr and "'default'" in big.stderr
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")} == stamps

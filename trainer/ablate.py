@@ -1,0 +1,539 @@
+"""``gristmill ablate``: does a pipeline choice train a better model? FineWeb's method, in one command.
+
+For each data variant (a corpus directory, or a corpus run over the same crawl with other settings —
+e.g. ``raw``: extraction and language ID only, the defaults, the defaults with the quality classifier):
+
+1. the corpus (``gristmill corpus``), skipped for a variant given as a directory;
+2. one shared tokenizer (trained on one variant's corpus, or given), every variant tokenized with it;
+3. the same model pretrained with the same settings for the same number of tokens, once per seed
+   (Ray Train, as ``gristmill pretrain``; several runs at once when Ray has the CPUs or GPUs for them);
+4. every run's evenly spaced checkpoints evaluated on the same held-out sets — loss per token of
+   the shared tokenizer on held-out clean text never trained on, and multiple-choice accuracy — as
+   Ray tasks;
+5. ``results.json``, ``results.md`` (variant × metric, mean ± standard deviation over seeds, the
+   verdict against the baseline) and ``heldout_loss.png`` (held-out loss against training tokens).
+
+A variant is called better (or worse) than the baseline on a metric only when the difference of
+the means exceeds the spread over seeds of both (the larger of their max − min): with three seeds
+that is roughly "every seed of one is ahead of the mean of the other", a deliberately strict rule —
+small models trained briefly differ by seed, and a filter that does not clear its noise has not been
+shown to help.
+
+Each finished step is recorded (``steps.json``: a fingerprint of what it read and its settings);
+run again, the command skips what is done and resumes training runs from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gristmill import io
+from gristmill.config import ConfigError, GristmillConfig, _set_dotted
+from gristmill.errors import GristmillError
+from gristmill.outputs import begin_output, check_output
+
+log = logging.getLogger("gristmill.ablate")
+
+#: ``base: raw``: what is left of the corpus job is reading, main-text extraction and language ID
+RAW_OVERRIDES = {
+    "clean.normalize.fix_unicode": False,
+    "clean.normalize.unicode_form": "none",
+    "clean.url_blocklist.enabled": False,
+    "clean.gopher_repetition.enabled": False,
+    "clean.gopher_quality.enabled": False,
+    "clean.c4_lines.enabled": False,
+    "clean.pii.enabled": False,
+    "clean.quality.enabled": False,
+    "clean.custom_filters": [],
+    "exact_dedup.enabled": False,
+    "near_dedup.enabled": False,
+    "decontaminate.files": [],
+}
+
+
+class AblationError(GristmillError):
+    """An ablation that cannot run as configured; the message names the variant or key and the fix."""
+
+
+@dataclass
+class Variant:
+    name: str
+    cfg: GristmillConfig  # the corpus settings it is built with (the file's, for a given directory)
+    inputs: tuple[str, ...]  # empty for a given corpus directory
+    corpus: str
+    tokens: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and plan, before any work
+# ---------------------------------------------------------------------------------------------
+
+
+def variant_config(cfg: GristmillConfig, base: str, overrides: dict, name: str) -> GristmillConfig:
+    """The file's config with the variant's base and overrides applied."""
+    tree = cfg.model_dump(mode="json")
+    tree.pop("ablate", None)
+    for key, value in {**(RAW_OVERRIDES if base == "raw" else {}), **overrides}.items():
+        try:
+            _set_dotted(tree, key, value)
+        except ConfigError as e:
+            raise AblationError(f"ablate variant {name!r}: {e}") from None
+    try:
+        return GristmillConfig.model_validate(tree)
+    except Exception as e:  # pydantic's ValidationError: name the variant
+        raise AblationError(f"ablate variant {name!r}: its settings are not a valid config: {e}") from None
+
+
+def plan_variants(cfg: GristmillConfig, out: str) -> list[Variant]:
+    a = cfg.ablate
+    if not a.variants:
+        raise AblationError("ablate.variants is empty: name at least two data variants to compare, e.g. "
+                            "[{name: raw, base: raw}, {name: default}] (see configs/ablate.yaml)")
+    names = [v.name for v in a.variants]
+    if len(set(names)) != len(names):
+        raise AblationError(f"ablate variant names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    for key in ("baseline", "tokenizer_from"):
+        if getattr(a, key) is not None and getattr(a, key) not in names:
+            raise AblationError(f"ablate.{key} {getattr(a, key)!r} is not a variant ({', '.join(names)})")
+    if not a.seeds or len(set(a.seeds)) != len(a.seeds):
+        raise AblationError(f"ablate.seeds {list(a.seeds)} must be one or more distinct seeds")
+    if not a.heldout and not a.mc:
+        raise AblationError("ablate.heldout and ablate.mc are both empty: name held-out clean text (.txt/.jsonl) "
+                            "and/or multiple-choice files to compare the variants on")
+    variants = []
+    for v in a.variants:
+        root = io.join(out, "variants", v.name)
+        if v.corpus is not None:
+            if v.inputs or v.set or v.base != "default":
+                raise AblationError(f"ablate variant {v.name!r} gives a corpus directory and corpus settings "
+                                    "(inputs/base/set): a given corpus is used as it is; drop one")
+            corpus = os.path.abspath(v.corpus)
+            manifest_path = os.path.join(corpus, "manifest.json")
+            if not os.path.isfile(manifest_path):
+                raise AblationError(f"ablate variant {v.name!r}: {corpus} is not a corpus directory (no manifest.json;"
+                                    " a finished `gristmill corpus` output)")
+            kind = json.loads(Path(manifest_path).read_text()).get("kind")
+            if kind != "corpus":
+                raise AblationError(f"ablate variant {v.name!r}: {corpus} holds {kind or 'no gristmill output'}, "
+                                    "not a corpus: give the directory `gristmill corpus` wrote")
+            variants.append(Variant(v.name, cfg, (), corpus, io.join(root, "tokens")))
+            continue
+        inputs = v.inputs or a.inputs
+        if not inputs:
+            raise AblationError(f"ablate variant {v.name!r} has no corpus and no inputs: set ablate.inputs (the "
+                                "crawl every variant runs on) or the variant's corpus/inputs")
+        variants.append(Variant(v.name, variant_config(cfg, v.base, dict(v.set), v.name), tuple(inputs),
+                                io.join(root, "corpus"), io.join(root, "tokens")))
+    return variants
+
+
+def heldout_texts(path: str) -> list[str]:
+    """A held-out set's documents: a .txt file is one, a .jsonl file one per record (its ``text``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise AblationError(f"ablate.heldout: {path} is not a file")
+    if p.suffix == ".jsonl":
+        texts = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    texts.append(str(json.loads(line)["text"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise AblationError(f"ablate.heldout: {path}:{n} is not a JSON record with a text field") from None
+    else:
+        texts = [p.read_text(encoding="utf-8", errors="replace")]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise AblationError(f"ablate.heldout: {path} holds no text")
+    return texts
+
+
+def heldout_tokens(sp, texts: list[str], max_tokens: int) -> np.ndarray:
+    """The set as training sees text: each document's tokens followed by eos, concatenated, cut at max_tokens."""
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(sp.encode(t))
+        ids.append(sp.eos_id())
+        if len(ids) >= max_tokens:
+            break
+    return np.asarray(ids[:max_tokens], dtype=np.int64)
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _Steps:
+    """steps.json: the fingerprint of every finished step; a step is redone when its fingerprint changed."""
+
+    def __init__(self, out: str):
+        self.path = io.join(out, "steps.json")
+        self.done = io.read_json(self.path) if io.exists(self.path) else {}
+        self.lock = threading.Lock()
+
+    def finished(self, step: str, fingerprint: str) -> bool:
+        return self.done.get(step) == fingerprint
+
+    def record(self, step: str, fingerprint: str) -> None:
+        with self.lock:  # training runs record from several threads
+            self.done[step] = fingerprint
+            io.write_json_atomic(self.path, dict(self.done))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation of one run's checkpoints (a Ray task)
+# ---------------------------------------------------------------------------------------------
+
+
+def heldout_loss(model, tokens: np.ndarray, seq_len: int, batch_size: int = 8) -> float:
+    """Mean next-token loss over non-overlapping windows of seq_len + 1 tokens (the remainder is not scored)."""
+    import torch
+
+    n = (len(tokens) - 1) // seq_len
+    if n == 0:
+        raise AblationError(f"a held-out set of {len(tokens)} tokens is shorter than one sequence of {seq_len + 1}")
+    rows = np.stack([tokens[i * seq_len: i * seq_len + seq_len + 1] for i in range(n)])
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            x = torch.from_numpy(rows[s: s + batch_size])
+            logits = model(x[:, :-1]).float()
+            total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="sum"))
+            count += x[:, 1:].numel()
+    return total / count
+
+
+def evaluate_checkpoints(checkpoints: list[str], heldout: dict[str, np.ndarray], mc: dict[str, list[dict]],
+                         seq_len: int, threads: int = 1) -> list[dict]:
+    """Every checkpoint: loss on each held-out set, accuracy on each multiple-choice file."""
+    import torch
+
+    from gristmill.log import drop_known_noise
+
+    drop_known_noise()  # a Ray task: gristmill's logging is not set up here
+    from gristmill.tokenizer.train import load
+    from gristmill.trainer.checkpoint import load_model, read_state
+    from gristmill.trainer.evaluate import multiple_choice
+
+    torch.set_num_threads(threads)
+    rows = []
+    for path in checkpoints:
+        model = load_model(path).eval()
+        state = read_state(Path(path))
+        row = {"checkpoint": path, "step": int(state["step"]), "tokens": int(state["tokens_seen"])}
+        for name, toks in heldout.items():
+            row[f"heldout:{name}"] = heldout_loss(model, toks, min(seq_len, model.args.max_seq_len))
+        if mc:
+            sp = load(path)
+            for name, items in mc.items():
+                r = multiple_choice(model, sp, items)
+                row[f"mc:{name}"] = r["accuracy"]
+                row[f"mc_norm:{name}"] = r["accuracy_norm"]
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AblationResult:
+    output: str
+    table: list[dict]
+    results_path: str
+    markdown: str
+    plot_path: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DataSteps:
+    """The data stages an ablation runs, given by the caller (``gristmill.api.ablate``): the trainer stage
+    imports no stage above it (pipelines → tokenizer → trainer), yet an ablation starts from the crawl."""
+
+    run_corpus: Callable  # (inputs, output, config, beam_args, overwrite=, progress=)
+    train_tokenizer: Callable  # (corpus, output, config, progress=, overwrite=)
+    tokenize: Callable  # (corpus, tokenizer, output, config, beam_args, overwrite=)
+
+
+def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list[str] | None = None,
+                 overwrite: bool = False, progress: bool = False) -> AblationResult:
+    t0 = time.time()
+    a = cfg.ablate
+    out = os.path.abspath(a.output)
+    variants = plan_variants(cfg, out)
+    baseline = a.baseline or variants[0].name
+    heldout_docs = {Path(p).stem: heldout_texts(p) for p in a.heldout}
+    if len(heldout_docs) != len(a.heldout):
+        raise AblationError(f"ablate.heldout: two files share a name ({list(a.heldout)}); each set is named by its "
+                            "file name")
+    from gristmill.trainer.evaluate import read_mc
+
+    try:
+        mc = {Path(p).stem: read_mc(p) for p in a.mc}
+    except (OSError, ValueError) as e:
+        raise AblationError(f"ablate.mc: {e}") from None
+    if a.tokenizer is not None and not os.path.isfile(os.path.join(a.tokenizer, "tokenizer.model")):
+        raise AblationError(f"ablate.tokenizer: {a.tokenizer} is not a tokenizer directory (no tokenizer.model)")
+    seq_len, batch = cfg.tokenize.seq_len, cfg.pretrain.batch_size
+    max_steps = math.ceil(a.tokens / (batch * seq_len))
+    if a.eval_points > max_steps:
+        raise AblationError(f"ablate.eval_points {a.eval_points} exceeds the {max_steps} training steps of "
+                            f"ablate.tokens {a.tokens:,}: lower eval_points or raise tokens")
+    check_output(out, "ablation", overwrite)
+    begin_output(out, "ablation")
+    steps = _Steps(out)
+
+    # 1. corpora
+    api = steps_of_data
+    for v in variants:
+        if not v.inputs:
+            continue
+        fp = _sha({"inputs": v.inputs, "config": v.cfg.fingerprint()})
+        if steps.finished(f"corpus:{v.name}", fp):
+            log.info("variant %s: corpus done earlier (%s)", v.name, v.corpus)
+            continue
+        log.info("variant %s: corpus job over %s", v.name, ", ".join(v.inputs))
+        api.run_corpus(v.inputs, v.corpus, v.cfg, beam_args, overwrite=True, progress=progress)
+        steps.record(f"corpus:{v.name}", fp)
+
+    # 2. the shared tokenizer, every variant tokenized with it
+    by_name = {v.name: v for v in variants}
+    if a.tokenizer is not None:
+        tokenizer = os.path.abspath(a.tokenizer)
+    else:
+        source = by_name[a.tokenizer_from or baseline]
+        tokenizer = io.join(out, "tokenizer")
+        fp = _sha({"corpus": _manifest_sha(source.corpus), "config": cfg.tokenizer.model_dump(mode="json")})
+        if not steps.finished("tokenizer", fp):
+            log.info("the shared tokenizer: trained on variant %s's corpus", source.name)
+            api.train_tokenizer(source.corpus, tokenizer, cfg, progress=progress, overwrite=True)
+            steps.record("tokenizer", fp)
+    tok_sha = hashlib.sha256(Path(tokenizer, "tokenizer.model").read_bytes()).hexdigest()
+    for v in variants:
+        fp = _sha({"corpus": _manifest_sha(v.corpus), "tokenizer": tok_sha,
+                   "config": cfg.tokenize.model_dump(mode="json")})
+        if not steps.finished(f"tokens:{v.name}", fp):
+            log.info("variant %s: tokenizing", v.name)
+            api.tokenize(v.corpus, tokenizer, v.tokens, cfg, beam_args, overwrite=True)
+            steps.record(f"tokens:{v.name}", fp)
+
+    # 3. equal budgets, checked before any training
+    budget = max_steps * batch  # sequences of every run
+    data, short = {}, []
+    for v in variants:
+        m = io.read_json(io.join(v.tokens, "manifest.json"))
+        train = int(m["splits"]["train"]["sequences"])
+        if train == 0:
+            raise AblationError(f"variant {v.name!r} has no training sequences (its corpus keeps "
+                                f"{m['splits']['train']['documents']} documents): the budgets cannot be equal")
+        epochs = budget / train
+        if epochs > a.max_epochs:
+            short.append((v.name, train, epochs))
+        data[v.name] = {"documents": int(m["splits"]["train"]["documents"]), "train_tokens": train * seq_len,
+                        "epochs": round(epochs, 3)}
+    if short:
+        smallest = min(train for _, train, _ in short)
+        raise AblationError(
+            f"ablate.tokens {a.tokens:,} ({budget:,} sequences per run) would read "
+            + ", ".join(f"variant {n!r} ({t * seq_len:,} training tokens) {e:.1f} times" for n, t, e in short)
+            + f", more than ablate.max_epochs {a.max_epochs}: the budgets could only be equal by over-repeating. "
+            f"Lower ablate.tokens (≤ {int(a.max_epochs * smallest) * seq_len:,}), raise ablate.max_epochs, or give "
+            "those variants more input")
+    log.info("every run: %d steps × %d sequences × %d tokens = %s tokens; %d variant(s) × %d seed(s)",
+             max_steps, batch, seq_len, f"{budget * seq_len:,}", len(variants), len(a.seeds))
+
+    # 4. training runs, then the evaluation of their checkpoints
+    every = max(1, max_steps // a.eval_points)
+    runs = [(v, seed) for v in variants for seed in a.seeds]
+    train_cfgs = [(v.name, seed, _run_config(cfg, v.tokens, os.path.join(out, "runs"), f"{v.name}-seed{seed}",
+                                            seed, max_steps, every)) for v, seed in runs]
+    results = _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps)
+
+    # 5. the table, the plot
+    table = summarise(results, [v.name for v in variants], baseline, data)
+    md = markdown(table, baseline, budget * seq_len, a, cfg)
+    payload = {"kind": "ablation", "baseline": baseline, "tokens_per_run": budget * seq_len, "steps": max_steps,
+               "seeds": list(a.seeds), "variants": data, "table": table, "runs": results,
+               "config": cfg.model_dump(mode="json")}
+    results_path = io.join(out, "results.json")
+    io.write_json_atomic(results_path, payload)
+    io.write_bytes_atomic(io.join(out, "results.md"), md.encode())
+    plot_path = plot(results, [v.name for v in variants], io.join(out, "heldout_loss.png"))
+    return AblationResult(out, table, results_path, md, plot_path, time.time() - t0)
+
+
+def _manifest_sha(directory: str) -> str:
+    return hashlib.sha256(Path(directory, "manifest.json").read_bytes()).hexdigest()
+
+
+def _run_config(cfg: GristmillConfig, tokens: str, storage: str, name: str, seed: int, max_steps: int,
+                every: int) -> GristmillConfig:
+    tree = cfg.model_dump(mode="json")
+    tree.pop("ablate", None)
+    p = tree["pretrain"]
+    p.update(data=tokens, mixture=[], storage_path=storage, name=name, seed=seed, max_steps=max_steps,
+             checkpoint_every=every, eval_every=every, keep_checkpoints=None)
+    p["warmup_steps"] = min(p.get("warmup_steps", 20), max(0, max_steps - 1))
+    return GristmillConfig.model_validate(tree)
+
+
+def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: _Steps) -> list[dict]:
+    """Train every (variant, seed) — ``parallel`` at once from driver threads, each its own Ray Train run,
+    which Ray places where its workers fit — and evaluate each finished run's checkpoints as a Ray task."""
+    import ray
+
+    from gristmill.tokenizer.train import load
+    from gristmill.trainer.checkpoint import is_complete, read_state
+    from gristmill.trainer.loop import ensure_ray, run_training
+
+    ensure_ray(cfg.pretrain)
+    sp = load(tokenizer)
+    heldout = {k: heldout_tokens(sp, docs, a.heldout_max_tokens) for k, docs in heldout_docs.items()}
+    p = cfg.pretrain
+    per_run = max(1, p.num_workers) * (p.cpus_per_worker if not p.use_gpu else 0)
+    if a.parallel:
+        parallel = a.parallel
+    elif p.use_gpu:
+        parallel = max(1, int(ray.cluster_resources().get("GPU", 1)) // max(1, p.num_workers))
+    else:
+        parallel = max(1, int(ray.cluster_resources().get("CPU", 1)) // per_run)
+    parallel = min(parallel, len(train_cfgs))
+    log.info("%d training run(s), %d at once", len(train_cfgs), parallel)
+    evaluate = ray.remote(num_cpus=1)(evaluate_checkpoints)
+    heldout_ref, mc_ref = ray.put(heldout), ray.put(mc)
+    seq_len = cfg.tokenize.seq_len
+
+    def one(item):
+        name, seed, run_cfg = item
+        rp = run_cfg.pretrain
+        run_dir = Path(rp.storage_path) / rp.name
+        final = run_dir / f"checkpoint_{rp.max_steps:08d}"
+        # a run directory resumes only the run it was started for: another model, data or budget starts over
+        fp = _sha({"config": run_cfg.model_dump(mode="json"), "data": _manifest_sha(rp.data)})
+        if not steps.finished(f"run:{rp.name}", fp):
+            if run_dir.exists():
+                log.warning("run %s: its directory holds a run with other settings or data; starting it over",
+                            rp.name)
+                shutil.rmtree(run_dir)
+            steps.record(f"run:{rp.name}", fp)
+        if not is_complete(final):
+            log.info("run %s: training", rp.name)
+            run_training(run_cfg, "pretrain")
+        checkpoints = sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
+                             and read_state(d)["step"] <= rp.max_steps)
+        rows = ray.get(evaluate.remote(checkpoints, heldout_ref, mc_ref, seq_len))
+        log.info("run %s: %s", rp.name, "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items()
+                                                  if isinstance(v, float)))
+        return {"variant": name, "seed": seed, "run": str(run_dir), "curve": rows}
+
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(one, train_cfgs))
+
+
+def summarise(results: list[dict], names: list[str], baseline: str, data: dict) -> list[dict]:
+    """Per variant and metric (from each run's last checkpoint): mean, standard deviation and spread over
+    seeds; the difference from the baseline and whether it clears both spreads."""
+    metrics = [k for k in results[0]["curve"][-1] if k.startswith(("heldout:", "mc:", "mc_norm:"))]
+    values = {n: {m: [r["curve"][-1][m] for r in results if r["variant"] == n] for m in metrics} for n in names}
+    table = []
+    for n in names:
+        row = {"variant": n, **data[n], "metrics": {}}
+        for m in metrics:
+            xs, base = np.asarray(values[n][m]), np.asarray(values[baseline][m])
+            entry = {"mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0,
+                     "spread": float(xs.max() - xs.min()), "seeds": [float(x) for x in xs]}
+            if n != baseline:
+                diff = float(xs.mean() - base.mean())
+                lower_is_better = m.startswith("heldout:")
+                gain = -diff if lower_is_better else diff
+                noise = max(entry["spread"], float(base.max() - base.min()))
+                entry["vs_baseline"] = diff
+                entry["verdict"] = "better" if gain > noise else "worse" if -gain > noise else "within noise"
+            row["metrics"][m] = entry
+        table.append(row)
+    return table
+
+
+def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillConfig) -> str:
+    metrics = list(table[0]["metrics"])
+    head = ["variant", "train tokens", "epochs"] + [_metric_title(m) for m in metrics]
+    lines = [f"Each run: {tokens:,} training tokens, model preset {cfg.model.preset}, seeds {list(a.seeds)}. "
+             f"Mean ± standard deviation over seeds at the last checkpoint; held-out: loss per token "
+             f"(lower is better); mc: accuracy. Verdicts against **{baseline}**: better/worse only when the "
+             "difference exceeds the spread (max − min over seeds) of both.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = [row["variant"], f"{row['train_tokens']:,}", f"{row['epochs']:.2f}"]
+        for m in metrics:
+            e = row["metrics"][m]
+            cell = f"{e['mean']:.4f} ± {e['std']:.4f}"
+            if "verdict" in e:
+                cell += f" ({e['vs_baseline']:+.4f}, {e['verdict']})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric_title(m: str) -> str:
+    kind, name = m.split(":", 1)
+    return {"heldout": f"held-out loss: {name}", "mc": f"mc acc: {name}", "mc_norm": f"mc acc (norm): {name}"}[kind]
+
+
+def plot(results: list[dict], names: list[str], path: str) -> str | None:
+    """Held-out loss (the mean over held-out sets) against training tokens: one line per run, one colour per
+    variant, the mean over seeds bold."""
+    curves = [r for r in results if any(k.startswith("heldout:") for k in r["curve"][0])]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, n in enumerate(names):
+        runs = [r for r in curves if r["variant"] == n]
+        colour = colours[k % len(colours)]
+        ys_all = []
+        for r in runs:
+            xs = [c["tokens"] for c in r["curve"]]
+            ys = [float(np.mean([v for key, v in c.items() if key.startswith("heldout:")])) for c in r["curve"]]
+            ys_all.append(ys)
+            ax.plot(xs, ys, color=colour, alpha=0.3, linewidth=1)
+        ax.plot(xs, np.mean(ys_all, axis=0), color=colour, linewidth=2.2, label=f"{n} (mean of {len(runs)})")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("held-out loss per token")
+    ax.set_title("Held-out clean text: loss against training tokens")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    local = path if not io.is_remote(path) else None
+    if local is None:
+        import io as _io
+
+        buf = _io.BytesIO()
+        fig.savefig(buf, format="png")
+        io.write_bytes_atomic(path, buf.getvalue())
+    else:
+        tmp = io.temporary_name(local)
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, local)
+    plt.close(fig)
+    return path
