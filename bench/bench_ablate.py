@@ -230,9 +230,14 @@ def ablate_config(crawl: Path, quality_model: Path, dt_output: str, args) -> Pat
             "variants": [
                 {"name": "raw", "base": "raw"},
                 {"name": "default"},
-                {"name": "quality", "set": {"clean.quality.enabled": True, "clean.quality.model": str(quality_model / "model.bin"),
+                {"name": "quality", "set": {"clean.quality.enabled": True,
+                                            "clean.quality.model": str(quality_model / "model.bin"),
                                             "clean.quality.top_fraction": args.quality_top_fraction}},
                 {"name": "datatrove", "base": "raw", "inputs": [f"{dt_output}/*.jsonl.gz"]},
+                # why the default does what it does: one change each
+                {"name": "default-trafilatura", "set": {"read.extractor": "trafilatura"}},
+                {"name": "default-no-c4", "set": {"clean.c4_lines.enabled": False}},
+                {"name": "default-no-gopher-quality", "set": {"clean.gopher_quality.enabled": False}},
             ],
             "baseline": "raw",
             "seeds": args.seeds,

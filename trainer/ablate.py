@@ -473,7 +473,9 @@ def summarise(results: list[dict], names: list[str], baseline: str, data: dict) 
 def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillConfig) -> str:
     metrics = list(table[0]["metrics"])
     head = ["variant", "train tokens", "epochs"] + [_metric_title(m) for m in metrics]
-    lines = [f"Each run: {tokens:,} training tokens, model preset {cfg.model.preset}, seeds {list(a.seeds)}. "
+    model = ", ".join(f"{k} {v}" for k, v in cfg.model.model_dump(mode="json", exclude_defaults=True).items())
+    lines = [f"Each run: {tokens:,} training tokens, model preset {cfg.model.preset}"
+             f"{f' ({model})' if model else ''}, seeds {list(a.seeds)}. "
              f"Mean ± standard deviation over seeds at the last checkpoint; held-out: loss per token "
              f"(lower is better); mc: accuracy. Verdicts against **{baseline}**: better/worse only when the "
              "difference exceeds the spread (max − min over seeds) of both.", "",
