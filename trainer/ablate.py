@@ -473,7 +473,8 @@ def summarise(results: list[dict], names: list[str], baseline: str, data: dict) 
 def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillConfig) -> str:
     metrics = list(table[0]["metrics"])
     head = ["variant", "train tokens", "epochs"] + [_metric_title(m) for m in metrics]
-    model = ", ".join(f"{k} {v}" for k, v in cfg.model.model_dump(mode="json", exclude_defaults=True).items())
+    model = ", ".join(f"{k} {v}" for k, v in cfg.model.model_dump(mode="json", exclude_defaults=True).items()
+                      if k != "preset")
     lines = [f"Each run: {tokens:,} training tokens, model preset {cfg.model.preset}"
              f"{f' ({model})' if model else ''}, seeds {list(a.seeds)}. "
              f"Mean ± standard deviation over seeds at the last checkpoint; held-out: loss per token "

@@ -708,10 +708,19 @@ def _quiet_placement_group_cleaner() -> None:
       Ray ends with the run);
     - the controller's autoscaling requests time out when the CPUs are busy training (a warning with
       a GetTimeoutError traceback, "safe to ignore" by its own words): a Ray started in-process has
-      no autoscaler to ask."""
+      no autoscaler to ask;
+    - with two such Rays on one machine (two runs at once), the cleaner's State API client looks for
+      "the" local Ray, finds both, and its thread dies with a traceback: each worker is told its own
+      cluster's address."""
     for name in ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
                  "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import ray
+
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception as e:  # noqa: BLE001 - only a traceback in the log is at stake
+        log.debug("could not tell the worker its cluster's address: %s", e)
 
 
 def _start_autoscaling_coordinator() -> None:
