@@ -390,12 +390,28 @@ class TokenizeConfig(_Section):
     max_sequences_per_shard: int = Field(default=65_536, gt=0)
     #: tokenize only some of the corpus's documents (by language, quality bucket, other columns)
     select: TokenizeSelectConfig = TokenizeSelectConfig()
+    #: FineWeb-2's rehydration: a train document is repeated by the size of its near-duplicate cluster
+    #: (``cluster_size``), as [[min_size, copies], ...] — e.g. [[2, 2], [5, 3], [100, 1]]: clusters of 2-4
+    #: twice, 5-99 three times, 100 and more once (mass-duplicated text is mostly boilerplate and spam).
+    #: Empty: every document once
+    rehydrate: tuple[tuple[int, int], ...] = ()
+
+    @field_validator("rehydrate")
+    @classmethod
+    def _rehydrate_steps(cls, v):
+        sizes = [size for size, _ in v]
+        if sizes != sorted(set(sizes)) or any(size < 1 for size in sizes) or any(c < 1 for _, c in v):
+            raise ValueError(f"rehydrate {[list(x) for x in v]}: [min_size, copies] pairs with increasing "
+                             "min_size >= 1 and copies >= 1")
+        return v
 
     @model_serializer(mode="wrap")
     def _omit_no_select(self, handler):
         data = handler(self)  # added later: out of the dump while unused (manifests and work keys unchanged)
         if not self.select.active:
             data.pop("select", None)
+        if not self.rehydrate:
+            data.pop("rehydrate", None)
         return data
 
 

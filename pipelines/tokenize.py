@@ -8,6 +8,9 @@ and shifted targets); the last partial sequence of each bucket is dropped and co
 becomes one token shard (the format: :mod:`gristmill.tokenizer.tokens`)::
 
     OUTPUT/train/part-NNNNN.arrow, OUTPUT/val/part-NNNNN.arrow, OUTPUT/manifest.json
+
+``tokenize.select`` tokenizes part of the corpus; ``tokenize.rehydrate`` repeats train documents by
+their near-duplicate cluster size (FineWeb-2), each copy in a bucket of its own hash.
 """
 
 from __future__ import annotations
@@ -95,6 +98,16 @@ def check_select(corpus: str, manifest: dict, select: TokenizeSelectConfig) -> d
             "conditions": select.model_dump(mode="json", exclude_defaults=True)}
 
 
+def copies_for(cluster_size: int | None, steps: tuple[tuple[int, int], ...]) -> int:
+    """How many times rehydration puts a document in the train split: the copies of the last step whose
+    min_size ≤ its cluster size (a document without a cluster is a cluster of one)."""
+    size, copies = cluster_size or 1, 1
+    for min_size, n in steps:
+        if size >= min_size:
+            copies = n
+    return copies
+
+
 def _unit(key: str, seed: int) -> float:
     h = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64
@@ -103,7 +116,7 @@ def _unit(key: str, seed: int) -> float:
 #: the work kept per corpus shard for a rerun (see EncodeShardFn)
 WORK_DIR = "_work"
 _WORK_SCHEMA = pa.schema([("split", pa.string()), ("bucket", pa.int32()), ("id", pa.string()),
-                          ("lang", pa.string()), ("tokens", pa.list_(pa.uint32()))])
+                          ("lang", pa.string()), ("tokens", pa.list_(pa.uint32())), ("copy", pa.int32())])
 
 
 class EncodeShardFn(PooledWorkFn):
@@ -156,20 +169,29 @@ class EncodeShardFn(PooledWorkFn):
             log.info("%s: reusing its encoding from an earlier run", item[0])
         for batch in io.iter_batches(self._work_path(item)):
             for row in batch.to_pylist():
-                yield (row["split"], row["bucket"]), (row["id"], np.asarray(row["tokens"], np.uint32), row["lang"])
+                yield (row["split"], row["bucket"]), (row["id"], np.asarray(row["tokens"], np.uint32), row["lang"],
+                                                      row.get("copy") or 0)
 
     def _encode_shard(self, item):
         path, _ = item
         writer = io.ArrowFileWriter(self._work_path(item), _WORK_SCHEMA)
-        select = self.cfg.select
+        select, steps = self.cfg.select, self.cfg.rehydrate
         columns = ["id", "text", "lang", *select_columns(select)]
+        if steps and "cluster_size" not in columns:
+            columns.append("cluster_size")
         for values in iter_shard_rows(path, columns):
             doc_id, text, lang = values[:3]
-            if select.active and not is_selected(dict(zip(columns, values)), select):
+            row = dict(zip(columns, values))
+            if select.active and not is_selected(row, select):
                 continue
             key, value = self.encode(doc_id, text, lang)
-            writer.add({"split": key[0], "bucket": key[1], "id": doc_id, "lang": lang, "tokens": value[1]})
-            yield key, value
+            copies = copies_for(row.get("cluster_size"), steps) if key[0] == "train" else 1
+            for copy in range(copies):
+                if copy:  # a copy lands in a bucket of its own hash: not next to the original
+                    key = (key[0], int(_unit(f"{doc_id}\x00{copy}", self.cfg.seed + 1) * self.n_buckets))
+                writer.add({"split": key[0], "bucket": key[1], "id": doc_id, "lang": lang, "tokens": value[1],
+                            "copy": copy})
+                yield key, (*value, copy)
         writer.close()
 
     def encode(self, doc_id: str, text: str, lang: str):
@@ -189,20 +211,22 @@ class _WriteBucketFn(beam.DoFn):
     def process(self, item):
         (split, bucket), docs = item
         docs = list(docs)
-        seqs, dropped = pack([(d, t) for d, t, _ in docs], self.seq_len)
+        # (id, copy): a rehydrated copy sorts after its original when both land in one bucket
+        seqs, dropped = pack([((d, c), t) for d, t, _, c in docs], self.seq_len)
         rel = f"{split}/part-{bucket:05d}.arrow"
         if len(seqs):
             data = shard_bytes(seqs, self.dtype_name)
             io.write_bytes_atomic(io.join(self.output, rel), data)
         per_lang: dict[str, int] = {}
-        for _, t, lang in docs:
+        for _, t, lang, _ in docs:
             per_lang[lang] = per_lang.get(lang, 0) + int(t.size)
         yield {
             "path": rel if len(seqs) else None,
             "split": split,
-            "documents": len(docs),
+            "documents": sum(1 for *_, c in docs if c == 0),
+            "copies": sum(1 for *_, c in docs if c > 0),
             "sequences": int(len(seqs)),
-            "tokens": int(sum(t.size for _, t, _ in docs)),
+            "tokens": int(sum(t.size for _, t, _, _ in docs)),
             "tokens_dropped": dropped,
             "tokens_by_lang": per_lang,
             "sha256": hashlib.sha256(data).hexdigest() if len(seqs) else None,
@@ -314,6 +338,8 @@ def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: floa
             "tokens_by_lang": dict(sorted(langs.items(), key=lambda kv: -kv[1])),
             "shards": [{k: e[k] for k in ("path", "sequences", "sha256")} for e in es if e["path"]],
         }
+        if cfg.rehydrate:  # documents counts each document once; copies, the extra times rehydration added
+            splits[split]["copies"] = sum(e["copies"] for e in es)
     docs = sum(s["documents"] for s in splits.values())
     expected = plan.selection["documents_selected"] if plan.selection else manifest["counts"]["kept"]
     if docs != expected:
@@ -342,6 +368,8 @@ def _tokenize(plan: _Plan, output: str, cfg: TokenizeConfig, beam_args, t0: floa
     }
     if plan.selection:
         out["select"] = plan.selection
+    if cfg.rehydrate:
+        out["rehydrate"] = {"steps": [list(x) for x in cfg.rehydrate], "copies_added": splits["train"]["copies"]}
     path = io.join(output, "manifest.json")
     io.write_json_atomic(path, out)
     return TokenizeResult(out, path, time.time() - t0)

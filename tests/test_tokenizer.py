@@ -276,3 +276,38 @@ def test_select_that_cannot_work_is_refused_before_the_job(corpus, tok, tmp_path
     with pytest.raises(TokenizerError, match=message):
         run_tokenize(str(corpus), str(tok), str(tmp_path / "k"), cfg, DIRECT)
     assert not (tmp_path / "k").exists()
+
+
+def test_rehydration_steps():
+    from gristmill.pipelines.tokenize import copies_for
+
+    steps = ((2, 2), (5, 3), (100, 1))
+    assert [copies_for(n, steps) for n in (None, 1, 2, 4, 5, 99, 100, 5000)] == [1, 1, 2, 2, 3, 3, 1, 1]
+    assert copies_for(7, ()) == 1
+    for bad in ("[[2, 2], [2, 3]]", "[[0, 2]]", "[[3, 0]]", "[[5, 2], [2, 3]]"):
+        with pytest.raises(Exception, match="rehydrate"):
+            load_config(None, [f"tokenize.rehydrate={bad}"])
+
+
+def test_rehydration_repeats_train_documents_by_cluster_size(corpus, tok, tokens, tmp_path):
+    """Documents of near-duplicate clusters are repeated in the train split; val is untouched, and documents
+    are still counted once."""
+    from gristmill.pipelines.tokenize import _unit
+
+    cfg = load_config(DEMO_CONFIG, ["tokenize.seq_len=128", "tokenize.max_sequences_per_shard=2000",
+                                    "tokenize.rehydrate=[[2, 3]]"]).tokenize
+    sp = load(str(tok))
+    rows = open_corpus(str(corpus)).to_table(columns=["id", "text", "cluster_size"]).to_pylist()
+    train_clustered = [r for r in rows
+                       if (r["cluster_size"] or 1) >= 2 and _unit(r["id"], cfg.seed) >= cfg.val_fraction]
+    assert train_clustered  # the sample crawl has near-duplicates
+    m = run_tokenize(str(corpus), str(tok), str(tmp_path / "rehydrated"), cfg, DIRECT).manifest
+    plain = tokens[1]
+    for split in ("train", "val"):
+        assert m["splits"][split]["documents"] == plain["splits"][split]["documents"]
+    assert m["splits"]["val"]["tokens"] == plain["splits"]["val"]["tokens"] and m["splits"]["val"]["copies"] == 0
+    # two extra copies of each clustered train document: its tokens (and eos) twice more
+    assert m["splits"]["train"]["copies"] == 2 * len(train_clustered)
+    extra_tokens = 2 * sum(len(sp.encode(r["text"])) + 1 for r in train_clustered)
+    assert m["splits"]["train"]["tokens"] == plain["splits"]["train"]["tokens"] + extra_tokens
+    assert m["rehydrate"] == {"steps": [[2, 3]], "copies_added": 2 * len(train_clustered)}
