@@ -115,14 +115,9 @@ def datatrove_child(args) -> int:
     import logging
 
     import bench_clean
-    from bench_corpus import _total
+    from bench_corpus import _total, utf8_minhash_signature
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import (
-        MinhashDedupBuckets,
-        MinhashDedupCluster,
-        MinhashDedupFilter,
-        MinhashDedupSignature,
-    )
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, URLFilter
@@ -142,20 +137,7 @@ def datatrove_child(args) -> int:
                 return True
             return super().filter(document)
 
-    def xxh64_utf8(s):
-        import xxhash
-
-        return xxhash.xxh64_intdigest(s.encode("utf-8"))
-
-    class Utf8MinhashDedupSignature(MinhashDedupSignature):
-        """datatrove 0.10.1 hashes n-gram strs with xxhash, which xxhash >= 4 refuses: hash their UTF-8 bytes."""
-
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            try:
-                self._hash_func("probe")
-            except TypeError:
-                self._hash_func = xxh64_utf8
+    Utf8MinhashDedupSignature = utf8_minhash_signature()
 
     base = WORK / "datatrove"
     crawl = Path(args.crawl)

@@ -445,6 +445,29 @@ def _total(v) -> int:
     return int(v.get("total", 0)) if isinstance(v, dict) else int(v or 0)
 
 
+def _xxh64_utf8(s):
+    import xxhash
+
+    return xxhash.xxh64_intdigest(s.encode("utf-8"))
+
+
+def utf8_minhash_signature():
+    """datatrove's MinhashDedupSignature hashing n-grams as UTF-8 bytes: datatrove 0.10.1 hashes *str*s with
+    xxhash, which xxhash >= 4 refuses ("Strings must be encoded before hashing"); bytes are what xxhash < 4
+    hashed. A function: datatrove is importable only in bench/.venv-bench."""
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+
+    class Utf8MinhashDedupSignature(MinhashDedupSignature):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            try:
+                self._hash_func("probe")
+            except TypeError:
+                self._hash_func = _xxh64_utf8
+
+    return Utf8MinhashDedupSignature
+
+
 def datatrove_child(args) -> int:
     sys.path.insert(0, str(HERE))
     import logging
@@ -455,7 +478,6 @@ def datatrove_child(args) -> int:
         MinhashDedupBuckets,
         MinhashDedupCluster,
         MinhashDedupFilter,
-        MinhashDedupSignature,
     )
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.filters import GopherQualityFilter
@@ -483,21 +505,7 @@ def datatrove_child(args) -> int:
                 return True
             return super().filter(doc)
 
-    def xxh64_utf8(s):
-        import xxhash
-
-        return xxhash.xxh64_intdigest(s.encode("utf-8"))
-
-    class Utf8MinhashDedupSignature(MinhashDedupSignature):
-        """datatrove 0.10.1 hashes n-gram *str*s with xxhash, which xxhash >= 4 refuses ("Strings must
-        be encoded before hashing"); hash their UTF-8 bytes (what xxhash < 4 did)."""
-
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            try:
-                self._hash_func("probe")
-            except TypeError:
-                self._hash_func = xxh64_utf8
+    Utf8MinhashDedupSignature = utf8_minhash_signature()
 
     w = args.workers
     base = Path(args.dt_work)

@@ -203,17 +203,7 @@ def manifest_entry(cfg, entries, cuts: dict[str, int]) -> dict:
                        "cut": float(f"{cut_of(lang, cfg, cuts):.6g}"), "histogram": histogram_summary(h)}
     return {
         "model": cfg.model or "shipped: pipelines/resources/quality/model.bin",
-        "model_sha256": _sha256(cfg.model or str(SHIPPED_MODEL)),
+        "model_sha256": quality_model.file_sha256(cfg.model or str(SHIPPED_MODEL)),
         "keep": ("top_fraction" if cfg.top_fraction is not None else "threshold"),
         "languages": langs,
     }
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -414,7 +414,7 @@ def train_from_files(positive: list[str], negative: list[str], output: str | Pat
                     seen.add(line)
                     data[label].append(line)
             inputs.append({"path": path, "label": POSITIVE if label else NEGATIVE,
-                           "documents": len(data[label]) - before, "sha256": _sha256(path)})
+                           "documents": len(data[label]) - before, "sha256": file_sha256(path)})
     for label, what in ((1, "positive"), (0, "negative")):
         if not data[label]:
             raise QualityModelError(f"the {what} inputs hold no text: a classifier needs documents of both classes")
@@ -447,7 +447,7 @@ def train_from_files(positive: list[str], negative: list[str], output: str | Pat
         "train_loss_per_epoch": model.losses,
         "train": metrics(tr_p, np.array(train_labels)),
         "holdout": metrics(p, ho_labels),
-        "model_sha256": _sha256(str(out / "model.bin")),
+        "model_sha256": file_sha256(str(out / "model.bin")),
         "gristmill_version": __version__,
     }
     (out / "metadata.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
@@ -473,7 +473,8 @@ def report(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

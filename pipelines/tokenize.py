@@ -179,13 +179,14 @@ class EncodeShardFn(PooledWorkFn):
         columns = ["id", "text", "lang", *select_columns(select)]
         if steps and "cluster_size" not in columns:
             columns.append("cluster_size")
+        filtered = select.active or bool(steps)  # a row by column name only where something reads it
         for values in iter_shard_rows(path, columns):
             doc_id, text, lang = values[:3]
-            row = dict(zip(columns, values))
+            row = dict(zip(columns, values)) if filtered else None
             if select.active and not is_selected(row, select):
                 continue
             key, value = self.encode(doc_id, text, lang)
-            copies = copies_for(row.get("cluster_size"), steps) if key[0] == "train" else 1
+            copies = copies_for(row["cluster_size"], steps) if steps and key[0] == "train" else 1
             for copy in range(copies):
                 if copy:  # a copy lands in a bucket of its own hash: not next to the original
                     key = (key[0], int(_unit(f"{doc_id}\x00{copy}", self.cfg.seed + 1) * self.n_buckets))

@@ -45,10 +45,9 @@ def hf_name(name: str) -> str:
     return ".".join(["model", "layers", i, head, *rest[1:]])
 
 
-def llama_config(args, special: dict) -> dict:
+def _dimensions(args) -> dict:
+    """The transformer's shape in the names Llama and EuroBERT configs share."""
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
         "vocab_size": args.padded_vocab_size,
         "hidden_size": args.d_model,
         "intermediate_size": args.ffn_hidden,
@@ -58,6 +57,14 @@ def llama_config(args, special: dict) -> dict:
         "head_dim": args.head_dim,
         "max_position_embeddings": args.max_seq_len,
         "rms_norm_eps": args.norm_eps,
+    }
+
+
+def llama_config(args, special: dict) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        **_dimensions(args),
         "rope_theta": args.rope_theta,
         "hidden_act": "silu",
         "attention_bias": False,
@@ -73,15 +80,7 @@ def eurobert_config(args, special: dict, mask_id: int, classes: list[str] | None
     cfg = {
         "architectures": ["EuroBertForSequenceClassification" if classes else "EuroBertForMaskedLM"],
         "model_type": "eurobert",
-        "vocab_size": args.padded_vocab_size,
-        "hidden_size": args.d_model,
-        "intermediate_size": args.ffn_hidden,
-        "num_hidden_layers": args.n_layer,
-        "num_attention_heads": args.n_head,
-        "num_key_value_heads": args.n_kv_head,
-        "head_dim": args.head_dim,
-        "max_position_embeddings": args.max_seq_len,
-        "rms_norm_eps": args.norm_eps,
+        **_dimensions(args),
         "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
         "hidden_act": "silu",
         "attention_bias": False,
