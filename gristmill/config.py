@@ -55,7 +55,7 @@ def _without_defaults(section: BaseModel, data: dict, keys: tuple[str, ...]) -> 
 class ReadConfig(_Section):
     jsonl: JsonlConfig = JsonlConfig()
     #: HTML → text extractor for WARC response records
-    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
+    extractor: Literal["hybrid", "resiliparse", "trafilatura"] = "hybrid"
     #: documents (or HTML payloads) larger than this are dropped before any parsing, with a reason
     max_doc_bytes: int = Field(default=5_000_000, gt=0)
     #: bytes read from each input up front to check it is what its name says
