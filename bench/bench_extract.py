@@ -71,18 +71,27 @@ def extractors() -> dict:
     return {name: (lambda body, name=name: html_to_text(body, None, name)) for name in names}
 
 
-def run_extractors(pages, names: list[str], rounds: int) -> list[dict]:
-    # rounds go round-robin over the extractors, so that a noisy neighbour slows all of them alike;
-    # the best time of each is kept
-    fns = extractors()
+def best_of(names: list[str], rounds: int, run_one) -> dict[str, float]:
+    """Best wall time of ``run_one(name)`` per name. Rounds go round-robin over the names, so that a
+    noisy neighbour slows all of them alike."""
     best: dict[str, float] = {}
-    outputs: dict[str, list[str]] = {}
     for _ in range(rounds):
         for name in names:
             t0 = time.perf_counter()
-            outputs[name] = [fns[name](body) for _, _, body in pages]
+            run_one(name)
             dt = time.perf_counter() - t0
             best[name] = min(best.get(name, dt), dt)
+    return best
+
+
+def run_extractors(pages, names: list[str], rounds: int) -> list[dict]:
+    fns = extractors()
+    outputs: dict[str, list[str]] = {}
+
+    def extract_all(name: str) -> None:
+        outputs[name] = [fns[name](body) for _, _, body in pages]
+
+    best = best_of(names, rounds, extract_all)
     rows = []
     for name in names:
         rows.append({"extractor": name, **score(pages, outputs[name]), "seconds": round(best[name], 2)})
@@ -128,16 +137,13 @@ def whole_command(pages, names: list[str], rounds: int, files: int = 8) -> list[
         tmp.rename(warc_dir)
     warc = warc_dir / "*.warc.gz"
     gm = REPO / ".venv" / "bin" / "gristmill"
-    best: dict[str, float] = {}
-    for _ in range(rounds):  # round-robin, as for the extractors alone
-        for name in names:
-            out = WORK / "out" / name
-            cmd = [str(gm), "corpus", "--input", str(warc), "--output", str(out), "--overwrite", "--fresh", "-q",
-                   "--set", f"read.extractor={name}", *sum((["--set", s] for s in FILTERS_OFF), [])]
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            dt = time.perf_counter() - t0
-            best[name] = min(best.get(name, dt), dt)
+
+    def corpus(name: str) -> None:
+        cmd = [str(gm), "corpus", "--input", str(warc), "--output", str(WORK / "out" / name), "--overwrite",
+               "--fresh", "-q", "--set", f"read.extractor={name}", *sum((["--set", s] for s in FILTERS_OFF), [])]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+    best = best_of(names, rounds, corpus)
     rows = []
     for name in names:
         rows.append({"extractor": name, "command_seconds": round(best[name], 2)})

@@ -278,12 +278,13 @@ def extract_main_text(html: str, min_candidate: int = 500, min_share: float = 0.
     if body is None:
         return "", "empty"
     base = clean_blocks(extract_plain_text(tree, main_content=True, **_MINIMAL))
+    enough = max(min_candidate, min_share * len(base))
     unmerged = None
     for selector in CONTAINER_SELECTORS:
         node = body.query_selector(selector)
         if node is None:
             continue
-        text_len, enough = len(node.text), max(min_candidate, min_share * len(base))
+        text_len = len(node.text)
         if text_len < enough:  # its extracted text is shorter still: no need to extract it
             continue
         candidate = _candidate_text(HTMLTree.parse(node.html), text_len)
