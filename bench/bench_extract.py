@@ -158,7 +158,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--extractors", default="resiliparse,hybrid,trafilatura", help="comma-separated settings")
-    ap.add_argument("--rounds", type=int, default=1, help="time each extractor this many times (best kept)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="time each extractor this many times, round-robin (best kept: the first round "
+                         "also pays for cold caches and lazy imports)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N pages (smoke test)")
     ap.add_argument("--whole-command", action="store_true", help="also time `gristmill corpus` per extractor")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")

@@ -40,9 +40,21 @@ def _any(attr: str, op: str, values: list[str], flag: str = "") -> list[str]:
     return [f'[{attr}{op}"{v}"{flag}]' for v in values]
 
 
+def _by_attribute(tags: str, selectors: list[str], prefix: str = "") -> str:
+    """``prefix tags:is(selectors)`` for attribute selectors, written as one alternative per attribute
+    name: ``[class]div:is([class*=a],[class*=b]),[id]div:is([id*=c])``. It matches the same elements;
+    Lexbor tries the alternatives of an ``:is`` one by one, so this rejects an element without the
+    attribute (most elements) once instead of once per value: skipping :data:`BOILERPLATE` costs a
+    fifth less (measured on the gold set's pages: 0.87 s instead of 1.11 s on top of extraction)."""
+    groups: dict[str, list[str]] = {}
+    for s in selectors:
+        groups.setdefault(re.match(r"\[([\w-]+)", s).group(1), []).append(s)
+    return ",".join(f"{prefix}[{name}]{tags}:is({','.join(g)})" for name, g in groups.items())
+
+
 #: article containers, most specific first (the order and vocabulary of trafilatura's BODY_XPATH)
 CONTAINER_SELECTORS: list[str] = [
-    _BLOCK + ":is(" + ",".join(
+    _by_attribute(_BLOCK,
         ['[class="post"]', '[class="entry"]', '[itemprop="articleBody"]', '[id="articleContent"]']
         + _any("id", "*=", ["entry-content", "article-content", "art-content", "article__content", "articlebody",
                             "article-body", "article__body", "articleBody", "body-text"])
@@ -51,22 +63,22 @@ CONTAINER_SELECTORS: list[str] = [
                                "articletext", "articleText", "entry-content", "page-content", "text-content",
                                "article-content", "art-content", "article__content", "articlebody", "article-body",
                                "article__body", "articleBody", "ArticleContent", "body-text", "article__container"])
-    ) + ")",
+    ),
     "article",
-    _BLOCK + ":is(" + ",".join(
+    _by_attribute(_BLOCK,
         ['[role="article"]', '[id="article"]', '[id="story"]', '[class="postarea"]', '[class="art-postcontent"]',
          '[class="text"]', '[class="cell"]', '[class="story"]', '[id^="primary"]', '[id*="story-body"]',
          '[class*="fulltext" i]', '[class^="article "]']
         + _any("class", "*=", ["post-bodycopy", "story-content", "storycontent", "theme-content", "blog-content",
                                "section-content", "single-content", "single-post", "main-column", "wpb_text_column",
                                "story-body", "field-body"])
-    ) + ")",
-    _BLOCK + ":is(" + ",".join(
+    ),
+    _by_attribute(_BLOCK,
         ['[id="content"]', '[class="content"]', '[id*="main-content" i]', '[class*="main-content" i]',
          '[class*="page-content" i]']
         + _any("id", "*=", ["content-main", "content-body", "contentBody"])
         + _any("class", "*=", ["content-main", "content_main", "content-body", "content__body"])
-    ) + ")",
+    ),
     ":is(article,div,section):is([class^=main],[id^=main],[role^=main]), main",
 ]
 
@@ -103,12 +115,10 @@ _CONTAINERS = ":is(div,li,ul,ol,dl,p,section,span)"
 _INSIDE = "body > * "
 #: boilerplate inside an article container (skipped unless that would leave less than a seventh)
 BOILERPLATE: list[str] = [
-    _INSIDE + _CONTAINERS + ":is(" + ",".join(
-        [_attr(a, t) for t in _ID_AND_CLASS for a in ("id", "class")]
-        + [_attr("id", t) for t in _ID_ONLY] + [_attr("class", t) for t in _CLASS_ONLY]
-        + ['[role*="nav" i]', "[data-lp-replacement-content]"]
-    ) + ")",
-    _INSIDE + ":is(" + ",".join(_HIDDEN) + ")",
+    _by_attribute(_CONTAINERS, [_attr(a, t) for t in _ID_AND_CLASS for a in ("id", "class")]
+                  + [_attr("id", t) for t in _ID_ONLY] + [_attr("class", t) for t in _CLASS_ONLY]
+                  + ['[role*="nav" i]', "[data-lp-replacement-content]"], _INSIDE),
+    _by_attribute("", _HIDDEN, _INSIDE),
 ]
 #: never article text: page structure, forms, media captions, teasers (trafilatura's tree cleaning)
 ALWAYS_SKIP: list[str] = [
@@ -116,6 +126,10 @@ ALWAYS_SKIP: list[str] = [
     "iframe", "noscript", "time", "address", "menu", "dialog", "fieldset",
     _INSIDE + _CONTAINERS + ":is([id*=caption],[class*=caption],[id*=teaser i],[class*=teaser i])",
 ]
+
+# each as one comma-separated selector list: Lexbor matches it in one pass per element
+_SKIP_FURNITURE = [",".join(ALWAYS_SKIP + BOILERPLATE)]
+_SKIP_STRUCTURE = [",".join(ALWAYS_SKIP)]
 
 _MINIMAL = dict(preserve_formatting="minimal_html", alt_texts=False, links=True, list_bullets=True, comments=False)
 
@@ -256,11 +270,10 @@ def _candidate_text(tree, text_len: int) -> str:
     the length of all its text."""
     from resiliparse.extract.html2text import extract_plain_text
 
-    pruned = clean_blocks(extract_plain_text(tree, main_content=False, skip_elements=ALWAYS_SKIP + BOILERPLATE,
-                                             **_MINIMAL))
+    pruned = clean_blocks(extract_plain_text(tree, main_content=False, skip_elements=_SKIP_FURNITURE, **_MINIMAL))
     if len(pruned) * 7 >= text_len:  # cheap: pruning left more than a seventh of all the text
         return pruned
-    whole = clean_blocks(extract_plain_text(tree, main_content=False, skip_elements=ALWAYS_SKIP, **_MINIMAL))
+    whole = clean_blocks(extract_plain_text(tree, main_content=False, skip_elements=_SKIP_STRUCTURE, **_MINIMAL))
     return pruned if len(pruned) * 7 > len(whole) else whole
 
 
