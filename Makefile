@@ -2,6 +2,8 @@
 # Both create .venv/ (Python >= 3.11) and install the project with pinned dependencies first.
 
 PYTHON ?= python3
+# make test's pytest workers (pytest-xdist): the suite is sized for two cores (docs/development.md)
+TEST_WORKERS ?= 2
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -10,7 +12,8 @@ STAMP  := $(VENV)/.installed
 
 help:
 	@echo "make demo    set up .venv and run the main job end to end on the bundled sample crawl"
-	@echo "make test    set up .venv and run every test (unit + end-to-end on real runners)"
+	@echo "make test    set up .venv and run every test (unit + end-to-end on real runners; TEST_WORKERS=2)"
+	@echo "make test-fast  the unit tests only (no Ray, no runs in other processes)"
 	@echo "make setup   only create .venv and install gristmill (+ test tools)"
 	@echo "make lint    ruff (configured in pyproject.toml; make test runs it first)"
 	@echo "make bench-clean  benchmark the clean stage against datatrove (separate venv)"
@@ -32,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -42,6 +42,10 @@ class TwoNodeCluster:
         # short paths: Ray's unix sockets live under the temp dir (107-character limit)
         self.root = Path(tempfile.mkdtemp(prefix=f"{self.tag}-", dir="/tmp"))
         self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+        # the head's job agent must not take Ray's default 52365, which another Ray on this machine (a test
+        # on the other pytest worker) may hold: its agent then runs without HTTP and `ray job submit` is
+        # refused with "No available agent" for as long as the cluster lives
+        self.agent_port = _free_port()
 
     @property
     def address(self) -> str:
@@ -60,6 +64,7 @@ class TwoNodeCluster:
         # gloo must use the veth link on both ends (the hostname resolves to an address the namespace lacks)
         _run([ray, "start", "--head", "--node-ip-address", self.head_ip, "--port", str(self.gcs_port),
               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+              "--dashboard-agent-listen-port", str(self.agent_port),
               "--num-cpus", "1", "--temp-dir", str(self.root / "head"), "--disable-usage-stats"],
              env=self.env(GLOO_SOCKET_IFNAME=self.link.veth_host), timeout=120)
         _run([*self.link.exec, ray, "start", "--address", f"{self.head_ip}:{self.gcs_port}",
@@ -73,17 +78,33 @@ class TwoNodeCluster:
         out = _run([str(BIN / "python"), "-c", code], env=env, timeout=120)
         return int(out.stdout.strip().splitlines()[-1])
 
+    def _ours(self, proc: Path) -> bool:
+        # Ray's agents rename themselves (ray::DashboardAgent) and the client server outlives `ray start`
+        # under init, so the temp dir in the command line alone misses them: they are found by a log file
+        # open under the temp dir or by the link name (unique to this cluster) in their environment
+        root = str(self.root)
+        if root.encode() in (proc / "cmdline").read_bytes():
+            return True
+        if f"GLOO_SOCKET_IFNAME={self.tag}".encode() in (proc / "environ").read_bytes():
+            return True
+        for fd in (proc / "fd").iterdir():
+            try:
+                if os.readlink(fd).startswith(root):
+                    return True
+            except OSError:
+                continue
+        return False
+
     def _our_pids(self) -> list[int]:
         pids = []
         for d in Path("/proc").iterdir():
             if not d.name.isdigit() or int(d.name) == os.getpid():
                 continue
             try:
-                cmd = (d / "cmdline").read_bytes()
+                if self._ours(d):
+                    pids.append(int(d.name))
             except OSError:
                 continue
-            if str(self.root).encode() in cmd:
-                pids.append(int(d.name))
         return pids
 
     def stop(self) -> None:

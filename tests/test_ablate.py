@@ -51,8 +51,9 @@ def _config(tmp_path: Path, **ablate) -> Path:
         "tokenizer": {"vocab_size": 1000, "input_sentence_size": 200_000},
         "tokenize": {"seq_len": 64, "val_fraction": 0.05},
         "model": {"preset": "tiny"},
-        "pretrain": {"num_workers": 1, "cpus_per_worker": 1, "batch_size": 8, "micro_batch_size": 8,
-                     "warmup_steps": 2, "log_every": 5, "eval_batches": 2},
+        # Ray Train's local mode: the runs one after another in this process (on Ray: test_ablate_on_ray_...)
+        "pretrain": {"num_workers": 0, "cpus_per_worker": 1, "batch_size": 8, "micro_batch_size": 8,
+                     "warmup_steps": 2, "log_every": 5, "eval_batches": 2, "peak_tflops": 1.0},
         "ablate": {"output": str(tmp_path / "ablation"), "inputs": [str(CRAWL)],
                    "variants": [{"name": "raw", "base": "raw"}, {"name": "default"}],
                    "seeds": [0, 1], "tokens": 10_240, "eval_points": 2,
@@ -90,13 +91,20 @@ def _ablate(config: Path, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=1200)
 
 
+@pytest.fixture(scope="module")
+def tiny_ablation(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The tiny ablation on the command line, its runs in Ray Train's local mode: (config, first invocation)."""
+    config = _config(tmp_path_factory.mktemp("ablate"))
+    return config, _ablate(config)
+
+
 @pytest.mark.slow
-def test_ablate_end_to_end_on_a_tiny_budget(tmp_path):
-    config = _config(tmp_path)
-    first = _ablate(config)
+def test_ablate_end_to_end_on_a_tiny_budget(tiny_ablation):
+    config, first = tiny_ablation
     assert first.returncode == 0, first.stderr[-4000:]
-    out = tmp_path / "ablation"
+    out = config.parent / "ablation"
     assert "| raw |" in first.stdout and "| default |" in first.stdout
+    assert "4 training run(s), 1 at once (in this process)" in first.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["tokens_per_run"] == 20 * 8 * 64 and res["steps"] == 20
     docs = {n: v["documents"] for n, v in res["variants"].items()}
@@ -133,3 +141,33 @@ def test_ablate_end_to_end_on_a_tiny_budget(tmp_path):
     assert big.returncode != 0
     assert "ablate.max_epochs" in big.stderr and "'default'" in big.stderr
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")} == stamps
+
+
+@pytest.mark.slow
+def test_ablate_on_ray_trains_in_parallel_and_gives_the_in_process_numbers(tiny_ablation, tmp_path):
+    """The same ablation (seed 0, the variants' corpora and tokenizer from the in-process one) with a Ray Train
+    worker per run, two runs at once, checkpoints evaluated as Ray tasks: the same curves as in process (a
+    local-mode run and a one-worker Ray Train run compute the same weights)."""
+    config, first = tiny_ablation
+    assert first.returncode == 0, first.stderr[-4000:]
+    local = config.parent / "ablation"
+    variants = [{"name": n, "corpus": str(local / "variants" / n / "corpus")} for n in ("raw", "default")]
+    tree = yaml.safe_load(config.read_text())
+    tree["pretrain"]["num_workers"] = 1
+    tree["ablate"].update(output=str(tmp_path / "ablation"), variants=variants, seeds=[0],
+                          tokenizer=str(local / "tokenizer"))
+    ray_config = tmp_path / "ray.yaml"
+    ray_config.write_text(yaml.safe_dump(tree))
+    r = _ablate(ray_config)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "2 training run(s), 2 at once" in r.stderr
+    curves = {(x["variant"], x["seed"]): x["curve"] for x in json.loads((tmp_path / "ablation" / "results.json")
+                                                                       .read_text())["runs"]}
+    expected = {(x["variant"], x["seed"]): x["curve"] for x in json.loads((local / "results.json").read_text())["runs"]
+                if x["seed"] == 0}
+    assert curves.keys() == expected.keys() == {("raw", 0), ("default", 0)}
+    for key, curve in curves.items():
+        assert [c["tokens"] for c in curve] == [c["tokens"] for c in expected[key]]
+        for got, want in zip(curve, expected[key]):
+            numbers = {k: v for k, v in want.items() if isinstance(v, float)}
+            assert numbers and {k: got[k] for k in numbers} == pytest.approx(numbers, rel=1e-6), key

@@ -1,5 +1,5 @@
-"""End to end: the corpus pipeline on real runners (DirectRunner in-process and multi-process,
-DaskRunner on a LocalCluster) over the bundled sample crawl and over damaged inputs."""
+"""End to end: the corpus pipeline on real runners (DirectRunner in-process and multi-process; the DaskRunner:
+tests/test_dask_cluster.py) over the bundled sample crawl, the mini crawl and damaged inputs."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ from gristmill.pipelines.corpus import PipelineInputError, run_corpus
 from gristmill.pipelines.filters import dedup_key
 
 from . import badinputs
-from .conftest import DEMO_CONFIG, REPO, SAMPLE, SAMPLE_GLOB, run_cli, run_cli_and_kill_when
+from .conftest import (
+    DEMO_CONFIG,
+    REPO,
+    SAMPLE,
+    SAMPLE_GLOB,
+    run_cli,
+    run_cli_and_kill_when,
+    tree_bytes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,17 +43,10 @@ def run(out: Path, inputs=None, beam_args=None, overrides=None, **kw):
                       progress=False, **kw)
 
 
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of an output but run.json (when and where the run ran: the one file that differs)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "run.json"}
-
-
 @pytest.fixture(scope="module")
-def direct(tmp_path_factory):
-    out = tmp_path_factory.mktemp("direct") / "corpus"
-    result = run(out)
-    return out, result.manifest
+def direct(demo_corpus):
+    """The session's run of the whole sample crawl (tests/conftest.py), and its manifest."""
+    return demo_corpus, json.loads((demo_corpus / "manifest.json").read_text())
 
 
 # --- the same bytes as before ------------------------------------------------------------------------
@@ -80,8 +81,6 @@ def test_manifest_balances(direct):
     assert m["funnel"][-1]["out"] == c["kept"]
     for f in m["inputs"]:
         assert len(f["sha256"]) == 64 and f["size"] == (SAMPLE / f["source"]).stat().st_size
-    # the manifest on disk is what run_corpus returned
-    assert json.loads((out / "manifest.json").read_text()) == m
 
 
 def test_shards_open_in_pyarrow_dataset(direct):
@@ -165,79 +164,72 @@ def test_report_written(direct):
     assert "<svg" in html and f"{m['counts']['kept']:,}" in html
 
 
-# --- determinism and atomicity -------------------------------------------------------------------
+# --- determinism and atomicity (on the mini crawl: every reader format, every dedup path) ------------
 
 
-def test_a_killed_run_resumes_from_its_per_file_work(direct, tmp_path):
+def test_a_killed_run_resumes_from_its_per_file_work(mini_crawl, mini_corpus, tmp_path):
     """SIGKILL a run once some input files are done; the same command again reuses their cleaned
     documents (the rest are read again) and writes the bytes of an uninterrupted run."""
-    out, _ = direct
     again = tmp_path / "again"
-    run_cli_and_kill_when(["corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG, "-q"],
+    crawl = str(mini_crawl / "*")
+    run_cli_and_kill_when(["corpus", "--input", crawl, "--output", again, "--config", DEMO_CONFIG, "-q"],
                           lambda: len(list((again / "_work").glob("*.json"))) >= 2)
     assert not (again / "manifest.json").exists()
     done = len(list((again / "_work").glob("*.json")))
-    r = run_cli("corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG)
+    r = run_cli("corpus", "--input", crawl, "--output", again, "--config", DEMO_CONFIG)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("reusing the cleaned documents of an earlier run") >= done >= 2
     assert "did not finish" in r.stderr and not (again / "_work").exists()
     # the driver's progress (pipelines/progress.py): one line per phase with the totals
-    assert re.search(r"read \+ clean: 6 files, 1,\d{3} documents in [\d.]+ s", r.stderr), r.stderr[-3000:]
+    assert re.search(r"read \+ clean: 6 files, 181 documents in [\d.]+ s", r.stderr), r.stderr[-3000:]
     assert re.search(r"dedup: [\d.]+ s \(exact duplicates, signatures, candidate pairs\); clustering", r.stderr)
     assert re.search(r"near-dedup clustering: round 1 changed [\d,]+ edges", r.stderr)
     assert re.search(r"clustering: [\d.]+ s; writing shards", r.stderr) and re.search(r"write: [\d.]+ s", r.stderr)
-    assert tree_bytes(again) == tree_bytes(out)
+    assert tree_bytes(again) == tree_bytes(mini_corpus)
     # --fresh ignores earlier work
-    r = run_cli("corpus", "--input", SAMPLE_GLOB, "--output", again, "--config", DEMO_CONFIG, "--fresh")
-    assert r.returncode == 0 and "reusing" not in r.stderr and tree_bytes(again) == tree_bytes(out)
+    r = run_cli("corpus", "--input", crawl, "--output", again, "--config", DEMO_CONFIG, "--fresh")
+    assert r.returncode == 0 and "reusing" not in r.stderr and tree_bytes(again) == tree_bytes(mini_corpus)
 
 
-def test_rerun_is_byte_identical_and_recovers_from_a_crash(direct, tmp_path):
-    out, _ = direct
+def test_the_mini_crawl_holds_every_reader_format_and_dedup_path(mini_corpus):
+    m = json.loads((mini_corpus / "manifest.json").read_text())
+    assert {Path(f["source"]).name.split(".", 1)[1] for f in m["inputs"]} == {
+        "warc.gz", "warc.wet.gz", "parquet", "jsonl.gz", "jsonl.zst"}
+    assert all(f["documents"] for f in m["inputs"]) and m["counts"]["read"] == 181
+    dropped = m["counts"]["dropped"]
+    assert dropped["exact_dedup:duplicate"] > 0 and dropped["near_dedup:duplicate"] > 0
+
+
+def test_rerun_is_byte_identical_and_recovers_from_a_crash(mini_crawl, mini_corpus, tmp_path):
     again = tmp_path / "again"
-    run(again)
-    assert tree_bytes(again) == tree_bytes(out)
+    inputs = [str(mini_crawl / "*")]
+    run(again, inputs=inputs)
+    assert tree_bytes(again) == tree_bytes(mini_corpus)
     # simulate a crash of a run with another config: a temp file, a stale shard, spill files, no manifest
     (again / "manifest.json").unlink()
     (again / "lang=en" / "part-00000.arrow.tmp-deadbeef").write_bytes(b"half a shard")
     (again / "lang=en" / "part-00099.arrow").write_bytes(b"stale")
     (again / "_spill").mkdir()  # documents a crashed run left waiting for their clusters
     (again / "_spill" / "0123abcd.arrow").write_bytes(b"orphan")
-    run(again)
-    assert tree_bytes(again) == tree_bytes(out)
+    run(again, inputs=inputs)
+    assert tree_bytes(again) == tree_bytes(mini_corpus)
 
 
-def test_one_process_gives_the_same_bytes_as_the_default_pool(direct, tmp_path):
+def test_one_process_gives_the_same_bytes_as_the_default_pool(mini_crawl, mini_corpus, tmp_path):
     """The default in-process runner reads and cleans on a pool of one process per core
     (pipelines/workpool.py); ``--direct_num_workers 1`` turns the pool off: the same bytes."""
-    out, _ = direct
     one = tmp_path / "one"
-    run(one, beam_args=["--runner", "DirectRunner", "--direct_num_workers", "1"])
-    assert tree_bytes(one) == tree_bytes(out)
+    run(one, inputs=[str(mini_crawl / "*")],
+        beam_args=["--runner", "DirectRunner", "--direct_num_workers", "1"])
+    assert tree_bytes(one) == tree_bytes(mini_corpus)
 
 
-def test_multiprocess_direct_runner_gives_the_same_bytes(direct, tmp_path):
-    out, _ = direct
+def test_multiprocess_direct_runner_gives_the_same_bytes(mini_crawl, mini_corpus, tmp_path):
     mp = tmp_path / "mp"
-    run(mp, beam_args=["--runner", "DirectRunner", "--direct_num_workers", "2",
-                       "--direct_running_mode", "multi_processing"])
-    assert tree_bytes(mp) == tree_bytes(out)
-
-
-def test_dask_runner_on_a_local_cluster_gives_the_same_bytes(direct, tmp_path):
-    from distributed import Client, LocalCluster
-
-    out, _ = direct
-    dask_out = tmp_path / "dask"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            assert len(client.scheduler_info()["workers"]) == 2
-            run(dask_out, beam_args=[
-                "--runner", "apache_beam.runners.dask.dask_runner.DaskRunner",
-                "--dask_client_address", cluster.scheduler_address,
-            ])
-    assert tree_bytes(dask_out) == tree_bytes(out)
+    run(mp, inputs=[str(mini_crawl / "*")],
+        beam_args=["--runner", "DirectRunner", "--direct_num_workers", "2",
+                   "--direct_running_mode", "multi_processing"])
+    assert tree_bytes(mp) == tree_bytes(mini_corpus)
 
 
 def test_refuses_to_write_into_a_foreign_directory(tmp_path):

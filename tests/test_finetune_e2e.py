@@ -1,5 +1,6 @@
-"""End to end: a pretraining checkpoint on real token shards → SFT on real chat data → generate, eval,
-export to transformers; classification fine-tuning on real language-labelled sentences."""
+"""End to end: a pretraining checkpoint on real token shards (the session's, tests/conftest.py) → SFT on real
+chat data → generate, eval, export to transformers; classification fine-tuning on real language-labelled
+sentences."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from gristmill import api
+
+from . import training
 from .conftest import GRISTMILL, REPO, run_cli, shared
 
 pytestmark = pytest.mark.slow
@@ -21,25 +24,12 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def _yaml(path: Path, tree: dict) -> str:
-    path.write_text(yaml.safe_dump(tree))
-    return str(path)
+    return str(training.write_config(path, tree))
 
 
 def _loop(storage: Path, name: str, **kw) -> dict:
     return {"storage_path": str(storage), "name": name, "num_workers": 0, "batch_size": 8, "micro_batch_size": 8,
             "log_every": 1, "tensorboard": False, **kw}
-
-
-@pytest.fixture(scope="module")
-def pretrained(demo_tokens64, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ft")
-    cfg = _yaml(root / "pt.yaml", {"model": {"preset": "small"}, "pretrain": {
-        "data": str(demo_tokens64), **_loop(root / "runs", "pt", max_steps=30, warmup_steps=5, eval_every=30,
-                                          eval_batches=0, checkpoint_every=30, batch_size=16)}})
-    _run("pretrain", "--config", cfg)
-    ckpt = root / "runs" / "pt" / "checkpoint_00000030"
-    assert (ckpt / "tokenizer.model").is_file() and (ckpt / "tokenizer.json").is_file()
-    return ckpt
 
 
 @pytest.fixture(scope="module")
@@ -183,12 +173,13 @@ def test_export_chats_correctly_and_never_deletes_a_users_files(sft_checkpoint, 
 def test_eval_reports_perplexity_and_multiple_choice(pretrained, demo_tokens64, tmp_path):
     report = tmp_path / "eval.json"
     mc = REPO / "sample/eval/genesis_next_sentence_mc.jsonl"
+    # the loop validated on its first eval_batches (4) micro-batches of 8 rows: the same rows here
     _run("eval", "--checkpoint", pretrained, "--data", demo_tokens64, "--mc", mc, "--shots", "2", "--limit", "20",
-         "--output", report)
+         "--max-batches", "4", "--output", report)
     r = json.loads(report.read_text())
     # the same number the training loop logged for the whole val split at its last step
     in_loop = json.loads((pretrained / "trainer_state.json").read_text())["metrics"]["val_loss"]
-    assert r["perplexity"]["loss"] == pytest.approx(in_loop, abs=1e-4)
+    assert r["perplexity"]["loss"] == pytest.approx(in_loop, abs=1e-4) and r["perplexity"]["sequences"] == 32
     mc = r["multiple_choice"]["genesis_next_sentence_mc.jsonl"]
     assert mc["items"] == 20 and mc["shots"] == 2 and 0 <= mc["accuracy"] <= 1 and mc["chance"] == 0.25
 
@@ -214,9 +205,9 @@ def test_a_resubmitted_sft_run_resumes_from_its_own_checkpoint(pretrained, tmp_p
     files = [str(REPO / "sample/sft/self_instruct_seed_tasks.jsonl")]
     loop = _loop(tmp_path / "runs", "again", max_steps=6, warmup_steps=2, eval_every=100, checkpoint_every=3)
     tree = {"sft": {"init_checkpoint": str(pretrained), "files": files, "seq_len": 64, **loop}}
-    _run("sft", "--config", _yaml(tmp_path / "a.yaml", tree))
+    api.sft(training.load(_yaml(tmp_path / "a.yaml", tree)))  # in this process (the CLI: sft_checkpoint)
     tree["sft"]["max_steps"] = 9
-    _run("sft", "--config", _yaml(tmp_path / "b.yaml", tree))
+    api.sft(training.load(_yaml(tmp_path / "b.yaml", tree)))
     run = tmp_path / "runs" / "again"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in records if r.get("event") == "resumed"]
@@ -238,12 +229,12 @@ def test_a_resubmitted_classification_run_resumes_exactly(pretrained, tmp_path):
         "text_field": "text", "label_field": "lang", "labels": ["de", "en", "fr", "sv"], "max_examples_per_label": 40,
         "val_fraction": 0.25, "seq_len": 32, **_loop(tmp_path / "runs", "cls", max_steps=9, warmup_steps=2,
                                                      eval_every=100, checkpoint_every=3)}}
-    cfg = _yaml(tmp_path / "cls.yaml", tree)
-    _run("finetune-cls", "--config", cfg)
+    cfg = training.load(_yaml(tmp_path / "cls.yaml", tree))
+    api.finetune_cls(cfg)  # in this process (the CLI: test_classification_fine_tuning_learns_languages)
     run = tmp_path / "runs" / "cls"
     whole = load_file(str(run / "checkpoint_00000009" / "model.safetensors"))
     shutil.rmtree(run / "checkpoint_00000009")
-    _run("finetune-cls", "--config", cfg)
+    api.finetune_cls(cfg)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in records if r.get("event") == "resumed"]
     assert len(resumed) == 1 and resumed[0]["checkpoint"].endswith("checkpoint_00000006")

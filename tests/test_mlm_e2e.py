@@ -11,20 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from gristmill import api
+
+from . import training
 from .conftest import run_cli, shared
 
 pytestmark = pytest.mark.slow
 
 
 def _yaml(path: Path, tree: dict) -> str:
-    path.write_text(yaml.safe_dump(tree))
-    return str(path)
+    return str(training.write_config(path, tree))
 
 
 def _loop(storage: Path, name: str, **kw) -> dict:
-    return {"storage_path": str(storage), "name": name, "num_workers": 1, "batch_size": 16, "micro_batch_size": 8,
+    return {"storage_path": str(storage), "name": name, "num_workers": 0, "batch_size": 16, "micro_batch_size": 8,
             "log_every": 1, "tensorboard": False, **kw}
 
 
@@ -34,7 +35,8 @@ def _records(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def encoder(demo_tokens64, tmp_path_factory) -> Path:
-    """An MLM encoder pretrained for 40 steps by a Ray Train worker."""
+    """An MLM encoder pretrained for 40 steps on the command line (Ray Train's local mode; on Ray Train
+    workers: test_mlm_under_ddp_and_fsdp_on_two_workers_alike)."""
     root = tmp_path_factory.mktemp("mlm")
     cfg = _yaml(root / "mlm.yaml", {"model": {"preset": "small", "objective": "mlm"}, "pretrain": {
         "data": str(demo_tokens64), **_loop(root / "runs", "mlm", max_steps=40, warmup_steps=5, eval_every=20,
@@ -63,12 +65,12 @@ def test_a_resubmitted_mlm_run_resumes_exactly(demo_tokens64, tmp_path):
     tree = {"model": {"preset": "tiny", "objective": "mlm"}, "pretrain": {
         "data": str(demo_tokens64), **_loop(tmp_path / "runs", "again", num_workers=0, max_steps=8, warmup_steps=2,
                                           eval_every=100, checkpoint_every=4)}}
-    cfg = _yaml(tmp_path / "a.yaml", tree)
-    run_cli("pretrain", "--config", cfg, check=True)
+    cfg = training.load(_yaml(tmp_path / "a.yaml", tree))
+    api.pretrain(cfg)  # in this process
     run = tmp_path / "runs" / "again"
     whole = load_file(str(run / "checkpoint_00000008" / "model.safetensors"))
     shutil.rmtree(run / "checkpoint_00000008")
-    run_cli("pretrain", "--config", cfg, check=True)
+    api.pretrain(cfg)
     resumed = [r for r in _records(run) if r.get("event") == "resumed"]
     assert len(resumed) == 1 and resumed[0]["checkpoint"].endswith("checkpoint_00000004")
     again = load_file(str(run / "checkpoint_00000008" / "model.safetensors"))
@@ -154,19 +156,21 @@ def test_causal_only_commands_refuse_the_encoder(encoder, tmp_path):
 
 
 def test_mlm_under_ddp_and_fsdp_on_two_workers_alike(demo_tokens64, tmp_path):
-    """Two Ray Train workers: each masks its own micro-batches (by data position), DDP averages the gradients,
-    FSDP2 shards them; the two follow each other (reductions in another order: not bit for bit) and the
-    checkpoint holds the full encoder."""
+    """Two ranks (torchrun; Ray Train's local mode): each masks its own micro-batches (by data position), DDP
+    averages the gradients, FSDP2 shards them; the two follow each other (reductions in another order: not bit
+    for bit) and the checkpoint holds the full encoder."""
     from safetensors.torch import load_file
 
     runs = {}
     for parallel in ("ddp", "fsdp"):
         cfg = _yaml(tmp_path / f"{parallel}.yaml", {"model": {"preset": "tiny", "objective": "mlm"}, "pretrain": {
-            "data": str(demo_tokens64), **_loop(tmp_path / "runs", parallel, num_workers=2, parallel=parallel,
+            "data": str(demo_tokens64), **_loop(tmp_path / "runs", parallel, num_workers=0, parallel=parallel,
                                               max_steps=6, warmup_steps=2, eval_every=6, eval_batches=2,
                                               checkpoint_every=6)}})
-        run_cli("pretrain", "--config", cfg, check=True)
+        r = training.torchrun("pretrain", Path(cfg))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         runs[parallel] = tmp_path / "runs" / parallel
+        assert len(list((runs[parallel] / "workers").glob("rank*.json"))) == 2
     losses = {k: [m["loss"] for m in _records(v) if "loss" in m] for k, v in runs.items()}
     assert len(losses["ddp"]) == len(losses["fsdp"]) == 6
     assert max(abs(a - b) for a, b in zip(losses["ddp"], losses["fsdp"])) < 2e-3

@@ -147,18 +147,6 @@ def test_web_sample_equals_reference_without_verification(sample_docs):
     check_against_reference(sample_docs, NearDedupConfig(verify=False, threshold=0.7), ["--runner", "DirectRunner"])
 
 
-def test_web_sample_equals_reference_dask(sample_docs):
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
-        check_against_reference(
-            sample_docs, NearDedupConfig(),
-            ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner",
-             "--dask_client_address", cluster.scheduler_address],
-        )
-
-
 def test_all_identical_documents_form_one_cluster():
     text = "the miller ground the grain while the river turned the wheel of the old mill every day"
     docs = [new_document(f"doc-{i:05d}", text, "same") for i in range(2000)]

@@ -4,6 +4,8 @@ run.json for monitoring, documented exit codes, and `gristmill verify`."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -28,26 +30,31 @@ def _run_json(out: Path) -> dict:
     return json.loads((out / "run.json").read_text())
 
 
-def _start_long_run(out: Path) -> subprocess.Popen:
-    """A corpus run over the whole sample, returned once it holds its output's lock."""
-    proc = subprocess.Popen([GRISTMILL, "corpus", "--input", SAMPLE_GLOB, "--output", str(out), "--config",
+def _start_held_run(out: Path) -> subprocess.Popen:
+    """A corpus run, returned stopped (SIGSTOP) once it holds its output's lock: it holds the lock, whatever
+    the machine's speed, until it is continued (SIGCONT)."""
+    proc = subprocess.Popen([GRISTMILL, "corpus", "--input", PARQUET, "--output", str(out), "--config",
                              str(DEMO_CONFIG), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=cli_env())
-    deadline = time.time() + 120
+    deadline = time.time() + 120  # a bound on a hung start, not a timing
     while not ((out / "run.json").exists() and _run_json(out)["status"] == "running"):
         assert proc.poll() is None and time.time() < deadline, "the first run never started"
-        time.sleep(0.05)
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGSTOP)
     return proc
 
 
 def test_a_second_run_into_the_same_output_is_refused_and_harms_nothing(tmp_path):
     out = tmp_path / "c"
-    first = _start_long_run(out)
-    second = _corpus(out)
+    first = _start_held_run(out)
+    try:
+        second = _corpus(out)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == ExitCode.LOCKED == 5, second.stderr
     assert f"{out} is being written by `gristmill corpus` (pid {first.pid} on" in second.stderr
     assert "wait for it to finish, or choose another output directory" in second.stderr
-    assert first.wait(timeout=300) == 0, first.stderr[-3000:]
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
     assert _run_json(out)["status"] == "succeeded" and _run_json(out)["pid"] == first.pid
     assert run_cli("verify", out).returncode == 0
     assert not (out / "_stats").exists() and not (out / "_spill").exists()

@@ -112,12 +112,13 @@ def test_a_month_is_published_only_when_written_and_verified(published):
 # the version directory appears (the corpus run has begun), its _stats, its manifest (written, not yet
 # verified), the token directory (verified, tokenizing: just before publishing)
 @pytest.mark.parametrize("kill_after", ["output", "stats", "manifest", "tokens"])
-def test_a_refresh_killed_at_any_point_leaves_the_published_corpus_as_it_was(published, kill_after, tmp_path):
+def test_a_refresh_killed_at_any_point_leaves_the_published_corpus_as_it_was(published, mini_crawl, kill_after):
+    """The new month: the mini crawl (tests/conftest.py; every reader format)."""
     root = published
     current = os.readlink(root / "CURRENT")
     before = digest(root / current)
     version = f"killed-{kill_after}"
-    proc = subprocess.Popen(["bash", str(SCRIPT), str(root), str(SAMPLE / "*"), version], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["bash", str(SCRIPT), str(root), str(mini_crawl / "*"), version], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env(), start_new_session=True)
     new = root / version
     marker = {"output": new, "stats": new / "_stats", "manifest": new / "manifest.json",

@@ -72,6 +72,7 @@ def _package_of(name: str) -> str | None:
     return "gristmill" if name == "gristmill" or name.startswith("gristmill.") else None
 
 
+@pytest.mark.slow  # a process of its own
 def test_gristmill_imports_and_is_the_one_namespace_outside_the_repository(tmp_path):
     code = ("import importlib.util, json, gristmill, gristmill.pipelines.corpus, gristmill.trainer.loop;"
             "print(json.dumps({'version': gristmill.__version__, 'top_level': [n for n in "
@@ -118,6 +119,7 @@ def test_the_import_rule_check_catches_a_violation(tmp_path):
     assert _package_of("gristmill.io") == "gristmill"
 
 
+@pytest.mark.slow  # a process of its own
 @pytest.mark.parametrize("command", ["generate", "corpus", "pretrain", "eval", "export-hf", "demo"])
 def test_help_imports_no_engine(command):
     engines = "{'apache_beam', 'ray', 'torch', 'pyarrow'}"
@@ -159,3 +161,48 @@ def test_runtime_dependencies_are_what_the_code_imports():
     unused = runtime - used - not_imported_by_name
     assert not unused, f"runtime dependencies no gristmill module imports (move them to an extra): {sorted(unused)}"
     assert not runtime & extras, "a package is both a runtime dependency and an extra"
+
+
+@pytest.mark.slow
+def test_a_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
+    """The wheel built from the repository, installed into a fresh virtual environment (its dependencies
+    borrowed from this one's site-packages, without this one's editable gristmill), works away from the
+    repository: the console script, every stage imported from the wheel, and a corpus run with the shipped
+    quality classifier (package data)."""
+    import shutil
+    import sysconfig
+
+    src = tmp_path / "src"  # built from a copy: an in-tree build would leave build/ in the checkout
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "bench", "tests", "sample",
+                                                             "*.egg-info", "__pycache__", ".*cache"))
+    wheels = tmp_path / "wheels"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(src)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (wheel,) = wheels.glob("gristmill-*.whl")
+
+    env_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                        "--no-index", str(wheel)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # a path line only: this environment's .pth files (the editable gristmill's finder) are not run there
+    (site / "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    code = ("import json, gristmill, gristmill.pipelines.corpus, gristmill.dedupe.minhash, gristmill.tokenizer.train, "
+            "gristmill.trainer.loop; print(json.dumps([gristmill.__file__, gristmill.pipelines.corpus.__file__]))")
+    r = subprocess.run([str(python), "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert all(p.startswith(str(site)) for p in json.loads(r.stdout.strip().splitlines()[-1]))
+    gristmill = env_dir / "bin" / "gristmill"
+    r = subprocess.run([str(gristmill), "corpus", "--input", str(REPO / "sample/crawl/ccnet-cc-main-2020-16.parquet"),
+                        "--output", str(work / "corpus"), "-q", "--set", "clean.quality.enabled=true"],
+                       cwd=work, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((work / "corpus" / "manifest.json").read_text())
+    assert manifest["counts"]["read"] == 20 and manifest["quality"]["languages"]  # the shipped model scored them

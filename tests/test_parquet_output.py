@@ -27,7 +27,7 @@ from gristmill.documents import (
 from gristmill.pipelines.card import CARD_BESIDE_USER_README, CARD_MARK
 from gristmill.pipelines.corpus import run_corpus
 
-from .conftest import DEMO_CONFIG, SAMPLE, SAMPLE_GLOB, run_cli
+from .conftest import DEMO_CONFIG, SAMPLE, SAMPLE_GLOB, run_cli, tree_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -38,18 +38,13 @@ def run(out: Path, overrides=(), inputs=(SAMPLE_GLOB,), **kw):
     return run_corpus(list(inputs), str(out), load_config(DEMO_CONFIG, list(overrides)), DIRECT, progress=False, **kw)
 
 
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "run.json"}
-
-
 @pytest.fixture(scope="module")
-def corpora(tmp_path_factory):
-    """The sample crawl written twice: Arrow (the default) and Parquet."""
+def corpora(demo_corpus, tmp_path_factory):
+    """The sample crawl written twice: Arrow (the default: the session's demo corpus) and Parquet."""
     root = tmp_path_factory.mktemp("formats")
-    arrow = run(root / "arrow").manifest
+    arrow = json.loads((demo_corpus / "manifest.json").read_text())
     parquet = run(root / "parquet", ["write.format=parquet"]).manifest
-    return root / "arrow", arrow, root / "parquet", parquet
+    return demo_corpus, arrow, root / "parquet", parquet
 
 
 def _sorted(t: pa.Table) -> pa.Table:

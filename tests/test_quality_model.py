@@ -148,6 +148,7 @@ def test_unusable_training_data_is_refused_with_the_reason(tmp_path, case, messa
     assert not (tmp_path / "out" / "model.bin").exists()
 
 
+@pytest.mark.slow  # two command-line runs
 def test_cli_trains_and_refuses_a_directory_it_does_not_own(tmp_path):
     out = tmp_path / "q"
     cmd = [sys.executable, "-m", "gristmill", "quality", "train", "--positive",

@@ -67,16 +67,26 @@ def test_threshold_keeps_exactly_the_documents_at_or_above_their_languages_cut(b
     assert "Quality classifier" in (out / "report.html").read_text()
 
 
-def test_top_fraction_keeps_each_languages_best_share(tmp_path):
-    m = run(tmp_path / "top", [f"clean.quality.languages={LANGS}", "clean.quality.top_fraction=0.3",
-                               "clean.quality.per_language={es: 0.6}"])
+TOP_FRACTION = [f"clean.quality.languages={LANGS}", "clean.quality.top_fraction=0.3",
+                "clean.quality.per_language={es: 0.6}"]
+
+
+@pytest.fixture(scope="module")
+def by_fraction(tmp_path_factory):
+    """The sample with the top fraction per language kept, read and cleaned on a pool of two processes."""
+    out = tmp_path_factory.mktemp("q") / "top"
+    return out, run(out, TOP_FRACTION, ["--direct_num_workers", "2"])
+
+
+def test_top_fraction_keeps_each_languages_best_share(by_fraction):
+    top, m = by_fraction
     q = m["quality"]
     assert q["keep"] == "top_fraction"
     # what the quality stage kept: the kept shards and what dedup removed after it
-    kept = pa.concat_tables([table(tmp_path / "top", p) for p in
+    kept = pa.concat_tables([table(top, p) for p in
                              ("lang=*", "_rejected/reason=exact_dedup", "_rejected/reason=near_dedup")],
                             promote_options="default")
-    low = table(tmp_path / "top", "_rejected/reason=quality")
+    low = table(top, "_rejected/reason=quality")
 
     def scores(t, lang):
         return [s for la, s in zip(t.column("lang").to_pylist(), t.column("quality_score").to_pylist())
@@ -92,16 +102,15 @@ def test_top_fraction_keeps_each_languages_best_share(tmp_path):
         assert len(k) - sum(1 for s in k if quality.score_bin(s) == cut_bin) < share * v["scored"], lang
 
 
-def test_the_pool_and_one_process_write_the_same_bytes(tmp_path):
-    args = ["clean.quality.top_fraction=0.5"]
-    run(tmp_path / "pool", args, ["--direct_num_workers", "2"])
-    run(tmp_path / "one", args, ["--direct_num_workers", "1"])
+def test_the_pool_and_one_process_write_the_same_bytes(by_fraction, tmp_path):
+    pool, _ = by_fraction
+    run(tmp_path / "one", TOP_FRACTION, ["--direct_num_workers", "1"])
 
     def digest(root: Path) -> dict:
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted(root.rglob("*")) if p.is_file() and p.name != "run.json"}
 
-    assert digest(tmp_path / "pool") == digest(tmp_path / "one")
+    assert digest(pool) == digest(tmp_path / "one")
 
 
 def test_a_model_that_is_not_a_quality_classifier_stops_the_run_before_any_work(tmp_path):

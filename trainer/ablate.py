@@ -395,29 +395,42 @@ def _run_config(cfg: GristmillConfig, tokens: str, storage: str, name: str, seed
 
 def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: _Steps) -> list[dict]:
     """Train every (variant, seed) — ``parallel`` at once from driver threads, each its own Ray Train run,
-    which Ray places where its workers fit — and evaluate each finished run's checkpoints as a Ray task."""
-    import ray
-
+    which Ray places where its workers fit — and evaluate each finished run's checkpoints as a Ray task.
+    With ``pretrain.num_workers: 0`` (Ray Train's local mode) the runs go one after another in this process,
+    evaluated here too, and no Ray starts: local-mode runs share this process, so they cannot overlap."""
     from gristmill.tokenizer.train import load
     from gristmill.trainer.checkpoint import is_complete, read_state
     from gristmill.trainer.loop import ensure_ray, run_training
 
-    ensure_ray(cfg.pretrain)
+    p = cfg.pretrain
+    local = p.num_workers == 0
+    if not local:
+        ensure_ray(p)
     sp = load(tokenizer)
     heldout = {k: heldout_tokens(sp, docs, a.heldout_max_tokens) for k, docs in heldout_docs.items()}
-    p = cfg.pretrain
-    per_run = max(1, p.num_workers) * (p.cpus_per_worker if not p.use_gpu else 0)
-    if a.parallel:
-        parallel = a.parallel
-    elif p.use_gpu:
-        parallel = max(1, int(ray.cluster_resources().get("GPU", 1)) // max(1, p.num_workers))
-    else:
-        parallel = max(1, int(ray.cluster_resources().get("CPU", 1)) // per_run)
-    parallel = min(parallel, len(train_cfgs))
-    log.info("%d training run(s), %d at once", len(train_cfgs), parallel)
-    evaluate = ray.remote(num_cpus=1)(evaluate_checkpoints)
-    heldout_ref, mc_ref = ray.put(heldout), ray.put(mc)
     seq_len = cfg.tokenize.seq_len
+    if local:
+        parallel = 1
+
+        def evaluate(checkpoints: list[str]) -> list[dict]:
+            return evaluate_checkpoints(checkpoints, heldout, mc, seq_len)
+    else:
+        import ray
+
+        per_run = p.num_workers * (p.cpus_per_worker if not p.use_gpu else 0)
+        if a.parallel:
+            parallel = a.parallel
+        elif p.use_gpu:
+            parallel = max(1, int(ray.cluster_resources().get("GPU", 1)) // p.num_workers)
+        else:
+            parallel = max(1, int(ray.cluster_resources().get("CPU", 1)) // per_run)
+        remote = ray.remote(num_cpus=1)(evaluate_checkpoints)
+        heldout_ref, mc_ref = ray.put(heldout), ray.put(mc)
+
+        def evaluate(checkpoints: list[str]) -> list[dict]:
+            return ray.get(remote.remote(checkpoints, heldout_ref, mc_ref, seq_len))
+    parallel = min(parallel, len(train_cfgs))
+    log.info("%d training run(s), %d at once%s", len(train_cfgs), parallel, " (in this process)" if local else "")
 
     def one(item):
         name, seed, run_cfg = item
@@ -437,11 +450,13 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
             run_training(run_cfg, "pretrain")
         checkpoints = sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
                              and read_state(d)["step"] <= rp.max_steps)
-        rows = ray.get(evaluate.remote(checkpoints, heldout_ref, mc_ref, seq_len))
+        rows = evaluate(checkpoints)
         log.info("run %s: %s", rp.name, "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items()
                                                   if isinstance(v, float)))
         return {"variant": name, "seed": seed, "run": str(run_dir), "curve": rows}
 
+    if parallel == 1:
+        return [one(item) for item in train_cfgs]
     with ThreadPoolExecutor(parallel) as pool:
         return list(pool.map(one, train_cfgs))
 

@@ -95,7 +95,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def driver_cpu_peak(p: PretrainConfig, threads: int) -> dict:
-    """The CPU peak measured in the driver before Ray starts (nothing else is running yet), with
+    """The CPU peak measured in the driver before Ray (if any) starts (nothing else is running yet), with
     the thread count and dtype a worker must have to use it."""
     bf16 = p.precision == "bf16" and cpu_has_native_bf16()
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -105,8 +105,8 @@ def driver_cpu_peak(p: PretrainConfig, threads: int) -> dict:
         value, source = peak_flops(torch.device("cpu"), p, dtype)
     finally:
         torch.set_num_threads(before)
-    return {"flops": value, "source": source + " (before Ray started)", "threads": threads, "dtype": str(dtype),
-            "host": os.uname().nodename}
+    return {"flops": value, "source": source + " (by the driver, before training started)", "threads": threads,
+            "dtype": str(dtype), "host": os.uname().nodename}
 
 
 _CPU_PEAK: dict[tuple, tuple[float, str]] = {}
@@ -192,7 +192,8 @@ def set_up(loop_config: dict) -> _Run:
     if p.use_gpu and torch.cuda.is_available():
         import ray.train.torch
 
-        device = ray.train.torch.get_device() if not local_mode else torch.device("cuda", 0)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # local mode: torchrun's, else the one device
+        device = ray.train.torch.get_device() if not local_mode else torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -410,13 +411,18 @@ def save(run: _Run) -> None:
     config, tok_dir = run.loop_config["config"], run.loop_config.get("tokenizer_dir")
     import ray.train
 
-    if run.local_mode:
-        path = ckpt.save_checkpoint(run.run_dir / name, msd, osd, rng, state, run.args, config, tok_dir)
-        ray.train.report(metrics_now, checkpoint=ray.train.Checkpoint.from_directory(str(path)))
-        if p.keep_checkpoints:  # what CheckpointConfig(num_to_keep) does for Ray-persisted runs
-            done = sorted(d for d in run.run_dir.glob("checkpoint_*") if ckpt.is_complete(d))
-            for old in done[: -p.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+    if run.local_mode:  # rank 0 writes to storage itself (under torchrun, the others wait for it)
+        checkpoint = None
+        if run.rank == 0:
+            path = ckpt.save_checkpoint(run.run_dir / name, msd, osd, rng, state, run.args, config, tok_dir)
+            checkpoint = ray.train.Checkpoint.from_directory(str(path))
+            if p.keep_checkpoints:  # what CheckpointConfig(num_to_keep) does for Ray-persisted runs
+                done = sorted(d for d in run.run_dir.glob("checkpoint_*") if ckpt.is_complete(d))
+                for old in done[: -p.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+        ray.train.report(metrics_now, checkpoint=checkpoint)
+        if run.world > 1:
+            dist.barrier()
     else:
         import tempfile
 
@@ -697,8 +703,20 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
             args = dataclasses.replace(args, n_classes=len(classes), pooling=pooling)
             extra["classes"] = classes
     cfg = GristmillConfig.model_validate(tree)
-    BatchPlan(p.batch_size, p.micro_batch_size, max(1, p.num_workers)).check()
+    BatchPlan(p.batch_size, p.micro_batch_size, max(1, p.num_workers) if p.num_workers else local_world_size()).check()
     return cfg, args, extra
+
+
+def local_world_size() -> int:
+    """The processes of a local-mode run (``num_workers: 0``): one, or as many as torchrun started (its
+    WORLD_SIZE; Ray Train's local mode joins them in one process group)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+
+
+def is_rank_zero() -> bool:
+    """Whether this process speaks for the run: always, but for the other ranks torchrun started."""
+    return os.environ.get("RANK", "0") == "0"
+
 
 
 def _quiet_placement_group_cleaner() -> None:
@@ -752,6 +770,13 @@ def ensure_ray(p: LoopConfig) -> None:
         # Ray's warning on every run that it is on (RAY_AUTH_MODE=token said explicitly is not the
         # same: Ray then makes no token for the new cluster and cannot connect to it)
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    if not os.environ.get("RAY_ADDRESS"):
+        # Ray Train's preemption watcher (an actor per worker group) polls for node drains: a Ray of our own
+        # is one node that lives as long as the run, with nothing to drain. Its constructor arguments go
+        # through the object store, and with max_restarts set Ray's core worker prints an "E" line saying
+        # so when the machine is busy (ray-project/ray#53727; gristmill issue 33): one process less, and no
+        # error line that is not one. A user's explicit RAY_TRAIN_ENABLE_PREEMPTION_WATCHER wins.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     no_dashboard = not (p.local_dashboard or os.environ.get("RAY_ADDRESS"))
     quiet = {"worker_process_setup_hook": _quiet_placement_group_cleaner}
     ray.init(logging_level=logging.WARNING, log_to_driver=True,
@@ -768,14 +793,23 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t0 = time.time()
+    if not is_rank_zero():  # under torchrun, rank 0 speaks for the run; the others only warn
+        log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
     cfg, args, extra = prepare(cfg, task)
     p = getattr(cfg, TASK_SECTIONS[task])
     run_dir = Path(p.storage_path) / p.name
     if not (p.use_gpu or p.peak_tflops or ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
         threads = torch.get_num_threads() if p.num_workers == 0 else p.cpus_per_worker
         extra["cpu_peak"] = driver_cpu_peak(p, threads)
-    ensure_ray(p)
     local_mode = p.num_workers == 0
+    if local_mode:
+        # Ray Train's local mode runs the loop in this process and needs no cluster: starting one cost
+        # every in-process run (the demo's SFT, the API's examples) seconds and a node's worth of processes.
+        # Ray's own loggers stay at the level a started Ray would set (its INFO lines would say, per
+        # checkpoint, what gristmill's lines already say)
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    else:
+        ensure_ray(p)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "model_args": args.to_dict(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from gristmill.config import add_config_arguments, load_config
@@ -17,7 +18,10 @@ from gristmill.log import add_logging_arguments, setup_logging, verbosity
 
 
 def print_summary(task: str, result) -> None:
-    """What a finished training run printed: its last metrics, the loss curve's ends, where things are."""
+    """What a finished training run printed: its last metrics, the loss curve's ends, where things are.
+    Under torchrun (Ray Train's local mode in several processes) rank 0 prints for all."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     m = result.metrics
     loss = f", loss {m['loss']:.4f}" if "loss" in m else ""
     val = f", val loss {m['val_loss']:.4f}" if "val_loss" in m else ""
