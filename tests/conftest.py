@@ -89,8 +89,33 @@ def run_cli_and_kill_when(args: list, ready, timeout: int = 300) -> None:
     while not ready():
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.01)
+    kill_process_group(proc)
+
+
+def kill_process_group(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL ``proc``'s process group and wait until every member is gone, not only ``proc``: a forked
+    worker still dying holds the output's lock (its inherited flock) for a moment after the leader's exit."""
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.wait(timeout=timeout)
+    deadline = time.time() + timeout
+    while _live_members(proc.pid):
+        assert time.time() < deadline, f"process group {proc.pid} still alive {timeout} s after SIGKILL"
+        time.sleep(0.01)
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that have not exited (zombies have: they hold no file)."""
+    live = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, ...
+            live.append(int(d.name))
+    return live
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -9,14 +9,13 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import GRISTMILL, REPO, SAMPLE, cli_env, run_cli
+from .conftest import GRISTMILL, REPO, SAMPLE, cli_env, kill_process_group, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -127,8 +126,7 @@ def test_a_refresh_killed_at_any_point_leaves_the_published_corpus_as_it_was(pub
     while proc.poll() is None and time.time() < deadline and not marker.exists():
         time.sleep(0.01)
     assert proc.poll() is None, f"the refresh ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_process_group(proc)
     assert marker.exists(), f"the refresh never reached {kill_after} in 300 s"
     assert os.readlink(root / "CURRENT") == current, "published although killed"
     assert digest(root / current) == before, "the published corpus changed"

@@ -53,7 +53,8 @@ def test_a_killed_run_resubmitted_resumes_exactly(mixture_run, mixture_sources, 
     training.kill_group(proc)
     assert not training.checkpoint_complete(run_dir, 30)
 
-    again = training.cli("pretrain", cfg)
+    with training.busy_cpu():  # Ray's harmless "E ... core_worker.cc" line showed on a busy machine (issue 33)
+        again = training.cli("pretrain", cfg)
     assert again.returncode == 0, again.stderr[-3000:]
     out = again.stdout + again.stderr
     assert "val loss" in out and "checkpoint_00000040" in out and "tokens available" in out
@@ -98,6 +99,8 @@ def test_two_ray_workers_survive_a_killed_worker_with_identical_weights(ddp_run,
     os.kill(json.loads((run_dir / "workers" / "rank1.json").read_text())["pid"], signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
+    # Ray's own reports of a real failure still reach the user (only a known harmless line is avoided)
+    assert "A worker died or was killed" in out and "ActorDiedError" in out, out[-4000:]
     assert {json.loads(p.read_text())["rank"] for p in (run_dir / "workers").glob("rank*.json")} == {0, 1}
     resumed = training.resumed_from(run_dir)
     assert len(resumed) == 1 and resumed[0] >= 10, out[-3000:]

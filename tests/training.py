@@ -6,9 +6,8 @@ given peak instead of the CPU matmul benchmark, which runs in one test only (tes
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import GRISTMILL, cli_env
+from .conftest import GRISTMILL, cli_env, kill_process_group
 
 #: the peak FLOP/s (in TFLOP/s) test runs compute MFU against
 TEST_PEAK_TFLOPS = 1.0
@@ -117,10 +116,20 @@ def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeo
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def busy_cpu():
+    """A process burning a core for as long as the block runs: a machine with other work on it."""
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait(timeout=60)
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the run and everything it started (its Ray included): a crash."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_process_group(proc)
 
 
 def checkpoint_complete(run_dir: Path, step: int) -> bool:
