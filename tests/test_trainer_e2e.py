@@ -53,8 +53,8 @@ def test_a_killed_run_resubmitted_resumes_exactly(mixture_run, mixture_sources, 
     training.kill_group(proc)
     assert not training.checkpoint_complete(run_dir, 30)
 
-    with training.busy_cpu():  # Ray's harmless "E ... core_worker.cc" line showed on a busy machine (issue 33)
-        again = training.cli("pretrain", cfg)
+    # on a busy machine (make test's other worker) Ray printed a harmless "E ... core_worker.cc" line (issue 33)
+    again = training.cli("pretrain", cfg)
     assert again.returncode == 0, again.stderr[-3000:]
     out = again.stdout + again.stderr
     assert "val loss" in out and "checkpoint_00000040" in out and "tokens available" in out

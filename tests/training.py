@@ -6,7 +6,6 @@ given peak instead of the CPU matmul benchmark, which runs in one test only (tes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -114,17 +113,6 @@ def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeo
             proc.kill()
             pytest.fail(f"the run never reached {what}")
         time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def busy_cpu():
-    """A process burning a core for as long as the block runs: a machine with other work on it."""
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield
-    finally:
-        burner.kill()
-        burner.wait(timeout=60)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
