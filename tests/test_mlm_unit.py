@@ -200,7 +200,9 @@ def test_the_loss_counts_the_masked_positions_only(tokens, sp):
         logits = model(b["x"], mask=b["mask"])
     per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b["y"].clamp(min=0), reduction="none")
     assert loss.item() == pytest.approx(per_token[b["select"]].mean().item(), rel=1e-5)
-    assert loss.item() != pytest.approx(per_token.mean().item(), rel=1e-3)
+    # not the mean over every position: at initialization every token's loss is near ln(vocab), so the two
+    # means differ by a few thousandths only; a tolerance of 1e-3 failed on one fresh clone (0.0009 apart)
+    assert loss.item() != pytest.approx(per_token.mean().item(), rel=1e-5)
     loss.backward()  # the unmasked positions' logits get no gradient: their targets are -100
     y2 = b["y"].clone()
     y2[~b["select"]] = 7  # labels that are not counted may be anything
