@@ -64,14 +64,36 @@ def refresh(published: str, inputs: Sequence[str], output: str, config: Gristmil
     """``gristmill refresh``: a new crawl → a new corpus version under ``output`` without the
     documents that duplicate the ``published`` corpus (any of its versions). ``config`` None: the
     published corpus's own config. Returns a ``RunResult``; ``manifest["versions"]`` lists every version."""
+    from gristmill import io
     from gristmill.pipelines.corpus import run_corpus as _run
     from gristmill.pipelines.refresh_index import PublishedCorpus
+    from gristmill.pipelines.runner import check_runner
 
+    check_runner(list(beam_args or []))
+    _check_apart(published, output)
+    io.configure(beam_args)
     corpus = PublishedCorpus.open(published)
     cfg = config if config is not None else corpus.default_config()
     corpus.check_compatible(cfg)
     return _run(list(inputs), output, cfg, list(beam_args or []), skip_bad_files=skip_bad_files,
                 overwrite=overwrite, progress=progress, published=corpus, fresh=fresh)
+
+
+def _check_apart(published: str, output: str) -> None:
+    """A refresh writes a new version beside the published corpus, never into it (nor the published
+    corpus inside the new one): refused as a usage error before anything is written."""
+    from gristmill import io
+
+    def norm(p: str) -> str:
+        return (p if io.is_remote(p) else str(Path(p).resolve())).rstrip("/") + "/"
+
+    a, b = norm(published), norm(output)
+    if a == b:
+        raise ConfigError(f"--output {output} is the published corpus: a refresh writes a new version into a new "
+                          "directory (e.g. the next month's), and the published one stays as it is")
+    if a.startswith(b) or b.startswith(a):
+        raise ConfigError(f"--output {output} and --published {published} are inside one another: give the new "
+                          "version a directory of its own")
 
 
 def add_filter(config: GristmillConfig | None, name: str, function: Callable | str, *,
@@ -238,13 +260,16 @@ def generate(checkpoint: str, prompt: str, sampling=None, *, chat: bool = False,
     return generate_text(model, sp, ids, cfg, on_text=on_text)
 
 
-def verify(directory: str) -> list[str]:
+def verify(directory: str, beam_args: Sequence[str] | None = None) -> list[str]:
     """``gristmill verify``: re-check a corpus or token directory against its manifest (every shard
-    present, checksums and row counts equal, the counts balanced). Returns the problems ([] = sound)."""
+    present, checksums and row counts equal, the counts balanced). ``beam_args``: filesystem options
+    of an object store (``--s3_endpoint_url`` ...). Returns the problems ([] = sound)."""
     import json
     from pathlib import Path
 
     from gristmill import io
+
+    io.configure(beam_args)
 
     path = io.join(directory, "manifest.json")
     if not io.exists(path):

@@ -18,6 +18,7 @@ from gristmill import __version__
 from gristmill.config import add_config_arguments
 from gristmill.errors import run_command
 from gristmill.log import add_logging_arguments, setup_logging, verbosity
+from gristmill.secrets import redact_argv
 
 log = logging.getLogger("gristmill")
 
@@ -26,7 +27,7 @@ SAMPLE_GLOB = str(REPO_ROOT / "sample" / "crawl" / "*")
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 CHECKPOINT_HELP = "a checkpoint_NNNNNNNN directory of a training run"
 #: commands whose unknown arguments are Beam pipeline options
-BEAM_COMMANDS = ("corpus", "refresh", "tokenize", "demo", "ablate")
+BEAM_COMMANDS = ("corpus", "refresh", "tokenize", "demo", "ablate", "verify")
 
 PRETRAIN_DESCRIPTION = (
     "Pretrain the transformer (model: section) on token shards (pretrain.data, written by "
@@ -298,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check that every shard the manifest of DIR lists is present with its SHA-256 and row count, "
         "and that the counts balance (read = kept + dropped by reason). Exit status 0 when sound, 6 naming each "
         "difference otherwise (also when DIR has no manifest: not a finished output).",
-        epilog="example: gristmill verify corpus/2024-11 && gristmill tokenize --corpus corpus/2024-11 ...")
+        epilog="example: gristmill verify corpus/2024-11 && gristmill tokenize --corpus corpus/2024-11 ...\n\n"
+        "example: gristmill verify s3://bucket/corpus/2024-11 --s3_region_name eu-west-1\n\n"
+        "An object store's credentials and endpoint are Beam's filesystem options (--s3_endpoint_url, "
+        "--s3_access_key_id, ...; GCS: the environment's credentials).")
     v.add_argument("directory", metavar="DIR", help="a corpus or token directory")
     add_logging_arguments(v)
 
@@ -548,7 +552,7 @@ def _cmd_verify(args, beam_args: list[str]) -> int:
     from gristmill import api
     from gristmill.errors import ExitCode
 
-    problems = api.verify(args.directory)
+    problems = api.verify(args.directory, beam_args)
     for p in problems:
         print(f"{args.directory}: {p}", file=sys.stderr)
     print(f"{args.directory}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
@@ -705,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    redact_argv(argv)  # remembers the credentials given, before anything can log them (gristmill.secrets)
     passthrough: list[str] = []
     if "--" in argv:  # everything after -- goes to the runner unchecked
         at = argv.index("--")

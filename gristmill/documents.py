@@ -308,7 +308,22 @@ def verify_corpus(corpus: str) -> list[str]:
                         f"the manifest drops {dropped_total}")
     if sum(f["documents"] for f in manifest["inputs"]) != c["read"]:
         problems.append("the inputs' document counts do not add up to counts.read")
-    return problems
+    listed = {e["path"] for key in ("shards", "rejected_shards", "index_shards") for e in manifest.get(key, [])}
+    return problems + unlisted_files(corpus, listed)
+
+
+#: files gristmill writes into an output besides those its manifest lists (the lock: gristmill.locks)
+OWN_FILES = frozenset({"manifest.json", "run.json", "README.md", "report.html", "versions.json", io.OUTPUT_MARKER,
+                       ".gristmill-lock"})
+
+
+def unlisted_files(root: str, listed: set[str]) -> list[str]:
+    """Problems for the files under ``root`` that are neither ``listed`` in its manifest nor one of
+    gristmill's own (:data:`OWN_FILES`): an extra shard that a reader globbing the directory
+    (pyarrow.dataset, ``load_dataset``) would read, a temporary a stopped writer left."""
+    return [f"{rel}: not listed in the manifest (an extra or leftover file: readers of the directory would see it; "
+            "remove it, or run the command again)"
+            for rel in io.list_tree(root) if rel not in listed and rel not in OWN_FILES]
 
 
 def _verify_file(root: str, rel: str, sha256: str) -> list[str]:

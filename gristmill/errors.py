@@ -8,9 +8,16 @@ keeps its traceback. :func:`run_command` is how a command line (``gristmill``, o
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from enum import IntEnum
+
+from gristmill.secrets import redact_text
 
 
 class ExitCode(IntEnum):
@@ -29,6 +36,10 @@ class ExitCode(IntEnum):
     LOCKED = 5
     #: the counts do not balance (read != kept + dropped), or `gristmill verify` found a difference
     INTEGRITY = 6
+    #: stopped by SIGINT (Ctrl-C): 128 + 2, as a shell reports it
+    INTERRUPTED = 130
+    #: stopped by SIGTERM (what systemd, Airflow and Kubernetes send to stop a job): 128 + 15
+    TERMINATED = 143
 
 
 class GristmillError(Exception):
@@ -40,14 +51,115 @@ class GristmillError(Exception):
     label = "error"
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Python raises :class:`KeyboardInterrupt` for SIGINT: the
+    run unwinds the same way (run.json says interrupted, temporaries removed, lock released)."""
+
+
+#: the stop signal this process received while running a command (None: none)
+_received: int | None = None
+
+
+def received_stop_signal() -> int | None:
+    """SIGINT or SIGTERM if one arrived during the current command: then whatever error the run ends
+    with (a runner may wrap the interrupt in an error of its own) is that interrupt."""
+    return _received
+
+
+def interrupt_code(e: BaseException) -> int | None:
+    """The exit status (128 + signal) of a run stopped by a signal, None for any other end."""
+    if _received is not None:
+        return 128 + _received
+    if isinstance(e, KeyboardInterrupt):
+        return int(ExitCode.INTERRUPTED)
+    if isinstance(e, Terminated):
+        return int(ExitCode.TERMINATED)
+    return None
+
+
+def _on_stop_signal(signum, frame):
+    global _received
+    _received = signum
+    # an argument, so a runner that re-raises "the same kind of exception with its step's name" can
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt("SIGINT")
+    raise Terminated("SIGTERM")
+
+
+#: whether stop_signals_raise is active (the handlers are ours), and what to do before exiting on a stop signal
+_active = False
+_at_stop: list[Callable[[], None]] = []
+
+
+def reinstall_stop_handlers() -> None:
+    """Take SIGINT and SIGTERM back after a library installed its own handlers (``ray.init`` installs a
+    C++ handler that aborts the process on SIGTERM); a no-op outside a command."""
+    if _active and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _on_stop_signal)
+
+
+def at_stop(fn: Callable[[], None]) -> None:
+    """Run ``fn`` when a stop signal ends the current command, before the process exits (a Ray this
+    process started is shut down: exiting at once would leave its processes behind)."""
+    _at_stop.append(fn)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise (:class:`KeyboardInterrupt`, :class:`Terminated`) in the main thread for
+    the block and are remembered (:func:`received_stop_signal`). SIGTERM's default action would end the
+    process on the spot: run.json left "running", temporaries left behind."""
+    global _received, _active
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received, _active = None, True
+    _at_stop.clear()
+    previous = {s: signal.signal(s, _on_stop_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        _active = False
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def run_command(command: str, fn: Callable[[], int]) -> int:
     """Run a command; errors the user can fix print one line (``gristmill COMMAND: error: ...``)
-    and return their exit code instead of a traceback. A missing file counts as such an error."""
-    try:
-        return fn()
-    except GristmillError as e:
-        print(f"gristmill {command}: {e.label}: {e}", file=sys.stderr)
-        return int(e.exit_code)
-    except FileNotFoundError as e:
-        print(f"gristmill {command}: error: {e}", file=sys.stderr)
-        return int(ExitCode.USAGE)
+    and return their exit code instead of a traceback. A missing file counts as such an error.
+
+    SIGINT (Ctrl-C) and SIGTERM stop the command: the run unwinds (its ``finally`` blocks record
+    run.json, remove temporaries, release locks), then the process exits at once with 130 or 143.
+    At once, because threads a runner started (Beam's workers, gRPC) may still be busy and
+    Python's normal exit would wait for them forever."""
+    with stop_signals_raise():
+        try:
+            return fn()
+        except BaseException as e:
+            code = interrupt_code(e)
+            if code is not None:
+                name = signal.Signals(code - 128).name
+                print(f"gristmill {command}: interrupted by {name}: stopped (run the same command again to resume)",
+                      file=sys.stderr)
+                for fn in reversed(_at_stop):
+                    with contextlib.suppress(BaseException):  # a second signal must not stop the exit
+                        fn()
+                exit_now(code)
+            if isinstance(e, GristmillError):
+                print(f"gristmill {command}: {e.label}: {redact_text(str(e))}", file=sys.stderr)
+                return int(e.exit_code)
+            if isinstance(e, FileNotFoundError):
+                print(f"gristmill {command}: error: {redact_text(str(e))}", file=sys.stderr)
+                return int(ExitCode.USAGE)
+            raise
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` without waiting for other threads (flushing logs and stdio first)."""
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

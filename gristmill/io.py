@@ -9,8 +9,12 @@ writer leaves only temporaries (``TMP_MARK`` in the name), which the next run re
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
 import uuid
+from collections.abc import Sequence
 from functools import cache
 
 import pyarrow as pa
@@ -26,6 +30,56 @@ def filesystems():
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems
+
+
+def configure(beam_args: Sequence[str] | None) -> None:
+    """Give the driver's file operations (listing inputs, markers, locks, run.json, manifests) the
+    filesystem options of the run's Beam arguments (``--s3_endpoint_url``, ``--s3_access_key_id``,
+    GCS project and credentials, ...), as the runner gives them to its workers. Without this an
+    ``s3://`` path fails on the driver with ``Must provide one of client or options``."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    filesystems().set_options(PipelineOptions(list(beam_args or [])))
+    _reuse_s3_clients()
+
+
+_S3_CLIENTS: dict[tuple, object] = {}
+_S3_CLIENTS_LOCK = threading.Lock()
+
+
+def _s3_options_key(options) -> tuple:
+    from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+    if isinstance(options, PipelineOptions):
+        values = options.view_as(S3Options).get_all_options()
+    else:
+        values = dict(options)
+    return tuple(sorted((k, repr(v)) for k, v in values.items() if k.startswith("s3_")))
+
+
+@cache
+def _reuse_s3_clients() -> None:
+    """One S3 client per process and set of options, instead of Beam's new boto3 session and client
+    for every call (every ``exists``, ``open``, ``rename``: an S3 corpus run took 3.5 min against 12 s
+    on local disk). boto3 clients are thread-safe; the key holds the pid, so a forked child builds its
+    own instead of sharing its parent's connections."""
+    try:
+        from apache_beam.io.aws import s3io
+        from apache_beam.io.aws.clients.s3 import boto3_client
+    except ImportError:  # apache-beam[aws] not installed: no s3:// at all
+        return
+    original = s3io.S3IO.__init__
+
+    def init(self, client=None, options=None):
+        if client is None and options is not None and getattr(boto3_client, "boto3", None) is not None:
+            key = (os.getpid(), _s3_options_key(options))
+            with _S3_CLIENTS_LOCK:
+                client = _S3_CLIENTS.get(key)
+                if client is None:
+                    client = _S3_CLIENTS[key] = boto3_client.Client(options=options)
+        original(self, client=client, options=options)
+
+    s3io.S3IO.__init__ = init
 
 
 def is_remote(path: str) -> bool:
@@ -45,9 +99,27 @@ def delete(paths: list[str]) -> None:
 
 
 def remove_tree(path: str) -> None:
-    """Delete a file or directory tree if it exists."""
-    if exists(path):
+    """Delete a file or directory tree if it exists. On an object store a "directory" is a key
+    prefix that ``exists`` does not see: every object under it is listed and deleted."""
+    if is_remote(path):
+        found = list_files(path, "")
+        if found:
+            delete([join(path, f) for f in found])
+    elif exists(path):
         delete([path])
+
+
+def remove_temporaries(root: str) -> list[str]:
+    """Delete every temporary (``TMP_MARK`` in its name) under a local output: what writers stopped
+    mid-file left (a crash, a signal, a full disk). Returns their paths. On an object store gristmill
+    writes no temporaries (an upload appears whole or not at all)."""
+    if is_remote(root) or not os.path.isdir(root):
+        return []
+    found = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if TMP_MARK in f]
+    for path in found:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return found
 
 
 def read_bytes(path: str) -> bytes:
@@ -61,6 +133,8 @@ def temporary_name(path: str) -> str:
 
 
 def ensure_parent(path: str) -> None:
+    if is_remote(path):  # object stores have no directories (and each exists() is a request)
+        return
     fs = filesystems()
     parent = path.rsplit("/", 1)[0]
     if parent and not fs.exists(parent):
@@ -81,6 +155,10 @@ def replace(src: str, dst: str) -> None:
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
+    if is_remote(path):  # an object appears whole when its upload completes: no temporary and copy needed
+        with filesystems().create(path, mime_type="application/octet-stream", compression_type="uncompressed") as f:
+            f.write(data)
+        return
     tmp = temporary_name(path)
     ensure_parent(path)
     with filesystems().create(tmp, mime_type="application/octet-stream", compression_type="uncompressed") as f:
@@ -110,6 +188,13 @@ def list_files(root: str, prefix: str) -> list[str]:
         return []
     top = root.rstrip("/") + "/"
     return sorted(m.path[len(top):] if m.path.startswith(top) else m.path for m in found)
+
+
+def list_tree(root: str) -> list[str]:
+    """Every file under ``root``, hidden ones included, as paths relative to it, sorted."""
+    if is_remote(root):
+        return list_files(root, "")
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +310,8 @@ class ArrowFileWriter:
 
     def __init__(self, path: str, schema: pa.Schema, batch_rows: int = 1000, compression: str | None = None):
         self.path, self.schema, self.batch_rows = path, schema, batch_rows
-        self._tmp = temporary_name(path)
+        # on an object store the upload itself is atomic (the object appears when it completes)
+        self._tmp = path if is_remote(path) else temporary_name(path)
         ensure_parent(path)
         self._file = filesystems().create(self._tmp, mime_type="application/octet-stream",
                                           compression_type="uncompressed")
@@ -247,4 +333,5 @@ class ArrowFileWriter:
         self._flush()
         self._writer.close()
         self._file.close()
-        replace(self._tmp, self.path)
+        if self._tmp != self.path:
+            replace(self._tmp, self.path)

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 from gristmill.errors import ExitCode, GristmillError
 from gristmill.io import is_remote
+from gristmill.secrets import redact_argv
 
 log = logging.getLogger("gristmill.locks")
 
@@ -41,7 +42,7 @@ class OutputLockedError(GristmillError):
 
 def _holder_note(command: str) -> dict:
     return {"command": command, "host": socket.gethostname(), "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": redact_argv(sys.argv)}
 
 
 def _describe(note: dict) -> str:
@@ -90,8 +91,10 @@ def directory_lock(directory: str, command: str, shared: bool = False) -> Iterat
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, json.dumps(_holder_note(command)).encode())
             os.fsync(fd)
-        yield
-        if not shared:
-            os.ftruncate(fd, 0)  # a clean end leaves no note: a note found later means a crash
+        try:
+            yield
+        finally:
+            if not shared:  # an end this process saw (done, failed, interrupted) leaves no note: a note
+                os.ftruncate(fd, 0)  # found later means the process died without unwinding (kill -9, lost host)
     finally:
         os.close(fd)  # releases the lock

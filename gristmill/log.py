@@ -7,14 +7,28 @@ import logging
 import os
 import sys
 
+from gristmill.errors import Terminated, received_stop_signal
+from gristmill.secrets import RedactSecrets
+
 # Harmless import-time warnings of Beam's optional cloud extras, printed on every run.
-_KNOWN_NOISE = ("Failed to import GCSFileSystem", "apitools not found", "Missing pipeline option (runner)")
+_KNOWN_NOISE = ("Failed to import GCSFileSystem", "apitools not found", "Missing pipeline option (runner)",
+                "Finished listing ")
 
 
 class _DropKnownNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         return not any(n in msg for n in _KNOWN_NOISE)
+
+
+class _DropSignalTracebacks(logging.Filter):
+    """A run stopped by SIGINT/SIGTERM unwinds through Beam, which logs the interrupt at ERROR with a
+    traceback; the command line says in one line that the run was interrupted (gristmill.errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        return not (received_stop_signal() or issubclass(record.exc_info[0], (KeyboardInterrupt, Terminated)))
 
 
 def drop_known_noise() -> None:
@@ -24,6 +38,7 @@ def drop_known_noise() -> None:
     for target in (root, *root.handlers):
         if not any(isinstance(f, _DropKnownNoise) for f in target.filters):
             target.addFilter(_DropKnownNoise())
+            target.addFilter(RedactSecrets())
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
 
 
@@ -35,6 +50,8 @@ class _AboveProgressBars(logging.Handler):
         super().__init__(inner.level)
         self.inner = inner
         self.addFilter(_DropKnownNoise())
+        self.addFilter(_DropSignalTracebacks())
+        self.addFilter(RedactSecrets())  # last: only records that will be printed are formatted
 
     def emit(self, record: logging.LogRecord) -> None:
         if "tqdm" not in sys.modules:  # no bar can exist: skip the import

@@ -33,7 +33,7 @@ from gristmill.dedupe.minhash import lsh_params
 from gristmill.documents import CORPUS_SCHEMA, SCHEMA_VERSION
 from gristmill.errors import ExitCode, GristmillError
 from gristmill.locks import directory_lock
-from gristmill.outputs import begin_output, check_output
+from gristmill.outputs import begin_output, check_output, recorded_run
 from gristmill.pipelines import quality
 from gristmill.pipelines.card import write_card
 from gristmill.pipelines.clean import Cleaner, stages
@@ -44,9 +44,9 @@ from gristmill.pipelines.readers import probe
 from gristmill.pipelines.refresh_index import PublishedCorpus, read_index_rows
 from gristmill.pipelines.resume import WORK_DIR, ReadCleanFileFn
 from gristmill.pipelines.runner import (
+    check_runner,
     collect_stats,
     read_stats,
-    recorded_run,
     remove_stats,
     run_pipeline,
 )
@@ -58,7 +58,7 @@ from gristmill.pipelines.transforms import (
     apply_id_changes,
     text_bytes,
 )
-from gristmill.pipelines.workpool import plan_local_workers
+from gristmill.pipelines.workpool import plan_local_workers, stop_pools
 
 log = logging.getLogger("gristmill.corpus")
 
@@ -110,6 +110,9 @@ def plan_inputs(patterns: list[str], read_cfg: ReadConfig, skip_bad_files: bool 
     for pattern in patterns:
         local = "://" not in pattern
         pat = os.path.abspath(pattern) if local else pattern
+        if local and os.path.lexists(pat) and not os.path.isdir(pat):
+            paths.append(pat)  # a file that exists is that file, even with glob characters in its name
+            continue
         try:
             matched = io.filesystems().match([pat])[0].metadata_list
         except Exception as e:  # noqa: BLE001
@@ -543,6 +546,8 @@ def run_corpus(
     next run of the same command reuses unless ``fresh`` (pipelines/resume.py), and records how it
     ended in ``run.json``."""
     t0 = time.time()
+    check_runner(beam_args)
+    io.configure(beam_args)  # the driver reads and writes the same stores as the workers
     output = output.rstrip("/") if io.is_remote(output) else os.path.abspath(output)
     # fail early on config problems a worker would hit later (missing model, missing blocklist,
     # evaluation files missing or without text)
@@ -566,11 +571,14 @@ def run_corpus(
         begin_output(output, "corpus")
         if fresh:
             io.remove_tree(io.join(output, WORK_DIR))
+        io.remove_temporaries(output)  # left by a crashed run
         try:
             result = _run(plan, output, cfg, beam_args, published, t0, progress, evaluation)
         finally:
+            stop_pools()  # a failing or stopped run: no child may still be writing
             remove_stats(output)
             io.remove_tree(io.join(output, SPILL_DIR))
+            io.remove_temporaries(output)
         io.remove_tree(io.join(output, WORK_DIR))  # done: nothing left to resume
         record.update(counts=result.manifest["counts"], inputs=len(plan.files), manifest=result.manifest_path)
         if published is not None:

@@ -129,17 +129,51 @@ def is_html(content_type: str, body: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
 
 
+class TooComplex(ValueError):
+    """HTML nested deeper than ``read.max_html_depth``: parsing it would cost seconds to minutes."""
+
+
+#: elements without an end tag, or whose end tag the parser supplies (their depth never accumulates)
+_NO_DEPTH = frozenset("area base br col embed hr img input link meta param source track wbr "
+                      "p li dt dd tr td th thead tbody tfoot option optgroup rb rt rtc rp colgroup "
+                      "caption head body html".split())
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)")
+
+
+def html_depth_over(html: str, limit: int) -> int | None:
+    """The nesting depth of ``html`` once it passes ``limit`` (an upper bound: tags in comments and
+    scripts count too), else None. Linear in the page; a page with fewer tags than ``limit`` is not
+    scanned at all, so ordinary pages cost one ``count``."""
+    if html.count("<") <= limit:
+        return None
+    depth = 0
+    for m in _TAG.finditer(html):
+        name = m[2].lower()
+        if name in _NO_DEPTH:
+            continue
+        if m[1]:
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            if depth > limit:
+                return depth
+    return None
+
+
 def _trafilatura(html: str, fast: bool = False) -> str:
     import trafilatura
 
     return trafilatura.extract(html, include_comments=False, include_tables=False, fast=fast) or ""
 
 
-def html_to_text(body: bytes, charset: str | None, extractor: str = "hybrid") -> str:
+def html_to_text(body: bytes, charset: str | None, extractor: str = "hybrid", max_depth: int = 3_000) -> str:
+    """The main text of an HTML body; :class:`TooComplex` when it is nested deeper than ``max_depth``."""
     from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
     enc = charset or detect_encoding(body)
     html = bytes_to_str(body, enc)
+    if html_depth_over(html, max_depth):
+        raise TooComplex(f"HTML nested more than {max_depth:,} elements deep (read.max_html_depth)")
     if extractor == "trafilatura":
         return _trafilatura(html)
     if extractor == "hybrid":

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import zlib
 from collections import Counter
@@ -134,12 +135,32 @@ def _decompressed(raw: io.RawIOBase, compression: str | None):
 # ---------------------------------------------------------------------------------------------
 
 
+def _not_a_regular_file(path: str) -> str | None:
+    """What a local path is when it is not a regular file (a FIFO, a socket, a device), else None."""
+    import stat
+
+    if "://" in path:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # the probe reports it
+    for test, name in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return None
+
+
 def probe(path: str, cfg: ReadConfig) -> tuple[int, str | None]:
     """(size in bytes, problem or None), from at most ``cfg.probe_bytes`` of the file's start.
 
     Catches the errors that make a whole file unreadable (not gzip, not a WARC, not Parquet, not
     JSON Lines) before the pipeline starts; damage further in is handled while reading.
     """
+    kind = _not_a_regular_file(path)
+    if kind:  # opening a FIFO blocks until a writer comes; a device never ends
+        return 0, f"not a regular file but a {kind}: gristmill reads files (copy the data into a file first)"
     try:
         fmt, compression = detect_format(path)
         size = filesystems().match([path])[0].metadata_list[0].size_in_bytes
@@ -292,6 +313,8 @@ def _record_to_doc(record, index: int, source: str, jcfg: JsonlConfig, max_bytes
         doc["original_id"] = json.dumps(raw_id) if isinstance(raw_id, str) else _as_text(raw_id)
     if text is None:
         return dropped(doc, "read:no_text_field", f"field {jcfg.text_field!r} missing")
+    if isinstance(text, bytes | bytearray):  # a Parquet binary column (written without a UTF-8 annotation)
+        text = bytes(text).decode("utf-8", errors="replace")
     if not isinstance(text, str):
         return dropped(doc, "read:no_text_field", f"field {jcfg.text_field!r} is {type(text).__name__}")
     if len(text) > max_bytes:  # characters ≤ bytes: a cheap, safe bound before encoding
@@ -310,6 +333,8 @@ def _record_or_error(record, index: int, source: str, cfg: ReadConfig) -> dict:
 
 def _read_jsonl(stream, source: str, cfg: ReadConfig, stats: FileStats) -> Iterator[dict]:
     for index, line in enumerate(stream):
+        if index == 0:  # a byte-order mark (editors on Windows write one) is not part of the first record
+            line = line.removeprefix(b"\xef\xbb\xbf")
         if not line.strip():
             continue
         if len(line) > cfg.max_doc_bytes * 2:
@@ -391,7 +416,10 @@ def _warc_document(doc: dict, rtype: str, record_ctype: str, block: bytes, cfg: 
             return dropped(doc, "extract:http_status", str(status))
         if not extract.is_html(ctype, body):
             return dropped(doc, "extract:not_html", ctype or "no content type")
-    text = extract.html_to_text(body, charset, cfg.extractor)
+    try:
+        text = extract.html_to_text(body, charset, cfg.extractor, cfg.max_html_depth)
+    except extract.TooComplex as e:
+        return dropped(doc, "read:too_complex", str(e))
     if not text.strip():
         return dropped(doc, "extract:no_text")
     doc["text"] = text

@@ -10,51 +10,52 @@ whatever the size of the run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import socket
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gristmill import __version__, io
-from gristmill.errors import ExitCode, GristmillError
+from gristmill import io
+from gristmill.errors import GristmillError
 
 log = logging.getLogger("gristmill.beam")
 
 STATS_DIR = "_stats"
-RUN_FILE = "run.json"
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+class RunnerError(GristmillError):
+    """``--runner`` names no runner Beam can load (a usage error, found before anything is written)."""
 
 
-@contextlib.contextmanager
-def recorded_run(output: str, command: str) -> Iterator[dict]:
-    """``OUTPUT/run.json`` for monitoring: written as ``running`` at the start and rewritten at the
-    end, also when the run fails (status, exit code, error). The caller adds what it learnt
-    (counts, inputs) to the dict it is given. A run killed outright leaves ``running`` with its pid."""
-    record = {"command": command, "status": "running", "exit_code": None, "started": _now(), "finished": None,
-              "host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv, "gristmill_version": __version__}
-    path = io.join(output, RUN_FILE)
-    io.write_json_atomic(path, record)
+#: runners outside Beam's short names that users name by their class name
+_RUNNER_PATHS = {"daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
+def check_runner(beam_args: list[str] | None) -> None:
+    """Refuse (:class:`RunnerError`, exit 2) a ``--runner`` Beam cannot load, before a run creates
+    its lock, marker or run.json; the message lists the runners Beam knows by name."""
+    import importlib
+
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.runners.runner import _RUNNER_MAP
+
+    name = PipelineOptions(list(beam_args or [])).view_as(StandardOptions).runner
+    if not name or not isinstance(name, str):
+        return
+    key = name.lower()
+    path = _RUNNER_MAP.get(key) or _RUNNER_MAP.get(key + "runner") or name
+    if "." not in path:
+        known = sorted({p.rsplit(".", 1)[1] for p in _RUNNER_MAP.values()})
+        full = _RUNNER_PATHS.get(key) or _RUNNER_PATHS.get(key + "runner")
+        hint = f"give its full class path: --runner {full}" if full else (
+            f"use one of {', '.join(known)}, or a runner's full class path (module.Class)")
+        raise RunnerError(f"--runner {name}: Beam has no runner of that name; {hint}")
+    module, cls = path.rsplit(".", 1)
     try:
-        yield record
-    except BaseException as e:
-        code = e.exit_code if isinstance(e, GristmillError) else (130 if isinstance(e, KeyboardInterrupt) else
-                                                                   ExitCode.USAGE if isinstance(e, FileNotFoundError)
-                                                                   else ExitCode.INTERNAL)
-        record.update(status="interrupted" if code == 130 else "failed", exit_code=int(code), finished=_now(),
-                      error=f"{type(e).__name__}: {e}"[:2000])
-        with contextlib.suppress(Exception):  # the original error is what matters
-            io.write_json_atomic(path, record)
-        raise
-    record.update(status="succeeded", exit_code=int(ExitCode.OK), finished=_now())
-    io.write_json_atomic(path, record)
+        getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise RunnerError(f"--runner {name}: cannot load {path} ({type(e).__name__}: {e}); is its Beam extra "
+                          "installed?") from None
 
 
 def run_pipeline(build: Callable[[beam.Pipeline], object], beam_args: list[str] | None = None) -> None:

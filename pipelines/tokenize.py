@@ -32,15 +32,15 @@ from gristmill import __version__, io
 from gristmill.config import TokenizeConfig, TokenizeSelectConfig
 from gristmill.documents import check_corpus_shards, iter_shard_rows, read_manifest, shard_size_bound
 from gristmill.locks import directory_lock
-from gristmill.outputs import begin_output, check_output
+from gristmill.outputs import begin_output, check_output, recorded_run
 from gristmill.pipelines.runner import (
+    check_runner,
     collect_stats,
     read_stats,
-    recorded_run,
     remove_stats,
     run_pipeline,
 )
-from gristmill.pipelines.workpool import PooledWorkFn, plan_local_workers
+from gristmill.pipelines.workpool import PooledWorkFn, plan_local_workers, stop_pools
 from gristmill.tokenizer.tokens import SPLITS, pack, shard_bytes, token_dtype
 from gristmill.tokenizer.train import TokenizerError, load, model_file
 
@@ -247,6 +247,8 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
     ``corpus`` meanwhile (a shared lock); ``run.json`` records how the run ended. Run again after a
     crash, it reuses the corpus shards already encoded (``fresh`` ignores them)."""
     t0 = time.time()
+    check_runner(beam_args)
+    io.configure(beam_args)  # the driver reads and writes the same stores as the workers
     output = output.rstrip("/") if io.is_remote(output) else os.path.abspath(output)
     manifest = read_manifest(corpus)
     if manifest.get("kind") != "corpus":
@@ -275,10 +277,13 @@ def run_tokenize(corpus: str, tokenizer: str, output: str, cfg: TokenizeConfig,
                      np.dtype(dtype).name, n_buckets, selection)
         if fresh:
             io.remove_tree(io.join(output, WORK_DIR))
+        io.remove_temporaries(output)  # left by a crashed run
         try:
             result = _tokenize(plan, output, cfg, beam_args, t0)
         finally:
+            stop_pools()  # a failing or stopped run: no child may still be writing
             remove_stats(output)
+            io.remove_temporaries(output)
         io.remove_tree(io.join(output, WORK_DIR))  # done: nothing left to resume
         record.update(splits={k: {x: v[x] for x in ("documents", "tokens", "sequences")}
                               for k, v in result.manifest["splits"].items()}, manifest=result.manifest_path)

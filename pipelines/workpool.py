@@ -80,14 +80,35 @@ def _without_option(args: list[str], name: str) -> list[str]:
 
 # the DoFn whose work the forked children do: set before the pool forks, inherited by the children
 _CHILD_FN: PooledWorkFn | None = None
+# the pools of this process that have not been shut down (stop_pools)
+_LIVE_POOLS: set[ProcessPoolExecutor] = set()
+
+
+def stop_pools() -> None:
+    """Kill the children of every pool still running and wait until they are gone: a run that is
+    failing or being stopped calls this before it removes its temporaries, so that no child writes
+    one after (the runner may not tear the DoFns down when it is interrupted)."""
+    for pool in list(_LIVE_POOLS):
+        children = list((pool._processes or {}).values())
+        for child in children:
+            child.kill()
+        for child in children:
+            child.join()
+        pool.shutdown(wait=False, cancel_futures=True)
+        _LIVE_POOLS.discard(pool)
 
 
 def _die_with_parent(parent: int) -> None:
     """A child is killed with its parent (Linux): a killed run leaves no process still working (and
     still holding, by the inherited descriptor, the output's lock) behind it."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the run's process decides what happens (it unwinds and
+    # ends the pool); a child would only print a KeyboardInterrupt traceback per file
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (gristmill.errors)
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -145,24 +166,30 @@ class PooledWorkFn(beam.DoFn):
             # SentencePiece); spawn would import and load everything again in each
             self._pool = ProcessPoolExecutor(self.pool_workers, mp_context=multiprocessing.get_context("fork"),
                                              initializer=_die_with_parent, initargs=(os.getpid(),))
+            _LIVE_POOLS.add(self._pool)
         self._pending.append((item, self._pool.submit(_child_work, item)))
         yield from self._done(block=False)
 
     def finish_bundle(self):
+        finished = False
         try:
             while self._pending:
                 for out in self._done(block=True):
                     yield GlobalWindows.windowed_value(out)
+            finished = True
         finally:
-            self._shutdown()
+            self._shutdown(kill=not finished)
 
     def teardown(self):
-        self._shutdown()
+        # a pool still here was not ended by finish_bundle: the run is failing or being stopped; its
+        # children are killed, not waited for (a child may be an hour into a large file)
+        self._shutdown(kill=True)
 
     def _done(self, block: bool):
         """The outputs of the elements whose work has finished (waiting for at least one if ``block``)."""
-        if block:
-            wait([f for _, f in self._pending], return_when=FIRST_COMPLETED)
+        if block:  # in short waits: a signal the kernel gives a helper thread is handled between two of them
+            while not wait([f for _, f in self._pending], timeout=0.2, return_when=FIRST_COMPLETED).done:
+                pass
         ready, pending = [], []
         for entry in self._pending:  # one look at each future: it may finish between two
             (ready if entry[1].done() else pending).append(entry)
@@ -170,7 +197,11 @@ class PooledWorkFn(beam.DoFn):
         for item, f in ready:
             yield from self.replay(item, f.result())  # a child's exception is raised here
 
-    def _shutdown(self):
+    def _shutdown(self, kill: bool = False):
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if kill:
+                for child in list((self._pool._processes or {}).values()):
+                    child.kill()
+            self._pool.shutdown(wait=not kill, cancel_futures=True)
+            _LIVE_POOLS.discard(self._pool)
             self._pool = None

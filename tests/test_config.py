@@ -71,3 +71,24 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_fingerprint_changes_with_config():
     assert GristmillConfig().fingerprint() != load_config(None, ["langid.threshold=0.7"]).fingerprint()
     assert GristmillConfig().fingerprint() == GristmillConfig().fingerprint()
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("langid:\n  threshold: 0.5\n  keep: [en]\n  threshold: 0.9\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: line 4: key 'threshold' is given twice in one section "
+                                          r"\(first on line 2\)"):
+        load_config(path)
+
+
+def test_an_oversize_config_file_is_refused_before_it_is_parsed(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("langid:\n  keep: [" + ", ".join(["en"] * 400_000) + "]\n")
+    with pytest.raises(ConfigError, match="is not a config file"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("bands, rows", [(0, 0), (0, 11), (-1, 5)])
+def test_lsh_shapes_that_cannot_be_used_are_refused(bands, rows):
+    with pytest.raises(ConfigError, match="near_dedup.bands"):
+        load_config(None, [f"near_dedup.bands={bands}", f"near_dedup.rows={rows}"])

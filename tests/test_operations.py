@@ -108,6 +108,16 @@ def test_exit_codes_of_input_and_integrity_problems(tmp_path):
     assert f"{manifest['shards'][0]['path']}: checksum differs" in v.stderr
     assert f"{manifest['rejected_shards'][0]['path']}: missing" in v.stderr
 
+    # files the manifest does not list: an extra shard (pyarrow.dataset and load_dataset would read it)
+    # and a temporary a stopped writer left
+    extra = Path(manifest["shards"][0]["path"]).with_name("part-99999.arrow")
+    (out / extra).write_bytes((out / manifest["shards"][0]["path"]).read_bytes())
+    (out / "run.json.tmp-0123abcd").write_text("{}")
+    v = run_cli("verify", out)
+    assert v.returncode == ExitCode.INTEGRITY
+    assert f"{extra}: not listed in the manifest" in v.stderr and "run.json.tmp-0123abcd: not listed" in v.stderr
+    assert "run.json: not listed" not in v.stderr and "manifest.json: not listed" not in v.stderr
+
 
 def test_tokens_are_not_written_over_a_corpus(tmp_path, demo_tokenizer):
     out = tmp_path / "c"
@@ -119,3 +129,39 @@ def test_tokens_are_not_written_over_a_corpus(tmp_path, demo_tokenizer):
     tokens = tmp_path / "t"
     assert run_cli("tokenize", "--corpus", out, "--tokenizer", demo_tokenizer, "--output", tokens, "-q").returncode == 0
     assert run_cli("verify", tokens).returncode == 0 and _run_json(tokens)["status"] == "succeeded"
+
+
+def test_usage_errors_are_found_before_anything_is_created(tmp_path):
+    out = tmp_path / "o"
+    r = _corpus(out, "--runner", "NoSuchRunner")
+    assert r.returncode == ExitCode.USAGE == 2, r.stderr[-2000:]
+    assert "--runner NoSuchRunner: Beam has no runner of that name; use one of" in r.stderr
+    assert "DirectRunner" in r.stderr
+    r = _corpus(out, "--runner", "DaskRunner")  # outside Beam's short names: said how to name it
+    assert r.returncode == 2 and "--runner apache_beam.runners.dask.dask_runner.DaskRunner" in r.stderr
+    assert not out.exists()  # no lock, marker or run.json
+
+    published = tmp_path / "p"
+    assert _corpus(published).returncode == 0
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in published.iterdir())
+    for output in (published, published / "next"):
+        r = run_cli("refresh", "--published", published, "--input", PARQUET, "--output", output)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert ("is the published corpus" if output == published else "inside one another") in r.stderr
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in published.iterdir()) == before
+
+
+def test_a_fifo_among_the_inputs_is_refused_at_planning_or_skipped(tmp_path):
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    (crawl / "a.parquet").write_bytes(Path(PARQUET).read_bytes())
+    os.mkfifo(crawl / "b.jsonl")  # nobody ever writes it: opening it for reading would block forever
+    out = tmp_path / "o"
+    r = run_cli("corpus", "--input", f"{crawl}/*", "--output", out, "--config", DEMO_CONFIG)
+    assert r.returncode == ExitCode.INPUT, r.stderr[-2000:]
+    assert f"{crawl}/b.jsonl: not a regular file but a FIFO (named pipe)" in r.stderr
+    assert not out.exists()
+    r = run_cli("corpus", "--input", f"{crawl}/*", "--output", out, "--config", DEMO_CONFIG, "--skip-bad-files")
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["path"] for s in manifest["skipped_inputs"]] == [f"{crawl}/b.jsonl"]

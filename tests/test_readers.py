@@ -154,3 +154,33 @@ def test_probe_accepts_shared_web_files():
     for name in ("resiliparse_CC-MAIN-2020-34_excerpt.warc.gz", "dolma_wget_sample-0001.warc.gz",
                  "oscar2019_hf_dummy_multilingual.jsonl"):
         assert probe(str(shared(f"web/{name}")), ReadConfig())[1] is None
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_jsonl_document(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "the first document"}\n{"text": "the second"}\n')
+    docs, _ = read_all(path)
+    assert [d["text"] for d in docs] == ["the first document", "the second"] and reasons(docs) == {None: 2}
+
+
+def test_a_binary_parquet_text_column_is_read_as_utf8(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "binary.parquet"
+    pq.write_table(pa.table({"text": pa.array(["Grüße aus der Mühle".encode(), b"bad \xff byte"], pa.binary())}),
+                   path)
+    docs, _ = read_all(path)
+    assert [d["text"] for d in docs] == ["Grüße aus der Mühle", "bad \ufffd byte"] and reasons(docs) == {None: 2}
+
+
+def test_a_file_with_glob_characters_in_its_name_is_read_as_named(tmp_path):
+    from gristmill.pipelines.corpus import plan_inputs
+
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    named = crawl / "brack[1].jsonl"
+    named.write_text('{"text": "x"}\n')
+    (crawl / "brack1.jsonl").write_text('{"text": "y"}\n')  # what the glob [1] would match instead
+    plan = plan_inputs([str(named)], ReadConfig(), progress=False)
+    assert [p for p, _ in plan.files] == [str(named)]

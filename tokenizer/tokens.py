@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from gristmill import io
+from gristmill.documents import unlisted_files
 from gristmill.errors import GristmillError
 
 SPLITS = ("train", "val")
@@ -133,4 +134,5 @@ def verify_tokens(data_dir: str | Path) -> list[str]:
             sequences += len(arr)
         if sequences != info["sequences"]:
             problems.append(f"{split}: {sequences} sequences in the shards, the manifest says {info['sequences']}")
-    return problems
+    listed = {e["path"] for info in manifest["splits"].values() for e in info["shards"]}
+    return problems + unlisted_files(str(data_dir), listed)

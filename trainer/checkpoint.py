@@ -9,15 +9,20 @@ A checkpoint directory holds
   and the last metrics; ``model_config.json``; ``run_config.json`` (the run's gristmill config);
 - the tokenizer files, so a checkpoint alone is enough to generate, evaluate or export.
 
-``trainer_state.json`` is written last, with the size of every other file, and the directory is
-renamed into place. A checkpoint is complete when its state file parses and every file it lists
-has that size: a copy that was cut short (Ray Train persisting a checkpoint to storage file by
-file when the process was killed) is never taken for a checkpoint.
+``trainer_state.json`` is written last, with the size and SHA-256 of every other file, and the
+directory is renamed into place. A checkpoint is complete when its state file parses and every file it
+lists has that size (cheap: what a run polls): a copy that was cut short (Ray Train persisting a
+checkpoint to storage file by file when the process was killed) is never taken for a checkpoint. It
+*verifies* when every file also has its SHA-256 (:func:`verify`): a resumed run takes the newest
+checkpoint that verifies and says which it skipped and why (damage of the same size: a flipped byte
+in a header or inside the optimizer state). A checkpoint a run diverged right after resuming from,
+before any step with a finite loss, is marked (:data:`SUSPECT_FILE`) and skipped from then on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +43,8 @@ from gristmill.errors import GristmillError
 from gristmill.trainer.model import GPT, ModelArgs, build_model
 
 STATE_FILE = "trainer_state.json"
+#: in a checkpoint directory: the run diverged right after resuming from it (its content is why)
+SUSPECT_FILE = "SUSPECT.json"
 #: config.json of a native checkpoint: not a transformers model; transformers' error quotes model_type
 NATIVE_SIGNPOST = {
     "model_type": "gristmill-native-checkpoint (not a transformers model: run `gristmill export-hf --checkpoint "
@@ -92,7 +99,8 @@ def save_checkpoint(path: Path, msd: dict, osd: dict | None, rng: dict, state: d
             if src.is_file():
                 shutil.copyfile(src, tmp / name)
     files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1, sort_keys=True))
+    sha256 = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "files": files, "sha256": sha256}, indent=1, sort_keys=True))
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
@@ -114,6 +122,51 @@ def _complete_state(path: Path) -> dict | None:
 
 def is_complete(path: Path) -> bool:
     return _complete_state(path) is not None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: Path) -> str | None:
+    """Why the checkpoint cannot be resumed from (incomplete, a file whose SHA-256 differs from the one
+    recorded, marked suspect), or None when it verifies. Checkpoints written before checksums were
+    recorded verify by their sizes."""
+    path = Path(path)
+    state = _complete_state(path)
+    if state is None:
+        return "incomplete (a file is missing or cut short)"
+    for name, digest in state.get("sha256", {}).items():
+        if _sha256(path / name) != digest:
+            return f"{name} differs from its recorded SHA-256 (damaged after it was written)"
+    if (path / SUSPECT_FILE).is_file():
+        return json.loads((path / SUSPECT_FILE).read_text()).get("why", "marked suspect")
+    return None
+
+
+def newest_verified_checkpoint(run_dir: Path, skipped: list[str] | None = None) -> Path | None:
+    """The newest ``checkpoint_*`` of a run that :func:`verify` accepts; each newer one it passed over is
+    appended to ``skipped`` with the reason."""
+    found = []
+    for d in Path(run_dir).glob("checkpoint_*"):
+        if d.is_dir() and not d.name.endswith(".tmp") and (state := _complete_state(d)) is not None:
+            found.append((state["step"], d))
+    for _, d in sorted(found, reverse=True):
+        problem = verify(d)
+        if problem is None:
+            return d
+        if skipped is not None:
+            skipped.append(f"{d.name}: {problem}")
+    return None
+
+
+def mark_suspect(path: Path, why: str) -> None:
+    """Mark a checkpoint not to be resumed from again (:func:`verify` then names ``why``)."""
+    (Path(path) / SUSPECT_FILE).write_text(json.dumps({"why": why}, indent=1))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ import torch
 import torch.distributed as dist
 
 from gristmill.config import GristmillConfig, LoopConfig, PretrainConfig
+from gristmill.errors import at_stop, reinstall_stop_handlers
+from gristmill.outputs import recorded_run
 from gristmill.tokenizer.tokens import read_token_manifest
 from gristmill.trainer import TrainingDivergedError
 from gristmill.trainer import checkpoint as ckpt
@@ -156,6 +159,10 @@ class _Run:
     fpt: float = 0.0  # training FLOPs per token
     peak: float = float("nan")  # one device's peak FLOP/s (MFU's denominator)
     last: dict = field(default_factory=lambda: {"loss": float("nan")})  # what the next report carries
+    # where this attempt resumed from, until finite steps vouch for it: the first step's loss comes from the
+    # checkpoint's weights alone, the second's from an update that used its optimizer state too
+    resumed_checkpoint: Path | None = None
+    resumed_step: int = 0
     # the throughput window: steps since the last log line, timed without validation and saving
     window_t: float = 0.0
     window_steps: int = 0
@@ -242,12 +249,17 @@ def resume(run: _Run) -> None:
     p, state, resumed_from = run.p, None, None
     # the newest complete checkpoint in storage wins over Ray Train's record: the controller learns of
     # a reported checkpoint by polling, so a run killed right after one completed may not know of it
-    newest = ckpt.latest_checkpoint(run.run_dir)
+    # newest that verifies (checksums, not marked suspect): a damaged one is passed over, with why
+    skipped: list[str] = []
+    newest = ckpt.newest_verified_checkpoint(run.run_dir, skipped)
+    if skipped and run.rank == 0:
+        for why in skipped:
+            log.warning("not resuming from %s; taking an older checkpoint", why)
     newest_step = ckpt.read_state(newest)["step"] if newest is not None else -1
     checkpoint = ray.train.get_checkpoint() if not run.local_mode else None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            if ckpt.is_complete(Path(d)) and ckpt.read_state(Path(d))["step"] >= newest_step:
+            if ckpt.verify(Path(d)) is None and ckpt.read_state(Path(d))["step"] >= newest_step:
                 state = ckpt.restore(Path(d), run.wrapped, run.opt, run.rank)
                 resumed_from = d
     if state is None and newest is not None:
@@ -262,6 +274,7 @@ def resume(run: _Run) -> None:
                             f"{p.batch_size}: the data position would not match; keep the batch size to resume")
         log.info("rank %d resumed from %s at step %d (%d samples consumed)", run.rank, resumed_from, run.step,
                  run.samples)
+        run.resumed_checkpoint, run.resumed_step = run.run_dir / Path(resumed_from).name, run.step
     else:
         torch.manual_seed(p.seed + 1 + run.rank)  # per-rank stream for dropout
     if run.rank == 0:
@@ -340,8 +353,15 @@ def diverged(run: _Run, loss: float, grad_norm: float) -> bool:
         return False
     run.opt.zero_grad(set_to_none=True)
     if run.rank == 0:
-        good = ckpt.latest_checkpoint(run.run_dir) if run.local_mode else None
         what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
+        if run.resumed_checkpoint is not None and run.resumed_checkpoint.is_dir():
+            # diverged before one finite step from where it resumed: that checkpoint is not "good" (a damaged
+            # optimizer state loads and gives NaN two steps later); every resubmission would fail the same way
+            ckpt.mark_suspect(run.resumed_checkpoint, f"the run diverged ({what}) at step {run.step + 1}, right "
+                              "after resuming from it")
+            log.error("%s is marked suspect: a resubmitted run resumes from an older checkpoint",
+                      run.resumed_checkpoint.name)
+        good = ckpt.newest_verified_checkpoint(run.run_dir)
         info = {"step": run.step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr_at(run.step, run.p),
                 "message": f"{what} at step {run.step + 1}; the last good checkpoint is kept"}
         if good:
@@ -355,6 +375,8 @@ def apply_update(run: _Run, loss: float) -> None:
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     run.step += 1
+    if run.step >= run.resumed_step + 2:  # two finite steps from it: the checkpoint resumed from was good
+        run.resumed_checkpoint = None
     run.samples += run.p.batch_size
     run.tokens_seen += run.p.batch_size * run.task.seq_len
     run.window_steps += 1
@@ -781,7 +803,12 @@ def ensure_ray(p: LoopConfig) -> None:
     quiet = {"worker_process_setup_hook": _quiet_placement_group_cleaner}
     ray.init(logging_level=logging.WARNING, log_to_driver=True,
              **({"include_dashboard": False, "runtime_env": quiet} if no_dashboard else {}))
+    # ray.init installs a handler that aborts the process on SIGTERM (exit 134, a C++ stack dump): the
+    # command's own handlers stop the run cleanly instead (gristmill.errors), and a Ray started here is
+    # shut down before the process exits, so none of its processes is left behind
+    reinstall_stop_handlers()
     if not os.environ.get("RAY_ADDRESS"):
+        at_stop(ray.shutdown)
         _start_autoscaling_coordinator()
 
 
@@ -827,12 +854,52 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
             logging_config=LoggingConfig(log_level="WARNING" if not log.isEnabledFor(logging.DEBUG) else "INFO"),
         ),
     )
-    result = trainer.fit()
+    # STORAGE_PATH/NAME/run.json says how the run ended (as a corpus's does): interrupted by SIGTERM with
+    # 143, diverged with 3, ...; rank zero speaks for a torchrun group
+    with recorded_run(str(run_dir), task) if is_rank_zero() else contextlib.nullcontext({}) as record:
+        result = trainer.fit() if local_mode else _wait_interruptibly(trainer.fit)
+        _check_diverged(run_dir, result)
+        checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else ckpt.latest_checkpoint(run_dir)
+        record.update(checkpoint=str(checkpoint) if checkpoint else None)
+    return TrainResult(run_dir, checkpoint, result.metrics or {}, time.time() - t0)
+
+
+#: how often a main thread that waits on other threads looks for a signal to handle
+SIGNAL_POLL_SECONDS = 0.2
+
+
+def _wait_interruptibly(fn):
+    """``fn()`` in a helper thread while the main thread waits for it. Ray Train's ``fit`` blocks the
+    main thread in Ray's C++ ``get`` until training ends, and Python runs signal handlers only between
+    bytecodes of the main thread: SIGTERM or Ctrl-C would wait for the whole run. An Event's wait is
+    interrupted by them (gristmill.errors stops the run, shutting down a Ray started here)."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    box: dict = {}
+    done = threading.Event()
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread as it is
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="gristmill-ray-train-fit", daemon=True).start()
+    # with a timeout: the kernel may deliver the signal to another thread (Ray's), and then only the main
+    # thread's next bytecode runs the handler; an endless wait would never return to one
+    while not done.wait(SIGNAL_POLL_SECONDS):
+        pass
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _check_diverged(run_dir: Path, result) -> None:
     diverged = run_dir / DIVERGED_FILE
     if diverged.exists():
         info = json.loads(diverged.read_text())
         last_good = info.get("last_good_checkpoint") or (result.checkpoint.path if result.checkpoint else None)
         raise TrainingDivergedError(f"{info['message']} ({last_good or 'no checkpoint was written before it'}); "
                                     "lower the learning rate, raise warmup_steps or check the data")
-    checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else ckpt.latest_checkpoint(run_dir)
-    return TrainResult(run_dir, checkpoint, result.metrics or {}, time.time() - t0)

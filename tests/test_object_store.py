@@ -1,0 +1,157 @@
+"""Object stores for real: gristmill's commands on s3:// paths against an S3-compatible server (moto's) on
+loopback, the credentials given as a cluster user gives them (Beam's --s3_* options), and never written down."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from .conftest import DEMO_CONFIG, REPO, run_cli
+from .s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, start_s3_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_crawl(s3, mini_crawl) -> str:
+    s3.upload_dir(mini_crawl, "crawl", "mini")
+    s3.client().create_bucket(Bucket="out")
+    return "s3://crawl/mini"
+
+
+def _secrets_in(blob: bytes | str) -> list[str]:
+    text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else blob
+    return [s for s in (SECRET_ACCESS_KEY, ACCESS_KEY_ID) if s in text]
+
+
+def readme_s3_commands(s3) -> list[list[str]]:
+    """The README's s3:// example (the block after ``<!-- s3-example -->``), its endpoint and credentials
+    those of the test's server: each command as its argument list."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- s3-example -->", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    block = block.replace("http://127.0.0.1:9000", s3.endpoint).replace('"$KEY"', ACCESS_KEY_ID)
+    block = block.replace('"$SECRET"', SECRET_ACCESS_KEY)
+    return [shlex.split(line)[1:] for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def s3_corpus(s3, s3_crawl):
+    """The README's ``gristmill corpus`` from s3:// to s3:// (the forked pool of two processes, the default)."""
+    corpus = readme_s3_commands(s3)[0]
+    assert corpus[:5] == ["corpus", "--input", f"{s3_crawl}/*", "--output", "s3://out/corpus"]
+    return run_cli(*corpus, process=True)
+
+
+def test_a_corpus_from_and_to_s3_is_the_local_corpus_and_leaves_no_temporaries(s3, s3_corpus, mini_corpus):
+    assert s3_corpus.returncode == 0, s3_corpus.stderr[-3000:]
+    stored = s3.keys("out", "corpus/")
+    # nothing of the run's temporaries is left (an object store's "directory" is a prefix: removed by listing)
+    assert not [k for k in stored if k.split("/")[0] in ("_work", "_stats", "_spill") or ".tmp-" in k], sorted(stored)
+    local = {str(p.relative_to(mini_corpus)): p.read_bytes() for p in mini_corpus.rglob("*") if p.is_file()}
+    shards = sorted(k for k in local if k.startswith(("lang=", "_index/", "_rejected/")))
+    assert shards and sorted(k for k in stored if k.startswith(("lang=", "_index/", "_rejected/"))) == shards
+    for k in shards:  # the same documents, byte for byte, as the run on local disk
+        assert stored[k] == local[k], k
+    manifest = json.loads(stored["manifest.json"])
+    assert manifest["counts"] == json.loads(local["manifest.json"])["counts"]
+    run = json.loads(stored["run.json"])
+    assert run["status"] == "succeeded" and run["exit_code"] == 0
+
+
+def test_no_credential_is_written_to_the_output_or_the_log(s3, s3_corpus):
+    assert s3_corpus.returncode == 0, s3_corpus.stderr[-3000:]
+    run = json.loads(s3.keys("out", "corpus/")["run.json"])
+    argv = run["argv"]
+    at = argv.index("--s3_secret_access_key")
+    assert argv[at + 1] == "***" and argv[argv.index("--s3_access_key_id") + 1] == "***"
+    assert argv[argv.index("--s3_region_name") + 1] == "us-east-1"  # not a secret: kept
+    for key, blob in s3.keys("out", "corpus/").items():
+        assert not _secrets_in(blob), key
+    assert not _secrets_in(s3_corpus.stdout + s3_corpus.stderr)
+
+
+def test_verify_and_tokenize_read_a_corpus_on_s3(s3, s3_corpus, demo_tokenizer, tmp_path):
+    assert s3_corpus.returncode == 0, s3_corpus.stderr[-3000:]
+    v = run_cli(*readme_s3_commands(s3)[1], process=True)  # the README's verify
+    assert v.returncode == 0 and "s3://out/corpus: ok" in v.stdout, v.stderr[-3000:]
+    t = run_cli("tokenize", "--corpus", "s3://out/corpus", "--tokenizer", demo_tokenizer, "--output",
+                tmp_path / "tokens", "--seq-len", "64", *s3.options(), process=True)
+    assert t.returncode == 0, t.stderr[-3000:]
+    tokens = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
+    kept = json.loads(s3.keys("out", "corpus/")["manifest.json"])["counts"]["kept"]
+    assert sum(s["documents"] for s in tokens["splits"].values()) == kept
+    assert not _secrets_in(v.stdout + v.stderr + t.stdout + t.stderr)
+    assert not _secrets_in((tmp_path / "tokens" / "run.json").read_text())
+
+
+def test_a_refresh_on_s3_dedups_against_the_published_corpus_on_s3(s3, s3_corpus, s3_crawl):
+    assert s3_corpus.returncode == 0, s3_corpus.stderr[-3000:]
+    # the same crawl again: every document is already published
+    r = run_cli("refresh", "--published", "s3://out/corpus", "--input", f"{s3_crawl}/*", "--output",
+                "s3://out/corpus-2", *s3.options(), process=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stored = s3.keys("out", "corpus-2/")
+    manifest = json.loads(stored["manifest.json"])
+    assert manifest["counts"]["kept"] == 0 and manifest["counts"]["read"] > 0
+    assert [v["path"] for v in manifest["versions"]][-2:] == ["s3://out/corpus", "s3://out/corpus-2"]
+    assert not [k for k in stored if k.split("/")[0] in ("_work", "_stats", "_spill")]
+
+
+def test_an_s3_output_holding_other_files_is_refused(s3, s3_crawl):
+    s3.client().put_object(Bucket="out", Key="theirs/notes.txt", Body=b"a user's file")
+    r = run_cli("corpus", "--input", f"{s3_crawl}/*", "--output", "s3://out/theirs", "--config", DEMO_CONFIG,
+                *s3.options(), process=True)
+    assert r.returncode == 2 and "is not empty and was not written by gristmill" in r.stderr, r.stderr[-2000:]
+    assert set(s3.keys("out", "theirs/")) == {"notes.txt"}  # nothing written next to it
+
+
+def test_an_output_in_a_missing_bucket_is_refused_with_what_to_check(s3, s3_crawl):
+    r = run_cli("corpus", "--input", f"{s3_crawl}/*", "--output", "s3://no-such-bucket/corpus", "--config",
+                DEMO_CONFIG, *s3.options(), process=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "cannot list and write the output s3://no-such-bucket/corpus" in r.stderr
+    assert "does the bucket exist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_remove_tree_on_s3_removes_every_object_under_the_prefix_and_no_other(s3):
+    from gristmill import io
+
+    c = s3.client()
+    c.create_bucket(Bucket="tree")
+    for key in ("run/_work/a.arrow", "run/_work/sub/b.arrow", "run/_workers.txt", "run/keep.json"):
+        c.put_object(Bucket="tree", Key=key, Body=b"x")
+    io.configure(s3.options())
+    assert not io.exists("s3://tree/run/_work")  # a prefix is not an object: why exists() could not see it
+    io.remove_tree("s3://tree/run/_work")
+    assert sorted(s3.keys("tree", "run/")) == ["_workers.txt", "keep.json"]
+
+
+def test_ten_runs_in_a_row_on_s3_none_hangs(s3, s3_crawl):
+    """The per-file pool forks while Beam's gRPC threads and boto3 clients exist in the parent (one of three
+    runs once hung there for minutes): ten runs from s3:// to s3://, each with a pool of two processes, all
+    finish and write the same corpus. A hang fails the test after 5 minutes (faulthandler dumps the stacks)."""
+    import faulthandler
+
+    inputs = [f"{s3_crawl}/cc-main-2024-22-whirlwind.warc.wet.gz", f"{s3_crawl}/ccnet-cc-main-2020-16.parquet"]
+    manifests = []
+    for i in range(10):
+        faulthandler.dump_traceback_later(300, exit=True)
+        try:
+            r = run_cli("corpus", "--input", *inputs, "--output", f"s3://out/repeat-{i}", "--config", DEMO_CONFIG,
+                        "--set", "near_dedup.enabled=false", "--set", "write.html_report=false",  # one pipeline
+                        "--direct_num_workers", "2", "-q", *s3.options())
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        assert r.returncode == 0, r.stderr[-3000:]
+        manifests.append(json.loads(s3.keys("out", f"repeat-{i}/")["manifest.json"]))
+    assert all(m["shards"] == manifests[0]["shards"] for m in manifests) and manifests[0]["counts"]["kept"] > 0
