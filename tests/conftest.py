@@ -103,6 +103,27 @@ def kill_process_group(proc: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
+def signal_stopped(proc: subprocess.Popen, sig: int, to_group: bool = False) -> None:
+    """Send ``sig`` to ``proc`` (or its whole process group, as a terminal's Ctrl-C does) with the group
+    stopped meanwhile (SIGSTOP, the signal, SIGCONT): a run near its end cannot finish between the state a
+    test waited for and the signal, which is delivered when the group continues."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
+    os.killpg(proc.pid, signal.SIGCONT)
+
+
+def group_left_behind(pgid: int, timeout: float = 60) -> list[int]:
+    """The members of process group ``pgid`` still alive ``timeout`` seconds after its leader exited (none:
+    []). Pool workers die with their parent (PR_SET_PDEATHSIG) a moment after it, not at the same instant."""
+    deadline = time.time() + timeout
+    while (left := _live_members(pgid)) and time.time() < deadline:
+        time.sleep(0.01)
+    return left
+
+
 def _live_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that have not exited (zombies have: they hold no file)."""
     live = []

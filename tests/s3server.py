@@ -51,12 +51,14 @@ class S3Server:
 
     def keys(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
         """Every object under ``prefix``: key (relative to the prefix) → bytes."""
+        from concurrent.futures import ThreadPoolExecutor
+
         c = self.client()
-        out: dict[str, bytes] = {}
-        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for o in page.get("Contents", []):
-                out[o["Key"][len(prefix):].lstrip("/")] = c.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-        return out
+        keys = [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                for o in page.get("Contents", [])]
+        with ThreadPoolExecutor(8) as pool:  # boto3 clients are thread-safe; the server answers in threads
+            bodies = pool.map(lambda k: c.get_object(Bucket=bucket, Key=k)["Body"].read(), keys)
+            return {k[len(prefix):].lstrip("/"): b for k, b in zip(keys, bodies)}
 
     def stop(self) -> None:
         if self.process.poll() is None:

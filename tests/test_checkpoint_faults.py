@@ -25,7 +25,7 @@ def copied_run(pretrained_run, demo_tokens64, tmp_path) -> tuple[Path, Path]:
     """A copy of the 40-step run with checkpoints at 20, 30 and 40, and a config that continues it to step 44."""
     run_dir = tmp_path / "runs" / "whole"
     shutil.copytree(pretrained_run, run_dir)
-    tree = training.small_pretrain(tmp_path, "whole", data=str(demo_tokens64), max_steps=44, checkpoint_every=2)
+    tree = training.small_pretrain(tmp_path, "whole", data=str(demo_tokens64), max_steps=44, checkpoint_every=4)
     return run_dir, training.write_config(tmp_path / "more.yaml", tree)
 
 

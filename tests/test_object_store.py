@@ -51,9 +51,14 @@ def s3_corpus(s3, s3_crawl):
     return run_cli(*corpus, process=True)
 
 
-def test_a_corpus_from_and_to_s3_is_the_local_corpus_and_leaves_no_temporaries(s3, s3_corpus, mini_corpus):
+@pytest.fixture(scope="module")
+def stored(s3, s3_corpus) -> dict[str, bytes]:
+    """Every object the s3:// corpus run wrote: key under s3://out/corpus/ → bytes."""
     assert s3_corpus.returncode == 0, s3_corpus.stderr[-3000:]
-    stored = s3.keys("out", "corpus/")
+    return s3.keys("out", "corpus/")
+
+
+def test_a_corpus_from_and_to_s3_is_the_local_corpus_and_leaves_no_temporaries(stored, mini_corpus):
     # nothing of the run's temporaries is left (an object store's "directory" is a prefix: removed by listing)
     assert not [k for k in stored if k.split("/")[0] in ("_work", "_stats", "_spill") or ".tmp-" in k], sorted(stored)
     local = {str(p.relative_to(mini_corpus)): p.read_bytes() for p in mini_corpus.rglob("*") if p.is_file()}
@@ -67,34 +72,31 @@ def test_a_corpus_from_and_to_s3_is_the_local_corpus_and_leaves_no_temporaries(s
     assert run["status"] == "succeeded" and run["exit_code"] == 0
 
 
-def test_no_credential_is_written_to_the_output_or_the_log(s3, s3_corpus):
-    assert s3_corpus.returncode == 0, s3_corpus.stderr[-3000:]
-    run = json.loads(s3.keys("out", "corpus/")["run.json"])
+def test_no_credential_is_written_to_the_output_or_the_log(stored, s3_corpus):
+    run = json.loads(stored["run.json"])
     argv = run["argv"]
     at = argv.index("--s3_secret_access_key")
     assert argv[at + 1] == "***" and argv[argv.index("--s3_access_key_id") + 1] == "***"
     assert argv[argv.index("--s3_region_name") + 1] == "us-east-1"  # not a secret: kept
-    for key, blob in s3.keys("out", "corpus/").items():
+    for key, blob in stored.items():
         assert not _secrets_in(blob), key
     assert not _secrets_in(s3_corpus.stdout + s3_corpus.stderr)
 
 
-def test_verify_and_tokenize_read_a_corpus_on_s3(s3, s3_corpus, demo_tokenizer, tmp_path):
-    assert s3_corpus.returncode == 0, s3_corpus.stderr[-3000:]
+def test_verify_and_tokenize_read_a_corpus_on_s3(s3, stored, demo_tokenizer, tmp_path):
     v = run_cli(*readme_s3_commands(s3)[1], process=True)  # the README's verify
     assert v.returncode == 0 and "s3://out/corpus: ok" in v.stdout, v.stderr[-3000:]
     t = run_cli("tokenize", "--corpus", "s3://out/corpus", "--tokenizer", demo_tokenizer, "--output",
                 tmp_path / "tokens", "--seq-len", "64", *s3.options(), process=True)
     assert t.returncode == 0, t.stderr[-3000:]
     tokens = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
-    kept = json.loads(s3.keys("out", "corpus/")["manifest.json"])["counts"]["kept"]
+    kept = json.loads(stored["manifest.json"])["counts"]["kept"]
     assert sum(s["documents"] for s in tokens["splits"].values()) == kept
     assert not _secrets_in(v.stdout + v.stderr + t.stdout + t.stderr)
     assert not _secrets_in((tmp_path / "tokens" / "run.json").read_text())
 
 
-def test_a_refresh_on_s3_dedups_against_the_published_corpus_on_s3(s3, s3_corpus, s3_crawl):
-    assert s3_corpus.returncode == 0, s3_corpus.stderr[-3000:]
+def test_a_refresh_on_s3_dedups_against_the_published_corpus_on_s3(s3, stored, s3_crawl):
     # the same crawl again: every document is already published
     r = run_cli("refresh", "--published", "s3://out/corpus", "--input", f"{s3_crawl}/*", "--output",
                 "s3://out/corpus-2", *s3.options(), process=True)

@@ -17,7 +17,7 @@ import pytest
 
 from gristmill.locks import LOCK_FILE
 
-from .conftest import DEMO_CONFIG, GRISTMILL, _live_members, cli_env, run_cli
+from .conftest import DEMO_CONFIG, GRISTMILL, cli_env, group_left_behind, run_cli, signal_stopped
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +33,9 @@ def _interrupt_when(args: list, ready, sig: int, to_group: bool) -> tuple[subpro
         assert proc.poll() is None, f"the run ended before the signal: {proc.communicate()[1][-3000:]}"
         assert time.time() < deadline, "the run never reached the point of the signal"
         time.sleep(0.01)
-    # stopped first, so that a run near its end cannot finish between ready() and the signal; the signal
-    # is delivered when the group continues
-    os.killpg(proc.pid, signal.SIGSTOP)
-    if to_group:
-        os.killpg(proc.pid, sig)
-    else:
-        os.kill(proc.pid, sig)
-    os.killpg(proc.pid, signal.SIGCONT)
+    signal_stopped(proc, sig, to_group)
     out, err = proc.communicate(timeout=120)  # a hang guard: a stopped run exits in about a second
-    left = _live_members(proc.pid)
+    left = group_left_behind(proc.pid)
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), left
@@ -103,7 +96,8 @@ def test_a_signalled_refresh_stops_cleanly_and_leaves_the_published_corpus_as_it
     published = mini_corpus  # the shared corpus: a refresh only reads it (and this test checks that)
     before = {p: p.read_bytes() for p in published.rglob("*") if p.is_file() and p.name != LOCK_FILE}
     out = tmp_path / "next"
-    args = ["refresh", "--published", published, "--input", f"{mini_crawl}/*", "--output", out]
+    inputs = sorted(str(p) for p in mini_crawl.iterdir())[:3]
+    args = ["refresh", "--published", published, "--input", *inputs, "--output", out]
     r, left = _interrupt_when(args, _work_done(out), signal.SIGTERM, False)
     _assert_stopped_cleanly(r, left, out, signal.SIGTERM)
     assert {p: p.read_bytes() for p in published.rglob("*") if p.is_file() and p.name != LOCK_FILE} == before
@@ -123,28 +117,3 @@ def test_a_signalled_tokenize_stops_cleanly_and_resumes(tmp_path, demo_corpus, d
     assert "reusing its encoding from an earlier run" in again.stderr
     assert run_cli("verify", out).returncode == 0
 
-
-def test_a_signalled_pretraining_run_stops_cleanly_and_resumes(tmp_path, demo_tokens64):
-    """SIGTERM to a run on Ray Train (ray.init installs a handler that aborts the process: exit 134 and a stack
-    dump, with Ray's processes to clean up): the run stops at once, its Ray shut down; the same command again
-    resumes from the newest complete checkpoint, and Ctrl-C stops that run too (Ray Train's local mode)."""
-    from . import training
-
-    tree = training.small_pretrain(tmp_path, "sig", data=str(demo_tokens64), num_workers=1, max_steps=200,
-                                   eval_every=100)
-    cfg = training.write_config(tmp_path / "sig.yaml", tree)
-    run_dir = tmp_path / "runs" / "sig"
-    r, left = _interrupt_when(["pretrain", "--config", cfg], lambda: training.checkpoint_complete(run_dir, 10),
-                              signal.SIGTERM, False)
-    assert r.returncode == 143 and not left, (r.stdout + r.stderr)[-3000:]
-    out = r.stdout + r.stderr
-    assert "interrupted by SIGTERM: stopped" in out and "Traceback" not in out and "SIGTERM received" not in out
-    record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "interrupted" and record["exit_code"] == 143
-    assert not training.checkpoint_complete(run_dir, 200)
-
-    r, left = _interrupt_when(["pretrain", "--config", cfg, "--set", "pretrain.num_workers=0"],
-                              lambda: bool(training.resumed_from(run_dir)), signal.SIGINT, True)
-    assert r.returncode == 130 and not left, (r.stdout + r.stderr)[-3000:]
-    assert training.resumed_from(run_dir)[0] >= 10 and "Traceback" not in r.stdout + r.stderr
-    assert json.loads((run_dir / "run.json").read_text())["exit_code"] == 130
