@@ -42,6 +42,12 @@ def test_a_checkpoint_damaged_in_place_is_passed_over_with_the_reason(copied_run
     assert training.resumed_from(run_dir) == [30]
     assert training.checkpoint_complete(run_dir, 44)
 
+    # submitted once more: it says the run is complete, with its final metrics, and trains nothing
+    done = run_cli("pretrain", "--config", cfg)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "is already complete at step 44 (max_steps 44): nothing to train" in done.stderr
+    assert '"step": 44' in done.stdout and '"loss"' in done.stdout and training.resumed_from(run_dir) == [30]
+
 
 def test_a_run_that_diverges_right_after_resuming_does_not_bless_that_checkpoint(copied_run):
     run_dir, cfg = copied_run

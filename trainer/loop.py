@@ -825,6 +825,12 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
     cfg, args, extra = prepare(cfg, task)
     p = getattr(cfg, TASK_SECTIONS[task])
     run_dir = Path(p.storage_path) / p.name
+    finished = _finished(run_dir, p.max_steps)
+    if finished is not None:  # resubmitted after it ended: say so, start nothing
+        state = ckpt.read_state(finished)
+        log.info("%s is already complete at step %d (max_steps %d): nothing to train; its last checkpoint is %s",
+                 run_dir, state["step"], p.max_steps, finished)
+        return TrainResult(run_dir, finished, state.get("metrics") or {}, time.time() - t0)
     if not (p.use_gpu or p.peak_tflops or ray.is_initialized() or os.environ.get("RAY_ADDRESS")):
         threads = torch.get_num_threads() if p.num_workers == 0 else p.cpus_per_worker
         extra["cpu_peak"] = driver_cpu_peak(p, threads)
@@ -866,6 +872,14 @@ def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = 
 
 #: how often a main thread that waits on other threads looks for a signal to handle
 SIGNAL_POLL_SECONDS = 0.2
+
+
+def _finished(run_dir: Path, max_steps: int) -> Path | None:
+    """The run's final checkpoint when an earlier submission reached ``max_steps``, else None."""
+    newest = ckpt.newest_verified_checkpoint(run_dir) if run_dir.is_dir() else None
+    if newest is not None and ckpt.read_state(newest)["step"] >= max_steps:
+        return newest
+    return None
 
 
 def _wait_interruptibly(fn):
