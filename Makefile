@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=30
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -125,28 +125,40 @@ def group_left_behind(pgid: int, timeout: float = 60) -> list[int]:
 
 
 def _live_members(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` that have not exited (zombies have: they hold no file)."""
+    """Processes of group ``pgid`` that have not exited. A process has exited when every one of its threads
+    has: a multi-threaded process's leader shows as a zombie while its other threads are still exiting, and
+    until the last of them has, the process's files (an inherited flock among them) are still open."""
     live = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()  # after the name: state, ppid, pgrp
+            if int(fields[2]) != pgid:
+                continue
+            states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in (d / "task").iterdir()]
+        except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, ...
+        if any(state not in "ZX" for state in states):
             live.append(int(d.name))
     return live
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist's ``--dist loadgroup`` (``make test``), a module's tests stay together on one worker,
-    so that its module-scoped fixtures are built once; a test may name a group of its own
-    (``@pytest.mark.xdist_group``) to run apart from its module."""
-    for item in items:
-        if not any(True for _ in item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__.rsplit(".", 1)[-1]))
+    """Under pytest-xdist (``make test``: ``--dist loadscope --no-loadscope-reorder``) a module is the unit a
+    worker takes, so that its module-scoped fixtures are built once; the modules with the longest tests go
+    first (longest-processing-time-first: a long module handed out last keeps one worker busy while the other
+    has nothing left). A test that should run beside its module's other tests lives in a module of its own
+    (test_trainer_kill.py, test_ray_job_submit.py). (pytest-xdist's ``loadgroup`` does not group under pytest 9:
+    it renames node ids through an attribute pytest 9 no longer reads.)"""
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike, so their collections agree
+        rank = {m: i for i, m in enumerate(LONGEST_MODULES)}
+        items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
+
+
+#: test modules by their time in a fresh-clone run (docs/development.md: `.ci/durations.py`), longest first
+LONGEST_MODULES = ("test_trainer_e2e", "test_ablate", "test_near_dedup", "test_trainer_kill", "test_ray_job_submit",
+                   "test_object_store", "test_ops_refresh", "test_mlm_e2e", "test_parquet_output", "test_corpus_e2e")
 
 
 def shared(rel: str) -> Path:
@@ -349,3 +361,4 @@ def mixture_run(mixture_sources, tmp_path_factory) -> Path:
         api.pretrain(training.load(cfg))
 
     return built_once(tmp_path_factory, "mixture", build) / "runs" / "whole"
+

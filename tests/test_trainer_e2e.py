@@ -1,24 +1,18 @@
 """End to end: pretraining on real token shards (the sample crawl through corpus → tokenizer → tokenize):
-in this process (Ray Train's local mode), with a Ray Train worker killed with its whole run and resubmitted,
-DDP and FSDP in two processes under torchrun (local mode, no Ray cluster), two Ray Train workers surviving a
-killed worker, and submitted with ``ray job submit`` to a two-node cluster the test builds
-(tests/raycluster.py)."""
+in this process (Ray Train's local mode), DDP and FSDP in two processes under torchrun (local mode, no Ray
+cluster), two Ray Train workers surviving a killed worker, compiled, diverging. A run killed with its Ray and
+resubmitted: tests/test_trainer_kill.py; ``ray job submit`` to a two-node cluster: tests/test_ray_job_submit.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from . import training
-from .conftest import REPO, group_left_behind, mixture_tree, signal_stopped
-from .raycluster import TwoNodeCluster, can_make_netns
 
 pytestmark = pytest.mark.slow
 
@@ -36,47 +30,7 @@ def test_a_local_run_learns_validates_and_logs_every_step(pretrained_run):
     assert {p.name for p in pretrained_run.glob("checkpoint_*")} == {f"checkpoint_{s:08d}" for s in (20, 30, 40)}
 
 
-@pytest.mark.xdist_group("trainer_kill")  # apart from its module's other tests (make test's workers)
-def test_a_killed_run_resubmitted_resumes_exactly(mixture_run, mixture_sources, tmp_path):
-    """The crash a scheduler sees, on a Ray Train worker and a two-source mixture (whose data position must
-    resume too): the run and its Ray SIGKILLed the moment its step-20 checkpoint is complete in storage, before
-    Ray Train's controller has (necessarily) recorded it. Submitted again, it resumes from step 20, not from
-    the checkpoint the controller recorded; stopped by SIGTERM, it stops cleanly; submitted a third time, its
-    log reads as one run (nothing repeated, nothing skipped) and it ends with the weights of the uninterrupted
-    run (trained in this process: Ray Train's local mode and one Ray Train worker compute the same). A run
-    restarted after steps it had logged past its checkpoint: the worker-kill test below."""
-    cfg = training.write_config(tmp_path / "cut.yaml", mixture_tree(tmp_path, mixture_sources, "cut", num_workers=1))
-    run_dir = tmp_path / "runs" / "cut"
 
-    proc = training.start("pretrain", cfg)
-    training.wait_for(proc, lambda: training.checkpoint_complete(run_dir, 20), "its step-20 checkpoint")
-    training.kill_group(proc)
-    assert not training.checkpoint_complete(run_dir, 30)
-
-    # submitted again, on Ray; then stopped as a scheduler stops a job (SIGTERM), once it has resumed: it stops
-    # at once (ray.init's own handler would abort it with a stack dump), its Ray shut down, no process left
-    proc = training.start("pretrain", cfg)
-    training.wait_for(proc, lambda: bool(training.resumed_from(run_dir)), "its resumption")
-    signal_stopped(proc, signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]  # a hang guard: a stopped run exits in about a second
-    assert proc.returncode == 143, out[-3000:]
-    assert not group_left_behind(proc.pid)
-    assert training.resumed_from(run_dir) == [20]  # not the checkpoint Ray Train's controller recorded
-    assert "interrupted by SIGTERM: stopped" in out and "tokens available" in out
-    # on a busy machine (make test's other worker) Ray printed a harmless "E ... core_worker.cc" line (issue 33)
-    assert "Traceback" not in out and "core_worker.cc" not in out and "SIGTERM received" not in out, out[-3000:]
-    record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "interrupted" and record["exit_code"] == 143
-
-    # and once more, in Ray Train's local mode (it computes what one Ray Train worker does): from the newest
-    # complete checkpoint to the end, a log that reads as one run, the weights of the uninterrupted run
-    again = training.cli("pretrain", cfg, "--set", "pretrain.num_workers=0")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "val loss" in again.stdout + again.stderr and "checkpoint_00000040" in again.stdout
-    assert len(training.resumed_from(run_dir)) == 2 and training.resumed_from(run_dir)[1] >= 20
-    assert training.logged_steps(run_dir) == list(range(1, 41))
-    assert training.max_abs_diff(training.final_weights(mixture_run, 40), training.final_weights(run_dir, 40)) <= 1e-6
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "succeeded"
 
 
 @pytest.fixture(scope="module")
@@ -184,53 +138,3 @@ def test_a_nan_loss_or_gradient_stops_the_run_and_keeps_the_last_good_checkpoint
     assert info["last_good_checkpoint"] == str(kept[-1])
 
 
-@pytest.mark.xdist_group("ray_job_submit")  # apart from its module's other tests (make test's workers)
-@pytest.mark.skipif(can_make_netns() is not None, reason=str(can_make_netns()))
-def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, demo_tokens64):
-    """`ray start --head` + a second node in a network namespace, token authentication on; the job is
-    submitted with `ray job submit --working-dir .` and runs one training worker on each node."""
-    cluster = TwoNodeCluster()
-    try:
-        cluster.start()
-        assert cluster.nodes_alive() == 2
-        def cfg_file(steps: int) -> Path:
-            tree = training.small_pretrain(tmp_path, "cluster", data=str(demo_tokens64), num_workers=2,
-                                           placement_strategy="SPREAD", max_steps=steps, log_every=5, eval_every=10)
-            return training.write_config(tmp_path / f"cluster-{steps}.yaml", tree)
-
-        def submit(config: Path) -> None:
-            for _ in range(12):
-                r = subprocess.run(
-                    [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.address,
-                     "--working-dir", str(REPO), "--",
-                     "python", "-m", "gristmill.trainer.pretrain", "--config", str(config)],
-                    capture_output=True, text=True, timeout=400, env=cluster.env(),
-                )
-                # the head's job agent registers some seconds after `ray start` returns (longer on a busy
-                # machine); until then Ray refuses the submission and says to try again later
-                if "No available agent to submit job" not in r.stdout + r.stderr:
-                    break
-                time.sleep(5)
-            assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-5000:]
-
-        submit(cfg_file(20))
-        # the same run submitted again (here with more steps) resumes from the checkpoint Ray Train recorded
-        submit(cfg_file(25))
-        # without the token the dashboard refuses the submission
-        denied = subprocess.run(
-            [str(Path(sys.executable).parent / "ray"), "job", "list", "--address", cluster.address],
-            capture_output=True, text=True, timeout=120, env={**cluster.env(), "RAY_AUTH_TOKEN": "0" * 64},
-        )
-        assert denied.returncode != 0
-    finally:
-        cluster.stop()
-    assert cluster._our_pids() == []  # nothing of the cluster left running (its agents would hold ports)
-    run_dir = tmp_path / "runs" / "cluster"
-    ips = {json.loads(p.read_text())["ip"] for p in (run_dir / "workers").glob("rank*.json")}
-    assert ips == {cluster.head_ip, cluster.node_ip}  # one worker per node
-    assert (run_dir / "checkpoint_00000020" / "model.safetensors").is_file()
-    assert (run_dir / "checkpoint_00000025" / "model.safetensors").is_file()
-    m = training.metrics(run_dir)
-    assert [x["step"] for x in m if "loss" in x] == [5, 10, 15, 20, 25]
-    assert [x["checkpoint"].rsplit("/", 1)[-1] for x in m if x.get("event") == "resumed"] == ["checkpoint_00000020"]
-    assert any("val_loss" in x for x in m)
