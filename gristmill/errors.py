@@ -80,7 +80,8 @@ def interrupt_code(e: BaseException) -> int | None:
 def _on_stop_signal(signum, frame):
     global _received
     _received = signum
-    # an argument, so a runner that re-raises "the same kind of exception with its step's name" can
+    # with an argument: Beam re-raises an error as "the same type, its message + the step's name" from
+    # args[0], and a KeyboardInterrupt without one came back as a RuntimeError
     if signum == signal.SIGINT:
         raise KeyboardInterrupt("SIGINT")
     raise Terminated("SIGTERM")
@@ -142,9 +143,9 @@ def run_command(command: str, fn: Callable[[], int]) -> int:
                 name = signal.Signals(code - 128).name
                 print(f"gristmill {command}: interrupted by {name}: stopped (run the same command again to resume)",
                       file=sys.stderr)
-                for fn in reversed(_at_stop):
+                for hook in reversed(_at_stop):
                     with contextlib.suppress(BaseException):  # a second signal must not stop the exit
-                        fn()
+                        hook()
                 exit_now(code)
             if isinstance(e, GristmillError):
                 print(f"gristmill {command}: {e.label}: {redact_text(str(e))}", file=sys.stderr)
