@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from s3server import start_s3_server  # noqa: E402
+from tests.s3server import start_s3_server  # noqa: E402
 
 GRISTMILL = str(Path(sys.executable).parent / "gristmill")
 

@@ -7,8 +7,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def can_make_netns() -> str | None:

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -20,15 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .netns import VethLink, can_make_netns  # noqa: F401 - can_make_netns: the tests' skip reason
+from .netns import free_port as _free_port
 from .netns import run as _run
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -6,24 +6,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .netns import free_port
+
 #: credentials the tests give gristmill: any value works against moto; these are planted secrets that
 #: no output or log may show (tests/test_object_store.py)
 ACCESS_KEY_ID = "AKIAGRISTMILLTESTKEY1"
 SECRET_ACCESS_KEY = "gristmill-test-secret-7f3a9c1e"
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -75,7 +70,7 @@ def start_s3_server(log: Path) -> S3Server:
     import boto3
     import botocore.exceptions
 
-    port = _free_port()
+    port = free_port()
     moto = Path(sys.executable).parent / "moto_server"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,

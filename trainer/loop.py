@@ -876,10 +876,10 @@ SIGNAL_POLL_SECONDS = 0.2
 
 def _finished(run_dir: Path, max_steps: int) -> Path | None:
     """The run's final checkpoint when an earlier submission reached ``max_steps``, else None."""
-    newest = ckpt.newest_verified_checkpoint(run_dir) if run_dir.is_dir() else None
-    if newest is not None and ckpt.read_state(newest)["step"] >= max_steps:
-        return newest
-    return None
+    newest = ckpt.latest_checkpoint(run_dir) if run_dir.is_dir() else None  # sizes only: cheap
+    if newest is None or ckpt.read_state(newest)["step"] < max_steps:
+        return None  # not finished: resume() verifies what it resumes from
+    return None if ckpt.verify(newest) else newest  # a damaged final checkpoint: train from an older one
 
 
 def _wait_interruptibly(fn):
