@@ -18,9 +18,10 @@ from gristmill import api
 from gristmill.config import load_config
 from gristmill.trainer.ablate import AblationError, summarise
 
+from .conftest import shared
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample"
-SHARED = Path(os.environ.get("GRISTMILL_SHARED_DATA", REPO.parent / "shared" / "data"))
 CRAWL = SAMPLE / "crawl" / "dolma-cc-main-2019-30.jsonl.gz"
 MC = SAMPLE / "eval" / "genesis_next_sentence_mc.jsonl"
 
@@ -57,7 +58,7 @@ def _config(tmp_path: Path, **ablate) -> Path:
         "ablate": {"output": str(tmp_path / "ablation"), "inputs": [str(CRAWL)],
                    "variants": [{"name": "raw", "base": "raw"}, {"name": "default"}],
                    "seeds": [0, 1], "tokens": 10_240, "eval_points": 2,
-                   "heldout": [str(SHARED / "text" / "pg84_frankenstein.txt")], "heldout_max_tokens": 4000,
+                   "heldout": [str(shared("text/pg84_frankenstein.txt"))], "heldout_max_tokens": 4000,
                    "mc": [str(MC)], **ablate},
     }
     path = tmp_path / "ablate.yaml"
