@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from gristmill.config import GristmillConfig  # noqa: E402
 from gristmill.documents import new_document  # noqa: E402
-from gristmill.pipelines import filters, langid  # noqa: E402
+from gristmill.pipelines import filters, langid, words  # noqa: E402
 from gristmill.pipelines.clean import Cleaner  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,6 +196,8 @@ def cached_docs(n: int, seed: int) -> list[dict]:
 def make_datatrove(model_path: str):
     from datatrove.data import Document
     from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
         GopherQualityFilter,
         GopherRepetitionFilter,
         LanguageFilter,
@@ -237,7 +239,9 @@ def make_datatrove(model_path: str):
             super().__init__(**kwargs)
             self.model = LocalFT176LID(path, self.languages)
 
-    return Document, GopherQualityFilter(), GopherRepetitionFilter(), OfflineLanguageFilter(model_path)
+    # C4 as FineWeb ran it: without the terminal-punctuation line rule
+    return (Document, GopherQualityFilter(), GopherRepetitionFilter(), OfflineLanguageFilter(model_path),
+            C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter())
 
 
 def dt_result(res) -> tuple[bool, str | None]:
@@ -491,7 +495,7 @@ def main(argv=None) -> int:
     c = cfg.clean
     model_path = langid.default_model_path()
     model = langid.load_model(cfg.langid.model_path)
-    Document, dt_quality, dt_repetition, dt_lang = make_datatrove(model_path)
+    Document, dt_quality, dt_repetition, dt_lang, dt_c4, dt_fineweb = make_datatrove(model_path)
     dt_docs = [Document(text=t, id=d["id"]) for t, d in zip(texts, docs)]
     import spacy
 
@@ -545,6 +549,21 @@ def main(argv=None) -> int:
     )
     record("gopher_repetition", s_gm, s_dt)
 
+    # English settings on every document (what datatrove's filters do): the rule is compared, not the languages
+    fq, c4 = c.fineweb_quality, c.c4_lines
+    (gm_f, s_gm), (dt_f, s_dt) = timed(
+        [(lambda t: filters.fineweb_quality(t, fq), texts), (dt_fineweb.filter, dt_docs)], args.warmup, args.block
+    )
+    record("fineweb_quality", s_gm, s_dt)
+
+    def dt_c4_filter(doc):  # C4 rewrites doc.text: a copy per call, so that each side sees the original
+        return dt_c4.filter(Document(text=doc.text, id=doc.id))
+
+    (gm_c, s_gm), (dt_c, s_dt) = timed(
+        [(lambda t: filters.c4_lines(t, c4), texts), (dt_c4_filter, dt_docs)], args.warmup, args.block
+    )
+    record("c4_as_fineweb", s_gm, s_dt)
+
     lc = cfg.langid
 
     def gm_lid(t):
@@ -573,23 +592,30 @@ def main(argv=None) -> int:
         v = filters.gopher_repetition(t, gr)
         if v.reason:
             return f"gopher_repetition:{v.reason}"
-        if gq.applies_to(lang):
+        if lang == "en":
             v = filters.gopher_quality(t, gq)
             if v.reason:
                 return f"gopher_quality:{v.reason}"
+            v = filters.c4_lines(t, c4)
+            if v.reason:
+                return f"c4_lines:{v.reason}"
+            v = filters.fineweb_quality(v.text, fq)
+            if v.reason:
+                return f"fineweb_quality:{v.reason}"
         return None
 
-    def dt_stage(d):
+    def dt_stage(d):  # FineWeb's order; the English rules on English documents, as FineWeb ran them
         doc = Document(text=d["text"], id=d["id"])
         if not dt_lang.filter(doc):
             return "langid:low_score"
         keep, why = dt_result(dt_repetition.filter(doc))
         if not keep:
             return f"gopher_repetition:{why}"
-        if doc.metadata["language"] in gq.languages:
-            keep, why = dt_result(dt_quality.filter(doc))
-            if not keep:
-                return f"gopher_quality:{why}"
+        if doc.metadata["language"] == "en":
+            for name, step in (("gopher_quality", dt_quality), ("c4_lines", dt_c4), ("fineweb_quality", dt_fineweb)):
+                keep, why = dt_result(step.filter(doc))
+                if not keep:
+                    return f"{name}:{why}"
         return None
 
     (st_gm, s_gm), (st_dt, s_dt), (st_gc, s_gc) = timed(
@@ -599,16 +625,17 @@ def main(argv=None) -> int:
     record("stage_same_work", s_gc, s_dt)
     results["speed"]["stage"]["what"] = {
         "gristmill": "Cleaner.process with default config: ftfy+NFC normalize -> fastText lid.176.ftz "
-        "(k=1, first 10,000 chars, keep score>=0.65) -> GopherRepetition (all langs) -> "
-        "GopherQuality (en) -> C4 line rules (en, rewrites text) -> PII redaction; "
-        "includes new_document()",
+        "(k=1, first 10,000 chars, keep score>=0.65) -> GopherRepetition -> GopherQuality -> C4 as FineWeb "
+        "(rewrites text) -> FineWeb quality, each in every language with its settings (zh/ja/th segmented) "
+        "-> PII redaction; includes new_document()",
         "datatrove": "LanguageFilter(languages=None, 0.65; lid.176.ftz, k=-1, full text) -> "
-        "GopherRepetitionFilter -> GopherQualityFilter (only when language == en), "
+        "GopherRepetitionFilter -> GopherQualityFilter -> C4QualityFilter(filter_no_terminal_punct=False) -> "
+        "FineWebQualityFilter (the last three only when language == en, as FineWeb ran them), "
         "filter() called directly (no pipeline/stats overhead); includes Document()",
     }
     results["speed"]["stage_same_work"]["what"] = (
-        "gristmill langid.predict+decide -> gopher_repetition -> gopher_quality (en), i.e. the same work "
-        "as the datatrove chain, no ftfy/C4/PII"
+        "gristmill langid.predict+decide -> gopher_repetition -> gopher_quality -> c4_lines -> fineweb_quality "
+        "(the last three on en), i.e. the same work as the datatrove chain, no ftfy/PII"
     )
 
     # --- agreement -----------------------------------------------------------------------
@@ -634,6 +661,17 @@ def main(argv=None) -> int:
             "dt_values": dt_repetition_values(d["text"]),
         },
         en=en,
+    )
+    def c4_sentences(text):  # what gristmill's C4 counts in the lines it keeps
+        kept = filters.c4_lines(text, c4.model_copy(update={"min_sentences": None})).text
+        return sum(words.sentences(line) for line in kept.split("\n"))
+
+    results["agreement"]["fineweb_quality"] = agreement(
+        "fineweb_quality", docs, [(v.keep, v.reason) for v in gm_f], [dt_result(r) for r in dt_f], ex, en=en,
+    )
+    results["agreement"]["c4_as_fineweb"] = agreement(
+        "c4_as_fineweb", docs, [(v.keep, v.reason) for v in gm_c], [dt_result(r) for r in dt_c], ex, en=en,
+        extra=lambda d: {"gm_sentences": c4_sentences(d["text"])},
     )
     lid_by_id = {d["id"]: (g, t) for d, g, t in zip(docs, gm_l, dt_l)}
 
@@ -676,7 +714,7 @@ def main(argv=None) -> int:
     st_conf = Counter((g is None, d is None) for g, d in zip(st_gm, st_dt))
     chain_conf = Counter((g is None, d is None) for g, d in zip(st_gc, st_dt))
     results["agreement"]["stage"] = {
-        "note": "informational: gristmill also normalises (ftfy) and applies C4 line rules, so it drops more",
+        "note": "informational: gristmill also normalises (ftfy) and applies every rule in every language",
         "gm_kept": sum(1 for g in st_gm if g is None),
         "dt_kept": sum(1 for d in st_dt if d is None),
         "agree_frac": round((st_conf[(True, True)] + st_conf[(False, False)]) / n, 5),

@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from gristmill import io
 
-SCHEMA_VERSION = "3"  # 2: original_id; 3: quality_score
+SCHEMA_VERSION = "4"  # 2: original_id; 3: quality_score; 4: FineWeb quality signals
 
 #: quality signals written as columns, in this order; filters emit a subset of them
 SIGNAL_FIELDS: dict[str, pa.DataType] = {
@@ -56,6 +56,10 @@ SIGNAL_FIELDS: dict[str, pa.DataType] = {
     "dup_line_frac": pa.float32(),
     "dup_para_frac": pa.float32(),
     "c4_lines_removed_frac": pa.float32(),
+    "line_punct_frac": pa.float32(),
+    "short_line_frac": pa.float32(),
+    "dup_line_char_frac": pa.float32(),
+    "newlines_per_word": pa.float32(),
     "pii_emails": pa.int32(),
     "pii_ips": pa.int32(),
     "control_chars_removed": pa.int32(),

@@ -3,8 +3,12 @@
 ``Cleaner.process(doc)`` is what the Beam stage calls per document; it is a plain object so that
 benchmarks and tests run the exact same chain without a runner. Order follows FineWeb: cheap and
 language-independent rules first, language ID, then the Gopher rules, then C4's line rules (which
-rewrite the text), then your own filters (``clean.custom_filters``), then PII redaction of what
-will be published.
+rewrite the text), then FineWeb's quality rules, then your own filters (``clean.custom_filters``),
+then PII redaction of what will be published.
+
+Every rule runs in every language, with that language's settings (:meth:`Cleaner.rules_for`): the
+section's values (FineWeb's, for English), the language table's (FineWeb-2's) and the section's
+``per_language`` overrides, and with words as the language makes them (pipelines/words.py).
 """
 
 from __future__ import annotations
@@ -13,8 +17,17 @@ import importlib
 from pathlib import Path
 from types import MappingProxyType
 
-from gristmill.config import BUILTIN_CLEAN_STAGES, ConfigError, GristmillConfig
-from gristmill.pipelines import filters, langid, quality
+from gristmill.config import BUILTIN_CLEAN_STAGES, ConfigError, GopherQualityConfig, GristmillConfig
+from gristmill.pipelines import filters, langid, language_table, quality, words
+
+#: the built-in rules after language ID, in order: (stage = config section, filter function)
+RULES = (
+    ("gopher_repetition", filters.gopher_repetition),
+    ("gopher_quality", filters.gopher_quality),
+    ("c4_lines", filters.c4_lines),
+    ("fineweb_quality", filters.fineweb_quality),
+)
+_ENGLISH_STOP_WORDS = GopherQualityConfig.model_fields["stop_words"].default
 
 #: funnel order of the stages a document can be dropped in (reason = "<stage>:<rule>"); custom
 #: filters and decontamination come after the built-in cleaning stages (see :func:`stages`)
@@ -29,6 +42,35 @@ def stages(cfg: GristmillConfig) -> tuple[str, ...]:
     decontaminate = ("decontaminate",) if cfg.decontaminate.enabled else ()
     at = STAGES.index("exact_dedup")
     return STAGES[:at] + custom + quality + decontaminate + STAGES[at:]
+
+
+def rules_for(cfg: GristmillConfig, lang: str | None) -> list[tuple[str, object]]:
+    """(stage, settings) of each built-in rule that applies to ``lang``, resolved for it."""
+    c = cfg.clean
+    table = language_table.load(c.language_table)
+    out = []
+    for stage, _ in RULES:
+        section = getattr(c, stage)
+        if not section.applies_to(lang):
+            continue
+        resolved = section.for_language(lang, table.get(stage))
+        update: dict = {}
+        if (stage == "gopher_quality" and lang != "en" and resolved.stop_words == _ENGLISH_STOP_WORDS
+                and resolved.min_stop_words):
+            update["min_stop_words"] = None  # English stop words would drop every page of another language
+        if words.needs_segmenter(lang) and words.segmenter(lang) is None:
+            # written without spaces and no segmenter here: a line would be one word, so no word rule
+            update.update({
+                "gopher_repetition": {"top_n_grams": (), "dup_n_grams": ()},
+                "gopher_quality": {"enabled": False},
+                "c4_lines": {"min_words_per_line": None, "max_word_length": None},
+                "fineweb_quality": {"new_line_ratio": None},
+            }[stage])
+        if update:
+            resolved = resolved.model_copy(update=update)
+        if resolved.enabled:
+            out.append((stage, resolved))
+    return out
 
 
 def import_function(path: str):
@@ -73,6 +115,16 @@ class Cleaner:
         self.custom = [(f, import_function(f.function), MappingProxyType(dict(f.params)))
                        for f in c.custom_filters if f.enabled]
         self.quality = quality.QualityScorer(c.quality.model) if c.quality.enabled else None
+        self.functions = dict(RULES)
+        self._rules: dict[str | None, list] = {}
+
+    def rules(self, lang: str | None) -> list:
+        """The built-in rules for ``lang`` with their settings (resolved once per language)."""
+        found = self._rules.get(lang)
+        if found is None:
+            self.stage = "rules"
+            found = self._rules[lang] = rules_for(self.cfg, lang)
+        return found
 
     def process(self, doc: dict) -> dict:
         """Mark ``doc`` dropped (``doc['reason']``) or return it cleaned, with signals set. An
@@ -113,15 +165,13 @@ class Cleaner:
             doc["reason"] = f"langid:{why}"
             return doc
 
-        for stage, rule_cfg, fn in (
-            ("gopher_repetition", c.gopher_repetition, filters.gopher_repetition),
-            ("gopher_quality", c.gopher_quality, filters.gopher_quality),
-            ("c4_lines", c.c4_lines, filters.c4_lines),
-        ):
-            if not rule_cfg.applies_to(lang):
-                continue
+        for stage, rule_cfg in self.rules(lang):
             self.stage = stage
-            v = fn(doc["text"], rule_cfg)
+            text = doc["text"]
+            if stage == "c4_lines":
+                v = filters.c4_lines(text, rule_cfg, words.line_words(lang), words.sentence_counter(lang))
+            else:
+                v = self.functions[stage](text, rule_cfg, words.tokens_of(text, lang))
             signals.update(v.signals)
             if v.reason:
                 doc["reason"] = f"{stage}:{v.reason}"

@@ -22,11 +22,13 @@ import regex
 
 from gristmill.config import (
     C4LinesConfig,
+    FineWebQualityConfig,
     GopherQualityConfig,
     GopherRepetitionConfig,
     NormalizeConfig,
     PiiConfig,
 )
+from gristmill.pipelines import words
 
 
 @dataclass(frozen=True)
@@ -445,17 +447,24 @@ _INFIX = (
     r"(?:(?<=[0-9])[+\-*^](?=[0-9-])|(?<=\p{Ll})\.(?=\p{Lu})|(?<=\p{L}),(?=\p{L})"
     r"|(?<=[\p{L}0-9])(?:-|–|—|~)(?=\p{L})|(?<=[\p{L}0-9])[:<>=/](?=\p{L})|\.\.+|…|" + _CLITIC + ")"
 )
+# spaCy's other languages (de, sv, fr, ...) keep letter-hyphen-letter words whole ("E-post", "Saudi-Arabien")
+_INFIX_KEEP_HYPHENS = _INFIX.replace("(?:-|–|—|~)(?=\\p{L})", "(?:–|—|~)(?=\\p{L})").replace("[+\\-*^]", "[+*^]")
 _URL = r"(?:https?://|www\.)\S+?(?=[.,;:!?)\]}>\"'»”’]*$)"
-_CHUNK_RE = regex.compile(
-    _URL
-    + r"|\.{2,}|…"
-    + rf"|(?<=^{_PRE}*){_PRE}"
-    + "|"
-    + _CLITIC
-    + rf"|(?:(?:\p{{L}}\.){{2,}}|\p{{Lu}}\.)(?={_SUF}*$)"
-    + rf"|(?:(?!{_INFIX})\S)+?(?={_SUF}*$|{_INFIX})"
-    + r"|[^\w\s]"
-)
+def _chunk_re(infix: str) -> regex.Pattern:
+    return regex.compile(
+        _URL
+        + r"|\.{2,}|…"
+        + rf"|(?<=^{_PRE}*){_PRE}"
+        + "|"
+        + _CLITIC
+        + rf"|(?:(?:\p{{L}}\.){{2,}}|\p{{Lu}}\.)(?={_SUF}*$)"
+        + rf"|(?:(?!{infix})\S)+?(?={_SUF}*$|{infix})"
+        + r"|[^\w\s]"
+    )
+
+
+_CHUNK_RE = _chunk_re(_INFIX)
+_CHUNK_RE_KEEP_HYPHENS = _chunk_re(_INFIX_KEEP_HYPHENS)
 _CLOSERS = frozenset(",;:!?)]}\"”’'»")
 _WORD_CHAR_RE = regex.compile(r"\w")
 _LETTER_RE = regex.compile(r"[^\W\d_]")
@@ -464,10 +473,12 @@ _LINES_RE = re.compile(r"\n+")
 
 
 @lru_cache(maxsize=4)  # the repetition and quality rules tokenize the same text one after the other
-def tokenize_words(text: str) -> tuple[str, ...]:
-    """All tokens of the text, symbols included, in order."""
+def tokenize_words(text: str, split_hyphens: bool = True) -> tuple[str, ...]:
+    """All tokens of the text, symbols included, in order. ``split_hyphens``: English's rule ("e-mail" is
+    three tokens); spaCy's tokenizers of other languages keep such words whole."""
     out: list[str] = []
-    add, extend, chunk_tokens = out.append, out.extend, _CHUNK_RE.findall
+    add, extend = out.append, out.extend
+    chunk_tokens = (_CHUNK_RE if split_hyphens else _CHUNK_RE_KEEP_HYPHENS).findall
     for chunk in text.split():
         if chunk.isalnum():  # most chunks: a plain word
             add(chunk)
@@ -481,8 +492,10 @@ def tokenize_words(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def gopher_quality(text: str, cfg: GopherQualityConfig) -> Verdict:
-    tokens = tokenize_words(text)
+def gopher_quality(text: str, cfg: GopherQualityConfig, tokens: tuple[str, ...] | None = None) -> Verdict:
+    """``tokens``: the text's tokens when they are not English-like words (pipelines/words.py)."""
+    if tokens is None:
+        tokens = tokenize_words(text)
     words = [t for t in tokens if _WORD_CHAR_RE.search(t)]  # tokens that are not pure punctuation
     n_words, n_tokens = len(words), len(tokens)
     signals: dict[str, float | int] = {"n_words": n_words}
@@ -652,7 +665,8 @@ def _duplicate_ngram_chars(ng: _Ngrams, n: int, limit: float = float("inf")) -> 
     return repeated
 
 
-def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> Verdict:
+def gopher_repetition(text: str, cfg: GopherRepetitionConfig, tokens: tuple[str, ...] | None = None) -> Verdict:
+    """``tokens``: the text's tokens when they are not English-like words (pipelines/words.py)."""
     n_chars = len(text)
     if n_chars == 0:
         return Verdict(text, "empty")
@@ -672,7 +686,8 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> Verdict:
         return Verdict(text, "dup_line_frac", signals)
     if cfg.dup_line_char_frac is not None and dup_line_chars / n_chars > cfg.dup_line_char_frac:
         return Verdict(text, "dup_line_char_frac", signals)
-    tokens = tokenize_words(text)
+    if tokens is None:
+        tokens = tokenize_words(text)
     ng = _Ngrams(tokens)
     for n, frac in cfg.top_n_grams:
         if len(tokens) >= n and _top_ngram_chars(ng, n, cfg.top_ngram_min_count) / n_chars > frac:
@@ -687,50 +702,92 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> Verdict:
 # C4 line and page rules
 # ---------------------------------------------------------------------------------------------
 
-_TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "…")
+# C4's own list (tensorflow_datasets c4_utils) for its optional terminal-punctuation line rule
+_C4_END_PUNCT = (".", "?", "!", '"', "'")
 _CITATION_RE = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
 _POLICY_SUBSTRINGS = (
     "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
 )
-_SENTENCE_END_RE = re.compile(r"[.!?。！？…]+(?=[\"'”’)\]]*(?:\s|$))")
 
 
-def c4_lines(text: str, cfg: C4LinesConfig) -> Verdict:
-    """Drop lines a web page is mostly made of that are not prose, then judge what remains."""
-    lowered = text.lower()
-    if cfg.drop_lorem_ipsum and "lorem ipsum" in lowered:
-        return Verdict(text, "lorem_ipsum")
-    if cfg.drop_curly_bracket and "{" in text:
-        return Verdict(text, "curly_bracket")
+def c4_lines(text: str, cfg: C4LinesConfig, line_words=str.split, count_sentences=words.sentences) -> Verdict:
+    """Drop lines a web page is mostly made of that are not prose, then judge what remains. Each line
+    goes through the reference's checks in the reference's order (tensorflow_datasets' c4_utils, as
+    datatrove runs it): a page is dropped for "lorem ipsum" or "{" only in a line that survives the
+    line rules before them. ``line_words`` splits a line into words (a segmenter for Chinese ...),
+    ``count_sentences`` counts a line's sentences (pipelines/words.py: per language)."""
     kept: list[str] = []
-    lines = text.split("\n")
-    for line in lines:
+    sentences = non_empty = 0
+    for line in text.split("\n"):
         line = line.strip()
         if not line:
             continue
+        non_empty += 1
+        words_ = line_words(line)
+        if cfg.max_word_length and any(len(w) > cfg.max_word_length for w in words_):
+            continue
         if cfg.remove_citations:
             line = _CITATION_RE.sub("", line)
-        if cfg.require_terminal_punctuation and not line.endswith(_TERMINAL_PUNCT):
+        if cfg.require_terminal_punctuation and (not line.endswith(_C4_END_PUNCT) or line.endswith("...")):
             continue
-        words = line.split()
-        if cfg.min_words_per_line and len(words) < cfg.min_words_per_line:
-            continue
-        if cfg.max_word_length and any(len(w) > cfg.max_word_length for w in words):
+        if cfg.min_words_per_line and len(words_) < cfg.min_words_per_line:
             continue
         low = line.lower()
+        if cfg.drop_lorem_ipsum and "lorem ipsum" in low:
+            return Verdict(text, "lorem_ipsum")
         if cfg.drop_javascript_lines and "javascript" in low:
             continue
+        if cfg.drop_curly_bracket and "{" in line:
+            return Verdict(text, "curly_bracket")
         if cfg.drop_policy_lines and any(p in low for p in _POLICY_SUBSTRINGS):
             continue
+        sentences += count_sentences(line)
         kept.append(line)
-    non_empty = sum(1 for ln in lines if ln.strip())
     signals = {"c4_lines_removed_frac": round(1 - len(kept) / non_empty, 4) if non_empty else 0.0}
-    new_text = "\n".join(kept)
+    new_text = "\n".join(kept).strip()
     if not kept:
         return Verdict(new_text, "no_lines_left", signals)
-    if cfg.min_sentences and len(_SENTENCE_END_RE.findall(new_text)) < cfg.min_sentences:
+    if cfg.min_sentences and sentences < cfg.min_sentences:
         return Verdict(new_text, "too_few_sentences", signals)
     return Verdict(new_text, None, signals)
+
+
+# ---------------------------------------------------------------------------------------------
+# FineWeb quality rules
+# ---------------------------------------------------------------------------------------------
+
+
+def fineweb_quality(text: str, cfg: FineWebQualityConfig, tokens: tuple[str, ...] | None = None) -> Verdict:
+    """FineWeb's quality filter (Penedo et al. 2024; datatrove's FineWebQualityFilter): the share of
+    lines ending in terminal punctuation (any script's), of short lines, of characters in repeated
+    lines, and newlines per token (lists). Lines are the non-blank lines, unstripped, as in the
+    reference. ``tokens``: the text's tokens when they are not English-like words (pipelines/words.py)."""
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if not lines:
+        return Verdict(text, "empty")
+    n = len(lines)
+    ends = words.terminal_punctuation()
+    punct = sum(1 for ln in lines if ln.endswith(ends)) / n
+    signals: dict[str, float | int] = {"line_punct_frac": round(punct, 4)}
+    no_prose_at_all_is_kept = punct == 0 and cfg.line_punct_exclude_zero
+    if cfg.line_punct_thr is not None and punct < cfg.line_punct_thr and not no_prose_at_all_is_kept:
+        return Verdict(text, "line_punct_ratio", signals)
+    short = sum(1 for ln in lines if len(ln) <= cfg.short_line_length) / n
+    signals["short_line_frac"] = round(short, 4)
+    if cfg.short_line_thr is not None and short > cfg.short_line_thr:
+        return Verdict(text, "short_line_ratio", signals)
+    dup_chars = _duplicates(lines)[1] / (len(text) - text.count("\n"))
+    signals["dup_line_char_frac"] = round(dup_chars, 4)
+    if cfg.char_duplicates_ratio is not None and dup_chars > cfg.char_duplicates_ratio:
+        return Verdict(text, "char_dup_ratio", signals)
+    if cfg.new_line_ratio is not None:
+        if tokens is None:
+            tokens = tokenize_words(text)
+        per_token = text.count("\n") / len(tokens) if tokens else float("inf")
+        signals["newlines_per_word"] = round(min(per_token, 1e6), 4)
+        if per_token > cfg.new_line_ratio:
+            return Verdict(text, "list_ratio", signals)
+    return Verdict(text, None, signals)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def test_shards_open_in_pyarrow_dataset(direct):
         with pa.memory_map(str(out / s["path"])) as f:
             t = pa.ipc.open_file(f).read_all()
         assert t.column("id").to_pylist() == sorted(t.column("id").to_pylist())
-        assert t.schema.metadata[b"gristmill.schema_version"] == SCHEMA_VERSION.encode() == b"3"
+        assert t.schema.metadata[b"gristmill.schema_version"] == SCHEMA_VERSION.encode() == b"4"
 
 
 def test_shards_open_in_hf_datasets(direct):

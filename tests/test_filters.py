@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 
 from gristmill.config import (
     C4LinesConfig,
+    FineWebQualityConfig,
     GopherQualityConfig,
     GopherRepetitionConfig,
     NormalizeConfig,
     PiiConfig,
 )
 from gristmill.documents import SIGNAL_FIELDS
-from gristmill.pipelines import filters
+from gristmill.pipelines import filters, words
 
 from .conftest import shared
 
@@ -158,7 +159,7 @@ def test_c4_keeps_prose_lines_and_drops_boilerplate():
             "Short line.",
         ]
     )
-    v = filters.c4_lines(page, C4LinesConfig())
+    v = filters.c4_lines(page, C4LinesConfig(require_terminal_punctuation=True))
     assert v.keep, v
     assert v.text.splitlines() == [
         "The river flooded the valley in the spring of that year.",
@@ -168,6 +169,87 @@ def test_c4_keeps_prose_lines_and_drops_boilerplate():
         "Today the dam provides power for the whole region!",
     ]
     assert v.signals["c4_lines_removed_frac"] == pytest.approx(4 / 9, abs=1e-3)
+    # as FineWeb ran C4 (the default): lines without terminal punctuation stay, the other line rules hold
+    default = filters.c4_lines(page, C4LinesConfig())
+    assert default.keep and default.text.splitlines()[0] == "Home | About | Contact"
+    assert "Short line." not in default.text and "cookies" not in default.text and "JavaScript" not in default.text
+    assert default.signals["c4_lines_removed_frac"] == pytest.approx(3 / 9, abs=1e-3)
+
+
+def test_c4_judges_a_page_only_by_the_lines_that_survive_the_line_rules():
+    """The reference (c4_utils, datatrove) drops a page for "lorem ipsum" or "{" only in a line that
+    passed the rules before them: a two-word "{ }" line is removed as a line, not the page's verdict."""
+    prose = "\n".join(f"This is sentence number {i} of a real page." for i in range(6))
+    assert filters.c4_lines("{ }\n" + prose, C4LinesConfig()).keep
+    assert filters.c4_lines("lorem ipsum\n" + prose, C4LinesConfig()).keep
+    assert filters.c4_lines("see the {code} here\n" + prose, C4LinesConfig()).reason == "curly_bracket"
+    assert filters.c4_lines("Lorem ipsum dolor sit.\n" + prose, C4LinesConfig()).reason == "lorem_ipsum"
+    # with the terminal-punctuation rule on, a line without it is gone before "{" is looked for
+    strict = C4LinesConfig(require_terminal_punctuation=True)
+    assert filters.c4_lines("see the {code} here\n" + prose, strict).keep
+
+
+def test_c4_counts_sentences_per_line_in_every_script():
+    assert words.sentences("One line without an end") == 1
+    assert words.sentences("First one. Second one! Third?") == 3
+    assert words.sentences("Pi is 3.14159 and that is all.") == 1
+    # abbreviations, initials and ellipses end no sentence (spaCy's tokenizer keeps them whole)
+    assert words.sentences("Mr. Smith met Dr. J. Doe, a Ph.D. in the U.S. at 5 p.m. today. Then left.") == 2
+    assert words.sentences("It was c. 1745 ... or so… Later, yes.") == 1
+    assert words.sentences("今天天气很好。我们去公园吧！好的") == 3
+    assert words.sentences("यह पहला वाक्य है। यह दूसरा है।") == 2  # Devanagari danda
+    five_lines = "\n".join(["a line of words"] * 4 + ["a line of words two"])
+    assert filters.c4_lines(five_lines, C4LinesConfig()).keep  # five sentences: five lines without an end
+    assert filters.c4_lines("\n".join(["a line of words"] * 4), C4LinesConfig()).reason == "too_few_sentences"
+
+
+# --- FineWeb quality -----------------------------------------------------------------------------
+
+
+def _prose(n_lines: int, words_per_line: int = 12, end: str = ".") -> list[str]:
+    return [" ".join(f"w{i}x{j}" for j in range(words_per_line)) + end for i in range(n_lines)]
+
+
+def test_fineweb_quality_keeps_prose():
+    v = filters.fineweb_quality("\n".join(_prose(10)), FineWebQualityConfig())
+    assert v.keep, v
+    assert v.signals == {"line_punct_frac": 1.0, "short_line_frac": 0.0, "dup_line_char_frac": 0.0,
+                         "newlines_per_word": pytest.approx(9 / 130, abs=1e-4)}
+
+
+def test_fineweb_quality_line_punctuation_rule_at_its_threshold():
+    cfg = FineWebQualityConfig()  # 0.12: at least 12 % of lines end like a sentence
+    lines = _prose(100, end="")
+    assert filters.fineweb_quality("\n".join(_prose(12) + lines[12:]), cfg).keep
+    v = filters.fineweb_quality("\n".join(_prose(11) + lines[11:]), cfg)
+    assert v.reason == "line_punct_ratio" and v.signals["line_punct_frac"] == 0.11
+    # any script's sentence end counts; a trailing space does not (lines are not stripped, as in the reference)
+    assert filters.fineweb_quality("\n".join(_prose(12, end="。") + lines[12:]), cfg).keep
+    assert filters.fineweb_quality("\n".join(_prose(12, end=". ") + lines[12:]), cfg).reason == "line_punct_ratio"
+    no_end = "\n".join(lines)
+    assert filters.fineweb_quality(no_end, cfg).reason == "line_punct_ratio"
+    assert filters.fineweb_quality(no_end, FineWebQualityConfig(line_punct_exclude_zero=True)).keep
+    assert filters.fineweb_quality(no_end, FineWebQualityConfig(line_punct_thr=None)).keep
+
+
+def test_fineweb_quality_short_lines_duplicates_and_lists():
+    cfg = FineWebQualityConfig()
+    long_lines = _prose(3)
+    short = [f"item {i}." for i in range(7)]  # 7 of 10 lines ≤ 30 characters: 0.7 > 0.67
+    assert filters.fineweb_quality("\n".join(long_lines + short), cfg).reason == "short_line_ratio"
+    assert filters.fineweb_quality("\n".join(long_lines + short[:6]), cfg).keep  # 6 of 9: 0.667
+    page = _prose(40)
+    v = filters.fineweb_quality("\n".join(page + page[:1]), cfg)  # one repeated line: ~1/41 of the characters
+    share = len(page[0]) / (sum(map(len, page)) + len(page[0]))
+    assert v.reason == "char_dup_ratio" and v.signals["dup_line_char_frac"] == pytest.approx(share, abs=1e-4)
+    assert filters.fineweb_quality("\n".join(page + page[:1]), FineWebQualityConfig(char_duplicates_ratio=0.05)).keep
+    listing = "\n".join(f"Entry number {i} here." for i in range(30))  # 4 words + '.' per line: 29/150 < 0.3
+    assert filters.fineweb_quality(listing, FineWebQualityConfig(short_line_thr=None)).keep
+    listing = "\n".join(f"Entry {i}." for i in range(30))  # 2 words + '.': 29/90 > 0.3
+    v = filters.fineweb_quality(listing, FineWebQualityConfig(short_line_thr=None))
+    assert v.reason == "list_ratio" and v.signals["newlines_per_word"] == pytest.approx(29 / 90, abs=1e-4)
+    assert filters.fineweb_quality("  \n\n ", cfg).reason == "empty"
+
 
 
 @pytest.mark.parametrize(
@@ -251,6 +333,8 @@ def test_filters_keep_their_contract_on_any_text(text):
         v = rule(text, cfg)
         assert v.text is text and set(v.signals) <= columns
         assert v.reason is None or (v.reason and ":" not in v.reason)
+    fw = filters.fineweb_quality(text, FineWebQualityConfig())
+    assert fw.text is text and set(fw.signals) <= columns
     c4 = filters.c4_lines(text, C4LinesConfig(remove_citations=False))
     assert set(c4.signals) <= {"c4_lines_removed_frac"}
     if c4.reason in ("lorem_ipsum", "curly_bracket"):  # whole-document rules judge, they do not rewrite

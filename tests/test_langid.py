@@ -72,7 +72,7 @@ def test_glotlid_style_labels_are_kept_whole():
     assert langid._label("__label__en") == "en"
 
 
-def test_cleaner_applies_english_rules_only_to_english():
+def test_cleaner_applies_the_rules_to_every_language_with_its_settings():
     cleaner = Cleaner(GristmillConfig())
     german = (
         "Die Mühle am Fluss wurde im Jahr 1720 gebaut. Seitdem mahlt sie Getreide für das Dorf. "
@@ -81,14 +81,23 @@ def test_cleaner_applies_english_rules_only_to_english():
         "Im Frühling bringen die Bauern ihr Korn mit dem Wagen."
     )
     doc = cleaner.process(new_document("d1", german, "t"))
-    # 44 words: an English document this short fails Gopher's 50-word minimum; German is not judged by it
-    assert doc["lang"] == "de" and doc["reason"] is None
-    assert "n_words" not in doc["signals"]
+    # 48 words: German is judged by Gopher's 50-word minimum too (it was not while the rules were English-only)
+    assert doc["lang"] == "de" and doc["reason"] == "gopher_quality:short_doc"
+    assert doc["signals"]["n_words"] == 48
+    more = (
+        "Der Müller lebte mit seiner Familie in einem kleinen Haus neben der Mühle. "
+        "Seine Kinder halfen ihm oft bei der Arbeit, besonders in der Erntezeit. "
+        "Heute ist die Mühle ein Museum, das viele Besucher aus der ganzen Region anzieht."
+    )
+    longer = cleaner.process(new_document("d2", german + "\n" + more, "t"))
+    assert longer["reason"] is None, longer["reason"]
+    # German's settings are German's: its stop words (FineWeb-2's), not English's
+    assert longer["signals"]["stop_words"] >= 2
     english = (
         "The mill by the river was built in 1720. Since then it has ground grain for the village. "
         "In winter the river freezes and the work stops for a few weeks. "
         "Then the gears are repaired and the millstones sharpened."
-    )  # 44 words, like the German one
+    )  # 44 words
     doc_en = cleaner.process(new_document("e1", english, "t"))
     assert doc_en["lang"] == "en" and doc_en["reason"] == "gopher_quality:short_doc"
 
