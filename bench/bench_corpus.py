@@ -7,8 +7,9 @@ in one invocation, so that load from other processes hits both alike:
 * datatrove 0.10.1 (in bench/.venv-bench; this script re-runs itself there with --datatrove-child),
   ``LocalPipelineExecutor`` with workers = tasks = N:
     1. JsonlReader -> LanguageFilter (lid.176.ftz, bench_clean.make_datatrove's offline adapters)
-       -> GopherRepetitionFilter -> GopherQualityFilter (only on the languages gristmill's
-       clean.gopher_quality.languages names, "en" by default) -> JsonlWriter(filtered/)
+       -> GopherRepetitionFilter -> GopherQualityFilter -> C4QualityFilter(filter_no_terminal_punct=False)
+       -> FineWebQualityFilter (FineWeb's recipe; the last three on English only, as FineWeb ran them:
+       datatrove's rules need a word tokenizer per language) -> JsonlWriter(filtered/)
        -> MinhashDedupSignature
     2. MinhashDedupBuckets (tasks = num_buckets, workers = N)
     3. MinhashDedupCluster (1 task)
@@ -480,7 +481,7 @@ def datatrove_child(args) -> int:
         MinhashDedupFilter,
     )
     from datatrove.pipeline.dedup.minhash import MinhashConfig
-    from datatrove.pipeline.filters import GopherQualityFilter
+    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
@@ -490,33 +491,45 @@ def datatrove_child(args) -> int:
     logging.disable(logging.WARNING)
     quality_langs = set(filter(None, args.quality_languages.split(",")))
 
-    class ScopedGopherQualityFilter(GopherQualityFilter):
-        """GopherQualityFilter on the languages gristmill's clean.gopher_quality applies to (LanguageFilter
-        has set doc.metadata["language"]); other documents pass."""
+    def scoped(base, label):
+        """A datatrove filter on the languages gristmill's clean.gopher_quality applies to (LanguageFilter
+        has set doc.metadata["language"]) when that is not every language (datatrove's English rules need
+        a word tokenizer per language, FineWeb ran them on English only); other documents pass."""
 
-        name = "🥇 Gopher Quality (scoped)"
+        class Scoped(base):
+            name = f"{base.name} (scoped)"
 
-        def __init__(self, languages, **kwargs):
-            super().__init__(**kwargs)
-            self.scope = set(languages)
+            def __init__(self, languages, **kwargs):
+                super().__init__(**kwargs)
+                self.scope = set(languages)
 
-        def filter(self, doc):
-            if "*" not in self.scope and doc.metadata.get("language") not in self.scope:
-                return True
-            return super().filter(doc)
+            def filter(self, doc):
+                if "*" not in self.scope and doc.metadata.get("language") not in self.scope:
+                    return True
+                return super().filter(doc)
+
+        Scoped.__name__ = f"Scoped{label}"
+        return Scoped
+
+    ScopedGopherQualityFilter = scoped(GopherQualityFilter, "GopherQuality")
+    ScopedC4QualityFilter = scoped(C4QualityFilter, "C4Quality")
+    ScopedFineWebQualityFilter = scoped(FineWebQualityFilter, "FineWebQuality")
 
     Utf8MinhashDedupSignature = utf8_minhash_signature()
 
     w = args.workers
     base = Path(args.dt_work)
-    _, _, repetition, language = bench_clean.make_datatrove(default_model_path())
+    _, _, repetition, language, _, _ = bench_clean.make_datatrove(default_model_path())
     mh = MinhashConfig(n_grams=args.ngram, num_buckets=args.buckets, hashes_per_bucket=args.hashes,
                        hash_config=HashConfig(precision=64))
     filtered, sigs, buckets, remove = (str(base / d) for d in ("filtered", "signatures", "buckets", "remove_ids"))
     stages = [
         ("filter+signature", LocalPipelineExecutor(
             [JsonlReader(str(args.input_dir), glob_pattern="*.jsonl.gz"), language, repetition,
-             ScopedGopherQualityFilter(quality_langs), JsonlWriter(filtered),
+             ScopedGopherQualityFilter(quality_langs),
+             # FineWeb's recipe: C4 without the terminal-punctuation line rule, then FineWeb's quality filter
+             ScopedC4QualityFilter(quality_langs, filter_no_terminal_punct=False),
+             ScopedFineWebQualityFilter(quality_langs), JsonlWriter(filtered),
              Utf8MinhashDedupSignature(output_folder=sigs, config=mh)],
             tasks=w, workers=w, logging_dir=str(base / "logs" / "1"))),
         ("buckets", LocalPipelineExecutor(
@@ -548,7 +561,7 @@ def datatrove_child(args) -> int:
     s1 = step_stats["filter+signature"]
     read = _total(s1[0]["stats"].get("documents")) if s1 else None
     dropped = {}
-    for s, key in zip(s1[1:4], ("langid", "gopher_repetition", "gopher_quality")):
+    for s, key in zip(s1[1:6], ("langid", "gopher_repetition", "gopher_quality", "c4_lines", "fineweb_quality")):
         dropped[key] = _total(s["stats"].get("dropped"))
     after_filters = _total(step("filter+signature", "MinHash stage 1")["stats"].get("total"))
     dd = step("dedup-filter+write", "MinHash stage 4")["stats"]
@@ -604,7 +617,9 @@ def gristmill_defaults() -> dict:
         bands, rows = 23, 11  # what gristmill derives for threshold 0.8, 256 permutations
     return {"ngram": nd.ngram, "buckets": bands, "hashes": rows, "threshold": nd.threshold,
             "num_perm": nd.num_perm, "verify": nd.verify,
-            "quality_languages": list(cfg.clean.gopher_quality.languages)}
+            # datatrove's side runs FineWeb's recipe as FineWeb did: the English rules on English documents
+            # (gristmill's default applies them to every language, with each language's settings: more work)
+            "quality_languages": ["en"]}
 
 
 def _fmt(v, width=8, nd=1):
@@ -746,7 +761,8 @@ def main(argv=None) -> int:
         lsh["hashes"] = args.dt_hashes
     print(f"datatrove MinHash: {lsh['ngram']}-grams, {lsh['buckets']} buckets x {lsh['hashes']} hashes "
           f"(gristmill near_dedup: threshold {lsh['threshold']}, {lsh['num_perm']} permutations, verify "
-          f"{lsh['verify']}); GopherQuality on {lsh['quality_languages']}; machine cores: {cores}", flush=True)
+          f"{lsh['verify']}); datatrove's Gopher/C4/FineWeb quality on {lsh['quality_languages']}; "
+          f"machine cores: {cores}", flush=True)
 
     results: dict = {
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_name(),

@@ -94,9 +94,48 @@ class LangIdConfig(_Section):
     model_path: str | None = None
     #: languages kept (ISO codes as the model emits them); empty = keep every language
     keep: tuple[str, ...] = ()
-    threshold: float = Field(default=0.65, ge=0.0, le=1.0)
+    #: minimum probability of the top language (FineWeb: 0.65), or "auto": per language, FineWeb-2's
+    #: max(0.3, min(0.9, median - σ)) of that language's scores over the run (a pre-pass; in the manifest)
+    threshold: float | Literal["auto"] = Field(default=0.65)
+    #: a threshold per language, set by hand: {de: 0.82}; beats ``threshold`` (and "auto") for those
+    per_language: dict[str, float] = Field(default_factory=dict)
+    #: "auto": a language with fewer documents than this keeps ``auto_fallback`` (too few to estimate)
+    auto_min_documents: int = Field(default=100, ge=2)
+    auto_fallback: float = Field(default=0.65, ge=0.0, le=1.0)
+    #: "auto" in a refresh: the published version's thresholds ("published"), or estimated anew ("recompute")
+    auto_in_refresh: Literal["published", "recompute"] = "published"
     #: characters of text given to fastText (prediction cost is linear in length)
     max_chars: int = Field(default=10_000, gt=0)
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v):
+        if isinstance(v, str) and v != "auto":
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError(f"langid.threshold is a probability in [0, 1] or auto, not {v!r}") from None
+        if not isinstance(v, str) and not 0.0 <= v <= 1.0:
+            raise ValueError(f"langid.threshold is a probability in [0, 1] or auto, not {v}")
+        return v
+
+    @field_validator("per_language")
+    @classmethod
+    def _probabilities(cls, v):
+        for lang, x in v.items():
+            if not 0.0 <= x <= 1.0:
+                raise ValueError(f"langid.per_language.{lang} = {x}: a threshold is a probability in [0, 1]")
+        return v
+
+    @property
+    def auto(self) -> bool:
+        return self.threshold == "auto"
+
+    def fixed_threshold(self, lang: str | None) -> float | None:
+        """The threshold of ``lang`` when known before the run (None: "auto" estimates it)."""
+        if lang in self.per_language:
+            return self.per_language[lang]
+        return None if self.auto else self.threshold
 
 
 class _LanguageScoped(_Section):
@@ -723,9 +762,18 @@ sco sd sh si sk sl so sq sr su sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec
 yi yo yue zh""".split())
 
 
+#: country codes and ISO 639-2/3 codes written where lid.176's code goes
+_LANGUAGE_CODE_MISTAKES = {
+    "cn": "zh", "zho": "zh", "chi": "zh", "jp": "ja", "jpn": "ja", "kr": "ko", "kor": "ko", "gr": "el", "dk": "da",
+    "se": "sv", "cz": "cs", "ua": "uk", "iw": "he", "in": "id", "eng": "en", "deu": "de", "ger": "de", "fra": "fr",
+    "fre": "fr", "spa": "es", "rus": "ru", "ita": "it", "por": "pt", "nld": "nl", "pol": "pl", "tha": "th",
+    "ara": "ar", "hin": "hi", "tur": "tr", "vie": "vi", "ind": "id",
+}
+
+
 def _named_languages(cfg: GristmillConfig) -> list[tuple[str, str]]:
     """(where, code) of every language code the config names."""
-    out = [("langid.keep", x) for x in cfg.langid.keep]
+    out = [("langid.keep", x) for x in cfg.langid.keep] + [("langid.per_language", x) for x in cfg.langid.per_language]
     c = cfg.clean
     for name in ("gopher_repetition", "gopher_quality", "c4_lines", "fineweb_quality", "quality"):
         rule = getattr(c, name)
@@ -763,7 +811,8 @@ class GristmillConfig(_Section):
             return self  # another model (GlotLID: eng_Latn, ...): its labels are not known here
         for where, code in _named_languages(self):
             if code not in LID176_LANGUAGES:
-                hint = difflib.get_close_matches(code, LID176_LANGUAGES, n=3)
+                hint = ([_LANGUAGE_CODE_MISTAKES[code]] if code in _LANGUAGE_CODE_MISTAKES
+                        else difflib.get_close_matches(code, LID176_LANGUAGES, n=3))
                 raise ValueError(f"{where}: {code!r} is not a language the language-ID model (lid.176) emits"
                                  + (f"; did you mean {' or '.join(hint)}?" if hint else "")
                                  + " (codes are ISO 639-1 where one exists: zh, ja, de; docs/corpus.md)")
@@ -875,7 +924,8 @@ def _explain(error: ValidationError, path, set_by: dict[str, str]) -> str:
                 msg += f" (the keys of {'.'.join(loc[:-1]) or 'the config'}: {known})"
         elif msg.startswith("Value error, "):
             msg = msg.removeprefix("Value error, ")
-        lines.append(f"  {key}{' (' + origin + ')' if origin else ''}: {msg}")
+        where = f"{key}{' (' + origin + ')' if origin else ''}: " if key else ""  # a whole-config check: msg says where
+        lines.append(f"  {where}{msg}")
     return "invalid config:\n" + "\n".join(lines)
 
 

@@ -164,6 +164,10 @@ class Cleaner:
         if why:
             doc["reason"] = f"langid:{why}"
             return doc
+        if self.cfg.langid.fixed_threshold(lang) is None:  # threshold: auto, judged once the run's are known
+            doc["lang_pending"] = True
+            if doc["lang_score"] < langid.AUTO_CEILING:
+                doc[langid.TEXT_AT_LANGID] = doc["text"]
 
         for stage, rule_cfg in self.rules(lang):
             self.stage = stage

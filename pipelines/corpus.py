@@ -34,7 +34,7 @@ from gristmill.documents import CORPUS_SCHEMA, SCHEMA_VERSION
 from gristmill.errors import ExitCode, GristmillError
 from gristmill.locks import directory_lock
 from gristmill.outputs import begin_output, check_output, recorded_run
-from gristmill.pipelines import quality
+from gristmill.pipelines import langid, quality
 from gristmill.pipelines.card import write_card
 from gristmill.pipelines.clean import Cleaner, stages
 from gristmill.pipelines.decontaminate import REASON as DECONTAMINATED
@@ -227,13 +227,16 @@ def _is_dropped(d) -> bool:
 def build_pipeline(
     p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig, published_index: list[str] | None = None,
     pool_workers: int = 1, evaluation: EvaluationSets | None = None, quality_cuts: dict[str, int] | None = None,
+    langid_thresholds: dict[str, float] | None = None,
 ) -> beam.PCollection:
     """The corpus pipeline; with ``published_index`` (the index files of a published corpus), new
     documents are also deduplicated against that corpus (``gristmill refresh``). ``pool_workers``:
     processes for the per-file work on the in-process runner (pipelines/workpool.py);
     ``evaluation``: the checked evaluation files of decontamination (read again when not given);
     ``quality_cuts``: per language the lowest histogram bin kept, when the quality classifier keeps a
-    top fraction (:func:`build_quality_prepass` counted the scores). Returns its one sink (see the end).
+    top fraction (:func:`build_quality_prepass` counted the scores); ``langid_thresholds``: per language
+    the language-ID threshold, with ``langid.threshold: auto`` (:func:`build_langid_prepass`). Returns
+    its one sink (see the end).
 
     With near-dedup on, this is the first of the run's pipelines: it ends with the documents still
     kept spilled to files and their candidate edges written for the clustering rounds
@@ -255,6 +258,8 @@ def build_pipeline(
     )
     file_stats = read | "FileStats" >> beam.Map(lambda x: x.get(FILE_STATS)) | "OnlyStats" >> beam.Filter(bool)
     cleaned = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
+    if cfg.langid.auto:
+        cleaned = cleaned | "LangIdCut" >> beam.Map(langid.cut, dict(langid_thresholds or {}))
     kept = cleaned | "Kept" >> beam.Filter(_is_kept)
     rejected = cleaned | "Rejected" >> beam.Filter(_is_dropped)
     written = []
@@ -310,8 +315,25 @@ def build_pipeline(
     return written | "AllWritten" >> beam.Flatten()
 
 
+def build_langid_prepass(p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig,
+                         pool_workers: int = 1) -> beam.PCollection:
+    """``langid.threshold: auto`` needs every language's scores first: read and clean (the per-file work
+    lands in ``_work/``, which the main pipeline replays) and count each language's scores exactly
+    (``langid_prepass``; pipelines/langid.py turns them into thresholds)."""
+    counts = (
+        p
+        | "Inputs" >> beam.Create(plan.files)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS, pool_workers))
+        | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
+        | "Scores" >> beam.FlatMap(langid.score_key)
+        | "CountScores" >> beam.combiners.Count.PerElement()
+    )
+    return collect_stats("langid_prepass", counts, output)
+
+
 def build_quality_prepass(p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig,
-                          pool_workers: int = 1) -> beam.PCollection:
+                          pool_workers: int = 1, langid_thresholds: dict[str, float] | None = None) -> beam.PCollection:
     """Keeping a top fraction per language needs every score first: read and clean (the per-file work
     lands in ``_work/``, which the main pipeline then replays instead of cleaning again) and count the
     scores into per-language histograms (``quality_prepass``)."""
@@ -320,7 +342,9 @@ def build_quality_prepass(p: beam.Pipeline, plan: InputPlan, output: str, cfg: G
         | "Inputs" >> beam.Create(plan.files)
         | "SpreadFiles" >> beam.Reshuffle()
         | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS, pool_workers))
-        | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x and _is_kept(x))
+        | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
+        | "LangIdCut" >> beam.Map(lambda d: langid.cut(d, langid_thresholds) if langid_thresholds is not None else d)
+        | "Kept" >> beam.Filter(_is_kept)
         | "ScoreBins" >> beam.FlatMap(quality.score_key)
         | "CountBins" >> beam.combiners.Count.PerElement()
     )
@@ -485,6 +509,8 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
         "rejected_shards": stats["rejected_shards"],
         "index_shards": stats["index_shards"],
     }
+    if cfg.langid.auto or cfg.langid.per_language:  # only then: thresholds per language
+        manifest["langid"] = langid.thresholds_entry(cfg.langid, stats.get("langid_thresholds"))
     if cfg.clean.quality.enabled:  # only then, as decontamination below
         manifest["quality"] = quality.manifest_entry(cfg.clean.quality, stats["quality_hist"],
                                                      stats.get("quality_cuts") or {})
@@ -619,6 +645,31 @@ def _cluster(output: str, cfg: GristmillConfig, beam_args,
     return changed, edge_files
 
 
+def _published_thresholds(published: PublishedCorpus | None, cfg: GristmillConfig) -> dict[str, dict] | None:
+    """A refresh with ``threshold: auto`` uses the thresholds the published version estimated (unless
+    ``langid.auto_in_refresh: recompute``): a month's crawl is judged as the corpus it joins was."""
+    if published is None or cfg.langid.auto_in_refresh != "published":
+        return None
+    entry = (published.manifest.get("langid") or {}).get("languages") or {}
+    found = {lang: {**e, "source": f"published ({e.get('source', 'auto')})"} for lang, e in entry.items()
+             if e.get("source") != "per_language"}
+    if not found:
+        log.warning("langid.threshold: auto, but the published corpus records no thresholds: estimating them anew")
+        return None
+    return found
+
+
+def _log_thresholds(cfg: GristmillConfig, estimated: dict[str, dict]) -> None:
+    shown = sorted(estimated.items(), key=lambda kv: -kv[1]["documents"] if "documents" in kv[1] else 0)
+    log.info("language ID thresholds (auto): %s", ", ".join(
+        f"{lang} {e['threshold']:.3f}" for lang, e in shown[:12]) + (" ..." if len(shown) > 12 else ""))
+    few = [lang for lang, e in estimated.items() if e.get("source") == "fallback"]
+    if few:
+        log.info("language ID thresholds: %d language(s) with fewer than %d documents keep %s (too few to "
+                 "estimate): %s", len(few), cfg.langid.auto_min_documents, cfg.langid.auto_fallback,
+                 ", ".join(few[:20]) + (" ..." if len(few) > 20 else ""))
+
+
 def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, published, t0: float,
          progress: bool = True, evaluation: EvaluationSets | None = None) -> RunResult:
     io.remove_tree(io.join(output, SPILL_DIR))  # left by a crashed run
@@ -629,14 +680,23 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
         log.info("reading and cleaning on %d processes", workers)
     cc_rounds: list = []
     cuts: dict[str, int] = {}
+    estimated: dict[str, dict] | None = None
+    thresholds: dict[str, float] | None = None
     with CorpusProgress(output, len(plan.files), sum(plan.sizes.values()), bar=bar) as watch:
+        if cfg.langid.auto:
+            estimated = _published_thresholds(published, cfg)
+            if estimated is None:
+                run_pipeline(lambda p: build_langid_prepass(p, plan, output, cfg, workers), beam_args)
+                estimated = langid.auto_thresholds(cfg.langid, read_stats(output, "langid_prepass"))
+            thresholds = {lang: e["threshold"] for lang, e in estimated.items()}
+            _log_thresholds(cfg, estimated)
         if cfg.clean.quality.enabled and cfg.clean.quality.top_fraction is not None:
-            run_pipeline(lambda p: build_quality_prepass(p, plan, output, cfg, workers), beam_args)
+            run_pipeline(lambda p: build_quality_prepass(p, plan, output, cfg, workers, thresholds), beam_args)
             cuts = quality.top_fraction_cuts(cfg.clean.quality, read_stats(output, "quality_prepass"))
             log.info("quality: keeping the top fraction per language from score %s",
                      ", ".join(f"{lang} ≥ {quality.bin_floor(b):.4g}" for lang, b in cuts.items()) or "(none scored)")
-        run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files, workers, evaluation, cuts),
-                     beam_args)
+        run_pipeline(lambda p: build_pipeline(p, plan, output, cfg, index_files, workers, evaluation, cuts,
+                                              thresholds), beam_args)
         if cfg.near_dedup.enabled:
             watch.read_finished()
             cc_rounds, labels = _cluster(output, cfg, beam_args)
@@ -645,6 +705,7 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
                          beam_args)
     stats = read_run_stats(output, cc_rounds)
     stats["quality_cuts"] = cuts
+    stats["langid_thresholds"] = estimated
     manifest = build_manifest(plan, stats, cfg, evaluation)
     if published is not None:
         manifest.update(published.lineage(output, manifest))

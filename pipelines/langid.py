@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 
@@ -57,9 +58,101 @@ def predict(text: str, cfg: LangIdConfig, model=None) -> tuple[str, float]:
 
 
 def decide(lang: str, score: float, cfg: LangIdConfig) -> str | None:
-    """Drop reason, or None to keep."""
+    """Drop reason, or None to keep (for now: with ``threshold: auto`` the score is judged by
+    :func:`cut` once the run's thresholds are known)."""
     if cfg.keep and lang not in cfg.keep:
         return "not_kept"
-    if score < cfg.threshold:
+    threshold = cfg.fixed_threshold(lang)
+    if threshold is not None and score < threshold:
         return "low_score"
     return None
+
+
+# --- threshold: auto (FineWeb-2) ----------------------------------------------------------------------
+#
+# FineWeb-2 keeps a document of language L when its score is at least
+#     τ_L = max(0.3, min(0.9, median_L − σ_L))
+# over the scores of L's documents. Scores are counted exactly, as integers of 1/10,000 (the precision
+# the corpus stores them with), per language: merged in any order, on any runner, the counts (and so
+# every τ) are the same.
+
+SCORE_UNITS = 10_000
+AUTO_FLOOR, AUTO_CEILING = 0.3, 0.9
+#: the text of a document whose threshold is not known yet, kept while its score is under the highest
+#: threshold "auto" can choose: a document cut later is recorded as it was at language ID
+TEXT_AT_LANGID = "text_at_langid"
+
+
+def score_units(score: float) -> int:
+    return round(score * SCORE_UNITS)
+
+
+def score_key(doc: dict) -> list[tuple[str, int]]:
+    """(language, score in units) of a document that reached language ID with a threshold still to
+    estimate; nothing otherwise."""
+    return [(doc["lang"], score_units(doc["lang_score"]))] if doc.get("lang_pending") else []
+
+
+def auto_thresholds(cfg: LangIdConfig, counts) -> dict[str, dict]:
+    """Per language, from ``counts`` ((language, score units), documents): the threshold and how it
+    was chosen — documents, median, σ, and ``auto``, or ``fallback`` for a language with fewer than
+    ``auto_min_documents`` documents."""
+    by_lang: dict[str, dict[int, int]] = {}
+    for (lang, units), n in counts:
+        by_lang.setdefault(lang, {})[int(units)] = by_lang.get(lang, {}).get(int(units), 0) + int(n)
+    out = {}
+    for lang in sorted(by_lang):
+        hist = sorted(by_lang[lang].items())
+        n = sum(c for _, c in hist)
+        entry: dict = {"documents": n}
+        if n < cfg.auto_min_documents:
+            entry.update(threshold=cfg.auto_fallback, source="fallback")
+        else:
+            median = _median(hist, n)
+            s1 = sum(u * c for u, c in hist)
+            s2 = sum(u * u * c for u, c in hist)
+            sigma = math.sqrt(max(s2 * n - s1 * s1, 0)) / n / SCORE_UNITS  # exact integers until the root
+            tau = max(AUTO_FLOOR, min(AUTO_CEILING, median - sigma))
+            entry.update(threshold=round(tau, 4), median=round(median, 4), sigma=round(sigma, 4), source="auto")
+        out[lang] = entry
+    return out
+
+
+def _median(hist: list[tuple[int, int]], n: int) -> float:
+    """The median of the scores (the mean of the two middle ones when n is even), as numpy's."""
+    lo_rank, hi_rank = (n - 1) // 2, n // 2
+    lo = hi = None
+    seen = 0
+    for units, count in hist:
+        if lo is None and seen + count > lo_rank:
+            lo = units
+        if seen + count > hi_rank:
+            hi = units
+            break
+        seen += count
+    return (lo + hi) / 2 / SCORE_UNITS
+
+
+def thresholds_entry(cfg: LangIdConfig, estimated: dict[str, dict] | None) -> dict:
+    """What the manifest records: how thresholds were set, and per language the threshold used."""
+    languages = {lang: dict(e) for lang, e in (estimated or {}).items()}
+    for lang, t in cfg.per_language.items():
+        languages[lang] = {**languages.get(lang, {}), "threshold": t, "source": "per_language"}
+    return {"threshold": cfg.threshold, "min_documents": cfg.auto_min_documents if cfg.auto else None,
+            "fallback": cfg.auto_fallback if cfg.auto else None,
+            "languages": {k: languages[k] for k in sorted(languages)}}
+
+
+def cut(doc: dict, thresholds: dict[str, float]) -> dict:
+    """With ``threshold: auto``: judge a document whose threshold was not known when it was cleaned.
+    One scoring under its language's threshold is dropped as ``langid:low_score`` — whatever later
+    step dropped it otherwise, as language ID comes first — with its text as it was at language ID."""
+    if not doc.pop("lang_pending", False):
+        return doc
+    text = doc.pop(TEXT_AT_LANGID, None)
+    if doc["lang_score"] < thresholds.get(doc["lang"], AUTO_CEILING):
+        doc["reason"], doc["detail"] = "langid:low_score", f"score {doc['lang_score']} < {thresholds.get(doc['lang'])}"
+        doc["signals"] = {k: v for k, v in doc["signals"].items() if k == "control_chars_removed"}
+        if text is not None:
+            doc["text"] = text
+    return doc

@@ -125,6 +125,24 @@ def _quality_section(quality: dict | None) -> str:
     return "".join(parts)
 
 
+def _langid_section(entry: dict | None) -> str:
+    """The language-ID threshold of each language and how it was chosen (``langid.threshold: auto``
+    or ``langid.per_language``); empty otherwise: such a run's report is what it was."""
+    if not entry:
+        return ""
+    how = ("estimated per language from this run's scores: max(0.3, min(0.9, median − σ)), FineWeb-2's rule; "
+           f"languages with fewer than {entry['min_documents']:,} documents keep {entry['fallback']}"
+           if entry["threshold"] == "auto" else f"{entry['threshold']} unless set per language")
+    rows = []
+    for lang, e in sorted(entry["languages"].items(), key=lambda kv: (-kv[1].get("documents", 0), kv[0])):
+        stats = (f"{e['documents']:,}", f"{e['median']:.3f}" if "median" in e else "",
+                 f"{e['sigma']:.3f}" if "sigma" in e else "") if "documents" in e else ("", "", "")
+        cells = (html.escape(lang), f"{e['threshold']:.3f}", html.escape(e["source"]), *stats)
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f"<h2>Language-ID thresholds</h2><p>{html.escape(how)}.</p><table><tr><th>language</th><th>threshold"
+            "</th><th>source</th><th>documents scored</th><th>median</th><th>σ</th></tr>" + "".join(rows) + "</table>")
+
+
 def render_html(manifest: dict, seconds: float | None = None) -> str:
     c = manifest["counts"]
     read = c["read"]
@@ -145,7 +163,8 @@ dropped {sum(c['dropped'].values()):,}; {len(manifest['shards'])} shards. Config
 Percentages are of the documents read.</p>
 <h2>Funnel</h2>{_bars(funnel_rows, read)}
 <h2>Dropped by reason</h2>{_bars(reason_rows, read)}
-<h2>Languages kept</h2>{_bars(lang_rows, read)}{_quality_section(manifest.get("quality"))}
+<h2>Languages kept</h2>{_bars(lang_rows, read)}{_langid_section(manifest.get("langid"))}\
+{_quality_section(manifest.get("quality"))}
 <h2>Inputs</h2><table><tr><th>file</th><th>format</th><th>bytes</th><th>documents</th><th>error</th></tr>
 {_inputs_table(manifest["inputs"])}</table>
 </body></html>

@@ -64,7 +64,8 @@ def test_new_version_holds_only_new_documents(published, refreshed):
     c = m["counts"]
     assert c["read"] == c["kept"] + sum(c["dropped"].values())
     removed = c["dropped"]["exact_dedup:published_duplicate"] + c["dropped"].get("near_dedup:published_duplicate", 0)
-    assert removed > 500  # the first crawl read again: everything it kept comes back as a duplicate
+    published_kept = json.loads((published / "manifest.json").read_text())["counts"]["kept"]
+    assert removed >= published_kept > 200  # the first crawl read again: everything it kept comes back as a duplicate
     new_sources = {r["source"] for r in open_corpus(str(out)).to_table().to_pylist()}
     assert new_sources and not new_sources & {"dolma-cc-main-2019-30.jsonl.gz", "oscar-2019-multilingual.jsonl.zst"}
     assert not index_hashes(out) & index_hashes(published)
@@ -82,7 +83,7 @@ def test_versions_are_listed_with_what_each_added_and_removed(published, refresh
     assert [v["path"] for v in versions] == [str(published), str(out)]
     assert versions[0]["added"] == json.loads((published / "manifest.json").read_text())["counts"]["kept"]
     assert versions[1]["added"] == m["counts"]["kept"]
-    assert sum(versions[1]["removed_as_duplicates_of_published"].values()) > 500
+    assert sum(versions[1]["removed_as_duplicates_of_published"].values()) >= versions[0]["added"] > 200
 
 
 def test_the_same_refresh_twice_gives_the_same_result(published, refreshed, tmp_path):

@@ -44,7 +44,7 @@ def test_training_is_deterministic_and_writes_every_file(corpus, tok, tmp_path):
     train_tokenizer(str(corpus), str(again), load_config(DEMO_CONFIG).tokenizer)
     assert (again / "tokenizer.model").read_bytes() == (tok / "tokenizer.model").read_bytes()
     meta = json.loads((tok / "tokenizer_meta.json").read_text())
-    assert meta["vocab_size"] == 8000 and meta["documents"] > 500 and len(meta["corpus_manifest_sha256"]) == 64
+    assert meta["vocab_size"] == 8000 and meta["documents"] > 300 and len(meta["corpus_manifest_sha256"]) == 64
     sp = load(str(tok))
     assert [sp.id_to_piece(i) for i in range(6)] == ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
     # split digits, byte fallback for what the vocabulary lacks
@@ -183,7 +183,7 @@ def test_pack_cuts_and_counts():
 
 def test_empty_corpus_is_a_clear_error(tmp_path):
     empty = tmp_path / "empty"
-    run_corpus(PARQUET, str(empty), load_config(DEMO_CONFIG, ["langid.keep=[xx]"]), DIRECT, progress=False)
+    run_corpus(PARQUET, str(empty), load_config(DEMO_CONFIG, ["langid.keep=[vo]"]), DIRECT, progress=False)
     with pytest.raises(TokenizerError, match="is empty"):
         train_tokenizer(str(empty), str(tmp_path / "t"), load_config(DEMO_CONFIG).tokenizer)
 

@@ -55,6 +55,7 @@ RAW_OVERRIDES = {
     "clean.gopher_repetition.enabled": False,
     "clean.gopher_quality.enabled": False,
     "clean.c4_lines.enabled": False,
+    "clean.fineweb_quality.enabled": False,
     "clean.pii.enabled": False,
     "clean.quality.enabled": False,
     "clean.custom_filters": [],
