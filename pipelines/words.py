@@ -9,7 +9,7 @@ by a dictionary segmenter instead (measured on Leipzig sentences, one core: benc
 
 * Chinese (zh, yue, wuu): rjieba, jieba's algorithm in Rust (~4.5 M characters/s);
 * Japanese (ja): MeCab through fugashi with the UniDic-lite dictionary (~0.6 M characters/s);
-* Thai (th): PyThaiNLP's newmm-safe (~0.2 M characters/s).
+* Thai (th): PyThaiNLP's newmm-safe (~0.6 M characters/s).
 
 Khmer, Lao, Burmese, Tibetan and Dzongkha are written without spaces too but have no segmenter here:
 for them :func:`segmenter` is None and the cleaner turns the word-based settings off (the line and
