@@ -183,8 +183,39 @@ def ablate(config: GristmillConfig, beam_args: Sequence[str] | None = None, *, o
     sets. Returns an ``AblationResult`` (output, table, results_path, markdown, plot_path, seconds)."""
     from gristmill.trainer.ablate import DataSteps, run_ablation
 
-    data = DataSteps(run_corpus=run_corpus, train_tokenizer=train_tokenizer, tokenize=tokenize)
+    data = DataSteps(run_corpus=run_corpus, train_tokenizer=train_tokenizer, tokenize=tokenize,
+                     corpus_texts=_corpus_texts, quality_inputs=_quality_inputs)
     return run_ablation(config, data, list(beam_args or []), overwrite=overwrite, progress=progress)
+
+
+def _corpus_texts(directory: str):
+    """Every kept document's text of a corpus, batch by batch (the ablation's leak check)."""
+    from gristmill.documents import open_corpus
+
+    for batch in open_corpus(directory).to_batches(columns=["text"]):
+        yield from batch.column("text").to_pylist()
+
+
+def _quality_inputs(model: str | None) -> list[tuple[str, str | None, object]]:
+    """(path, sha256, a reader of its texts or None) of every input a quality classifier was trained on,
+    from the metadata.json beside it (the shipped one: pipelines/resources/quality)."""
+    import json
+    import os
+
+    from gristmill.pipelines import quality, quality_model
+
+    meta_path = os.path.join(os.path.dirname(os.path.abspath(model or str(quality.SHIPPED_MODEL))), "metadata.json")
+    if not os.path.isfile(meta_path):
+        return []
+    with open(meta_path, encoding="utf-8") as f:
+        inputs = json.load(f).get("inputs", [])
+    out = []
+    for entry in inputs:
+        path = entry["path"]
+        readable = os.path.isfile(path)
+        out.append((path, entry.get("sha256"),
+                    (lambda p=path: quality_model.read_documents(p)) if readable else None))
+    return out
 
 
 def _device(name: str):

@@ -352,16 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
         "ablate.inputs: base raw = extraction and language ID only, base default, plus dotted overrides in set:), "
         "build the corpus, tokenize every variant with one shared tokenizer, pretrain the model: section's model "
         "for ablate.tokens tokens once per seed of ablate.seeds (Ray Train; runs in parallel when Ray has the "
-        "CPUs/GPUs), evaluate ablate.eval_points checkpoints per run on the held-out sets (ablate.heldout: loss "
-        "per token on clean text never trained on; ablate.mc: multiple-choice accuracy), and write "
-        "ablate.output/results.md (variant x metric, mean ± std over seeds, verdict against the baseline: better "
-        "or worse only beyond the spread over seeds), results.json and heldout_loss.png. Run again, it skips "
+        "CPUs/GPUs), evaluate ablate.eval_points checkpoints per run on the held-out sets (ablate.heldout: "
+        "bits per byte and loss per token on clean text never trained on; ablate.mc: multiple-choice accuracy), and "
+        "write ablate.output/results.md (variant x metric, mean ± std over seeds, the difference from the baseline "
+        "paired by seed with its Holm-corrected 95 % interval; better or worse only where it excludes 0), "
+        "results.json and heldout_loss.png. Run again, it skips "
         "finished steps and resumes training runs. Errors before any training: missing corpus directories, "
-        "variants whose data is too small for the token budget (ablate.max_epochs), unknown settings.",
+        "variants whose data is too small for the token budget (ablate.max_epochs), held-out text found in a "
+        "variant's corpus or its quality classifier's inputs (the leak check), unknown settings.",
         epilog="example: gristmill ablate --config configs/ablate.yaml --set ablate.tokens=500000")
     ab.add_argument("--overwrite", action="store_true",
                     help="write into ablate.output although it holds something else (files gristmill did not write)")
     ab.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ab.add_argument("--allow-overlap", action="store_true",
+                    help="run although a held-out set overlaps a variant's corpus or its quality classifier's "
+                    "inputs (the leak check's numbers go to results.json); without it such an ablation stops")
     add_config_arguments(ab, "an ablate: section (with the corpus, tokenizer, tokenize, model and pretrain "
                          "settings every variant shares), e.g. configs/ablate.yaml")
     add_logging_arguments(ab)
@@ -601,8 +606,10 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
 def _cmd_ablate(args, beam_args: list[str]) -> int:
     from gristmill import api
 
-    result = api.ablate(_config(args), beam_args, overwrite=args.overwrite,
-                        progress=not (args.no_progress or args.quiet))
+    cfg = _config(args)
+    if args.allow_overlap:
+        cfg = cfg.model_copy(update={"ablate": cfg.ablate.model_copy(update={"allow_overlap": True})})
+    result = api.ablate(cfg, beam_args, overwrite=args.overwrite, progress=not (args.no_progress or args.quiet))
     print(result.markdown)
     print(f"results: {result.results_path}")
     if result.plot_path:

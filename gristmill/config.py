@@ -727,8 +727,9 @@ class AblateConfig(_Section):
     variants: tuple[AblateVariantConfig, ...] = ()
     #: the variant the others are compared with (None: the first)
     baseline: str | None = None
-    #: one run per variant and seed; the spread over seeds decides whether a difference counts
-    seeds: tuple[int, ...] = (0, 1, 2)
+    #: one run per variant and seed; differences are paired by seed (trainer/ablation_stats.py): at least
+    #: 5 seeds for an interval worth reading
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     #: training tokens of every run (max_steps = tokens / (pretrain.batch_size x tokenize.seq_len), rounded up)
     tokens: int = Field(default=2_000_000, gt=0)
     #: a variant whose train split is smaller is repeated, at most this many times (Muennighoff et al. 2023:
@@ -741,14 +742,19 @@ class AblateConfig(_Section):
     #: the variant whose corpus trains the shared tokenizer (None: the baseline)
     tokenizer_from: str | None = None
     #: held-out clean text, never trained on: .txt (one document per file) or .jsonl (``text`` of each record);
-    #: each file is one held-out set, reported as loss and perplexity per token of the shared tokenizer
+    #: each file is one held-out set (Gutenberg header/footer cut, hard wraps joined), reported in bits per byte
+    #: and loss per token of the shared tokenizer
     heldout: tuple[str, ...] = ()
-    #: tokens read from each held-out set (from its start)
+    #: tokens scored of each held-out set: windows of 1,024 evenly spaced over the whole set when it is longer
     heldout_max_tokens: int = Field(default=100_000, gt=0)
     #: multiple-choice files ({question, choices, answer} JSONL, as ``gristmill eval --mc``)
     mc: tuple[str, ...] = ()
     #: training runs at once (each pretrain.num_workers x cpus_per_worker CPUs); 0: as many as Ray's CPUs allow
     parallel: int = Field(default=0, ge=0)
+    #: a source holding more than this share of a held-out set's 13-grams is a leak (trainer/leaks.py)
+    max_heldout_overlap: float = Field(default=0.01, ge=0.0, le=1.0)
+    #: a leak is reported and the ablation goes on (the CLI's --allow-overlap)
+    allow_overlap: bool = False
 
 
 #: the labels of lid.176, the default language-ID model (read from the model file): the language codes a

@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import gzip
 import json
-import unicodedata
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-import regex
-import xxhash
 
 from gristmill import io
 from gristmill.config import DecontaminateConfig
 from gristmill.dedupe.components import node_key
 from gristmill.documents import dropped
 from gristmill.errors import ExitCode, GristmillError
+from gristmill.ngrams import ngram_hash, ngram_hashes, words
 
 REASON = "decontaminate:ngram_overlap"
-_WORD = regex.compile(r"\w+")
 
 
 class DecontaminationError(GristmillError):
@@ -51,20 +48,6 @@ class DecontaminationError(GristmillError):
 # ---------------------------------------------------------------------------------------------
 
 
-def words(text: str) -> list[str]:
-    """The normalised words of a text: NFKC, casefolded, Unicode word characters only."""
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
-
-
-def _hash(ws: list[str]) -> int:
-    return xxhash.xxh3_64_intdigest(" ".join(ws).encode("utf-8", "surrogatepass"))
-
-
-def ngram_hashes(ws: list[str], n: int) -> set[int]:
-    """Hashes of every n-word window of ``ws`` (none if it is shorter)."""
-    return {_hash(ws[i:i + n]) for i in range(len(ws) - n + 1)}
-
-
 def text_ngrams(text: str, n: int, min_words: int) -> tuple[set[int], int | None]:
     """An evaluation text's n-gram hashes, and its length when it is matched whole (shorter than
     ``n`` words but at least ``min_words``); no hashes if it is shorter still."""
@@ -72,7 +55,7 @@ def text_ngrams(text: str, n: int, min_words: int) -> tuple[set[int], int | None
     if len(ws) >= n:
         return ngram_hashes(ws, n), None
     if len(ws) >= min_words:
-        return {_hash(ws)}, len(ws)
+        return {ngram_hash(ws)}, len(ws)
     return set(), None
 
 

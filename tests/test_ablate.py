@@ -16,7 +16,7 @@ import yaml
 
 from gristmill import api
 from gristmill.config import load_config
-from gristmill.trainer.ablate import AblationError, summarise
+from gristmill.trainer.ablate import AblationError, heldout_tokens, normalize_heldout, summarise
 
 from .conftest import shared
 
@@ -31,19 +31,39 @@ def _runs(values: dict[str, list[float]], metric: str = "heldout:book") -> list[
             for v, xs in values.items() for s, x in enumerate(xs)]
 
 
-def test_a_difference_counts_only_beyond_the_spread_over_seeds():
+def test_a_verdict_needs_a_corrected_paired_interval_that_excludes_zero():
     data = {n: {"documents": 1, "train_tokens": 1, "epochs": 1.0} for n in ("raw", "clean", "noisy")}
     table = summarise(_runs({"raw": [3.0, 3.1, 3.2], "clean": [2.5, 2.55, 2.6], "noisy": [2.5, 2.9, 3.3]}),
                       ["raw", "clean", "noisy"], "raw", data)
     by = {r["variant"]: r["metrics"]["heldout:book"] for r in table}
     assert "verdict" not in by["raw"]
-    assert by["clean"]["verdict"] == "better"  # lower loss, 0.55 apart against spreads of 0.2 and 0.1
-    assert by["clean"]["vs_baseline"] == pytest.approx(-0.55)
-    assert by["noisy"]["verdict"] == "within noise"  # mean 0.2 lower, but its seeds spread over 0.8
+    # paired by seed: -0.5, -0.55, -0.6; 2 comparisons, Holm: the smaller p-value is tested at 0.025
+    assert by["clean"]["verdict"] == "better"
+    assert by["clean"]["difference"] == pytest.approx(-0.55)
+    lo, hi = by["clean"]["interval"]
+    assert lo < -0.55 < hi < 0 and by["clean"]["confidence"] == pytest.approx(1 - 0.05 / 2)
+    assert by["noisy"]["verdict"] == "no difference detectable"  # -0.5, -0.2, +0.1
+    assert by["noisy"]["interval"][0] < 0 < by["noisy"]["interval"][1]
     assert by["clean"]["std"] == pytest.approx(0.05)
     # accuracy: higher is better
     acc = summarise(_runs({"raw": [0.5, 0.52], "clean": [0.4, 0.41]}, "mc:x"), ["raw", "clean"], "raw", data)
     assert acc[1]["metrics"]["mc:x"]["verdict"] == "worse"
+    # ... unless every variant is at chance (200 four-way items: chance 0.25 ± 2 × 0.031)
+    chance = summarise(_runs({"raw": [0.25, 0.27], "clean": [0.22, 0.21]}, "mc:x"), ["raw", "clean"], "raw", data,
+                       {"x": (200, 0.25)})
+    assert chance[1]["metrics"]["mc:x"]["verdict"] == "at chance"
+    assert chance[0]["metrics"]["mc:x"]["binomial_se"] == pytest.approx((0.26 * 0.74 / 200) ** 0.5)
+
+
+def test_bits_per_byte_have_a_macro_average_over_held_out_sets():
+    data = {n: {"documents": 1, "train_tokens": 1, "epochs": 1.0} for n in ("raw", "clean")}
+    runs = [{"variant": v, "seed": s, "curve": [{"tokens": 1, "bpb:a": a, "bpb:b": b}]}
+            for v, rows in {"raw": [(1.0, 2.0), (1.1, 2.1)], "clean": [(0.9, 1.9), (1.0, 2.0)]}.items()
+            for s, (a, b) in enumerate(rows)]
+    table = summarise(runs, ["raw", "clean"], "raw", data)
+    assert list(table[0]["metrics"])[0] == "bpb:macro"
+    assert table[0]["metrics"]["bpb:macro"]["seeds"] == pytest.approx([1.5, 1.6])
+    assert table[1]["metrics"]["bpb:macro"]["difference"] == pytest.approx(-0.1)
 
 
 def _config(tmp_path: Path, **ablate) -> Path:
@@ -124,7 +144,11 @@ def test_ablate_end_to_end_on_a_tiny_budget(tiny_ablation):
     m = table["raw"]["metrics"]["heldout:pg84_frankenstein"]
     assert m["mean"] == pytest.approx(sum(runs[("raw", s)]["curve"][-1]["heldout:pg84_frankenstein"]
                                           for s in (0, 1)) / 2)
-    assert table["default"]["metrics"]["heldout:pg84_frankenstein"]["verdict"] in ("better", "worse", "within noise")
+    assert table["default"]["metrics"]["heldout:pg84_frankenstein"]["verdict"] in (
+        "better", "worse", "no difference detectable")
+    for r in runs.values():  # bits per byte of the held-out text: the loss per token times tokens per byte
+        c = r["curve"][-1]
+        assert 0 < c["bpb:pg84_frankenstein"] < c["heldout:pg84_frankenstein"] / math.log(2)
     assert (out / "heldout_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "results.md").read_text().startswith("Each run: 10,240 training tokens")
 
@@ -172,3 +196,36 @@ def test_ablate_on_ray_trains_in_parallel_and_gives_the_in_process_numbers(tiny_
         for got, want in zip(curve, expected[key]):
             numbers = {k: v for k, v in want.items() if isinstance(v, float)}
             assert numbers and {k: got[k] for k in numbers} == pytest.approx(numbers, rel=1e-6), key
+
+
+def test_heldout_text_is_normalised_like_the_corpus():
+    book = ("\ufeffProject Gutenberg's Book, by Someone\r\n\r\nLicence text.\r\n"
+            "*** START OF THIS PROJECT GUTENBERG EBOOK BOOK ***\r\n\r\n"
+            "It was a dark and stormy\r\nnight; the rain fell in\r\ntorrents.\r\n\r\n"
+            "Then it stopped.\r\n\r\n"
+            "End of the Project Gutenberg EBook of Book\r\n"
+            "*** END OF THIS PROJECT GUTENBERG EBOOK BOOK ***\r\nMore licence.\r\n")
+    assert normalize_heldout(book) == "It was a dark and stormy night; the rain fell in torrents.\n\nThen it stopped."
+    assert normalize_heldout("no header here\njust wrapped") == "no header here just wrapped"
+    real = normalize_heldout(Path(shared("text/pg84_frankenstein.txt")).read_text(encoding="utf-8"))
+    assert "Gutenberg" not in real and "\r" not in real
+    assert real.endswith("lost in darkness and distance.")
+    assert max(map(len, real.split("\n\n"))) > 1000  # paragraphs, not 70-character printed lines
+
+
+def test_a_long_heldout_set_is_sampled_over_its_whole_length():
+    class Chars:  # a "tokenizer": one token per character
+        def encode(self, t):
+            return [ord(c) for c in t]
+
+        def eos_id(self):
+            return 0
+
+    text = "".join(chr(65 + i // 1000) for i in range(26_000))  # A×1000, B×1000, ..., Z×1000
+    toks = heldout_tokens(Chars(), [text], max_tokens=5000, window=1000)
+    assert len(toks) == 5000
+    firsts = [chr(t) for t in toks[::1000]]
+    assert firsts[0] == "A" and firsts[-1] >= "Y"  # from the start to the end, not the head only
+    assert len(set(firsts)) == 5
+    short = heldout_tokens(Chars(), ["ab", "c"], max_tokens=100)
+    assert list(short) == [97, 98, 0, 99, 0]

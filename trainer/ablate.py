@@ -7,17 +7,17 @@ e.g. ``raw``: extraction and language ID only, the defaults, the defaults with t
 2. one shared tokenizer (trained on one variant's corpus, or given), every variant tokenized with it;
 3. the same model pretrained with the same settings for the same number of tokens, once per seed
    (Ray Train, as ``gristmill pretrain``; several runs at once when Ray has the CPUs or GPUs for them);
-4. every run's evenly spaced checkpoints evaluated on the same held-out sets — loss per token of
-   the shared tokenizer on held-out clean text never trained on, and multiple-choice accuracy — as
-   Ray tasks;
+4. every run's evenly spaced checkpoints evaluated on the same held-out sets — bits per UTF-8 byte of
+   held-out clean text never trained on (comparable across tokenizers; the mean over sets is the
+   headline), loss per token, and multiple-choice accuracy — as Ray tasks;
 5. ``results.json``, ``results.md`` (variant × metric, mean ± standard deviation over seeds, the
-   verdict against the baseline) and ``heldout_loss.png`` (held-out loss against training tokens).
+   difference from the baseline paired by seed with its corrected interval, and a verdict) and
+   ``heldout_loss.png`` (held-out loss against training tokens).
 
-A variant is called better (or worse) than the baseline on a metric only when the difference of
-the means exceeds the spread over seeds of both (the larger of their max − min): with three seeds
-that is roughly "every seed of one is ahead of the mean of the other", a deliberately strict rule —
-small models trained briefly differ by seed, and a filter that does not clear its noise has not been
-shown to help.
+A variant is called better (or worse) than the baseline on a metric only when the 95 % t-interval of
+its difference, paired by seed and Holm-corrected over every variant × metric comparison of the table,
+excludes 0 (trainer/ablation_stats.py); otherwise "no difference detectable". A multiple-choice set on
+which every variant is within chance ± 2 binomial standard errors gets no verdict ("at chance").
 
 Each finished step is recorded (``steps.json``: a fingerprint of what it read and its settings);
 run again, the command skips what is done and resumes training runs from their last checkpoint.
@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import threading
 import time
@@ -44,6 +45,7 @@ from gristmill import io
 from gristmill.config import ConfigError, GristmillConfig, _set_dotted
 from gristmill.errors import GristmillError
 from gristmill.outputs import begin_output, check_output
+from gristmill.trainer import ablation_stats, leaks
 
 log = logging.getLogger("gristmill.ablate")
 
@@ -141,8 +143,29 @@ def plan_variants(cfg: GristmillConfig, out: str) -> list[Variant]:
     return variants
 
 
+_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (?:THIS|THE) PROJECT GUTENBERG EBOOK[^\n]*\n", re.I | re.M)
+_GUTENBERG_END = re.compile(
+    r"^(?:\*\*\* ?END OF (?:THIS|THE) PROJECT GUTENBERG EBOOK|End of (?:the )?Project Gutenberg)", re.I | re.M)
+
+
+def normalize_heldout(text: str) -> str:
+    """Held-out text as the corpus holds text: Unicode line ends, a Project Gutenberg header and footer
+    (licence boilerplate, not the book) cut off, and hard-wrapped lines joined into their paragraphs (a
+    printed book's line breaks are typesetting; C4's line rules judge web lines, and a model is scored
+    on prose, not on where a printer broke it). Paragraphs stay separated by a blank line."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
+    start = _GUTENBERG_START.search(text)
+    end = _GUTENBERG_END.search(text, start.end()) if start else None
+    if start and end and start.end() < end.start():
+        text = text[start.end():end.start()]
+    paragraphs = (" ".join(line.strip() for line in block.splitlines() if line.strip())
+                  for block in re.split(r"\n\s*\n", text))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
 def heldout_texts(path: str) -> list[str]:
-    """A held-out set's documents: a .txt file is one, a .jsonl file one per record (its ``text``)."""
+    """A held-out set's documents (normalised: :func:`normalize_heldout`): a .txt file is one, a .jsonl
+    file one per record (its ``text``)."""
     p = Path(path)
     if not p.is_file():
         raise AblationError(f"ablate.heldout: {path} is not a file")
@@ -156,21 +179,27 @@ def heldout_texts(path: str) -> list[str]:
                     raise AblationError(f"ablate.heldout: {path}:{n} is not a JSON record with a text field") from None
     else:
         texts = [p.read_text(encoding="utf-8", errors="replace")]
-    texts = [t for t in texts if t.strip()]
+    texts = [t for t in map(normalize_heldout, texts) if t.strip()]
     if not texts:
         raise AblationError(f"ablate.heldout: {path} holds no text")
     return texts
 
 
-def heldout_tokens(sp, texts: list[str], max_tokens: int) -> np.ndarray:
-    """The set as training sees text: each document's tokens followed by eos, concatenated, cut at max_tokens."""
+def heldout_tokens(sp, texts: list[str], max_tokens: int, window: int = 1024) -> np.ndarray:
+    """The set as training sees text (each document's tokens followed by eos, concatenated), and of a set
+    longer than ``max_tokens``, windows of ``window`` tokens evenly spaced over all of it: the whole
+    book or every record is sampled, never only its head (a book's first chapters are not the book)."""
     ids: list[int] = []
     for t in texts:
         ids.extend(sp.encode(t))
         ids.append(sp.eos_id())
-        if len(ids) >= max_tokens:
-            break
-    return np.asarray(ids[:max_tokens], dtype=np.int64)
+    if len(ids) <= max_tokens:
+        return np.asarray(ids, dtype=np.int64)
+    window = min(window, max_tokens)
+    count = max_tokens // window
+    stride = (len(ids) - window) / max(count - 1, 1)
+    picked = [ids[round(i * stride): round(i * stride) + window] for i in range(count)]
+    return np.asarray([x for w in picked for x in w], dtype=np.int64)
 
 
 def _sha(obj) -> str:
@@ -197,6 +226,12 @@ class _Steps:
 # ---------------------------------------------------------------------------------------------
 # Evaluation of one run's checkpoints (a Ray task)
 # ---------------------------------------------------------------------------------------------
+
+
+def scored_targets(tokens: np.ndarray, seq_len: int) -> np.ndarray:
+    """The tokens :func:`heldout_loss` predicts: every window's last seq_len."""
+    n = (len(tokens) - 1) // seq_len
+    return np.concatenate([tokens[i * seq_len + 1: i * seq_len + seq_len + 1] for i in range(n)]) if n else tokens[:0]
 
 
 def heldout_loss(model, tokens: np.ndarray, seq_len: int, batch_size: int = 8) -> float:
@@ -231,14 +266,21 @@ def evaluate_checkpoints(checkpoints: list[str], heldout: dict[str, np.ndarray],
 
     torch.set_num_threads(threads)
     rows = []
+    scored_bytes: dict[tuple[str, int], int] = {}
     for path in checkpoints:
         model = load_model(path).eval()
+        sp = load(path)
         state = read_state(Path(path))
         row = {"checkpoint": path, "step": int(state["step"]), "tokens": int(state["tokens_seen"])}
         for name, toks in heldout.items():
-            row[f"heldout:{name}"] = heldout_loss(model, toks, min(seq_len, model.args.max_seq_len))
+            n_ctx = min(seq_len, model.args.max_seq_len)
+            loss = heldout_loss(model, toks, n_ctx)
+            targets = scored_targets(toks, n_ctx)
+            if (name, n_ctx) not in scored_bytes:  # the UTF-8 bytes of the text those tokens spell
+                scored_bytes[(name, n_ctx)] = len(sp.decode([int(t) for t in targets]).encode("utf-8"))
+            row[f"bpb:{name}"] = ablation_stats.bits_per_byte(loss, len(targets), scored_bytes[(name, n_ctx)])
+            row[f"heldout:{name}"] = loss
         if mc:
-            sp = load(path)
             for name, items in mc.items():
                 r = multiple_choice(model, sp, items)
                 row[f"mc:{name}"] = r["accuracy"]
@@ -270,6 +312,10 @@ class DataSteps:
     run_corpus: Callable  # (inputs, output, config, beam_args, overwrite=, progress=)
     train_tokenizer: Callable  # (corpus, output, config, progress=, overwrite=)
     tokenize: Callable  # (corpus, tokenizer, output, config, beam_args, overwrite=)
+    #: the texts of a corpus directory (the leak check); None: corpora are not checked
+    corpus_texts: Callable | None = None  # (corpus) -> Iterable[str]
+    #: what a quality classifier was trained on: [(path, sha256, texts() or None)]; None: not checked
+    quality_inputs: Callable | None = None  # (model path or None) -> list[tuple[str, str | None, Callable | None]]
 
 
 def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list[str] | None = None,
@@ -313,7 +359,10 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
         api.run_corpus(v.inputs, v.corpus, v.cfg, beam_args, overwrite=True, progress=progress)
         steps.record(f"corpus:{v.name}", fp)
 
-    # 2. the shared tokenizer, every variant tokenized with it
+    # 2. no held-out text in what any variant trains on (or was chosen by)
+    leak_rows = _check_leaks(variants, heldout_docs, a, steps_of_data)
+
+    # 3. the shared tokenizer, every variant tokenized with it
     by_name = {v.name: v for v in variants}
     if a.tokenizer is not None:
         tokenizer = os.path.abspath(a.tokenizer)
@@ -334,7 +383,7 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
             api.tokenize(v.corpus, tokenizer, v.tokens, cfg, beam_args, overwrite=True)
             steps.record(f"tokens:{v.name}", fp)
 
-    # 3. equal budgets, checked before any training
+    # 4. equal budgets, checked before any training
     budget = max_steps * batch  # sequences of every run
     data, short = {}, []
     for v in variants:
@@ -359,24 +408,67 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     log.info("every run: %d steps × %d sequences × %d tokens = %s tokens; %d variant(s) × %d seed(s)",
              max_steps, batch, seq_len, f"{budget * seq_len:,}", len(variants), len(a.seeds))
 
-    # 4. training runs, then the evaluation of their checkpoints
+    # 5. training runs, then the evaluation of their checkpoints
     every = max(1, max_steps // a.eval_points)
     runs = [(v, seed) for v in variants for seed in a.seeds]
     train_cfgs = [(v.name, seed, _run_config(cfg, v.tokens, os.path.join(out, "runs"), f"{v.name}-seed{seed}",
                                             seed, max_steps, every)) for v, seed in runs]
     results = _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps)
 
-    # 5. the table, the plot
-    table = summarise(results, [v.name for v in variants], baseline, data)
+    # 6. the table, the plot
+    chance = {name: (len(items), sum(1 / len(it["choices"]) for it in items) / len(items))
+              for name, items in mc.items() if items}
+    table = summarise(results, [v.name for v in variants], baseline, data, chance)
     md = markdown(table, baseline, budget * seq_len, a, cfg)
     payload = {"kind": "ablation", "baseline": baseline, "tokens_per_run": budget * seq_len, "steps": max_steps,
-               "seeds": list(a.seeds), "variants": data, "table": table, "runs": results,
+               "seeds": list(a.seeds), "variants": data, "table": table, "runs": results, "leak_check": leak_rows,
                "config": cfg.model_dump(mode="json")}
     results_path = io.join(out, "results.json")
     io.write_json_atomic(results_path, payload)
     io.write_bytes_atomic(io.join(out, "results.md"), md.encode())
     plot_path = plot(results, [v.name for v in variants], io.join(out, "heldout_loss.png"))
     return AblationResult(out, table, results_path, md, plot_path, time.time() - t0)
+
+
+def _check_leaks(variants: list[Variant], heldout_docs: dict[str, list[str]], a, data: DataSteps) -> list[dict]:
+    """trainer/leaks.py over every variant's corpus and every input of a variant's quality classifier;
+    a leak stops the ablation (``ablate.allow_overlap``: reported, and the ablation goes on)."""
+    if not heldout_docs:
+        return []
+    sources: list[leaks.Source] = []
+    if data.corpus_texts is not None:
+        sources += [leaks.Source(f"variant {v.name!r}'s corpus {v.corpus}", lambda v=v: data.corpus_texts(v.corpus))
+                    for v in variants]
+    if data.quality_inputs is not None:
+        for v in variants:
+            q = v.cfg.clean.quality
+            if q.enabled and v.inputs:  # a given corpus directory was built elsewhere: its corpus is checked
+                for path, sha, texts in data.quality_inputs(q.model):
+                    name = f"{path} (trained variant {v.name!r}'s quality classifier)"
+                    sources.append(leaks.Source(name, texts, sha))
+    heldout = {name: (texts, _file_sha(path)) for (name, texts), path in zip(heldout_docs.items(), a.heldout)}
+    rows = leaks.check(heldout, sources, a.max_heldout_overlap)
+    found = [r for r in rows if r["leak"]]
+    if found:
+        listing = "; ".join(f"held-out {r['heldout']!r} in {r['source']} ({100 * r['share']:.1f} % of its "
+                            f"{leaks.NGRAM}-grams)" if r["checked"] != "sha256" else
+                            f"held-out {r['heldout']!r} is {r['source']} (same SHA-256)" for r in found)
+        if not a.allow_overlap:
+            raise AblationError(f"held-out text is in what a variant trains on: {listing}. Its scores would measure "
+                                "memorisation. Hold out other text (ablate.heldout), or pass --allow-overlap to "
+                                "run anyway with the overlap reported in results.json")
+        log.warning("held-out text overlaps training data (--allow-overlap): %s", listing)
+    else:
+        log.info("leak check: no held-out set overlaps a variant's corpus or quality-classifier inputs "
+                 "(%d source(s), %d-grams)", len(sources), leaks.NGRAM)
+    return rows
+
+
+def _file_sha(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _manifest_sha(directory: str) -> str:
@@ -462,25 +554,41 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
         return list(pool.map(one, train_cfgs))
 
 
-def summarise(results: list[dict], names: list[str], baseline: str, data: dict) -> list[dict]:
-    """Per variant and metric (from each run's last checkpoint): mean, standard deviation and spread over
-    seeds; the difference from the baseline and whether it clears both spreads."""
-    metrics = [k for k in results[0]["curve"][-1] if k.startswith(("heldout:", "mc:", "mc_norm:"))]
-    values = {n: {m: [r["curve"][-1][m] for r in results if r["variant"] == n] for m in metrics} for n in names}
+def summarise(results: list[dict], names: list[str], baseline: str, data: dict,
+              mc_chance: dict[str, tuple[int, float]] | None = None) -> list[dict]:
+    """Per variant and metric (each run's last checkpoint): mean and standard deviation over seeds; for
+    every variant but the baseline the difference paired by seed, its Holm-corrected 95 % t-interval and a
+    verdict only where that interval excludes 0 (trainer/ablation_stats.py). ``mc_chance``: per
+    multiple-choice set (items, chance accuracy): a metric at chance for every variant gets no verdict."""
+    last = {(r["variant"], r["seed"]): r["curve"][-1] for r in results}
+    seeds = sorted({s for _, s in last})
+    metrics = [k for k in results[0]["curve"][-1] if k.startswith(("bpb:", "heldout:", "mc:", "mc_norm:"))]
+    bpb = [m for m in metrics if m.startswith("bpb:")]
+    if len(bpb) > 1:  # the headline: the mean over held-out domains
+        for row in last.values():
+            row["bpb:macro"] = sum(row[m] for m in bpb) / len(bpb)
+        metrics.insert(0, "bpb:macro")
+    values = {n: {m: [last[(n, s)][m] for s in seeds] for m in metrics} for n in names}
+    at_chance = set()
+    for m in metrics:
+        kind, _, name = m.partition(":")
+        if kind in ("mc", "mc_norm") and mc_chance and name in mc_chance:
+            items, chance = mc_chance[name]
+            if ablation_stats.at_chance([x for n in names for x in values[n][m]], items, chance):
+                at_chance.add(m)
+    lower_is_better = {m: not m.startswith("mc") for m in metrics}
+    compared = ablation_stats.compare(values, baseline, lower_is_better, no_verdict=at_chance)
     table = []
     for n in names:
         row = {"variant": n, **data[n], "metrics": {}}
         for m in metrics:
-            xs, base = np.asarray(values[n][m]), np.asarray(values[baseline][m])
+            xs = np.asarray(values[n][m])
             entry = {"mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0,
-                     "spread": float(xs.max() - xs.min()), "seeds": [float(x) for x in xs]}
+                     "seeds": [float(x) for x in xs]}
+            if m.startswith("mc") and mc_chance and m.partition(":")[2] in mc_chance:
+                entry["binomial_se"] = ablation_stats.binomial_se(entry["mean"], mc_chance[m.partition(":")[2]][0])
             if n != baseline:
-                diff = float(xs.mean() - base.mean())
-                lower_is_better = m.startswith("heldout:")
-                gain = -diff if lower_is_better else diff
-                noise = max(entry["spread"], float(base.max() - base.min()))
-                entry["vs_baseline"] = diff
-                entry["verdict"] = "better" if gain > noise else "worse" if -gain > noise else "within noise"
+                entry.update(compared[(n, m)])
             row["metrics"][m] = entry
         table.append(row)
     return table
@@ -493,9 +601,12 @@ def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillCon
                       if k != "preset")
     lines = [f"Each run: {tokens:,} training tokens, model preset {cfg.model.preset}"
              f"{f' ({model})' if model else ''}, seeds {list(a.seeds)}. "
-             f"Mean ± standard deviation over seeds at the last checkpoint; held-out: loss per token "
-             f"(lower is better); mc: accuracy. Verdicts against **{baseline}**: better/worse only when the "
-             "difference exceeds the spread (max − min over seeds) of both.", "",
+             "Mean ± standard deviation over seeds at the last checkpoint; bpb: bits per UTF-8 byte of the "
+             "held-out text (lower is better; macro: the mean over held-out sets), loss: nats per token; mc: "
+             f"accuracy. Against **{baseline}**: the difference paired by seed with its 95 % t-interval, "
+             "Holm-corrected over every comparison in this table; better/worse only where that interval "
+             "excludes 0, else \"no difference detectable\" (\"at chance\": a multiple-choice set on which "
+             "every variant is within chance ± 2 standard errors).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
         cells = [row["variant"], f"{row['train_tokens']:,}", f"{row['epochs']:.2f}"]
@@ -503,7 +614,8 @@ def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillCon
             e = row["metrics"][m]
             cell = f"{e['mean']:.4f} ± {e['std']:.4f}"
             if "verdict" in e:
-                cell += f" ({e['vs_baseline']:+.4f}, {e['verdict']})"
+                lo, hi = e["interval"]
+                cell += f" ({e['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}], {e['verdict']})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -511,7 +623,8 @@ def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillCon
 
 def _metric_title(m: str) -> str:
     kind, name = m.split(":", 1)
-    return {"heldout": f"held-out loss: {name}", "mc": f"mc acc: {name}", "mc_norm": f"mc acc (norm): {name}"}[kind]
+    return {"bpb": f"bpb: {name}", "heldout": f"loss: {name}", "mc": f"mc acc: {name}",
+            "mc_norm": f"mc acc (norm): {name}"}[kind]
 
 
 def plot(results: list[dict], names: list[str], path: str) -> str | None:
