@@ -121,13 +121,15 @@ def add_filter(config: GristmillConfig | None, name: str, function: Callable | s
 # --- tokenizer -------------------------------------------------------------------------------------
 
 
-def train_tokenizer(corpus: str, output: str, config: GristmillConfig | None = None, *, progress: bool = True,
-                    overwrite: bool = False):
+def train_tokenizer(corpus: str | Sequence[str], output: str, config: GristmillConfig | None = None, *,
+                    progress: bool = True, overwrite: bool = False):
     """``gristmill tokenizer train``: SentencePiece (``config.tokenizer``) trained on a corpus
-    directory, written to ``output`` with tokenizer.json. Returns a ``TrainResult`` (meta, seconds)."""
+    directory (or an equal mix of several), written to ``output`` with tokenizer.json. Returns a
+    ``TrainResult`` (meta, seconds)."""
     from gristmill.tokenizer.train import train_tokenizer as _train
 
-    return _train(corpus, output, _cfg(config).tokenizer, progress=progress, overwrite=overwrite)
+    return _train(corpus if isinstance(corpus, str) else list(corpus), output, _cfg(config).tokenizer,
+                  progress=progress, overwrite=overwrite)
 
 
 def load_tokenizer(path: str):

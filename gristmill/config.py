@@ -715,6 +715,9 @@ class AblateVariantConfig(_Section):
     base: Literal["default", "raw"] = "default"
     #: ... and these dotted overrides on top, e.g. {clean.quality.enabled: true}
     set: dict[str, Any] = Field(default_factory=dict)
+    #: the ablation's self-test: this share of the variant's documents replaced by word-shuffled copies of
+    #: themselves (pipelines/damage.py); such a variant must come out worse than the same one undamaged
+    damage: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 class AblateConfig(_Section):
@@ -730,16 +733,18 @@ class AblateConfig(_Section):
     #: one run per variant and seed; differences are paired by seed (trainer/ablation_stats.py): at least
     #: 5 seeds for an interval worth reading
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    #: training tokens of every run (max_steps = tokens / (pretrain.batch_size x tokenize.seq_len), rounded up)
-    tokens: int = Field(default=2_000_000, gt=0)
-    #: a variant whose train split is smaller is repeated, at most this many times (Muennighoff et al. 2023:
-    #: up to ~4 epochs cost little); beyond it the budgets could only be equal by over-repeating: an error
-    max_epochs: float = Field(default=4.0, gt=0.0)
+    #: training tokens of every run (max_steps = tokens / (pretrain.batch_size x tokenize.seq_len), rounded up);
+    #: None: the smallest variant's training split, read once — every variant trains on equal unique tokens
+    tokens: int | None = Field(default=None, gt=0)
+    #: a variant whose train split is smaller than the budget is repeated, at most this many times; the default,
+    #: 1, repeats nothing (a variant read twice would be compared on "better data" and "more repetition" at
+    #: once); raise it to ask for repetition (Muennighoff et al. 2023: up to ~4 epochs cost little)
+    max_epochs: float = Field(default=1.0, gt=0.0)
     #: checkpoints per run evaluated on the held-out sets (evenly spaced; the loss curve's points)
     eval_points: int = Field(default=5, ge=1)
     #: a tokenizer directory shared by every variant; None: one trained on ``tokenizer_from``'s corpus
     tokenizer: str | None = None
-    #: the variant whose corpus trains the shared tokenizer (None: the baseline)
+    #: the variant whose corpus trains the shared tokenizer (None: an equal mix of every variant's corpus)
     tokenizer_from: str | None = None
     #: held-out clean text, never trained on: .txt (one document per file) or .jsonl (``text`` of each record);
     #: each file is one held-out set (Gutenberg header/footer cut, hard wraps joined), reported in bits per byte

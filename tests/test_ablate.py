@@ -149,6 +149,14 @@ def test_ablate_end_to_end_on_a_tiny_budget(tiny_ablation):
     for r in runs.values():  # bits per byte of the held-out text: the loss per token times tokens per byte
         c = r["curve"][-1]
         assert 0 < c["bpb:pg84_frankenstein"] < c["heldout:pg84_frankenstein"] / math.log(2)
+    # the floor: each variant's count models on the same held-out tokens; a model this small is near it
+    floors = res["count_model_floor"]
+    assert set(floors) == {"raw", "default"}
+    for f in floors.values():
+        assert 0 < f["pg84_frankenstein"]["bigram_bpb"] < f["pg84_frankenstein"]["unigram_bpb"]
+    assert any("per parameter" in w for w in res["scale_warnings"])  # 10,240 tokens for a tiny model
+    assert "scale too small" in (out / "results.md").read_text()
+    assert res["leak_check"] and not any(r["leak"] for r in res["leak_check"])
     assert (out / "heldout_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "results.md").read_text().startswith("Each run: 10,240 training tokens")
 
@@ -229,3 +237,32 @@ def test_a_long_heldout_set_is_sampled_over_its_whole_length():
     assert len(set(firsts)) == 5
     short = heldout_tokens(Chars(), ["ab", "c"], max_tokens=100)
     assert list(short) == [97, 98, 0, 99, 0]
+
+
+def test_planted_damage_shuffles_a_fraction_of_documents_deterministically():
+    from gristmill.pipelines import damage
+
+    assert damage.FUNCTION == __import__("gristmill.trainer.ablate", fromlist=["x"]).DAMAGE_FUNCTION
+    docs = [f"line one of document {i} has words\nand a second line {i} here" for i in range(2000)]
+    out = [damage.shuffle_words(d, {"fraction": 0.3}).text for d in docs]
+    changed = [o != d for o, d in zip(out, docs)]
+    assert 0.25 < sum(changed) / len(docs) < 0.35
+    assert out == [damage.shuffle_words(d, {"fraction": 0.3}).text for d in docs]  # the same documents, the same way
+    for o, d in zip(out, docs):
+        assert sorted(o.split()) == sorted(d.split())  # the same words ...
+        assert [len(x.split()) for x in o.split("\n")] == [len(x.split()) for x in d.split("\n")]  # ... and lines
+    assert all(damage.shuffle_words(d, {"fraction": 1.0}).text != d for d in docs[:50])
+
+
+def test_a_damaged_variant_is_the_variant_with_the_damage_filter_last(tmp_path):
+    from gristmill.trainer.ablate import plan_variants
+
+    cfg = load_config(_config(tmp_path, variants=[
+        {"name": "default"}, {"name": "damaged", "damage": 0.5},
+        {"name": "custom", "set": {"clean.pii.enabled": False}, "damage": 0.2}]))
+    v = {x.name: x for x in plan_variants(cfg, str(tmp_path / "out"))}
+    assert not v["default"].cfg.clean.custom_filters
+    f = v["damaged"].cfg.clean.custom_filters[-1]
+    assert (f.name, f.function, f.params) == ("planted_damage", "gristmill.pipelines.damage:shuffle_words",
+                                              {"fraction": 0.5})
+    assert not v["custom"].cfg.clean.pii.enabled and v["custom"].cfg.clean.custom_filters[-1].params["fraction"] == 0.2

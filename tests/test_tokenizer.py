@@ -311,3 +311,18 @@ def test_rehydration_repeats_train_documents_by_cluster_size(corpus, tok, tokens
     extra_tokens = 2 * sum(len(sp.encode(r["text"])) + 1 for r in train_clustered)
     assert m["splits"]["train"]["tokens"] == plain["splits"]["train"]["tokens"] + extra_tokens
     assert m["rehydrate"] == {"steps": [[2, 3]], "copies_added": 2 * len(train_clustered)}
+
+
+def test_an_equal_mix_of_corpora_takes_as_many_documents_from_each(corpus, tmp_path):
+    small = tmp_path / "small"
+    run_corpus(PARQUET, str(small), load_config(DEMO_CONFIG), DIRECT, progress=False)
+    small_kept = json.loads((small / "manifest.json").read_text())["counts"]["kept"]
+    big_kept = json.loads((corpus / "manifest.json").read_text())["counts"]["kept"]
+    assert big_kept > 2 * small_kept
+    meta = train_tokenizer([str(corpus), str(small)], str(tmp_path / "mix"),
+                           load_config(DEMO_CONFIG, ["tokenizer.vocab_size=2000"]).tokenizer).meta
+    assert meta["corpus"] == [str(corpus), str(small)]
+    assert meta["mix_shares"][str(small)] == 1.0
+    assert meta["mix_shares"][str(corpus)] == pytest.approx(small_kept / big_kept)
+    # about small_kept documents from each (the big one's share is chosen by a hash of the id)
+    assert 1.5 * small_kept < meta["documents"] < 2.6 * small_kept

@@ -45,12 +45,16 @@ def _keep_fraction(doc_id: str, seed: int) -> float:
     return int.from_bytes(h, "little") / 2**64
 
 
-def iter_corpus_lines(corpus: str, cfg: TokenizerConfig, stats: Counter | None = None):
-    """Lines of the corpus's documents, language-sampled, in manifest (shard) order."""
+def iter_corpus_lines(corpus: str, cfg: TokenizerConfig, stats: Counter | None = None, share: float = 1.0):
+    """Lines of the corpus's documents, language-sampled, in manifest (shard) order; ``share``: the
+    fraction of documents read (chosen by a hash of the id: the same ones every time)."""
     manifest = read_manifest(corpus)
     stats = stats if stats is not None else Counter()
     for entry in manifest["shards"]:
         for doc_id, text, lang in iter_shard_rows(io.join(corpus, entry["path"]), ["id", "text", "lang"]):
+            if share < 1.0 and _keep_fraction(doc_id, cfg.seed + 1) >= share:
+                stats["documents_skipped_for_the_mix"] += 1
+                continue
             weight = cfg.language_weights.get(lang, cfg.default_language_weight)
             if weight < 1.0 and _keep_fraction(doc_id, cfg.seed) >= weight:
                 stats["documents_skipped"] += 1
@@ -154,14 +158,7 @@ class _TrainingProgress:
             log.info("trained in %.1f s", time.monotonic() - self.training_started)
 
 
-def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig, progress: bool = True,
-                    overwrite: bool = False) -> TrainResult:
-    """Train on ``corpus`` and write the tokenizer to ``output``: a new directory, or one an earlier
-    ``tokenizer train`` wrote (its marker file), unless ``overwrite``."""
-    import sentencepiece as spm
-
-    t0 = time.time()
-    check_output(output, "tokenizer", overwrite)  # before hours of training, not after
+def _checked_manifest(corpus: str) -> dict:
     manifest = read_manifest(corpus)
     if manifest.get("kind") != "corpus":
         what = "a token directory (written by `gristmill tokenize`)" if manifest.get("kind") == "tokens" else \
@@ -173,15 +170,33 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig, progress: bo
         check_corpus_shards(corpus, manifest)
     except ValueError as e:
         raise TokenizerError(str(e)) from None
+    return manifest
+
+
+def train_tokenizer(corpus: str | list[str], output: str, cfg: TokenizerConfig, progress: bool = True,
+                    overwrite: bool = False) -> TrainResult:
+    """Train on ``corpus`` and write the tokenizer to ``output``: a new directory, or one an earlier
+    ``tokenizer train`` wrote (its marker file), unless ``overwrite``. Several corpora are an equal mix:
+    each gives as many documents as the smallest (a hash-chosen share of its documents)."""
+    import sentencepiece as spm
+
+    t0 = time.time()
+    check_output(output, "tokenizer", overwrite)  # before hours of training, not after
+    corpora = [corpus] if isinstance(corpus, str) else list(corpus)
+    manifests = [_checked_manifest(c) for c in corpora]
+    kept = [m["counts"]["kept"] for m in manifests]
+    shares = [min(kept) / k for k in kept]
     stats: Counter = Counter()
     model = BytesIO()
     spm.set_random_generator_seed(cfg.seed)
-    watch = _TrainingProgress(manifest["counts"]["kept"], cfg, bar=progress and sys.stderr.isatty())
+    watch = _TrainingProgress(round(sum(k * f for k, f in zip(kept, shares))), cfg,
+                              bar=progress and sys.stderr.isatty())
+    lines = (line for c, f in zip(corpora, shares) for line in iter_corpus_lines(c, cfg, stats, f))
+    corpus = corpora[0] if len(corpora) == 1 else ", ".join(corpora)  # as messages name it
     try:
         with watch:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=watch.lines(iter_corpus_lines(corpus, cfg, stats), stats),
-                model_writer=model, **trainer_options(cfg)
+                sentence_iterator=watch.lines(lines, stats), model_writer=model, **trainer_options(cfg)
             )
     except RuntimeError as e:
         msg = str(e).strip()
@@ -212,14 +227,15 @@ def train_tokenizer(corpus: str, output: str, cfg: TokenizerConfig, progress: bo
     io.write_bytes_atomic(io.join(output, MODEL_FILE), data)
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
     io.write_bytes_atomic(io.join(output, "tokenizer.vocab"), vocab.encode())
-    manifest_bytes = io.json_bytes(manifest)
+    manifest_bytes = io.json_bytes(manifests[0]) if len(manifests) == 1 else io.json_bytes(manifests)
     meta = {
         "kind": "tokenizer",
         "sentencepiece_version": spm.__version__,
         "config": cfg.model_dump(mode="json"),
         "trainer_options": trainer_options(cfg),
-        "corpus": corpus,
+        "corpus": corpora[0] if len(corpora) == 1 else corpora,
         "corpus_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        **({"mix_shares": dict(zip(corpora, shares))} if len(corpora) > 1 else {}),
         "model_sha256": hashlib.sha256(data).hexdigest(),
         "vocab_size": sp.get_piece_size(),
         "special_tokens": {k: {"piece": SPECIAL[k], "id": SPECIAL_IDS[k]} for k in SPECIAL},

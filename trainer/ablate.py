@@ -45,7 +45,7 @@ from gristmill import io
 from gristmill.config import ConfigError, GristmillConfig, _set_dotted
 from gristmill.errors import GristmillError
 from gristmill.outputs import begin_output, check_output
-from gristmill.trainer import ablation_stats, leaks
+from gristmill.trainer import ablation_stats, floor, leaks
 
 log = logging.getLogger("gristmill.ablate")
 
@@ -65,6 +65,10 @@ RAW_OVERRIDES = {
     "near_dedup.enabled": False,
     "decontaminate.files": [],
 }
+
+
+#: pipelines/damage.py's filter, named by its import path (the trainer imports no pipeline module)
+DAMAGE_FUNCTION = "gristmill.pipelines.damage:shuffle_words"
 
 
 class AblationError(GristmillError):
@@ -120,7 +124,7 @@ def plan_variants(cfg: GristmillConfig, out: str) -> list[Variant]:
     for v in a.variants:
         root = io.join(out, "variants", v.name)
         if v.corpus is not None:
-            if v.inputs or v.set or v.base != "default":
+            if v.inputs or v.set or v.base != "default" or v.damage is not None:
                 raise AblationError(f"ablate variant {v.name!r} gives a corpus directory and corpus settings "
                                     "(inputs/base/set): a given corpus is used as it is; drop one")
             corpus = os.path.abspath(v.corpus)
@@ -138,7 +142,12 @@ def plan_variants(cfg: GristmillConfig, out: str) -> list[Variant]:
         if not inputs:
             raise AblationError(f"ablate variant {v.name!r} has no corpus and no inputs: set ablate.inputs (the "
                                 "crawl every variant runs on) or the variant's corpus/inputs")
-        variants.append(Variant(v.name, variant_config(cfg, v.base, dict(v.set), v.name), tuple(inputs),
+        overrides = dict(v.set)
+        if v.damage is not None:  # a custom filter after the variant's own (pipelines/damage.py)
+            own = overrides.get("clean.custom_filters", [f.model_dump(mode="json") for f in cfg.clean.custom_filters])
+            overrides["clean.custom_filters"] = [*own, {"name": "planted_damage", "function": DAMAGE_FUNCTION,
+                                                        "params": {"fraction": v.damage}}]
+        variants.append(Variant(v.name, variant_config(cfg, v.base, overrides, v.name), tuple(inputs),
                                 io.join(root, "corpus"), io.join(root, "tokens")))
     return variants
 
@@ -195,8 +204,8 @@ def heldout_tokens(sp, texts: list[str], max_tokens: int, window: int = 1024) ->
         ids.append(sp.eos_id())
     if len(ids) <= max_tokens:
         return np.asarray(ids, dtype=np.int64)
-    window = min(window, max_tokens)
-    count = max_tokens // window
+    count = max(1, round(max_tokens / window))
+    window = max_tokens // count  # count windows of about ``window`` tokens, max_tokens in all (less a remainder)
     stride = (len(ids) - window) / max(count - 1, 1)
     picked = [ids[round(i * stride): round(i * stride) + window] for i in range(count)]
     return np.asarray([x for w in picked for x in w], dtype=np.int64)
@@ -338,10 +347,9 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     if a.tokenizer is not None and not os.path.isfile(os.path.join(a.tokenizer, "tokenizer.model")):
         raise AblationError(f"ablate.tokenizer: {a.tokenizer} is not a tokenizer directory (no tokenizer.model)")
     seq_len, batch = cfg.tokenize.seq_len, cfg.pretrain.batch_size
-    max_steps = math.ceil(a.tokens / (batch * seq_len))
-    if a.eval_points > max_steps:
-        raise AblationError(f"ablate.eval_points {a.eval_points} exceeds the {max_steps} training steps of "
-                            f"ablate.tokens {a.tokens:,}: lower eval_points or raise tokens")
+    if a.tokens is not None:
+        max_steps = math.ceil(a.tokens / (batch * seq_len))
+        _check_eval_points(a, max_steps)
     check_output(out, "ablation", overwrite)
     begin_output(out, "ablation")
     steps = _Steps(out)
@@ -367,12 +375,18 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     if a.tokenizer is not None:
         tokenizer = os.path.abspath(a.tokenizer)
     else:
-        source = by_name[a.tokenizer_from or baseline]
+        # by default an equal mix of every variant: a tokenizer trained on one variant fits its text best, and
+        # loss per token (bits per byte less so) would favour that variant
+        sources = [by_name[a.tokenizer_from]] if a.tokenizer_from else variants
         tokenizer = io.join(out, "tokenizer")
-        fp = _sha({"corpus": _manifest_sha(source.corpus), "config": cfg.tokenizer.model_dump(mode="json")})
+        fp = _sha({"corpus": [_manifest_sha(v.corpus) for v in sources],
+                   "config": cfg.tokenizer.model_dump(mode="json")})
         if not steps.finished("tokenizer", fp):
-            log.info("the shared tokenizer: trained on variant %s's corpus", source.name)
-            api.train_tokenizer(source.corpus, tokenizer, cfg, progress=progress, overwrite=True)
+            log.info("the shared tokenizer: trained on %s", f"variant {sources[0].name}'s corpus" if len(sources) == 1
+                     else "an equal mix of the variants' corpora (" + ", ".join(v.name for v in sources) + ")")
+            corpora = [v.corpus for v in sources]
+            api.train_tokenizer(corpora[0] if len(corpora) == 1 else corpora, tokenizer, cfg, progress=progress,
+                                overwrite=True)
             steps.record("tokenizer", fp)
     tok_sha = hashlib.sha256(Path(tokenizer, "tokenizer.model").read_bytes()).hexdigest()
     for v in variants:
@@ -383,15 +397,28 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
             api.tokenize(v.corpus, tokenizer, v.tokens, cfg, beam_args, overwrite=True)
             steps.record(f"tokens:{v.name}", fp)
 
-    # 4. equal budgets, checked before any training
+    # 4. equal budgets, checked before any training: by default the smallest variant's train split, read
+    # once (every variant then trains on as many unique tokens as the smallest has; a larger one on a subset)
+    manifests = {v.name: io.read_json(io.join(v.tokens, "manifest.json")) for v in variants}
+    for v in variants:
+        if int(manifests[v.name]["splits"]["train"]["sequences"]) == 0:
+            raise AblationError(f"variant {v.name!r} has no training sequences (its corpus keeps "
+                                f"{manifests[v.name]['splits']['train']['documents']} documents): the budgets "
+                                "cannot be equal")
+    if a.tokens is None:
+        smallest = min(int(m["splits"]["train"]["sequences"]) for m in manifests.values())
+        max_steps = smallest // batch
+        if max_steps == 0:
+            raise AblationError(f"the smallest variant has {smallest} training sequences, fewer than one batch of "
+                                f"pretrain.batch_size {batch}: lower batch_size or give the variants more input")
+        _check_eval_points(a, max_steps)
+        log.info("budget: the smallest variant's training split read once (%d steps; ablate.tokens sets another)",
+                 max_steps)
     budget = max_steps * batch  # sequences of every run
     data, short = {}, []
     for v in variants:
-        m = io.read_json(io.join(v.tokens, "manifest.json"))
+        m = manifests[v.name]
         train = int(m["splits"]["train"]["sequences"])
-        if train == 0:
-            raise AblationError(f"variant {v.name!r} has no training sequences (its corpus keeps "
-                                f"{m['splits']['train']['documents']} documents): the budgets cannot be equal")
         epochs = budget / train
         if epochs > a.max_epochs:
             short.append((v.name, train, epochs))
@@ -400,7 +427,7 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     if short:
         smallest = min(train for _, train, _ in short)
         raise AblationError(
-            f"ablate.tokens {a.tokens:,} ({budget:,} sequences per run) would read "
+            f"ablate.tokens {a.tokens or budget * seq_len:,} ({budget:,} sequences per run) would read "
             + ", ".join(f"variant {n!r} ({t * seq_len:,} training tokens) {e:.1f} times" for n, t, e in short)
             + f", more than ablate.max_epochs {a.max_epochs}: the budgets could only be equal by over-repeating. "
             f"Lower ablate.tokens (≤ {int(a.max_epochs * smallest) * seq_len:,}), raise ablate.max_epochs, or give "
@@ -419,15 +446,61 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     chance = {name: (len(items), sum(1 / len(it["choices"]) for it in items) / len(items))
               for name, items in mc.items() if items}
     table = summarise(results, [v.name for v in variants], baseline, data, chance)
-    md = markdown(table, baseline, budget * seq_len, a, cfg)
+    floors, warnings = _floor_and_scale(variants, tokenizer, heldout_docs, table, budget * seq_len, a, cfg)
+    for w in warnings:
+        log.warning("%s", w)
+    md = markdown(table, baseline, budget * seq_len, a, cfg, floors, warnings)
     payload = {"kind": "ablation", "baseline": baseline, "tokens_per_run": budget * seq_len, "steps": max_steps,
                "seeds": list(a.seeds), "variants": data, "table": table, "runs": results, "leak_check": leak_rows,
+               "count_model_floor": floors, "scale_warnings": warnings,
                "config": cfg.model_dump(mode="json")}
     results_path = io.join(out, "results.json")
     io.write_json_atomic(results_path, payload)
     io.write_bytes_atomic(io.join(out, "results.md"), md.encode())
     plot_path = plot(results, [v.name for v in variants], io.join(out, "heldout_loss.png"))
     return AblationResult(out, table, results_path, md, plot_path, time.time() - t0)
+
+
+def _floor_and_scale(variants: list[Variant], tokenizer: str, heldout_docs: dict[str, list[str]], table: list[dict],
+                     tokens_per_run: int, a, cfg: GristmillConfig) -> tuple[dict, list[str]]:
+    """Per variant and held-out set the unigram and bigram count models' bits per byte (trainer/floor.py),
+    and the scale warnings of this ablation."""
+    import torch
+
+    from gristmill.tokenizer.tokens import TokenSplit
+    from gristmill.tokenizer.train import load
+    from gristmill.trainer.model import build_model, resolve_model_args
+
+    if not heldout_docs:
+        return {}, []
+    sp = load(tokenizer)
+    seq_len = cfg.tokenize.seq_len
+    windows, nbytes = {}, {}
+    for name, docs in heldout_docs.items():
+        toks = heldout_tokens(sp, docs, a.heldout_max_tokens)
+        n = (len(toks) - 1) // seq_len
+        windows[name] = np.stack([toks[i * seq_len: i * seq_len + seq_len + 1] for i in range(n)])
+        nbytes[name] = len(sp.decode([int(t) for t in scored_targets(toks, seq_len)]).encode("utf-8"))
+    floors = {}
+    for v in variants:
+        rows = TokenSplit(v.tokens, "train").arrays
+        floors[v.name] = {name: floor.count_model_bpb(rows, windows[name], sp.get_piece_size(), nbytes[name])
+                          for name in heldout_docs}
+    bigram = {v: sum(f["bigram_bpb"] for f in fs.values()) / len(fs) for v, fs in floors.items()}
+    model = {}
+    for row in table:
+        bpb = [e["mean"] for m, e in row["metrics"].items() if m.startswith("bpb:") and m != "bpb:macro"]
+        if bpb:
+            model[row["variant"]] = sum(bpb) / len(bpb)
+    with torch.device("meta"):
+        n_params = build_model(resolve_model_args(cfg.model, sp.get_piece_size(), seq_len)).num_params()
+    return floors, floor.scale_warnings(model, bigram, tokens_per_run, n_params)
+
+
+def _check_eval_points(a, max_steps: int) -> None:
+    if a.eval_points > max_steps:
+        raise AblationError(f"ablate.eval_points {a.eval_points} exceeds the {max_steps} training steps of the "
+                            "budget: lower eval_points or raise ablate.tokens (and ablate.max_epochs)")
 
 
 def _check_leaks(variants: list[Variant], heldout_docs: dict[str, list[str]], a, data: DataSteps) -> list[dict]:
@@ -594,7 +667,8 @@ def summarise(results: list[dict], names: list[str], baseline: str, data: dict,
     return table
 
 
-def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillConfig) -> str:
+def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillConfig, floors: dict | None = None,
+             warnings: list[str] | None = None) -> str:
     metrics = list(table[0]["metrics"])
     head = ["variant", "train tokens", "epochs"] + [_metric_title(m) for m in metrics]
     model = ", ".join(f"{k} {v}" for k, v in cfg.model.model_dump(mode="json", exclude_defaults=True).items()
@@ -618,6 +692,17 @@ def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillCon
                 cell += f" ({e['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}], {e['verdict']})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
+    if floors:
+        sets = list(next(iter(floors.values())))
+        lines += ["", "The floor: count models of each variant's training tokens on the same held-out tokens "
+                  "(bits per byte; trainer/floor.py).", "",
+                  "| variant | " + " | ".join(f"unigram: {s} | bigram: {s}" for s in sets) + " |",
+                  "|---|" + "---|---|" * len(sets)]
+        for v, fs in floors.items():
+            lines.append(f"| {v} | " + " | ".join(f"{fs[s]['unigram_bpb']:.4f} | {fs[s]['bigram_bpb']:.4f}"
+                                                  for s in sets) + " |")
+    for w in warnings or []:
+        lines += ["", f"**{w}.**"]
     return "\n".join(lines) + "\n"
 
 
