@@ -45,6 +45,16 @@ def test_a_verdict_needs_a_corrected_paired_interval_that_excludes_zero():
     assert by["noisy"]["verdict"] == "no difference detectable"  # -0.5, -0.2, +0.1
     assert by["noisy"]["interval"][0] < 0 < by["noisy"]["interval"][1]
     assert by["clean"]["std"] == pytest.approx(0.05)
+    from types import SimpleNamespace
+
+    from gristmill.config import GristmillConfig
+    from gristmill.trainer.ablate import markdown
+
+    md = markdown(table, "raw", 1000, SimpleNamespace(seeds=[0, 1, 2]), GristmillConfig())
+    assert "| clean | 1 | 1.00 | 2.5500 ± 0.0500 (-0.5500 [" in md and ", better) |" in md
+    one = summarise(_runs({"raw": [3.0], "clean": [2.5]}), ["raw", "clean"], "raw", data)
+    assert "one seed: no interval, no difference detectable" in markdown(one, "raw", 1000, SimpleNamespace(seeds=[0]),
+                                                                         GristmillConfig())
     # accuracy: higher is better
     acc = summarise(_runs({"raw": [0.5, 0.52], "clean": [0.4, 0.41]}, "mc:x"), ["raw", "clean"], "raw", data)
     assert acc[1]["metrics"]["mc:x"]["verdict"] == "worse"

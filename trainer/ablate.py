@@ -689,7 +689,9 @@ def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillCon
             cell = f"{e['mean']:.4f} ± {e['std']:.4f}"
             if "verdict" in e:
                 lo, hi = e["interval"]
-                cell += f" ({e['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}], {e['verdict']})"
+                finite = math.isfinite(lo) and math.isfinite(hi)
+                interval = f"[{lo:+.4f}, {hi:+.4f}]" if finite else "one seed: no interval"
+                cell += f" ({e['difference']:+.4f} {interval}, {e['verdict']})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     if floors:
