@@ -40,6 +40,14 @@ class _Section(BaseModel):
         return v
 
 
+def _each_in_unit_interval(values: dict[str, float], where: str, what: str) -> dict[str, float]:
+    """A per-language mapping of thresholds, each in [0, 1]; the error names the key."""
+    for lang, x in values.items():
+        if not 0.0 <= x <= 1.0:
+            raise ValueError(f"{where}.{lang} = {x}: {what}")
+    return values
+
+
 class JsonlConfig(_Section):
     """Field names in JSONL/Parquet records; dotted paths reach into nested objects."""
 
@@ -122,10 +130,7 @@ class LangIdConfig(_Section):
     @field_validator("per_language")
     @classmethod
     def _probabilities(cls, v):
-        for lang, x in v.items():
-            if not 0.0 <= x <= 1.0:
-                raise ValueError(f"langid.per_language.{lang} = {x}: a threshold is a probability in [0, 1]")
-        return v
+        return _each_in_unit_interval(v, "langid.per_language", "a threshold is a probability in [0, 1]")
 
     @property
     def auto(self) -> bool:
@@ -279,10 +284,7 @@ class QualityConfig(_LanguageScoped):
     @field_validator("per_language")
     @classmethod
     def _fractions(cls, v):
-        for lang, x in v.items():
-            if not 0.0 <= x <= 1.0:
-                raise ValueError(f"clean.quality.per_language.{lang} = {x}: a threshold or fraction is in [0, 1]")
-        return v
+        return _each_in_unit_interval(v, "clean.quality.per_language", "a threshold or fraction is in [0, 1]")
 
     def cut_value(self, lang: str) -> float:
         """The threshold, or with ``top_fraction`` the fraction, of documents in ``lang``."""
