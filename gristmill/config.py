@@ -83,6 +83,20 @@ class ReadConfig(_Section):
     probe_bytes: int = Field(default=65_536, gt=0)
 
 
+class HoldoutConfig(_Section):
+    """A share of the input set aside by a hash of each document's id, before any filtering: the same documents
+    whatever the recipe, so that every variant of an ablation leaves out the same ones (``gristmill ablate``'s
+    held-out set from the crawl; trainer/ablate.py). Off by default."""
+
+    #: the share of documents held out (0: none; the section is then left out of the config's fingerprint)
+    fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: ``rest``: drop the held-out documents (reason ``holdout:held_out``); ``held_out``: keep only them
+    #: (the others dropped as ``holdout:not_held_out``)
+    keep: Literal["rest", "held_out"] = "rest"
+    #: another salt draws another held-out set of the same size
+    salt: str = "gristmill-holdout"
+
+
 class NormalizeConfig(_Section):
     fix_unicode: bool = True  # ftfy
     unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
@@ -316,7 +330,8 @@ class CustomFilterConfig(_LanguageScoped):
     @field_validator("name")
     @classmethod
     def _not_a_builtin_stage(cls, v):
-        reserved = ("read", "extract", *BUILTIN_CLEAN_STAGES, "quality", "decontaminate", "exact_dedup", "near_dedup")
+        reserved = ("read", "extract", *BUILTIN_CLEAN_STAGES, "holdout", "quality", "decontaminate", "exact_dedup",
+                    "near_dedup")
         if v in reserved:
             raise ValueError(f"{v!r} is the name of a built-in stage; choose another")
         return v
@@ -748,6 +763,13 @@ class AblateConfig(_Section):
     tokenizer: str | None = None
     #: the variant whose corpus trains the shared tokenizer (None: an equal mix of every variant's corpus)
     tokenizer_from: str | None = None
+    #: a share of ``ablate.inputs``' documents, drawn by a hash of their id before any filtering (the ``holdout``
+    #: section), that no variant built from the crawl trains on: the held-out set ``crawl``, scored like the files
+    #: of ``heldout`` — bits per byte on the crawl's own kind of text as well as on clean text. 0: none
+    crawl_heldout: float = Field(default=0.05, ge=0.0, le=0.5)
+    #: the crawl's held-out documents as ``raw`` (extraction and language ID: the web as crawled) or ``default``
+    #: (what the default recipe keeps) processes them; either is in-distribution for one variant — say so
+    crawl_heldout_base: Literal["raw", "default"] = "raw"
     #: held-out clean text, never trained on: .txt (one document per file) or .jsonl (``text`` of each record);
     #: each file is one held-out set (Gutenberg header/footer cut, hard wraps joined), reported in bits per byte
     #: and loss per token of the shared tokenizer
@@ -797,6 +819,7 @@ def _named_languages(cfg: GristmillConfig) -> list[tuple[str, str]]:
 
 class GristmillConfig(_Section):
     read: ReadConfig = ReadConfig()
+    holdout: HoldoutConfig = HoldoutConfig()
     langid: LangIdConfig = LangIdConfig()
     clean: CleanConfig = CleanConfig()
     exact_dedup: ExactDedupConfig = ExactDedupConfig()
@@ -837,6 +860,8 @@ class GristmillConfig(_Section):
         data = handler(self)
         if not self.decontaminate.enabled:
             data.pop("decontaminate", None)
+        if not self.holdout.fraction:  # added later, like ablate
+            data.pop("holdout", None)
         if not self.ablate.variants:  # added later: out of the dump (and the fingerprint) until used
             data.pop("ablate", None)
         return data

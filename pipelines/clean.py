@@ -38,10 +38,11 @@ def stages(cfg: GristmillConfig) -> tuple[str, ...]:
     """The funnel order of a run: the built-in stages with the config's custom filters and (when
     on; a run without it keeps the funnel it always had) decontamination in place."""
     custom = tuple(f.name for f in cfg.clean.custom_filters)
+    holdout = ("holdout",) if cfg.holdout.fraction else ()
     quality = ("quality",) if cfg.clean.quality.enabled else ()
     decontaminate = ("decontaminate",) if cfg.decontaminate.enabled else ()
-    at = STAGES.index("exact_dedup")
-    return STAGES[:at] + custom + quality + decontaminate + STAGES[at:]
+    at, first = STAGES.index("exact_dedup"), STAGES.index("normalize")
+    return STAGES[:first] + holdout + STAGES[first:at] + custom + quality + decontaminate + STAGES[at:]
 
 
 def rules_for(cfg: GristmillConfig, lang: str | None) -> list[tuple[str, object]]:
@@ -132,7 +133,7 @@ class Cleaner:
         ``detail``), never the run."""
         if doc["reason"]:
             return doc
-        self.stage = "normalize"
+        self.stage = "holdout"
         try:
             return self._clean(doc)
         except Exception as e:  # noqa: BLE001 - one document never stops a run
@@ -143,6 +144,13 @@ class Cleaner:
         c = self.cfg.clean
         signals = doc["signals"]
 
+        if self.cfg.holdout.fraction:  # before any filter: the same documents whatever the recipe
+            why = filters.holdout(doc["id"], self.cfg.holdout)
+            if why:
+                doc["reason"] = f"holdout:{why}"
+                return doc
+
+        self.stage = "normalize"
         v = filters.normalize_text(doc["text"], c.normalize)
         doc["text"] = v.text
         signals.update(v.signals)

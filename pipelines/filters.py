@@ -10,6 +10,7 @@ text, approximated with regexes (see ``tokenize_words``).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import unicodedata
@@ -25,6 +26,7 @@ from gristmill.config import (
     FineWebQualityConfig,
     GopherQualityConfig,
     GopherRepetitionConfig,
+    HoldoutConfig,
     NormalizeConfig,
     PiiConfig,
 )
@@ -386,6 +388,20 @@ def normalize_text(text: str, cfg: NormalizeConfig) -> Verdict:
     if not text:
         return Verdict(text, "empty")
     return Verdict(text, None, {"control_chars_removed": n_controls} if n_controls else {})
+
+
+def holdout_draw(doc_id: str, salt: str) -> float:
+    """A document's place in [0, 1), from a hash of its id alone: held out or not whatever its text becomes."""
+    digest = hashlib.blake2b(f"{salt}\x00{doc_id}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def holdout(doc_id: str, cfg: HoldoutConfig) -> str | None:
+    """The reason a document leaves this run's side of the held-out split (``holdout:<reason>``), or None."""
+    held_out = holdout_draw(doc_id, cfg.salt) < cfg.fraction
+    if cfg.keep == "rest":
+        return "held_out" if held_out else None
+    return None if held_out else "not_held_out"
 
 
 def dedup_key(text: str) -> str:

@@ -56,8 +56,8 @@ def test_overlap_stops_the_ablation_naming_both_files_unless_allowed(tmp_path):
                      corpus_texts=lambda corpus: [_text(BOOK)[:20_000]])
     heldout = {"pg84_frankenstein": [_text(BOOK)]}
     with pytest.raises(AblationError, match=r"'pg84_frankenstein' in variant 'raw'.s corpus .*--allow-overlap"):
-        _check_leaks([variant], heldout, _A([str(BOOK)]), data)
-    rows = _check_leaks([variant], heldout, _A([str(BOOK)], allow=True), data)
+        _check_leaks([variant], heldout, {"pg84_frankenstein": str(BOOK)}, _A([str(BOOK)]), data)
+    rows = _check_leaks([variant], heldout, {"pg84_frankenstein": str(BOOK)}, _A([str(BOOK)], allow=True), data)
     assert rows[0]["leak"] and rows[0]["share"] > 0.01
 
 
@@ -97,7 +97,7 @@ def test_a_planted_overlap_is_refused_before_any_training(tmp_path):
                    "variants": [{"name": "raw", "base": "raw"},
                                 {"name": "q", "set": {"clean.quality.enabled": True,
                                                       "clean.quality.model": str(model_dir / "model.bin")}}],
-                   "seeds": [0], "tokens": 10_240, "eval_points": 1, "heldout": [str(BOOK)]},
+                   "seeds": [0], "tokens": 10_240, "eval_points": 1, "heldout": [str(BOOK)], "crawl_heldout": 0},
         "tokenize": {"seq_len": 64}, "pretrain": {"batch_size": 8, "micro_batch_size": 8, "num_workers": 0}})
     with pytest.raises(AblationError) as e:
         api.ablate(cfg, ["--runner", "DirectRunner"])

@@ -67,6 +67,12 @@ RAW_OVERRIDES = {
 }
 
 
+#: the held-out set drawn from the crawl (``ablate.crawl_heldout``): its name in tables and metrics
+CRAWL_SET = "crawl"
+#: a crawl held-out document sharing more than this share of its 13-grams with a variant's corpus is a copy of a
+#: training document (the same page under another id, a mirror): it leaves the held-out set, counted
+NEAR_COPY_SHARE = 0.5
+
 #: pipelines/damage.py's filter, named by its import path (the trainer imports no pipeline module)
 DAMAGE_FUNCTION = "gristmill.pipelines.damage:shuffle_words"
 
@@ -117,9 +123,13 @@ def plan_variants(cfg: GristmillConfig, out: str) -> list[Variant]:
             raise AblationError(f"ablate.{key} {getattr(a, key)!r} is not a variant ({', '.join(names)})")
     if not a.seeds or len(set(a.seeds)) != len(a.seeds):
         raise AblationError(f"ablate.seeds {list(a.seeds)} must be one or more distinct seeds")
-    if not a.heldout and not a.mc:
-        raise AblationError("ablate.heldout and ablate.mc are both empty: name held-out clean text (.txt/.jsonl) "
+    if not a.heldout and not a.mc and not crawl_heldout_on(cfg):
+        raise AblationError("ablate.heldout and ablate.mc are both empty and no share of the crawl is held out "
+                            "(ablate.crawl_heldout with ablate.inputs): name held-out clean text (.txt/.jsonl) "
                             "and/or multiple-choice files to compare the variants on")
+    if crawl_heldout_on(cfg) and CRAWL_SET in {Path(p).stem for p in a.heldout}:
+        raise AblationError(f"ablate.heldout: a file named {CRAWL_SET!r} would share its name with the held-out set "
+                            "drawn from the crawl (ablate.crawl_heldout); rename it")
     variants = []
     for v in a.variants:
         root = io.join(out, "variants", v.name)
@@ -143,6 +153,8 @@ def plan_variants(cfg: GristmillConfig, out: str) -> list[Variant]:
             raise AblationError(f"ablate variant {v.name!r} has no corpus and no inputs: set ablate.inputs (the "
                                 "crawl every variant runs on) or the variant's corpus/inputs")
         overrides = dict(v.set)
+        if crawl_heldout_on(cfg):  # the same documents out of every variant's corpus, whatever its recipe
+            overrides.update({"holdout.fraction": a.crawl_heldout, "holdout.keep": "rest"})
         if v.damage is not None:  # a custom filter after the variant's own (pipelines/damage.py)
             own = overrides.get("clean.custom_filters", [f.model_dump(mode="json") for f in cfg.clean.custom_filters])
             overrides["clean.custom_filters"] = [*own, {"name": "planted_damage", "function": DAMAGE_FUNCTION,
@@ -150,6 +162,34 @@ def plan_variants(cfg: GristmillConfig, out: str) -> list[Variant]:
         variants.append(Variant(v.name, variant_config(cfg, v.base, overrides, v.name), tuple(inputs),
                                 io.join(root, "corpus"), io.join(root, "tokens")))
     return variants
+
+
+def crawl_heldout_on(cfg: GristmillConfig) -> bool:
+    return bool(cfg.ablate.crawl_heldout and cfg.ablate.inputs)
+
+
+def plan_crawl_heldout(cfg: GristmillConfig, out: str) -> Variant | None:
+    """The corpus job that keeps only the crawl's held-out documents (``ablate.crawl_heldout``), processed as
+    ``ablate.crawl_heldout_base`` says; None when no share is held out."""
+    a = cfg.ablate
+    if not crawl_heldout_on(cfg):
+        return None
+    overrides = {"holdout.fraction": a.crawl_heldout, "holdout.keep": "held_out"}
+    hcfg = variant_config(cfg, a.crawl_heldout_base, overrides, f"{CRAWL_SET} (held out)")
+    return Variant(CRAWL_SET, hcfg, tuple(a.inputs), io.join(out, "heldout", CRAWL_SET), "")
+
+
+def crawl_heldout_texts(texts, max_chars: int) -> list[str]:
+    """The held-out documents to score, up to ``max_chars`` (they are a hash sample of the crawl already, so
+    the first ones are as good a sample as any; the rest would only be cut to ``heldout_max_tokens``)."""
+    out, total = [], 0
+    for t in texts:
+        if t.strip():
+            out.append(t)
+            total += len(t)
+            if total >= max_chars:
+                break
+    return out
 
 
 _GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (?:THIS|THE) PROJECT GUTENBERG EBOOK[^\n]*\n", re.I | re.M)
@@ -333,8 +373,10 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     a = cfg.ablate
     out = os.path.abspath(a.output)
     variants = plan_variants(cfg, out)
+    crawl = plan_crawl_heldout(cfg, out)
     baseline = a.baseline or variants[0].name
     heldout_docs = {Path(p).stem: heldout_texts(p) for p in a.heldout}
+    heldout_files: dict[str, str | None] = {Path(p).stem: p for p in a.heldout}
     if len(heldout_docs) != len(a.heldout):
         raise AblationError(f"ablate.heldout: two files share a name ({list(a.heldout)}); each set is named by its "
                             "file name")
@@ -356,19 +398,28 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
 
     # 1. corpora
     api = steps_of_data
-    for v in variants:
+    for v in variants + ([crawl] if crawl else []):
         if not v.inputs:
             continue
+        what = "the crawl's held-out documents" if v is crawl else f"variant {v.name}"
         fp = _sha({"inputs": v.inputs, "config": v.cfg.fingerprint()})
-        if steps.finished(f"corpus:{v.name}", fp):
-            log.info("variant %s: corpus done earlier (%s)", v.name, v.corpus)
+        if steps.finished(f"corpus:{v.name}" if v is not crawl else "heldout:crawl", fp):
+            log.info("%s: corpus done earlier (%s)", what, v.corpus)
             continue
-        log.info("variant %s: corpus job over %s", v.name, ", ".join(v.inputs))
+        log.info("%s: corpus job over %s", what, ", ".join(v.inputs))
         api.run_corpus(v.inputs, v.corpus, v.cfg, beam_args, overwrite=True, progress=progress)
-        steps.record(f"corpus:{v.name}", fp)
+        steps.record(f"corpus:{v.name}" if v is not crawl else "heldout:crawl", fp)
 
-    # 2. no held-out text in what any variant trains on (or was chosen by)
-    leak_rows = _check_leaks(variants, heldout_docs, a, steps_of_data)
+    # 2. the crawl's held-out set; no held-out text in what any variant trains on (or was chosen by)
+    crawl_info = None
+    if crawl is not None:
+        crawl_info = _crawl_heldout(crawl, variants, a, steps_of_data)
+        heldout_docs = {CRAWL_SET: crawl_info.pop("texts"), **heldout_docs}
+        heldout_files = {CRAWL_SET: None, **heldout_files}
+    # the crawl's set was checked document by document above: pages of one site share their template's
+    # 13-grams, which is the web's distribution, not a held-out page memorised
+    leak_rows = _check_leaks(variants, {k: v for k, v in heldout_docs.items() if k != CRAWL_SET}, heldout_files, a,
+                             steps_of_data)
 
     # 3. the shared tokenizer, every variant tokenized with it
     by_name = {v.name: v for v in variants}
@@ -449,9 +500,10 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     floors, warnings = _floor_and_scale(variants, tokenizer, heldout_docs, table, budget * seq_len, a, cfg)
     for w in warnings:
         log.warning("%s", w)
-    md = markdown(table, baseline, budget * seq_len, a, cfg, floors, warnings)
+    md = markdown(table, baseline, budget * seq_len, a, cfg, floors, warnings, crawl_info)
     payload = {"kind": "ablation", "baseline": baseline, "tokens_per_run": budget * seq_len, "steps": max_steps,
                "seeds": list(a.seeds), "variants": data, "table": table, "runs": results, "leak_check": leak_rows,
+               "crawl_heldout": crawl_info,
                "count_model_floor": floors, "scale_warnings": warnings,
                "config": cfg.model_dump(mode="json")}
     results_path = io.join(out, "results.json")
@@ -503,7 +555,29 @@ def _check_eval_points(a, max_steps: int) -> None:
                             "budget: lower eval_points or raise ablate.tokens (and ablate.max_epochs)")
 
 
-def _check_leaks(variants: list[Variant], heldout_docs: dict[str, list[str]], a, data: DataSteps) -> list[dict]:
+def _crawl_heldout(crawl: Variant, variants: list[Variant], a, data: DataSteps) -> dict:
+    """The crawl's held-out documents (read up to what scoring uses), less those that are copies of a document
+    some variant trains on; what was done, for results.json (``texts``: the documents)."""
+    if data.corpus_texts is None:
+        raise AblationError("ablate.crawl_heldout needs the corpus reader the API gives (DataSteps.corpus_texts)")
+    texts = crawl_heldout_texts(data.corpus_texts(crawl.corpus), a.heldout_max_tokens * 32)
+    corpora = [leaks.Source(f"variant {v.name!r}'s corpus", lambda v=v: data.corpus_texts(v.corpus))
+               for v in variants]
+    kept, copies = leaks.drop_copies(texts, corpora, NEAR_COPY_SHARE)
+    if not kept:
+        raise AblationError(f"ablate.crawl_heldout {a.crawl_heldout}: none of the crawl's documents held out "
+                            f"{'and kept by ' + a.crawl_heldout_base + ' processing ' if texts else ''}is left to "
+                            f"score ({crawl.corpus}: {len(texts)} document(s), {copies} copies of training "
+                            "documents): raise ablate.crawl_heldout, give more input, or set it to 0")
+    log.info("the crawl's held-out set: %d document(s) (%s of ablate.inputs by id, processed as %s)%s", len(kept),
+             f"{100 * a.crawl_heldout:g} %", a.crawl_heldout_base,
+             f"; {copies} left out as copies of documents a variant trains on" if copies else "")
+    return {"texts": kept, "fraction": a.crawl_heldout, "base": a.crawl_heldout_base, "corpus": crawl.corpus,
+            "documents": len(kept), "copies_left_out": copies}
+
+
+def _check_leaks(variants: list[Variant], heldout_docs: dict[str, list[str]], heldout_files: dict[str, str | None],
+                 a, data: DataSteps) -> list[dict]:
     """trainer/leaks.py over every variant's corpus and every input of a variant's quality classifier;
     a leak stops the ablation (``ablate.allow_overlap``: reported, and the ablation goes on)."""
     if not heldout_docs:
@@ -519,7 +593,8 @@ def _check_leaks(variants: list[Variant], heldout_docs: dict[str, list[str]], a,
                 for path, sha, texts in data.quality_inputs(q.model):
                     name = f"{path} (trained variant {v.name!r}'s quality classifier)"
                     sources.append(leaks.Source(name, texts, sha))
-    heldout = {name: (texts, _file_sha(path)) for (name, texts), path in zip(heldout_docs.items(), a.heldout)}
+    heldout = {name: (texts, _file_sha(heldout_files[name]) if heldout_files.get(name) else None)
+               for name, texts in heldout_docs.items()}
     rows = leaks.check(heldout, sources, a.max_heldout_overlap)
     found = [r for r in rows if r["leak"]]
     if found:
@@ -668,7 +743,7 @@ def summarise(results: list[dict], names: list[str], baseline: str, data: dict,
 
 
 def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillConfig, floors: dict | None = None,
-             warnings: list[str] | None = None) -> str:
+             warnings: list[str] | None = None, crawl: dict | None = None) -> str:
     metrics = list(table[0]["metrics"])
     head = ["variant", "train tokens", "epochs"] + [_metric_title(m) for m in metrics]
     model = ", ".join(f"{k} {v}" for k, v in cfg.model.model_dump(mode="json", exclude_defaults=True).items()
@@ -680,8 +755,16 @@ def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillCon
              f"accuracy. Against **{baseline}**: the difference paired by seed with its 95 % t-interval, "
              "Holm-corrected over every comparison in this table; better/worse only where that interval "
              "excludes 0, else \"no difference detectable\" (\"at chance\": a multiple-choice set on which "
-             "every variant is within chance ± 2 standard errors).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "every variant is within chance ± 2 standard errors).", ""]
+    if crawl:
+        lines += [f"Held-out set **{CRAWL_SET}**: {crawl['documents']:,} documents of the crawl, "
+                  f"{100 * crawl['fraction']:g} % of it drawn by a hash of the id before any filtering and left "
+                  f"out of every variant built from it, processed as {crawl['base']!r} processes text"
+                  + (f" ({crawl['copies_left_out']} left out as copies of a training document)"
+                     if crawl["copies_left_out"] else "")
+                  + f"; in-distribution for {'the raw variant' if crawl['base'] == 'raw' else 'the default recipe'}"
+                  ", so read it beside the clean held-out sets.", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
         cells = [row["variant"], f"{row['train_tokens']:,}", f"{row['epochs']:.2f}"]
         for m in metrics:

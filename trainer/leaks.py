@@ -32,14 +32,32 @@ def heldout_ngrams(texts: Iterable[str], n: int = NGRAM) -> set[int]:
     return grams
 
 
+def found(grams: set[int], texts: Iterable[str], n: int = NGRAM) -> set[int]:
+    """Those of ``grams`` that occur in ``texts``."""
+    hits: set[int] = set()
+    for t in texts:
+        hits |= ngram_hashes(words(t), n) & grams
+        if len(hits) == len(grams):
+            break
+    return hits
+
+
 def shared(grams: set[int], texts: Iterable[str], n: int = NGRAM) -> int:
     """How many of ``grams`` occur in ``texts``."""
-    found: set[int] = set()
-    for t in texts:
-        found |= ngram_hashes(words(t), n) & grams
-        if len(found) == len(grams):
-            break
-    return len(found)
+    return len(found(grams, texts, n))
+
+
+def drop_copies(texts: list[str], sources: list[Source], max_share: float, n: int = NGRAM) -> tuple[list[str], int]:
+    """``texts`` less each one sharing more than ``max_share`` of its n-grams with the sources (a document held
+    out by id whose copy, under another id, is trained on), and how many that was. One pass over each source."""
+    per_doc = [ngram_hashes(words(t), n) for t in texts]
+    union = set().union(*per_doc) if per_doc else set()
+    hits: set[int] = set()
+    for src in sources:
+        if src.texts is not None and union - hits:
+            hits |= found(union - hits, src.texts(), n)
+    kept = [t for t, g in zip(texts, per_doc) if not g or len(g & hits) / len(g) <= max_share]
+    return kept, len(texts) - len(kept)
 
 
 @dataclass(frozen=True)
