@@ -3,7 +3,9 @@
 The crawl: the bundled sample crawl (``sample/crawl``: WARC, WET, JSONL, Parquet), the shared web files it
 does not already hold (``../shared/data/web``: Dolma CCNet JSONL, a wget WARC, Common Crawl's whirlwind
 WARC) and trafilatura's 990 gold-set HTML pages wrapped as WARC response records. Variants, each the
-same model (4 layers, 128 wide, vocabulary 4,000: ~1.4M parameters) trained for the same tokens, three seeds each:
+same model (4 layers, 128 wide, vocabulary 4,000: ~1.4M parameters) trained on the same number of unique
+tokens (the smallest variant's, read once), five seeds each, compared with ``default`` by paired,
+Holm-corrected intervals (docs/trainer.md):
 
 * ``raw``: gristmill with extraction and language ID only (English kept);
 * ``default``: gristmill's defaults (Unicode repair, URL blocklist, Gopher, C4 lines, PII, exact and
@@ -13,10 +15,13 @@ same model (4 layers, 128 wide, vocabulary 4,000: ~1.4M parameters) trained for 
 * ``datatrove``: what datatrove's FineWeb-style recipe keeps of the same crawl (its example:
   URLFilter, Trafilatura on the HTML, LanguageFilter en, Gopher repetition + quality, C4 (no terminal-
   punctuation rule), FineWeb quality filters, 4-stage MinHash), read back as JSONL (``base: raw``: no
-  gristmill filter touches it). datatrove runs in ``bench/.venv-bench`` (bash bench/setup_bench_env.sh).
+  gristmill filter touches it). datatrove runs in ``bench/.venv-bench`` (bash bench/setup_bench_env.sh);
+* ``damaged``: the default with half its documents word-shuffled — the ablation's power check: it must
+  come out worse than ``default``.
 
 Held out, never trained on by any variant and excluded from the bench's quality classifier:
-Frankenstein (PG #84) and the State of the Union addresses 1945–2006; the multiple-choice eval is
+Frankenstein (PG #84), the State of the Union addresses 1945–2006 and 5 % of the crawl's documents (by
+id, before any filter: ``bpb: crawl``); the multiple-choice eval is
 ``sample/eval/genesis_next_sentence_mc.jsonl``.
 
     .venv/bin/python bench/bench_ablate.py --json bench/results/ablation.json
@@ -216,16 +221,15 @@ def ablate_config(crawl: Path, quality_model: Path, dt_output: str, args) -> Pat
                                             "clean.quality.model": str(quality_model / "model.bin"),
                                             "clean.quality.top_fraction": args.quality_top_fraction}},
                 {"name": "datatrove", "base": "raw", "inputs": [f"{dt_output}/*.jsonl.gz"]},
-                # why the default does what it does: one change each
-                {"name": "default-trafilatura", "set": {"read.extractor": "trafilatura"}},
-                {"name": "default-no-c4", "set": {"clean.c4_lines.enabled": False}},
-                {"name": "default-no-gopher-quality", "set": {"clean.gopher_quality.enabled": False}},
+                # the ablation's own power check: the default with half its documents word-shuffled
+                {"name": "damaged", "damage": 0.5},
             ],
-            "baseline": "raw",
+            "baseline": "default",
             "seeds": args.seeds,
             "tokens": args.tokens,
             "max_epochs": args.max_epochs,
             "eval_points": args.eval_points,
+            "crawl_heldout": args.crawl_heldout,
             "heldout": [str(p) for p in HELDOUT],
             "heldout_max_tokens": 30_000,
             "mc": [str(REPO / "sample" / "eval" / "genesis_next_sentence_mc.jsonl")],
@@ -238,10 +242,12 @@ def ablate_config(crawl: Path, quality_model: Path, dt_output: str, args) -> Pat
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", type=int, default=400_000, help="training tokens per run")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="training tokens per run (default: the smallest variant's training split, read once)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--eval-points", type=int, default=4)
-    ap.add_argument("--max-epochs", type=float, default=4.0)
+    ap.add_argument("--max-epochs", type=float, default=1.0)
+    ap.add_argument("--crawl-heldout", type=float, default=0.05, help="share of the crawl held out by id")
     ap.add_argument("--quality-top-fraction", type=float, default=0.5)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="datatrove workers")
     ap.add_argument("--dt-python", type=Path, default=HERE / ".venv-bench" / "bin" / "python")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -137,8 +138,12 @@ def test_ablate_end_to_end_on_a_tiny_budget(tiny_ablation):
     out = config.parent / "ablation"
     assert "| raw |" in first.stdout and "| default |" in first.stdout
     assert "4 training run(s), 1 at once (in this process)" in first.stderr
+    # said before the first run trains: how long it will take; then progress over all runs as each ends
+    assert 0 <= first.stderr.index("estimated time: ") < first.stderr.index(": training")
+    assert "1/4 runs evaluated, ETA" in first.stderr and "4/4 runs evaluated" in first.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["tokens_per_run"] == 20 * 8 * 64 and res["steps"] == 20
+    assert res["time"]["estimated_s"] > 0 and res["time"]["step_s"] > 0 and res["time"]["train_and_evaluate_s"] > 0
     docs = {n: v["documents"] for n, v in res["variants"].items()}
     assert docs["raw"] > docs["default"] > 0  # the default's filters and dedup remove documents raw keeps
     runs = {(r["variant"], r["seed"]): r for r in res["runs"]}
@@ -230,8 +235,23 @@ def test_ablate_on_ray_trains_in_parallel_and_gives_the_in_process_numbers(tiny_
                           tokenizer=str(local / "tokenizer"))
     ray_config = tmp_path / "ray.yaml"
     ray_config.write_text(yaml.safe_dump(tree))
+    # stopped by the scheduler while its runs train in driver threads: it ends at once and cleanly ...
+    proc = subprocess.Popen([sys.executable, "-m", "gristmill", "ablate", "--config", str(ray_config)],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "GRISTMILL_LOG_LEVEL": "INFO"})
+    seen = []
+    for line in proc.stderr:  # the state to stop in: a run is training
+        seen.append(line)
+        if ": training" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 143, "".join(seen)[-3000:] + rest[-3000:]
+    assert "interrupted by SIGTERM: stopped" in rest
+    # ... and the same command resumes it (training: the stop did not wait for the runs to end)
     r = _ablate(ray_config)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert ": training" in r.stderr
     assert "2 training run(s), 2 at once" in r.stderr
     curves = {(x["variant"], x["seed"]): x["curve"] for x in json.loads((tmp_path / "ablation" / "results.json")
                                                                        .read_text())["runs"]}

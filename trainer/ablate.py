@@ -32,6 +32,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from gristmill import io
 from gristmill.config import ConfigError, GristmillConfig, _set_dotted
 from gristmill.errors import GristmillError
 from gristmill.outputs import begin_output, check_output
-from gristmill.trainer import ablation_stats, floor, leaks
+from gristmill.trainer import ablation_stats, ablation_time, floor, leaks
 
 log = logging.getLogger("gristmill.ablate")
 
@@ -277,28 +278,41 @@ class _Steps:
 # ---------------------------------------------------------------------------------------------
 
 
-def scored_targets(tokens: np.ndarray, seq_len: int) -> np.ndarray:
-    """The tokens :func:`heldout_loss` predicts: every window's last seq_len."""
-    n = (len(tokens) - 1) // seq_len
-    return np.concatenate([tokens[i * seq_len + 1: i * seq_len + seq_len + 1] for i in range(n)]) if n else tokens[:0]
+def scored_targets(tokens: np.ndarray, seq_len: int, stride: int = 1) -> np.ndarray:
+    """The tokens :func:`heldout_loss` predicts: the last seq_len of every ``stride``-th window."""
+    rows = heldout_windows(tokens, seq_len, stride)
+    return rows[:, 1:].reshape(-1) if len(rows) else tokens[:0]
 
 
-def heldout_loss(model, tokens: np.ndarray, seq_len: int, batch_size: int = 8) -> float:
-    """Mean next-token loss over non-overlapping windows of seq_len + 1 tokens (the remainder is not scored)."""
-    import torch
-
+def heldout_windows(tokens: np.ndarray, seq_len: int, stride: int = 1) -> np.ndarray:
+    """Non-overlapping windows of seq_len + 1 tokens (the remainder is not scored), every ``stride``-th."""
     n = (len(tokens) - 1) // seq_len
     if n == 0:
+        return np.zeros((0, seq_len + 1), dtype=tokens.dtype)
+    return np.stack([tokens[i * seq_len: i * seq_len + seq_len + 1] for i in range(0, n, stride)])
+
+
+def heldout_loss(model, tokens: np.ndarray, seq_len: int, batch_size: int = 8, stride: int = 1) -> float:
+    """Mean next-token loss over :func:`heldout_windows`."""
+    import torch
+
+    rows = heldout_windows(tokens, seq_len, stride)
+    if len(rows) == 0:
         raise AblationError(f"a held-out set of {len(tokens)} tokens is shorter than one sequence of {seq_len + 1}")
-    rows = np.stack([tokens[i * seq_len: i * seq_len + seq_len + 1] for i in range(n)])
     total, count = 0.0, 0
     with torch.no_grad():
-        for s in range(0, n, batch_size):
+        for s in range(0, len(rows), batch_size):
             x = torch.from_numpy(rows[s: s + batch_size])
             logits = model(x[:, :-1]).float()
             total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="sum"))
             count += x[:, 1:].numel()
     return total / count
+
+
+#: the curve's checkpoints before the last are scored on every CURVE_STRIDE-th window of each held-out set: the
+#: curve is for the plot, the verdicts read the last checkpoint (all windows); scoring every checkpoint in full
+#: cost the shipped ablation three times its training
+CURVE_STRIDE = 4
 
 
 def evaluate_checkpoints(checkpoints: list[str], heldout: dict[str, np.ndarray], mc: dict[str, list[dict]],
@@ -315,19 +329,21 @@ def evaluate_checkpoints(checkpoints: list[str], heldout: dict[str, np.ndarray],
 
     torch.set_num_threads(threads)
     rows = []
-    scored_bytes: dict[tuple[str, int], int] = {}
-    for path in checkpoints:
+    scored_bytes: dict[tuple[str, int, int], int] = {}
+    for k, path in enumerate(checkpoints):
         model = load_model(path).eval()
         sp = load(path)
         state = read_state(Path(path))
         row = {"checkpoint": path, "step": int(state["step"]), "tokens": int(state["tokens_seen"])}
         for name, toks in heldout.items():
             n_ctx = min(seq_len, model.args.max_seq_len)
-            loss = heldout_loss(model, toks, n_ctx)
-            targets = scored_targets(toks, n_ctx)
-            if (name, n_ctx) not in scored_bytes:  # the UTF-8 bytes of the text those tokens spell
-                scored_bytes[(name, n_ctx)] = len(sp.decode([int(t) for t in targets]).encode("utf-8"))
-            row[f"bpb:{name}"] = ablation_stats.bits_per_byte(loss, len(targets), scored_bytes[(name, n_ctx)])
+            # the last checkpoint on every window; the curve's earlier ones on a quarter (at least one window)
+            stride = 1 if k == len(checkpoints) - 1 else max(1, min(CURVE_STRIDE, (len(toks) - 1) // n_ctx))
+            loss = heldout_loss(model, toks, n_ctx, stride=stride)
+            targets = scored_targets(toks, n_ctx, stride)
+            if (name, n_ctx, stride) not in scored_bytes:  # the UTF-8 bytes of the text those tokens spell
+                scored_bytes[(name, n_ctx, stride)] = len(sp.decode([int(t) for t in targets]).encode("utf-8"))
+            row[f"bpb:{name}"] = ablation_stats.bits_per_byte(loss, len(targets), scored_bytes[(name, n_ctx, stride)])
             row[f"heldout:{name}"] = loss
         if mc:
             for name, items in mc.items():
@@ -491,7 +507,8 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     runs = [(v, seed) for v in variants for seed in a.seeds]
     train_cfgs = [(v.name, seed, _run_config(cfg, v.tokens, os.path.join(out, "runs"), f"{v.name}-seed{seed}",
                                             seed, max_steps, every)) for v, seed in runs]
-    results = _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps)
+    timing: dict = {}
+    results = _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps, timing, progress)
 
     # 6. the table, the plot
     chance = {name: (len(items), sum(1 / len(it["choices"]) for it in items) / len(items))
@@ -503,7 +520,7 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     md = markdown(table, baseline, budget * seq_len, a, cfg, floors, warnings, crawl_info)
     payload = {"kind": "ablation", "baseline": baseline, "tokens_per_run": budget * seq_len, "steps": max_steps,
                "seeds": list(a.seeds), "variants": data, "table": table, "runs": results, "leak_check": leak_rows,
-               "crawl_heldout": crawl_info,
+               "crawl_heldout": crawl_info, "time": timing,
                "count_model_floor": floors, "scale_warnings": warnings,
                "config": cfg.model_dump(mode="json")}
     results_path = io.join(out, "results.json")
@@ -634,7 +651,8 @@ def _run_config(cfg: GristmillConfig, tokens: str, storage: str, name: str, seed
     return GristmillConfig.model_validate(tree)
 
 
-def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: _Steps) -> list[dict]:
+def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: _Steps, timing: dict,
+                        progress: bool = False) -> list[dict]:
     """Train every (variant, seed) — ``parallel`` at once from driver threads, each its own Ray Train run,
     which Ray places where its workers fit — and evaluate each finished run's checkpoints as a Ray task.
     With ``pretrain.num_workers: 0`` (Ray Train's local mode) the runs go one after another in this process,
@@ -672,6 +690,29 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
             return ray.get(remote.remote(checkpoints, heldout_ref, mc_ref, seq_len))
     parallel = min(parallel, len(train_cfgs))
     log.info("%d training run(s), %d at once%s", len(train_cfgs), parallel, " (in this process)" if local else "")
+    max_steps = train_cfgs[0][2].pretrain.max_steps
+    every = train_cfgs[0][2].pretrain.checkpoint_every
+    import torch
+
+    step_s = ablation_time.step_seconds(cfg, sp.get_piece_size(), torch.get_num_threads() if local
+                                        else p.cpus_per_worker)
+    trained = sum(is_complete(Path(c.pretrain.storage_path) / c.pretrain.name / f"checkpoint_{max_steps:08d}")
+                  for _, _, c in train_cfgs)  # by an earlier invocation
+    evaluated = 1 + (math.ceil(max_steps / every) - 1) / CURVE_STRIDE  # checkpoints' worth of windows per run
+    guess = ablation_time.estimate(step_s, len(train_cfgs), parallel, max_steps, evaluated,
+                                   sum(len(t) for t in heldout.values()), p.batch_size * seq_len,
+                                   runs_to_train=len(train_cfgs) - trained,
+                                   per_run_s=ablation_time.RUN_OVERHEAD_S["local" if local else "ray"])
+    timing["estimated_s"] = round(guess.total_s, 1) if guess else None
+    timing["step_s"] = round(step_s, 4) if step_s else None
+    if guess is not None:
+        log.info("estimated time: %s (training %s at %.3g s per step, measured here, and each run's start and "
+                 "checkpoints; evaluation %s)",
+                 ablation_time.duration(guess.total_s), ablation_time.duration(guess.train_s), guess.step_s,
+                 ablation_time.duration(guess.eval_s))
+    else:
+        log.info("estimated time: after the first steps (the runs train on GPUs; the progress gives an ETA)")
+    t_runs = time.time()
 
     def one(item):
         name, seed, run_cfg = item
@@ -694,12 +735,40 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
         rows = evaluate(checkpoints)
         log.info("run %s: %s", rp.name, "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items()
                                                   if isinstance(v, float)))
+        tracker.run_finished(rp.name)
         return {"variant": name, "seed": seed, "run": str(run_dir), "curve": rows}
 
-    if parallel == 1:
-        return [one(item) for item in train_cfgs]
-    with ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(one, train_cfgs))
+    run_dirs = [Path(c.pretrain.storage_path) / c.pretrain.name for _, _, c in train_cfgs]
+    bar = progress and sys.stderr.isatty()
+    with ablation_time.RunsProgress(run_dirs, max_steps, guess.total_s if guess else None, bar) as tracker:
+        out = [one(item) for item in train_cfgs] if parallel == 1 else _in_threads(one, train_cfgs, parallel)
+    timing["train_and_evaluate_s"] = round(time.time() - t_runs, 1)
+    return out
+
+
+def _in_threads(fn, items: list, parallel: int) -> list:
+    """``[fn(x) for x in items]``, ``parallel`` at once in driver threads. The main thread waits with a timeout
+    (Python runs a signal's handler only in the main thread, between bytecodes: a SIGTERM the kernel handed to
+    one of Ray's threads would otherwise wait for every run), and on a stop or an error it leaves at once —
+    the runs' threads are not waited for: the command's stop path shuts Ray down and exits."""
+    from concurrent.futures import FIRST_EXCEPTION, wait
+
+    from gristmill.trainer.loop import SIGNAL_POLL_SECONDS
+
+    pool = ThreadPoolExecutor(parallel, thread_name_prefix="ablation-run")
+    futures = [pool.submit(fn, x) for x in items]
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=SIGNAL_POLL_SECONDS, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    raise f.exception()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [f.result() for f in futures]
 
 
 def summarise(results: list[dict], names: list[str], baseline: str, data: dict,
