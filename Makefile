@@ -8,11 +8,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup setup-bench demo test test-fast lint bench-clean bench-trainer constraints clean help
+.PHONY: setup setup-bench demo test test-fast test-budget lint bench-clean bench-trainer constraints clean help
 
 help:
 	@echo "make demo    set up .venv and run the main job end to end on the bundled sample crawl"
-	@echo "make test    set up .venv and run every test (unit + end-to-end on real runners; TEST_WORKERS=2)"
+	@echo "make test    set up .venv and run every test (unit + end-to-end on real runners; TEST_WORKERS=2) but the budget ones"
+	@echo "make test-budget  the shipped ablation at its full budget: its self-test finds the planted damage (~15 min)"
 	@echo "make test-fast  the unit tests only (no Ray, no runs in other processes)"
 	@echo "make setup   only create .venv and install gristmill (+ test tools)"
 	@echo "make lint    ruff (configured in pyproject.toml; make test runs it first)"
@@ -37,10 +38,14 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=30
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=30 -m "not budget"
+
+# the shipped configs at their full budget (the ablation's self-test: ~15 minutes on 2 cores)
+test-budget: $(STAMP)
+	$(BIN)/python -m pytest -q -m budget
 
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not budget"
 
 # the benchmarks' own extras (plots, reference implementations)
 setup-bench: $(STAMP)

@@ -780,6 +780,9 @@ class AblateConfig(_Section):
     mc: tuple[str, ...] = ()
     #: training runs at once (each pretrain.num_workers x cpus_per_worker CPUs); 0: as many as Ray's CPUs allow
     parallel: int = Field(default=0, ge=0)
+    #: on GPUs, runs of one worker sharing each GPU (Ray tasks with 1/N of a GPU each): an ablation's small
+    #: models leave most of a GPU idle
+    runs_per_gpu: int = Field(default=1, ge=1)
     #: a source holding more than this share of a held-out set's 13-grams is a leak (trainer/leaks.py)
     max_heldout_overlap: float = Field(default=0.01, ge=0.0, le=1.0)
     #: a leak is reported and the ablation goes on (the CLI's --allow-overlap)

@@ -27,7 +27,7 @@ CRAWL = SAMPLE / "crawl" / "dolma-cc-main-2019-30.jsonl.gz"
 MC = SAMPLE / "eval" / "genesis_next_sentence_mc.jsonl"
 
 
-def _runs(values: dict[str, list[float]], metric: str = "heldout:book") -> list[dict]:
+def _runs(values: dict[str, list[float]], metric: str = "bpb:book") -> list[dict]:
     return [{"variant": v, "seed": s, "curve": [{"tokens": 1, metric: x}]}
             for v, xs in values.items() for s, x in enumerate(xs)]
 
@@ -36,7 +36,7 @@ def test_a_verdict_needs_a_corrected_paired_interval_that_excludes_zero():
     data = {n: {"documents": 1, "train_tokens": 1, "epochs": 1.0} for n in ("raw", "clean", "noisy")}
     table = summarise(_runs({"raw": [3.0, 3.1, 3.2], "clean": [2.5, 2.55, 2.6], "noisy": [2.5, 2.9, 3.3]}),
                       ["raw", "clean", "noisy"], "raw", data)
-    by = {r["variant"]: r["metrics"]["heldout:book"] for r in table}
+    by = {r["variant"]: r["metrics"]["bpb:book"] for r in table}
     assert "verdict" not in by["raw"]
     # paired by seed: -0.5, -0.55, -0.6; 2 comparisons, Holm: the smaller p-value is tested at 0.025
     assert by["clean"]["verdict"] == "better"
@@ -56,6 +56,12 @@ def test_a_verdict_needs_a_corrected_paired_interval_that_excludes_zero():
     one = summarise(_runs({"raw": [3.0], "clean": [2.5]}), ["raw", "clean"], "raw", data)
     assert "one seed: no interval, no difference detectable" in markdown(one, "raw", 1000, SimpleNamespace(seeds=[0]),
                                                                          GristmillConfig())
+    # loss per token beside bits per byte: shown with its interval, not tested (the same ranking)
+    both = summarise([{**r, "curve": [{**r["curve"][0], "heldout:book": 2 * r["curve"][0]["bpb:book"]}]}
+                      for r in _runs({"raw": [3.0, 3.1, 3.2], "clean": [2.5, 2.55, 2.6]})], ["raw", "clean"], "raw",
+                     data)
+    assert both[1]["metrics"]["heldout:book"]["verdict"] == "secondary"
+    assert both[1]["metrics"]["bpb:book"]["confidence"] == pytest.approx(0.95)  # a family of one
     # accuracy: higher is better
     acc = summarise(_runs({"raw": [0.5, 0.52], "clean": [0.4, 0.41]}, "mc:x"), ["raw", "clean"], "raw", data)
     assert acc[1]["metrics"]["mc:x"]["verdict"] == "worse"
@@ -152,7 +158,10 @@ def test_ablate_end_to_end_on_a_tiny_budget(tiny_ablation):
         assert [c["tokens"] for c in r["curve"]] == [5120, 10240]  # every checkpoint evaluated
         for c in r["curve"]:
             assert 0 < c["heldout:pg84_frankenstein"] < math.log(1000)  # learnt something: below uniform
-            assert 0 <= c["mc:genesis_next_sentence_mc"] <= 1
+        # multiple choice at the last checkpoint (the verdicts'): accuracy, and the right answer's bits per byte
+        assert "mc:genesis_next_sentence_mc" not in r["curve"][0]
+        assert 0 <= r["curve"][-1]["mc:genesis_next_sentence_mc"] <= 1
+        assert 0 < r["curve"][-1]["mc_bpb:genesis_next_sentence_mc"] < math.log2(1000)
         assert r["curve"][1]["heldout:pg84_frankenstein"] < r["curve"][0]["heldout:pg84_frankenstein"]
     # seeds differ; the table is their mean
     assert runs[("raw", 0)]["curve"][-1] != runs[("raw", 1)]["curve"][-1]
@@ -160,8 +169,9 @@ def test_ablate_end_to_end_on_a_tiny_budget(tiny_ablation):
     m = table["raw"]["metrics"]["heldout:pg84_frankenstein"]
     assert m["mean"] == pytest.approx(sum(runs[("raw", s)]["curve"][-1]["heldout:pg84_frankenstein"]
                                           for s in (0, 1)) / 2)
-    assert table["default"]["metrics"]["heldout:pg84_frankenstein"]["verdict"] in (
+    assert table["default"]["metrics"]["bpb:pg84_frankenstein"]["verdict"] in (
         "better", "worse", "no difference detectable")
+    assert table["default"]["metrics"]["heldout:pg84_frankenstein"]["verdict"] == "secondary"
     for r in runs.values():  # bits per byte of the held-out text: the loss per token times tokens per byte
         c = r["curve"][-1]
         assert 0 < c["bpb:pg84_frankenstein"] < c["heldout:pg84_frankenstein"] / math.log(2)

@@ -87,3 +87,25 @@ def test_multiple_choice_at_chance_gets_no_verdict():
     out = st.compare(values, "base", {"mc:x": False}, no_verdict={"mc:x"})
     assert out[("v", "mc:x")]["verdict"] == "at chance"
     assert st.binomial_se(0.5, 100) == pytest.approx(0.05)
+
+
+def test_secondary_metrics_and_controls_stay_out_of_the_findings_family():
+    """Loss per token (the same ranking as bits per byte) is shown, not tested; a planted-damage control is
+    corrected in a family of its own: neither widens the real variants' intervals."""
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 0.01, 5)
+    values = {"base": {"bpb:a": list(3 + noise), "heldout:a": list(6 + noise), "bpb:b": list(2 + noise)}}
+    for v, effect in (("x", -0.05), ("y", 0.0), ("damaged", 0.2)):
+        values[v] = {m: [b + effect + e for b, e in zip(values["base"][m], rng.normal(0, 0.01, 5))]
+                     for m in values["base"]}
+    lower = dict.fromkeys(values["base"], True)
+    out = st.compare(values, "base", lower, no_verdict={"heldout:a": "secondary"}, controls={"damaged"})
+    assert out[("x", "heldout:a")]["verdict"] == "secondary"
+    assert out[("damaged", "bpb:a")]["verdict"] == "worse" and out[("damaged", "bpb:a")]["family"] == "damaged"
+    # the findings' family: x and y on bpb:a and bpb:b, 4 hypotheses; the control's: its 2
+    assert out[("y", "bpb:a")]["confidence"] == pytest.approx(1 - 0.05 / 4)
+    assert out[("damaged", "bpb:b")]["confidence"] in (pytest.approx(1 - 0.05 / 2), pytest.approx(1 - 0.05))
+    # the same table with the control and the secondary metric in the family: wider intervals for x and y
+    joint = st.compare(values, "base", lower)
+    assert joint[("y", "bpb:a")]["confidence"] > out[("y", "bpb:a")]["confidence"]
+    assert {joint[("y", "bpb:a")]["family"], out[("x", "bpb:b")]["family"]} == {"findings"}

@@ -11,17 +11,18 @@ from gristmill.config import GristmillConfig
 from gristmill.trainer import ablation_time
 
 
-def test_the_estimate_is_waves_of_runs_plus_forward_passes_over_the_held_out_tokens():
-    e = ablation_time.estimate(0.5, runs=10, parallel=4, max_steps=100, checkpoints_per_run=5,
-                               heldout_tokens=30_000, tokens_per_step=3_000)
-    assert e.train_s == pytest.approx(3 * 100 * 0.5)  # 10 runs, 4 at once: 3 waves
-    assert e.eval_s == pytest.approx(10 * 5 * 10 * 0.5 / 3 / 4)
+def test_the_estimate_is_waves_of_runs_plus_their_scored_tokens():
+    measured = ablation_time.Probe(step_s=0.5, token_s=1e-4)
+    e = ablation_time.estimate(measured, runs=10, parallel=4, max_steps=100, scored_tokens_per_run=30_000,
+                               per_run_s=2.0)
+    assert e.train_s == pytest.approx(3 * (100 * 0.5 + 2.0))  # 10 runs, 4 at once: 3 waves
+    assert e.eval_s == pytest.approx(10 * 30_000 * 1e-4 / 4)
     assert e.total_s == pytest.approx(e.train_s + e.eval_s)
     # runs trained by an earlier invocation cost only their evaluation
-    again = ablation_time.estimate(0.5, runs=10, parallel=4, max_steps=100, checkpoints_per_run=5,
-                                   heldout_tokens=30_000, tokens_per_step=3_000, runs_to_train=0)
+    again = ablation_time.estimate(measured, runs=10, parallel=4, max_steps=100, scored_tokens_per_run=30_000,
+                                   runs_to_train=0, per_run_s=2.0)
     assert again.train_s == 0 and again.eval_s == e.eval_s
-    assert ablation_time.estimate(None, 10, 4, 100, 5, 1, 1) is None
+    assert ablation_time.estimate(None, 10, 4, 100, 1) is None
 
 
 @pytest.mark.parametrize("seconds, text", [(4.4, "4 s"), (250, "4 min 10 s"), (7500, "2 h 05 min")])
@@ -29,13 +30,13 @@ def test_durations_read_as_a_person_says_them(seconds, text):
     assert ablation_time.duration(seconds) == text
 
 
-def test_a_step_is_timed_on_this_machine_and_not_for_gpu_runs():
+def test_a_step_and_a_scored_token_are_timed_on_this_machine_and_not_for_gpu_runs():
     cfg = GristmillConfig.model_validate({"model": {"preset": "tiny"}, "tokenize": {"seq_len": 32},
                                           "pretrain": {"batch_size": 4, "micro_batch_size": 2}})
-    s = ablation_time.step_seconds(cfg, vocab_size=500, threads=1, steps=2)
-    assert s is not None and 0 < s < 60
+    measured = ablation_time.probe(cfg, vocab_size=500, threads=1, steps=2)
+    assert 0 < measured.step_s < 60 and 0 < measured.token_s < measured.step_s
     gpu = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"use_gpu": True})})
-    assert ablation_time.step_seconds(gpu, vocab_size=500, threads=1) is None
+    assert ablation_time.probe(gpu, vocab_size=500, threads=1) is None
 
 
 def _log(run_dir, *steps, partial: str = ""):

@@ -293,16 +293,17 @@ def heldout_windows(tokens: np.ndarray, seq_len: int, stride: int = 1) -> np.nda
 
 
 def heldout_loss(model, tokens: np.ndarray, seq_len: int, batch_size: int = 8, stride: int = 1) -> float:
-    """Mean next-token loss over :func:`heldout_windows`."""
+    """Mean next-token loss over :func:`heldout_windows` (on the model's device)."""
     import torch
 
+    device = next(model.parameters()).device
     rows = heldout_windows(tokens, seq_len, stride)
     if len(rows) == 0:
         raise AblationError(f"a held-out set of {len(tokens)} tokens is shorter than one sequence of {seq_len + 1}")
     total, count = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(rows), batch_size):
-            x = torch.from_numpy(rows[s: s + batch_size])
+            x = torch.from_numpy(rows[s: s + batch_size]).to(device)
             logits = model(x[:, :-1]).float()
             total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="sum"))
             count += x[:, 1:].numel()
@@ -316,7 +317,7 @@ CURVE_STRIDE = 4
 
 
 def evaluate_checkpoints(checkpoints: list[str], heldout: dict[str, np.ndarray], mc: dict[str, list[dict]],
-                         seq_len: int, threads: int = 1) -> list[dict]:
+                         seq_len: int, threads: int = 1, device: str = "cpu") -> list[dict]:
     """Every checkpoint: loss on each held-out set, accuracy on each multiple-choice file."""
     import torch
 
@@ -331,7 +332,7 @@ def evaluate_checkpoints(checkpoints: list[str], heldout: dict[str, np.ndarray],
     rows = []
     scored_bytes: dict[tuple[str, int, int], int] = {}
     for k, path in enumerate(checkpoints):
-        model = load_model(path).eval()
+        model = load_model(path).eval().to(device)
         sp = load(path)
         state = read_state(Path(path))
         row = {"checkpoint": path, "step": int(state["step"]), "tokens": int(state["tokens_seen"])}
@@ -345,13 +346,39 @@ def evaluate_checkpoints(checkpoints: list[str], heldout: dict[str, np.ndarray],
                 scored_bytes[(name, n_ctx, stride)] = len(sp.decode([int(t) for t in targets]).encode("utf-8"))
             row[f"bpb:{name}"] = ablation_stats.bits_per_byte(loss, len(targets), scored_bytes[(name, n_ctx, stride)])
             row[f"heldout:{name}"] = loss
-        if mc:
+        if mc and k == len(checkpoints) - 1:  # the verdicts read the last checkpoint; the plot shows held-out loss
             for name, items in mc.items():
                 r = multiple_choice(model, sp, items)
                 row[f"mc:{name}"] = r["accuracy"]
                 row[f"mc_norm:{name}"] = r["accuracy_norm"]
+                row[f"mc_bpb:{name}"] = r["answer_bpb"]
         rows.append(row)
     return rows
+
+
+def train_and_evaluate_run(run_config: dict, heldout: dict[str, np.ndarray], mc: dict[str, list[dict]], seq_len: int,
+                           threads: int) -> list[dict]:
+    """One run of one worker as one Ray task: trained in Ray Train's local mode in this process (resuming
+    from its newest checkpoint), then its checkpoints evaluated here, on its GPU when it has one. No Ray
+    Train run starts per run (a controller and a worker group: ~10 s each on the development machine), and
+    on a GPU several such tasks share the device (``ablate.runs_per_gpu``)."""
+    import torch
+
+    from gristmill.trainer.checkpoint import is_complete, read_state
+    from gristmill.trainer.loop import run_training
+
+    torch.set_num_threads(max(1, threads))
+    tree = dict(run_config)
+    tree["pretrain"] = {**tree["pretrain"], "num_workers": 0}
+    cfg = GristmillConfig.model_validate(tree)
+    p = cfg.pretrain
+    run_dir = Path(p.storage_path) / p.name
+    if not is_complete(run_dir / f"checkpoint_{p.max_steps:08d}"):
+        run_training(cfg, "pretrain")
+    checkpoints = sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
+                         and read_state(d)["step"] <= p.max_steps)
+    device = "cuda" if p.use_gpu and torch.cuda.is_available() else "cpu"
+    return evaluate_checkpoints(checkpoints, heldout, mc, seq_len, threads, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,7 +540,8 @@ def run_ablation(cfg: GristmillConfig, steps_of_data: DataSteps, beam_args: list
     # 6. the table, the plot
     chance = {name: (len(items), sum(1 / len(it["choices"]) for it in items) / len(items))
               for name, items in mc.items() if items}
-    table = summarise(results, [v.name for v in variants], baseline, data, chance)
+    controls = {v.name for v in a.variants if v.damage is not None}
+    table = summarise(results, [v.name for v in variants], baseline, data, chance, controls)
     floors, warnings = _floor_and_scale(variants, tokenizer, heldout_docs, table, budget * seq_len, a, cfg)
     for w in warnings:
         log.warning("%s", w)
@@ -653,16 +681,18 @@ def _run_config(cfg: GristmillConfig, tokens: str, storage: str, name: str, seed
 
 def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: _Steps, timing: dict,
                         progress: bool = False) -> list[dict]:
-    """Train every (variant, seed) — ``parallel`` at once from driver threads, each its own Ray Train run,
-    which Ray places where its workers fit — and evaluate each finished run's checkpoints as a Ray task.
-    With ``pretrain.num_workers: 0`` (Ray Train's local mode) the runs go one after another in this process,
+    """Train and evaluate every (variant, seed), ``parallel`` at once from driver threads. A run of one worker
+    (``pretrain.num_workers: 1``, the usual ablation) is one Ray task that trains in Ray Train's local mode and
+    evaluates in the same process (:func:`train_and_evaluate_run`; on GPUs ``ablate.runs_per_gpu`` of them
+    share each device); a run of several workers is a Ray Train run (DDP or FSDP) whose checkpoints are then
+    evaluated as a Ray task. With ``pretrain.num_workers: 0`` the runs go one after another in this process,
     evaluated here too, and no Ray starts: local-mode runs share this process, so they cannot overlap."""
     from gristmill.tokenizer.train import load
     from gristmill.trainer.checkpoint import is_complete, read_state
     from gristmill.trainer.loop import ensure_ray, run_training
 
     p = cfg.pretrain
-    local = p.num_workers == 0
+    local, as_task = p.num_workers == 0, False
     if not local:
         ensure_ray(p)
     sp = load(tokenizer)
@@ -677,34 +707,42 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
         import ray
 
         per_run = p.num_workers * (p.cpus_per_worker if not p.use_gpu else 0)
+        as_task = p.num_workers == 1
+        share = a.runs_per_gpu if as_task else 1
         if a.parallel:
             parallel = a.parallel
         elif p.use_gpu:
-            parallel = max(1, int(ray.cluster_resources().get("GPU", 1)) // p.num_workers)
+            parallel = max(1, int(ray.cluster_resources().get("GPU", 1)) * share // p.num_workers)
         else:
             parallel = max(1, int(ray.cluster_resources().get("CPU", 1)) // per_run)
         remote = ray.remote(num_cpus=1)(evaluate_checkpoints)
         heldout_ref, mc_ref = ray.put(heldout), ray.put(mc)
+        if as_task:
+            # a task whose process dies (OOM, node lost) is retried as pretrain.max_failures says, and resumes
+            # from the run's newest checkpoint, as a Ray Train run restarts its worker group
+            run_task = ray.remote(num_cpus=p.cpus_per_worker, num_gpus=1 / share if p.use_gpu else 0,
+                                  max_retries=p.max_failures)(train_and_evaluate_run)
 
         def evaluate(checkpoints: list[str]) -> list[dict]:
             return ray.get(remote.remote(checkpoints, heldout_ref, mc_ref, seq_len))
     parallel = min(parallel, len(train_cfgs))
-    log.info("%d training run(s), %d at once%s", len(train_cfgs), parallel, " (in this process)" if local else "")
+    log.info("%d training run(s), %d at once%s", len(train_cfgs), parallel, " (in this process)" if local else
+             (" (Ray tasks" + (f", {share} per GPU" if p.use_gpu else "") + ")") if as_task else " (Ray Train runs)")
     max_steps = train_cfgs[0][2].pretrain.max_steps
     every = train_cfgs[0][2].pretrain.checkpoint_every
     import torch
 
-    step_s = ablation_time.step_seconds(cfg, sp.get_piece_size(), torch.get_num_threads() if local
-                                        else p.cpus_per_worker)
+    measured = ablation_time.probe(cfg, sp.get_piece_size(), torch.get_num_threads() if local else p.cpus_per_worker)
     trained = sum(is_complete(Path(c.pretrain.storage_path) / c.pretrain.name / f"checkpoint_{max_steps:08d}")
                   for _, _, c in train_cfgs)  # by an earlier invocation
-    evaluated = 1 + (math.ceil(max_steps / every) - 1) / CURVE_STRIDE  # checkpoints' worth of windows per run
-    guess = ablation_time.estimate(step_s, len(train_cfgs), parallel, max_steps, evaluated,
-                                   sum(len(t) for t in heldout.values()), p.batch_size * seq_len,
+    # the last checkpoint on every held-out token, the curve's earlier ones on every CURVE_STRIDE-th window
+    scored = sum(len(t) for t in heldout.values()) * (1 + (math.ceil(max_steps / every) - 1) / CURVE_STRIDE)
+    guess = ablation_time.estimate(measured, len(train_cfgs), parallel, max_steps, scored,
                                    runs_to_train=len(train_cfgs) - trained,
-                                   per_run_s=ablation_time.RUN_OVERHEAD_S["local" if local else "ray"])
+                                   per_run_s=ablation_time.RUN_OVERHEAD_S[
+                                       "local" if local else "ray_task" if as_task else "ray_train"])
     timing["estimated_s"] = round(guess.total_s, 1) if guess else None
-    timing["step_s"] = round(step_s, 4) if step_s else None
+    timing["step_s"] = round(measured.step_s, 4) if measured else None
     if guess is not None:
         log.info("estimated time: %s (training %s at %.3g s per step, measured here, and each run's start and "
                  "checkpoints; evaluation %s)",
@@ -729,10 +767,15 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
             steps.record(f"run:{rp.name}", fp)
         if not is_complete(final):
             log.info("run %s: training", rp.name)
-            run_training(run_cfg, "pretrain")
-        checkpoints = sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
-                             and read_state(d)["step"] <= rp.max_steps)
-        rows = evaluate(checkpoints)
+        if as_task:
+            rows = ray.get(run_task.remote(run_cfg.model_dump(mode="json"), heldout_ref, mc_ref, seq_len,
+                                           p.cpus_per_worker))
+        else:
+            if not is_complete(final):
+                run_training(run_cfg, "pretrain")
+            checkpoints = sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
+                                 and read_state(d)["step"] <= rp.max_steps)
+            rows = evaluate(checkpoints)
         log.info("run %s: %s", rp.name, "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items()
                                                   if isinstance(v, float)))
         tracker.run_finished(rp.name)
@@ -772,29 +815,31 @@ def _in_threads(fn, items: list, parallel: int) -> list:
 
 
 def summarise(results: list[dict], names: list[str], baseline: str, data: dict,
-              mc_chance: dict[str, tuple[int, float]] | None = None) -> list[dict]:
+              mc_chance: dict[str, tuple[int, float]] | None = None, controls: set[str] | None = None) -> list[dict]:
     """Per variant and metric (each run's last checkpoint): mean and standard deviation over seeds; for
     every variant but the baseline the difference paired by seed, its Holm-corrected 95 % t-interval and a
     verdict only where that interval excludes 0 (trainer/ablation_stats.py). ``mc_chance``: per
     multiple-choice set (items, chance accuracy): a metric at chance for every variant gets no verdict."""
     last = {(r["variant"], r["seed"]): r["curve"][-1] for r in results}
     seeds = sorted({s for _, s in last})
-    metrics = [k for k in results[0]["curve"][-1] if k.startswith(("bpb:", "heldout:", "mc:", "mc_norm:"))]
+    metrics = [k for k in results[0]["curve"][-1] if k.startswith(("bpb:", "heldout:", "mc:", "mc_norm:", "mc_bpb:"))]
     bpb = [m for m in metrics if m.startswith("bpb:")]
     if len(bpb) > 1:  # the headline: the mean over held-out domains
         for row in last.values():
             row["bpb:macro"] = sum(row[m] for m in bpb) / len(bpb)
         metrics.insert(0, "bpb:macro")
     values = {n: {m: [last[(n, s)][m] for s in seeds] for m in metrics} for n in names}
-    at_chance = set()
+    # loss per token ranks the variants exactly as bits per byte does (one tokenizer, the same text): shown, not tested
+    no_verdict = {m: "secondary" for m in metrics if m.startswith("heldout:")}
     for m in metrics:
         kind, _, name = m.partition(":")
         if kind in ("mc", "mc_norm") and mc_chance and name in mc_chance:
             items, chance = mc_chance[name]
             if ablation_stats.at_chance([x for n in names for x in values[n][m]], items, chance):
-                at_chance.add(m)
-    lower_is_better = {m: not m.startswith("mc") for m in metrics}
-    compared = ablation_stats.compare(values, baseline, lower_is_better, no_verdict=at_chance)
+                no_verdict[m] = "at chance"
+    lower_is_better = {m: not m.startswith(("mc:", "mc_norm:")) for m in metrics}  # accuracy: higher
+    compared = ablation_stats.compare(values, baseline, lower_is_better, no_verdict=no_verdict,
+                                      controls=controls)
     table = []
     for n in names:
         row = {"variant": n, **data[n], "metrics": {}}
@@ -802,7 +847,7 @@ def summarise(results: list[dict], names: list[str], baseline: str, data: dict,
             xs = np.asarray(values[n][m])
             entry = {"mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0,
                      "seeds": [float(x) for x in xs]}
-            if m.startswith("mc") and mc_chance and m.partition(":")[2] in mc_chance:
+            if m.startswith(("mc:", "mc_norm:")) and mc_chance and m.partition(":")[2] in mc_chance:
                 entry["binomial_se"] = ablation_stats.binomial_se(entry["mean"], mc_chance[m.partition(":")[2]][0])
             if n != baseline:
                 entry.update(compared[(n, m)])
@@ -820,8 +865,9 @@ def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillCon
     lines = [f"Each run: {tokens:,} training tokens, model preset {cfg.model.preset}"
              f"{f' ({model})' if model else ''}, seeds {list(a.seeds)}. "
              "Mean ± standard deviation over seeds at the last checkpoint; bpb: bits per UTF-8 byte of the "
-             "held-out text (lower is better; macro: the mean over held-out sets), loss: nats per token; mc: "
-             f"accuracy. Against **{baseline}**: the difference paired by seed with its 95 % t-interval, "
+             "held-out text (lower is better; macro: the mean over held-out sets), loss: nats per token; mc acc: "
+             "multiple-choice accuracy, mc answer bpb: the right answer's bits per byte (lower is better). "
+             f"Against **{baseline}**: the difference paired by seed with its 95 % t-interval, "
              "Holm-corrected over every comparison in this table; better/worse only where that interval "
              "excludes 0, else \"no difference detectable\" (\"at chance\": a multiple-choice set on which "
              "every variant is within chance ± 2 standard errors).", ""]
@@ -863,7 +909,7 @@ def markdown(table: list[dict], baseline: str, tokens: int, a, cfg: GristmillCon
 def _metric_title(m: str) -> str:
     kind, name = m.split(":", 1)
     return {"bpb": f"bpb: {name}", "heldout": f"loss: {name}", "mc": f"mc acc: {name}",
-            "mc_norm": f"mc acc (norm): {name}"}[kind]
+            "mc_norm": f"mc acc (norm): {name}", "mc_bpb": f"mc answer bpb: {name}"}[kind]
 
 
 def plot(results: list[dict], names: list[str], path: str) -> str | None:

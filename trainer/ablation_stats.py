@@ -14,7 +14,11 @@ the seed-to-seed noise both share.
   p-value), which excludes 0 exactly when the comparison is rejected; the comparisons Holm does not
   reject get the Bonferroni level 1 − α/m, which then always includes 0.
 * A multiple-choice accuracy whose every variant lies within chance ± 2 binomial standard errors says
-  nothing about the data: no verdict ("at chance").
+  nothing about the data: no verdict ("at chance"). Loss per token is shown beside bits per byte but not
+  tested ("secondary"): under one tokenizer it ranks variants exactly as bits per byte do, and testing
+  both would double the family for no information.
+* A planted-damage variant is the ablation's power check, not a finding: it is corrected in a family of
+  its own.
 """
 
 from __future__ import annotations
@@ -94,32 +98,48 @@ def at_chance(accuracies: list[float], items: int, chance: float) -> bool:
 
 
 def compare(values: dict[str, dict[str, list[float]]], baseline: str, lower_is_better: dict[str, bool],
-            alpha: float = 0.05, no_verdict: set[str] | None = None) -> dict[tuple[str, str], dict]:
+            alpha: float = 0.05, no_verdict: dict[str, str] | set[str] | None = None,
+            controls: set[str] | None = None) -> dict[tuple[str, str], dict]:
     """Every (variant, metric) against the baseline: paired difference, Holm-corrected interval and verdict.
 
     ``values[variant][metric]``: one value per seed, seeds in the same order for every variant.
-    ``no_verdict``: metrics that get intervals but never a verdict (a multiple-choice metric at chance);
-    they stay out of the Holm family."""
-    no_verdict = no_verdict or set()
+    ``no_verdict``: metric → why it gets an interval but never a verdict ("at chance": a multiple-choice
+    metric at chance; "secondary": loss per token, the same ranking as bits per byte under one tokenizer);
+    such metrics stay out of the Holm family (a set: every one "at chance").
+    ``controls``: variants that are a power check, not a finding (a planted-damage variant): each is
+    corrected in a family of its own, so that a control neither widens the real variants' intervals nor
+    is judged with them."""
+    if not isinstance(no_verdict, dict):
+        no_verdict = dict.fromkeys(no_verdict or (), "at chance")
+    controls = controls or set()
     tests = {}
     for variant, metrics in values.items():
         if variant == baseline:
             continue
         for metric, xs in metrics.items():
             tests[(variant, metric)] = paired(xs, values[baseline][metric])
-    family = {k: t.p_value for k, t in tests.items() if k[1] not in no_verdict}
-    decided = holm(family, alpha)
+    families: dict[str, dict] = {}
+    for k, t in tests.items():
+        if k[1] not in no_verdict:
+            families.setdefault(k[0] if k[0] in controls else "", {})[k] = t.p_value
+    decided, size = {}, {}
+    for family in families.values():
+        decided.update(holm(family, alpha))
+        size.update(dict.fromkeys(family, len(family)))
+    findings = len(families.get("", {}))
     out = {}
     for key, t in tests.items():
-        rejected, adjusted, confidence = decided.get(key, (False, 1.0, 1 - alpha / max(len(family), 1)))
+        m = size.get(key, len(families.get(key[0], {})) if key[0] in controls else findings)
+        rejected, adjusted, confidence = decided.get(key, (False, 1.0, 1 - alpha / max(m, 1)))
         lo, hi = t.interval(confidence)
         if key[1] in no_verdict:
-            verdict = "at chance"
+            verdict = no_verdict[key[1]]
         elif not rejected:
             verdict = "no difference detectable"
         else:
             better = (t.mean < 0) == lower_is_better[key[1]]
             verdict = "better" if better else "worse"
         out[key] = {"difference": t.mean, "interval": [lo, hi], "confidence": confidence, "p": t.p_value,
-                    "p_holm": adjusted, "seeds": t.n, "verdict": verdict}
+                    "p_holm": adjusted, "n_seeds": t.n, "family": key[0] if key[0] in controls else "findings",
+                    "verdict": verdict}
     return out

@@ -1,13 +1,13 @@
 """How long an ablation will take, said before it starts, and its progress over all runs while it trains.
 
 An ablation is variants × seeds training runs; a data team launching one wants to know whether it is a
-coffee or a night. :func:`step_seconds` times a few optimizer steps of the ablation's model with the
-runs' batch layout and threads on this machine (a probe of seconds, not a guess from FLOPs: a small
-model's CPU step is dominated by overheads no FLOP count sees); :func:`estimate` turns it into the time
-of the whole plan. :class:`RunsProgress` then follows every run's ``metrics.jsonl`` (what the training
-loop writes as it goes) from a driver thread — a progress bar with ETA on a terminal, else a log line
-per finished run and at most one a minute — whether the runs train in this process or on a Ray cluster
-that shares the run directory.
+coffee or a night. :func:`probe` times a few optimizer steps of the ablation's model with the runs'
+batch layout and threads on this machine, and its scoring of held-out tokens (seconds of probing, not a
+guess from FLOPs: a small model's CPU step is dominated by overheads no FLOP count sees);
+:func:`estimate` turns them into the time of the whole plan. :class:`RunsProgress` then follows every
+run's ``metrics.jsonl`` (what the training loop writes as it goes) from a driver thread — a progress bar
+with ETA on a terminal, else a log line per finished run and at most one a minute — whether the runs
+train in this process or on a Ray cluster that shares the run directory.
 """
 
 from __future__ import annotations
@@ -24,10 +24,17 @@ from pathlib import Path
 log = logging.getLogger("gristmill.ablate")
 
 
-def step_seconds(cfg, vocab_size: int, threads: int, steps: int = 3) -> float | None:
+@dataclass(frozen=True)
+class Probe:
+    step_s: float  # one optimizer step of the runs' batch
+    token_s: float  # scoring one held-out token (forward only, the evaluation's batches)
+
+
+def probe(cfg, vocab_size: int, threads: int, steps: int = 3) -> Probe | None:
     """Seconds of one optimizer step of ``cfg.model`` (pretrain's batch, micro-batch and seq_len) on this
-    machine's CPU with ``threads`` threads: the mean of ``steps`` steps after a warm-up one. None where the
-    runs train on GPUs (the driver's CPU says nothing of them)."""
+    machine's CPU with ``threads`` threads — the mean of ``steps`` steps after a warm-up one — and of scoring
+    one held-out token as the evaluation does (batches of 8 windows, logits in fp32). None where the runs
+    train on GPUs (the driver's CPU says nothing of them)."""
     import torch
     import torch.nn.functional as F
 
@@ -55,7 +62,16 @@ def step_seconds(cfg, vocab_size: int, threads: int, steps: int = 3) -> float | 
             opt.step()
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
-        return sum(times[1:]) / steps
+        rows = torch.randint(0, vocab_size, (8, seq_len + 1), generator=gen)
+        model.eval()
+        forward = []
+        with torch.no_grad():
+            for _ in range(steps + 1):
+                t0 = time.perf_counter()
+                logits = model(rows[:, :-1]).float()
+                F.cross_entropy(logits.transpose(1, 2), rows[:, 1:], reduction="sum")
+                forward.append(time.perf_counter() - t0)
+        return Probe(sum(times[1:]) / steps, sum(forward[1:]) / steps / rows[:, 1:].numel())
     finally:
         torch.set_num_threads(before)
 
@@ -73,22 +89,21 @@ class Estimate:
 
 #: a run's cost besides its steps — starting it, writing and reading back its checkpoints — measured on the
 #: 2-core development machine (tests/test_ablate.py's tiny ablation: 11.4 s for 4 runs whose steps and
-#: evaluation take 1.9 s; a Ray Train run also starts its worker and a placement group)
-RUN_OVERHEAD_S = {"local": 2.5, "ray": 10.0}
+#: evaluation take 1.9 s; a Ray task's first run also starts its worker process; a Ray Train run starts a
+#: controller, a worker group and a placement group)
+RUN_OVERHEAD_S = {"local": 2.5, "ray_task": 4.0, "ray_train": 10.0}
 
 
-def estimate(step_s: float | None, runs: int, parallel: int, max_steps: int, checkpoints_per_run: float,
-             heldout_tokens: int, tokens_per_step: int, runs_to_train: int | None = None,
-             per_run_s: float = 0.0) -> Estimate | None:
-    """The plan's time from one step's: the runs still to train (``runs_to_train``, default all) in waves of
-    ``parallel``, each wave also paying ``per_run_s``; an evaluation of a checkpoint reads the held-out tokens
-    forward only (about a third of a training step's work per token)."""
-    if step_s is None:
+def estimate(measured: Probe | None, runs: int, parallel: int, max_steps: int, scored_tokens_per_run: float,
+             runs_to_train: int | None = None, per_run_s: float = 0.0) -> Estimate | None:
+    """The plan's time from the probe's: the runs still to train (``runs_to_train``, default all) in waves of
+    ``parallel``, each wave also paying ``per_run_s``; then every run's held-out tokens scored."""
+    if measured is None:
         return None
     waves = math.ceil((runs if runs_to_train is None else runs_to_train) / max(1, parallel))
-    train = waves * (max_steps * step_s + per_run_s)
-    evaluation = runs * checkpoints_per_run * (heldout_tokens / max(1, tokens_per_step)) * step_s / 3
-    return Estimate(train, evaluation / max(1, parallel), step_s)
+    train = waves * (max_steps * measured.step_s + per_run_s)
+    evaluation = runs * scored_tokens_per_run * measured.token_s
+    return Estimate(train, evaluation / max(1, parallel), measured.step_s)
 
 
 def duration(seconds: float) -> str:

@@ -121,15 +121,22 @@ def choice_logprobs(model: GPT, context: list[int], continuations: list[list[int
 
 
 def multiple_choice(model: GPT, sp, items: list[dict], shots: int = 0, seed: int = 0) -> dict:
+    """Accuracy (the choice of highest log-likelihood, and per character), and the correct answer's bits per
+    UTF-8 byte over all items: a continuous score that moves before accuracy leaves chance."""
     correct = correct_norm = 0
+    answer_bits = answer_bytes = 0.0
     for i, item in enumerate(items):
         prompt = _shots(items, i, shots, seed) + PROMPT.format(question=item["question"])
         context = sp.encode(prompt)
         conts = [sp.encode(" " + c) for c in item["choices"]]
         scores = choice_logprobs(model, context, conts)
         norm = [s / max(1, len(c)) for s, c in zip(scores, item["choices"])]
-        correct += int(np.argmax(scores)) == int(item["answer"])
-        correct_norm += int(np.argmax(norm)) == int(item["answer"])
+        answer = int(item["answer"])
+        correct += int(np.argmax(scores)) == answer
+        correct_norm += int(np.argmax(norm)) == answer
+        answer_bits += -scores[answer] / math.log(2)
+        answer_bytes += len((" " + item["choices"][answer]).encode("utf-8"))
     n = len(items)
     chance = float(np.mean([1 / len(it["choices"]) for it in items])) if n else 0.0
-    return {"items": n, "shots": shots, "accuracy": correct / n, "accuracy_norm": correct_norm / n, "chance": chance}
+    return {"items": n, "shots": shots, "accuracy": correct / n, "accuracy_norm": correct_norm / n, "chance": chance,
+            "answer_bpb": answer_bits / answer_bytes if answer_bytes else float("nan")}
