@@ -125,7 +125,7 @@ def datatrove_child(args) -> int:
     from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.pipeline.extractors import Trafilatura
-    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, URLFilter
+    from datatrove.pipeline.filters import URLFilter
     from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
@@ -147,7 +147,8 @@ def datatrove_child(args) -> int:
     base = WORK / "datatrove"
     crawl = Path(args.crawl)
     w = args.workers
-    _, quality, repetition, language = bench_clean.make_datatrove(default_model_path())
+    # FineWeb's filters as bench_clean builds them (English-only language ID, as FineWeb ran it)
+    _, quality, repetition, language, c4, fineweb = bench_clean.make_datatrove(default_model_path())
     mh = MinhashConfig(hash_config=HashConfig(precision=64))  # FineWeb's: 5-grams, 14 buckets x 8 hashes
     extracted, filtered, sigs, buckets, remove = (str(base / d) for d in
                                                   ("extracted", "filtered", "signatures", "buckets", "remove_ids"))
@@ -164,7 +165,7 @@ def datatrove_child(args) -> int:
             tasks=1, workers=1, logging_dir=str(base / "logs" / "0b"))),
         ("filters + signatures", LocalPipelineExecutor(
             [JsonlReader(extracted, glob_pattern="*.jsonl.gz"), URLFilterNoUrlPasses(), language, repetition,
-             quality, C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter(),
+             quality, c4, fineweb,
              JsonlWriter(filtered), Utf8MinhashDedupSignature(output_folder=sigs, config=mh)],
             tasks=w, workers=w, logging_dir=str(base / "logs" / "1"))),
         ("buckets", LocalPipelineExecutor(

@@ -364,6 +364,9 @@ def train_and_evaluate_run(run_config: dict, heldout: dict[str, np.ndarray], mc:
     on a GPU several such tasks share the device (``ablate.runs_per_gpu``)."""
     import torch
 
+    from gristmill.log import drop_known_noise
+
+    drop_known_noise()  # a Ray task: gristmill's logging is not set up here (before anything imports Beam)
     from gristmill.trainer.checkpoint import is_complete, read_state
     from gristmill.trainer.loop import run_training
 
