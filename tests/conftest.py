@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -113,6 +114,20 @@ def signal_stopped(proc: subprocess.Popen, sig: int, to_group: bool = False) -> 
     else:
         os.kill(proc.pid, sig)
     os.killpg(proc.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def busy_machine(processes: int | None = None):
+    """Every core kept busy by a CPU-burning process for the block (issue 33: some of Ray's harmless error
+    lines appear only under load, so a quiet machine would never show them)."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(processes or os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
 
 
 def group_left_behind(pgid: int, timeout: float = 60) -> list[int]:
