@@ -9,6 +9,7 @@ keeps its traceback. :func:`run_command` is how a command line (``gristmill``, o
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -36,6 +37,9 @@ class ExitCode(IntEnum):
     LOCKED = 5
     #: the counts do not balance (read != kept + dropped), or `gristmill verify` found a difference
     INTEGRITY = 6
+    #: no space left on a device the command writes to (or a disk quota reached): free space and run the same
+    #: command again (it resumes where it can)
+    DISK_FULL = 7
     #: stopped by SIGINT (Ctrl-C): 128 + 2, as a shell reports it
     INTERRUPTED = 130
     #: stopped by SIGTERM (what systemd, Airflow and Kubernetes send to stop a job): 128 + 15
@@ -49,6 +53,57 @@ class GristmillError(Exception):
     exit_code = ExitCode.USAGE
     #: how the command line introduces the message
     label = "error"
+
+
+class DiskFullError(GristmillError):
+    """No space left on the device the command writes to; the message names the path and the free space."""
+
+    exit_code = ExitCode.DISK_FULL
+    label = "disk full"
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("[Errno 28]", "No space left on device", "[Errno 122]", "Disk quota exceeded")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """``e`` or an error it was raised from is "no space left on device" (or "disk quota exceeded"): also
+    when a runner re-raised it as another type with the original's text (Beam: ``RuntimeError: OSError:
+    [Errno 28] No space left on device [while running 'ReadClean']``)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(t in str(e) for t in _DISK_FULL_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def disk_full_error(path: str, command: str = "") -> DiskFullError:
+    """The error to raise for a full disk under ``path``: where, how much is free, what to do."""
+    import shutil
+
+    free = ""
+    probe = path
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe.rstrip("/"))
+    if probe:
+        with contextlib.suppress(OSError):
+            usage = shutil.disk_usage(probe)
+            free = f" ({_size(usage.free)} free of {_size(usage.total)})"
+    again = f"`gristmill {command}` again" if command else "the same command again"
+    return DiskFullError(f"no space left on the device of {path}{free}: free space there (or write elsewhere), "
+                         f"then run {again}; it resumes from what was written")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 class Terminated(BaseException):
@@ -147,6 +202,12 @@ def run_command(command: str, fn: Callable[[], int]) -> int:
                     with contextlib.suppress(BaseException):  # a second signal must not stop the exit
                         hook()
                 exit_now(code)
+            if not isinstance(e, GristmillError) and is_disk_full(e):  # written outside a recorded run
+                where = getattr(e, "filename", None) or next(
+                    (getattr(c, "filename", None) for c in (e.__cause__, e.__context__) if c is not None), None)
+                e = disk_full_error(str(where), command) if where else DiskFullError(
+                    f"no space left on a device this command writes to ({e}): free space, then run the same "
+                    "command again")
             if isinstance(e, GristmillError):
                 print(f"gristmill {command}: {e.label}: {redact_text(str(e))}", file=sys.stderr)
                 return int(e.exit_code)

@@ -161,9 +161,15 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         return
     tmp = temporary_name(path)
     ensure_parent(path)
-    with filesystems().create(tmp, mime_type="application/octet-stream", compression_type="uncompressed") as f:
-        f.write(data)
-    replace(tmp, path)
+    try:
+        with filesystems().create(tmp, mime_type="application/octet-stream", compression_type="uncompressed") as f:
+            f.write(data)
+        replace(tmp, path)
+    except BaseException:
+        # a full disk (or a signal) mid-write: no half-written temporary left beside the file for a later run
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from gristmill.errors import Terminated, received_stop_signal
+from gristmill.errors import Terminated, is_disk_full, received_stop_signal
 from gristmill.secrets import RedactSecrets
 
 # Harmless import-time warnings of Beam's optional cloud extras, printed on every run.
@@ -31,6 +31,17 @@ class _DropSignalTracebacks(logging.Filter):
         return not (received_stop_signal() or issubclass(record.exc_info[0], (KeyboardInterrupt, Terminated)))
 
 
+class _DropDiskFullTracebacks(logging.Filter):
+    """A full disk fails the step that wrote; Beam logs it at ERROR with the worker's traceback before the
+    command says in one line where the disk is full and what to do (gristmill.errors.DiskFullError): the
+    record is kept, without its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def drop_known_noise() -> None:
     """In a process without gristmill's logging (a Ray task): Beam's import-time warnings about its
     optional cloud extras are dropped (they are logged on the root logger and Beam's own)."""
@@ -51,6 +62,7 @@ class _AboveProgressBars(logging.Handler):
         self.inner = inner
         self.addFilter(_DropKnownNoise())
         self.addFilter(_DropSignalTracebacks())
+        self.addFilter(_DropDiskFullTracebacks())
         self.addFilter(RedactSecrets())  # last: only records that will be printed are formatted
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 from gristmill import __version__, io
-from gristmill.errors import ExitCode, GristmillError, interrupt_code
+from gristmill.errors import ExitCode, GristmillError, disk_full_error, interrupt_code, is_disk_full
 from gristmill.secrets import redact_argv, redact_text
 
 #: what the marker file of an output directory says, by kind of output
@@ -127,6 +127,10 @@ def recorded_run(output: str, command: str) -> Iterator[dict]:
     try:
         yield record
     except BaseException as e:
+        if not isinstance(e, GristmillError) and interrupt_code(e) is None and is_disk_full(e):
+            named = disk_full_error(output, command)  # the path, the free space, what to do; its own exit code
+            named.__cause__ = e
+            e = named
         signalled = interrupt_code(e)
         code = (signalled if signalled is not None else e.exit_code if isinstance(e, GristmillError)
                 else ExitCode.USAGE if isinstance(e, FileNotFoundError) else ExitCode.INTERNAL)
@@ -134,6 +138,8 @@ def recorded_run(output: str, command: str) -> Iterator[dict]:
                       finished=_now(), error=redact_text(f"{type(e).__name__}: {e}")[:2000])
         with contextlib.suppress(Exception):  # the original error is what matters
             io.write_json_atomic(path, record)
+        if e is not sys.exc_info()[1]:
+            raise e
         raise
     record.update(status="succeeded", exit_code=int(ExitCode.OK), finished=_now())
     io.write_json_atomic(path, record)
