@@ -78,6 +78,22 @@ CONFIG_SECTIONS = {
 }
 
 
+def _number(kind, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type: ``kind`` (int or float) within [low, high] ((low, high] with ``low_open``), so that a
+    value the sampler cannot mean (``--top-p 1.5``, ``--temperature -1``) is a usage error, not a silent one."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high is not None else f"[{low:g}, ∞)"
+            raise argparse.ArgumentTypeError(f"{text} is outside {bounds}")
+        return value
+
+    return parse
+
+
 def _add_config_help(parsers: dict[str, argparse.ArgumentParser]) -> None:
     """Each command's --help ends with the config keys it reads (every key and its default: gristmill/config.py)."""
     for command, (sections, where) in CONFIG_SECTIONS.items():
@@ -266,10 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="*", help="the prompt (default: read standard input)")
     g.add_argument("--chat", action="store_true", help="treat the prompt as a user message of a chat")
     g.add_argument("--system", metavar="TEXT", help="a system message (with --chat)")
-    g.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens to generate at most")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=50, help="0 = off")
-    g.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+    g.add_argument("--max-new-tokens", type=_number(int, 1), default=128, metavar="N",
+                   help="tokens to generate at most")
+    g.add_argument("--temperature", type=_number(float, 0.0), default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=_number(int, 0), default=50, help="0 = off")
+    g.add_argument("--top-p", type=_number(float, 0.0, 1.0, low_open=True), default=0.95, help="in (0, 1]; 1 = off")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed, the same text)")
     g.add_argument("--no-cache", action="store_true",

@@ -127,6 +127,29 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so that no other thread sees it changed)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(directory: str) -> None:
+    """Give the files under ``directory`` the mode a plain ``open`` would (0644 under umask 022): some writers
+    (safetensors' save_file) create theirs 0600, which colleagues on shared storage cannot read."""
+    mode = 0o666 & ~current_umask()
+    for root, _, files in os.walk(directory):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+
+
 def temporary_name(path: str) -> str:
     """A unique temporary name next to ``path`` (a crashed writer's leftovers carry TMP_MARK)."""
     return f"{path}{TMP_MARK}{uuid.uuid4().hex}"

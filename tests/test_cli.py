@@ -41,6 +41,18 @@ def test_options_are_never_abbreviated_and_typos_get_a_suggestion(tmp_path):
     assert "did you mean --config?" in _fails("pretrain", "--cnfig", "a.yaml")
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--top-p", "1.5", "argument --top-p: 1.5 is outside (0, 1]"),
+    ("--top-p", "0", "argument --top-p: 0 is outside (0, 1]"),
+    ("--temperature", "-1", "argument --temperature: -1 is outside [0, ∞)"),
+    ("--top-k", "-3", "argument --top-k: -3 is outside [0, ∞)"),
+    ("--max-new-tokens", "0", "argument --max-new-tokens: 0 is outside [1, ∞)"),
+    ("--top-k", "2.5", "argument --top-k: '2.5' is not an integer"),
+])
+def test_sampling_settings_the_sampler_cannot_mean_are_usage_errors(flag, value, message):
+    assert message in _fails("generate", "--checkpoint", "/nonexistent", flag, value, "hi")
+
+
 @pytest.mark.parametrize("command", ["pretrain", "sft", "finetune-cls"])
 def test_training_without_a_config_says_what_to_give(command):
     section = {"pretrain": "pretrain.data", "sft": "sft.init_checkpoint",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 
 import numpy as np
@@ -219,6 +220,21 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
     loaded = ckpt.load_model(path)
     assert torch.equal(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoint_files_follow_the_umask_like_any_file(tmp_path, umask, mode):
+    """safetensors writes 0600 whatever the umask: on shared storage colleagues could not read the weights."""
+    model = GPT(_args())
+    msd, _ = ckpt.full_state(model, torch.optim.AdamW(model.parameters()))
+    before = os.umask(umask)
+    try:
+        path = ckpt.save_checkpoint(tmp_path / "c", msd, None, ckpt.gather_rng(), {"step": 0, "samples": 0,
+                                    "tokens_seen": 0}, model.args, {}, None)
+    finally:
+        os.umask(before)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in path.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {mode}, modes
 
 
 def test_loading_refuses_pickled_objects(tmp_path):

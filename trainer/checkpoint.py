@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from gristmill.errors import GristmillError
+from gristmill.io import follow_umask
 from gristmill.trainer.model import GPT, ModelArgs, build_model
 
 STATE_FILE = "trainer_state.json"
@@ -101,6 +102,7 @@ def save_checkpoint(path: Path, msd: dict, osd: dict | None, rng: dict, state: d
     files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
     sha256 = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
     (tmp / STATE_FILE).write_text(json.dumps({**state, "files": files, "sha256": sha256}, indent=1, sort_keys=True))
+    follow_umask(str(tmp))  # safetensors writes 0600: unreadable to colleagues on shared storage
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
