@@ -296,7 +296,8 @@ def generate(checkpoint: str, prompt: str, sampling=None, *, chat: bool = False,
 def verify(directory: str, beam_args: Sequence[str] | None = None) -> list[str]:
     """``gristmill verify``: re-check a corpus or token directory against its manifest (every shard
     present, checksums and row counts equal, the counts balanced). ``beam_args``: filesystem options
-    of an object store (``--s3_endpoint_url`` ...). Returns the problems ([] = sound)."""
+    of an object store (``--s3_endpoint_url`` ...). Returns the problems ([] = sound); a directory that is
+    no corpus or token output at all (an export, a typo) raises ``GristmillError`` (exit 2)."""
     import json
     from pathlib import Path
 
@@ -306,18 +307,32 @@ def verify(directory: str, beam_args: Sequence[str] | None = None) -> list[str]:
 
     path = io.join(directory, "manifest.json")
     if not io.exists(path):
+        from gristmill.outputs import MARKERS
+
+        marker = io.join(directory, io.OUTPUT_MARKER)
+        if not (io.exists(marker) and io.read_bytes(marker) in (MARKERS["corpus"], MARKERS["tokens"])):
+            from gristmill.errors import GristmillError
+
+            # not a corpus or token output at all (an export, a checkpoint, an ablation, a typo): a usage
+            # error, not a damaged output
+            raise GristmillError(f"{directory} is not a corpus or token directory (no manifest.json, no corpus or "
+                                 "token marker): give the directory `gristmill corpus`, `refresh` or `tokenize` "
+                                 "wrote")
         return [f"{directory} has no manifest.json: it is not a finished gristmill output (a run may have failed "
                 "or still be writing it; its run.json says)"]
     kind = io.read_json(path).get("kind")
+    if kind not in ("corpus", "tokens"):
+        from gristmill.errors import GristmillError
+
+        raise GristmillError(f"{path} is {json.dumps(kind)}, not a corpus or token directory: `gristmill verify` "
+                             "checks what `gristmill corpus`, `refresh` or `tokenize` wrote")
     if kind == "corpus":
         from gristmill.documents import verify_corpus
 
         return verify_corpus(directory)
-    if kind == "tokens":
-        from gristmill.tokenizer.tokens import verify_tokens
+    from gristmill.tokenizer.tokens import verify_tokens
 
-        return verify_tokens(Path(directory))
-    return [f"{path}: unknown kind {json.dumps(kind)} (expected a corpus or token directory)"]
+    return verify_tokens(Path(directory))
 
 
 def export_hf(checkpoint: str, output: str, tokenizer: str | None = None, *, overwrite: bool = False) -> Path:

@@ -118,6 +118,13 @@ def test_exit_codes_of_input_and_integrity_problems(tmp_path):
     assert f"{extra}: not listed in the manifest" in v.stderr and "run.json.tmp-0123abcd: not listed" in v.stderr
     assert "run.json: not listed" not in v.stderr and "manifest.json: not listed" not in v.stderr
 
+    # a directory that is no corpus or token output at all (an export, a typo) is a usage error, not integrity
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}")
+    for where in (tmp_path / "export", tmp_path / "nothing-here"):
+        v = run_cli("verify", where)
+        assert v.returncode == ExitCode.USAGE and "is not a corpus or token directory" in v.stderr, v.stderr
+
 
 def test_tokens_are_not_written_over_a_corpus(tmp_path, demo_tokenizer):
     out = tmp_path / "c"
