@@ -143,7 +143,8 @@ def _model_card(checkpoint: Path, args, state: dict, run: dict, special: dict, n
     task = state.get("task", "pretrain")
     section = {"pretrain": "pretrain", "sft": "sft", "cls": "finetune_cls"}.get(task, task)
     cfg = run.get(section, {})
-    data = cfg.get("data") or ", ".join(cfg.get("files") or []) or "?"
+    # names, not this machine's absolute paths: the card travels with the model
+    data = ", ".join(Path(str(d)).name for d in ([cfg["data"]] if cfg.get("data") else cfg.get("files") or [])) or "?"
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gristmill, llama]", "---", "",
         f"# {checkpoint.parent.name} (step {state.get('step')})", "",
@@ -159,7 +160,8 @@ def _model_card(checkpoint: Path, args, state: dict, run: dict, special: dict, n
         f"| data | {data} |",
     ]
     if state.get("init_checkpoint"):
-        lines.append(f"| started from | {state['init_checkpoint']} |")
+        init = Path(str(state["init_checkpoint"]))
+        lines.append(f"| started from | {init.parent.name}/{init.name} |")
     metrics = {k: v for k, v in (state.get("metrics") or {}).items() if isinstance(v, (int, float)) and k != "step"}
     if metrics:
         lines.append("| last metrics | " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())) + " |")
@@ -167,8 +169,10 @@ def _model_card(checkpoint: Path, args, state: dict, run: dict, special: dict, n
               f"`<|im_end|>` or `</s>` (generation_config.json: eos {special.get('eos_token_id')}).", "",
               "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "tok = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)",
-              "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Hi'}], add_generation_prompt=True, "
-              "return_tensors='pt')", "print(tok.decode(model.generate(ids, max_new_tokens=50)[0]))", "```", ""]
+              "inputs = tok.apply_chat_template([{'role': 'user', 'content': 'Hi'}], add_generation_prompt=True, "
+              "return_tensors='pt', return_dict=True)",
+              "out = model.generate(**inputs, max_new_tokens=50)",
+              "print(tok.decode(out[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True))", "```", ""]
     return "\n".join(lines)
 
 
