@@ -127,11 +127,13 @@ def _corpus_arguments(parser: argparse.ArgumentParser, output_help: str) -> None
                         help="write into a non-empty directory that gristmill did not create")
     parser.add_argument("--fresh", action="store_true",
                         help="start from scratch: ignore the per-file work a crashed run into OUTPUT left (_work/)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar on a terminal, no periodic progress lines in a log")
     add_logging_arguments(parser)
 
 
-def _training_arguments(parser: argparse.ArgumentParser, example: str) -> None:
-    add_config_arguments(parser, example)
+def _training_arguments(parser: argparse.ArgumentParser, example: str, section: str = "pretrain") -> None:
+    add_config_arguments(parser, example, f"--set {section}.lr=0.0003 --set {section}.max_steps=2000")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     add_logging_arguments(parser)
 
@@ -242,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Same loop, checkpoints and resume as `gristmill pretrain` (the sft: section holds its settings). Writes "
         "STORAGE_PATH/NAME/checkpoint_NNNNNNNN.",
         epilog="example: gristmill sft --config configs/demo.yaml --set sft.max_steps=200")
-    _training_arguments(s, "configs/demo.yaml has an sft: section")
+    _training_arguments(s, "configs/demo.yaml has an sft: section", "sft")
     c = sub.add_parser(
         "finetune-cls", help="sequence classification fine-tuning (causal or MLM checkpoint), accuracy and macro-F1",
         description="Add a classification head to a checkpoint (finetune_cls.init_checkpoint) and fine-tune on "
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mean (default: the mean over the text's tokens) or first (a <s> put before each text, BERT's [CLS]), then "
         "dense, GELU, linear (EuroBERT's head).",
         epilog="example: gristmill finetune-cls --config configs/cls-lid.yaml")
-    _training_arguments(c, "configs/cls-lid.yaml")
+    _training_arguments(c, "configs/cls-lid.yaml", "finetune_cls")
 
     e = sub.add_parser(
         "eval", help="perplexity on validation token shards; k-shot multiple choice by log-likelihood; JSON report",
@@ -452,7 +454,7 @@ def _cmd_corpus(args, beam_args: list[str]) -> int:
     from gristmill import api
 
     result = api.run_corpus(args.input, args.output, _config(args), beam_args, skip_bad_files=args.skip_bad_files,
-                            overwrite=args.overwrite, progress=not args.quiet, fresh=args.fresh)
+                            overwrite=args.overwrite, progress=not (args.quiet or args.no_progress), fresh=args.fresh)
     _print_corpus(result, args.quiet)
     return 0
 
@@ -462,8 +464,8 @@ def _cmd_refresh(args, beam_args: list[str]) -> int:
 
     config = _config(args) if args.config or args.set else None  # None: the published corpus's config
     result = api.refresh(args.published, args.input, args.output, config, beam_args,
-                         skip_bad_files=args.skip_bad_files, overwrite=args.overwrite, progress=not args.quiet,
-                         fresh=args.fresh)
+                         skip_bad_files=args.skip_bad_files, overwrite=args.overwrite,
+                         progress=not (args.quiet or args.no_progress), fresh=args.fresh)
     _print_corpus(result, args.quiet)
     return 0
 

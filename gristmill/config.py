@@ -982,10 +982,12 @@ def _section_at(path: list[str]):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser,
-                         example: str = "configs/corpus.yaml documents every key") -> None:
-    """--config FILE and --set KEY=VALUE: how every command takes its config."""
+                         example: str = "configs/corpus.yaml documents every key",
+                         set_example: str = "--set langid.threshold=0.8 --set 'langid.keep=[en,de]'") -> None:
+    """--config FILE and --set KEY=VALUE: how every command takes its config (``set_example``: keys the
+    command reads, not another stage's)."""
     parser.add_argument("--config", metavar="FILE", help=f"YAML config ({example}); defaults if omitted")
     parser.add_argument(
         "--set", metavar="KEY=VALUE", action="append", default=[],
-        help="override one config key, e.g. --set langid.threshold=0.8 --set 'langid.keep=[en,de]' (repeatable)",
+        help=f"override one config key, e.g. {set_example} (repeatable)",
     )

@@ -682,7 +682,7 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
     cuts: dict[str, int] = {}
     estimated: dict[str, dict] | None = None
     thresholds: dict[str, float] | None = None
-    with CorpusProgress(output, len(plan.files), sum(plan.sizes.values()), bar=bar) as watch:
+    with CorpusProgress(output, len(plan.files), sum(plan.sizes.values()), bar=bar, lines=progress) as watch:
         if cfg.langid.auto:
             estimated = _published_thresholds(published, cfg)
             if estimated is None:

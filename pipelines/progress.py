@@ -53,7 +53,9 @@ class CorpusProgress:
     """Driver side: a thread that polls ``OUTPUT/_work`` while the pipeline runs (local outputs only:
     a remote runner has its own monitoring)."""
 
-    def __init__(self, output: str, total_files: int, total_bytes: int, bar: bool, interval: float = 1.0):
+    def __init__(self, output: str, total_files: int, total_bytes: int, bar: bool, interval: float = 1.0,
+                 lines: bool = True):
+        self.lines = lines  # without a bar: a progress line every LOG_EVERY_S (off: --no-progress)
         self.output, self.work_dir = output, os.path.join(output, "_work")
         self.total_files, self.total_bytes, self.interval = total_files, max(1, total_bytes), interval
         self.enabled = not io.is_remote(output)
@@ -96,7 +98,9 @@ class CorpusProgress:
         bytes_done = sum(s.get("size", 0) for s in self.done.values())
         # a file being read counts by its documents at the average size per document seen so far
         estimate = bytes_done + (in_flight * bytes_done / docs_done if docs_done else 0)
-        return len(self.done), docs_done + in_flight, int(min(estimate, self.total_bytes))
+        # files of unlike documents make that estimate overshoot: never 100 % before the last file is done
+        cap = self.total_bytes if len(self.done) >= self.total_files else int(self.total_bytes * 0.99)
+        return len(self.done), docs_done + in_flight, int(min(estimate, cap))
 
     def _shards_started(self) -> bool:
         try:
@@ -145,7 +149,7 @@ class CorpusProgress:
             self._bar.n = max(self._bar.n, done_bytes)
             self._bar.set_postfix_str(f"files {files}/{self.total_files}, {docs:,} docs, {rate:,.0f} docs/s",
                                       refresh=True)
-        elif self.read_done_at is None and time.monotonic() - self._last_line >= LOG_EVERY_S:
+        elif self.lines and self.read_done_at is None and time.monotonic() - self._last_line >= LOG_EVERY_S:
             self._last_line = time.monotonic()
             eta = elapsed * (self.total_bytes - done_bytes) / done_bytes if done_bytes else None
             log.info("read + clean: %d/%d files, %s documents, %s documents/s, ETA %s", files, self.total_files,

@@ -53,6 +53,20 @@ def test_sampling_settings_the_sampler_cannot_mean_are_usage_errors(flag, value,
     assert message in _fails("generate", "--checkpoint", "/nonexistent", flag, value, "hi")
 
 
+@pytest.mark.parametrize("command, section", [("pretrain", "pretrain"), ("sft", "sft"),
+                                              ("finetune-cls", "finetune_cls"), ("corpus", "langid")])
+def test_each_commands_set_example_names_keys_it_reads(command, section):
+    import re
+
+    from gristmill.config import load_config
+
+    out = " ".join(run_cli(command, "--help", check=True).stdout.split())
+    example = re.search(r"override one config key, e\.g\. (.*?) \(repeatable\)", out).group(1)
+    pairs = re.findall(r"--set '?([a-z_.]+=[^' ]+)'?", example)
+    assert pairs and all(p.startswith(section + ".") for p in pairs), example
+    load_config(None, pairs)  # real keys with valid values
+
+
 @pytest.mark.parametrize("command", ["pretrain", "sft", "finetune-cls"])
 def test_training_without_a_config_says_what_to_give(command):
     section = {"pretrain": "pretrain.data", "sft": "sft.init_checkpoint",

@@ -25,6 +25,12 @@ def test_files_done_and_documents_in_flight_are_counted(tmp_path):
     (work / "c.json").write_text(json.dumps({"stats": {"documents": 2, "size": 1000}}))
     (work / "a.progress").write_text(json.dumps({"documents": 9}))  # a finished file's progress: not in flight
     assert p._poll()[:2] == (2, 17)
+    # a file in flight with many small documents: the estimate overshoots, the bar stops short of 100 %
+    (work / "b.progress").write_text(json.dumps({"documents": 500}))
+    files, _, done_bytes = p._poll()
+    assert files == 2 and done_bytes == 2970
+    (work / "b.json").write_text(json.dumps({"stats": {"documents": 500, "size": 1000}}))
+    assert p._poll()[2] == 3000  # every file done: 100 %
 
 
 def test_a_terminal_gets_a_bar_and_a_log_gets_phase_lines(tmp_path, capsys, caplog):
@@ -50,3 +56,18 @@ def test_a_terminal_gets_a_bar_and_a_log_gets_phase_lines(tmp_path, capsys, capl
     text = caplog.text
     assert "read + clean: 3 files, 12 documents" in text
     assert "dedup:" in text and "writing shards" in text and "write:" in text
+
+
+def test_a_log_gets_a_progress_line_a_while_unless_told_not_to(tmp_path, caplog):
+    """Without a bar (a log, not a terminal) one progress line every LOG_EVERY_S; --no-progress: none (the
+    phase totals stay)."""
+    for lines, expected in ((True, True), (False, False)):
+        work = tmp_path / str(lines) / "_work"
+        work.mkdir(parents=True)
+        p = pr.CorpusProgress(str(work.parent), total_files=3, total_bytes=3000, bar=False, lines=lines)
+        (work / "a.json").write_text(json.dumps({"stats": {"documents": 4, "size": 1000}}))
+        p._last_line -= pr.LOG_EVERY_S + 1  # as if that long had passed
+        caplog.clear()
+        with caplog.at_level("INFO", logger="gristmill.corpus"):
+            p.update()
+        assert ("read + clean: 1/3 files" in caplog.text) == expected, caplog.text
