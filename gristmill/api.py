@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.config import ConfigError, CustomFilterConfig, GristmillConfig, load_config
+from gristmill.log import quiet_library_noise
+
+quiet_library_noise()  # the API prints what the CLI prints: not Beam's import-time noise, not gRPC's fork lines
 
 __all__ = [
     "add_filter",

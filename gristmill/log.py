@@ -42,6 +42,21 @@ class _DropDiskFullTracebacks(logging.Filter):
         return True
 
 
+#: the loggers Beam's import-time noise is logged on (a filter acts on records of the logger it is added to)
+_NOISY_LOGGERS = ("", "apache_beam.io.filesystems", "apache_beam.options.pipeline_options")
+
+
+def quiet_library_noise() -> None:
+    """What the Python API does on import, so that it prints what the CLI prints: the known, harmless
+    import-time lines of Beam's optional extras are dropped where they are logged (nothing else is touched:
+    the user's logging stays the user's), and gRPC's fork INFO lines are off unless GRPC_VERBOSITY is set."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    for name in _NOISY_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnownNoise) for f in target.filters):
+            target.addFilter(_DropKnownNoise())
+
+
 def drop_known_noise() -> None:
     """In a process without gristmill's logging (a Ray task): Beam's import-time warnings about its
     optional cloud extras are dropped (they are logged on the root logger and Beam's own)."""
