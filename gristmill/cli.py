@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         "On one machine the per-file work runs on one process per core (--direct_num_workers N to choose, "
         "1 for one process). Arguments this command does not know are Beam pipeline options, passed through "
         "unchanged: --runner DataflowRunner|FlinkRunner|SparkRunner|..., --direct_num_workers 2 "
-        "--direct_running_mode multi_processing, --project, --temp_location, --setup_file ./setup.py ...",
+        "--direct_running_mode multi_processing, --project, --temp_location, --sdk_container_image IMAGE or "
+        "--extra_package dist/gristmill-VERSION.tar.gz (workers need gristmill: python -m build --sdist) ...",
         epilog="example: gristmill corpus --input 'crawl/*.warc.gz' --output corpus/ --config configs/corpus.yaml",
     )
     _corpus_arguments(c, output_help="output directory (created; an earlier gristmill output there is replaced)")

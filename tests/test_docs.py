@@ -38,3 +38,13 @@ def test_api_doc_examples_run(tmp_path):
     assert re.search(r"caps:shouting dropped [1-9]\d* documents", out)  # the example filter drops something
     assert len(list((tmp_path / "runs/api/own").rglob("*.arrow"))) >= 1
     assert (tmp_path / "runs/api/hf/config.json").is_file()
+
+
+def test_no_doc_or_help_sends_a_user_to_a_setup_py_that_does_not_exist():
+    """gristmill is built from pyproject.toml; the cluster runners' workers get it from an image or the sdist."""
+    assert not (REPO / "setup.py").exists()
+    texts = {p.name: p.read_text(encoding="utf-8") for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")]}
+    texts["corpus --help"] = subprocess.run([sys.executable, "-m", "gristmill", "corpus", "--help"],
+                                            capture_output=True, text=True, env=cli_env(), cwd=REPO, check=True).stdout
+    assert [name for name, text in texts.items() if "setup.py" in text or "--setup_file" in text] == []
+    assert "--extra_package" in " ".join(texts["corpus --help"].split())
