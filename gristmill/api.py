@@ -338,6 +338,20 @@ def verify(directory: str, beam_args: Sequence[str] | None = None) -> list[str]:
     return verify_tokens(Path(directory))
 
 
+def plot(runs: Sequence[str], output: str = "training.png") -> Path:
+    """``gristmill plot``: the metrics.jsonl of training runs overlaid in one PNG (loss and validation loss,
+    learning rate, tokens per second against tokens seen). Returns its path."""
+    from gristmill.trainer.plots import plot_runs
+
+    missing = [r for r in runs if not (Path(r) / "metrics.jsonl").is_file()]
+    if missing:
+        from gristmill.errors import GristmillError
+
+        raise GristmillError(f"no metrics.jsonl in {', '.join(missing)}: give training run directories "
+                             "(STORAGE_PATH/NAME of a pretrain, sft or finetune-cls run)")
+    return plot_runs(list(runs), output)
+
+
 def export_hf(checkpoint: str, output: str, tokenizer: str | None = None, *, overwrite: bool = False) -> Path:
     """``gristmill export-hf``: a checkpoint → a directory ``transformers`` loads
     (``AutoModelForCausalLM``, ``AutoTokenizer``; chat generation stops at <|im_end|>; an MLM checkpoint:

@@ -297,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     add_logging_arguments(g)
 
+    pl = sub.add_parser(
+        "plot", help="training runs → one PNG: loss and validation loss, learning rate, tokens/s against tokens",
+        description="Overlay the metrics.jsonl of one or more training runs (pretrain, sft, finetune-cls: "
+        "STORAGE_PATH/NAME) in one PNG: loss (thin) and validation loss (dots), learning rate and tokens per second, "
+        "all against tokens seen. Every run also keeps its own RUN/training.png current while it trains.",
+        epilog="example: gristmill plot runs/demo/pretrain/demo runs/other/pretrain/demo --output compare.png")
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each holding metrics.jsonl)")
+    pl.add_argument("--output", metavar="PNG", default="training.png", help="the PNG to write")
+    add_logging_arguments(pl)
+
     x = sub.add_parser(
         "export-hf", help="a checkpoint → a Hugging Face transformers directory (LlamaForCausalLM or EuroBERT)",
         description="Write OUTPUT with config.json (LlamaForCausalLM), model.safetensors, generation_config.json "
@@ -564,6 +574,13 @@ def _cmd_generate(args, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_plot(args, beam_args: list[str]) -> int:
+    from gristmill import api
+
+    print(f"plot: {api.plot(args.runs, args.output)}")
+    return 0
+
+
 def _cmd_export(args, beam_args: list[str]) -> int:
     from gristmill import api
 
@@ -664,7 +681,7 @@ def _cmd_quality(args, beam_args: list[str]) -> int:
 COMMANDS = {
     "corpus": _cmd_corpus, "refresh": _cmd_refresh, "tokenizer": _cmd_tokenizer, "tokenize": _cmd_tokenize,
     "pretrain": _train_command("pretrain"), "sft": _train_command("sft"), "finetune-cls": _train_command("cls"),
-    "eval": _cmd_eval, "generate": _cmd_generate, "export-hf": _cmd_export, "verify": _cmd_verify,
+    "eval": _cmd_eval, "generate": _cmd_generate, "export-hf": _cmd_export, "plot": _cmd_plot, "verify": _cmd_verify,
     "demo": _cmd_demo, "quality": _cmd_quality, "ablate": _cmd_ablate,
 }
 

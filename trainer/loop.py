@@ -166,6 +166,7 @@ class _Run:
     # the throughput window: steps since the last log line, timed without validation and saving
     window_t: float = 0.0
     window_steps: int = 0
+    plotted_at: float = float("-inf")  # monotonic time of the last refresh of training.png
 
     @property
     def init_checkpoint(self) -> str | None:
@@ -454,7 +455,28 @@ def save(run: _Run) -> None:
                 path = ckpt.save_checkpoint(Path(tmp) / name, msd, osd, rng, state, run.args, config, tok_dir)
                 checkpoint = ray.train.Checkpoint.from_directory(str(path))
             ray.train.report(metrics_now, checkpoint=checkpoint, checkpoint_dir_name=name)
+    refresh_plot(run)
     run.window_t += time.perf_counter() - paused  # as in validate
+
+
+#: training.png is redrawn at a checkpoint at most this often (and always at the last one)
+PLOT_EVERY_S = 60.0
+
+
+def refresh_plot(run: _Run) -> None:
+    """Rank 0 redraws RUN_DIR/training.png (trainer/plots.py) from the metrics so far: a look at the run
+    without starting TensorBoard. A plot that fails is a warning, never the run's end."""
+    if run.rank != 0 or not run.metrics.enabled:
+        return
+    if run.step != run.p.max_steps and time.monotonic() - run.plotted_at < PLOT_EVERY_S:
+        return
+    run.plotted_at = time.monotonic()
+    try:
+        from gristmill.trainer.plots import PLOT_FILE, plot_runs
+
+        plot_runs([run.run_dir], run.run_dir / PLOT_FILE, f"{run.run_dir.name}: {run.task_name}")
+    except Exception as e:  # noqa: BLE001 - a plot is never worth a run
+        log.warning("could not draw %s: %s: %s", run.run_dir / "training.png", type(e).__name__, e)
 
 
 def _due(step: int, every: int, max_steps: int) -> bool:
@@ -527,6 +549,17 @@ def _optimizer(model, p: LoopConfig, device: torch.device) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), eps=1e-8, **extra)
 
 
+def tensorboard_scalars(rec: dict) -> dict[str, float]:
+    """A metrics record as TensorBoard tags: ``train/loss``, ``val/loss``, ``val/ppl`` ...; not the wall-clock
+    time (a Unix timestamp as float32 is no curve) nor the step (TensorBoard's own axis)."""
+    out = {}
+    for k, v in rec.items():
+        if k in ("step", "time") or not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+            continue
+        out[f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}"] = float(v)
+    return out
+
+
 class _Metrics:
     """Rank 0's sinks: the log, metrics.jsonl and TensorBoard (both under the run directory)."""
 
@@ -554,10 +587,9 @@ class _Metrics:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        if self.tb is not None:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k != "step" and v == v:
-                    self.tb.add_scalar(f"train/{k}" if not k.startswith("val") else f"val/{k}", v, rec["step"])
+        if self.tb is not None and "event" not in rec:  # start/resume events: one point each, not a curve
+            for tag, v in tensorboard_scalars(rec).items():
+                self.tb.add_scalar(tag, v, rec["step"])
             self.tb.flush()
 
     def close(self):
