@@ -10,6 +10,7 @@ never replaced: the card then goes to ``README.gristmill.md`` and the run says s
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pyarrow as pa
 import yaml
@@ -58,6 +59,7 @@ def card_metadata(manifest: dict) -> dict:
         pairs.append(_config("rejected", f"_rejected/*/*.{ext}", REJECTED_SCHEMA, manifest["rejected_shards"]))
     return {
         "pretty_name": "gristmill corpus",
+        "license": write.get("license", "other"),
         "language": sorted(per_lang),
         "configs": [c for c, _ in pairs],
         "dataset_info": [i for _, i in pairs],
@@ -68,6 +70,7 @@ def card_text(manifest: dict) -> str:
     meta = yaml.safe_dump(card_metadata(manifest), sort_keys=False, allow_unicode=True, width=100)
     c = manifest["counts"]
     ext = manifest["config"]["write"].get("format", "arrow")
+    write_license = manifest["config"]["write"].get("license", "other")
     lines = [
         "---", meta.rstrip("\n"), "---", CARD_MARK, "",
         "# gristmill corpus", "",
@@ -81,6 +84,13 @@ def card_text(manifest: dict) -> str:
         *(f"| {lang} | {v['kept']:,} |" for lang, v in manifest["languages"].items() if v["kept"]), "",
         "| drop reason | documents |", "|---|---:|",
         *(f"| {reason} | {n:,} |" for reason, n in c["dropped"].items()), "",
+        "## Licence and sources", "",
+        (f"Licence: `{write_license}`." if write_license != "other" else
+         "Licence: `other` — set `write.license` to the licence your crawl's terms allow (FineWeb publishes "
+         "Common Crawl text as `odc-by`); the texts keep their authors' rights."), "",
+        "| input | documents |", "|---|---:|",
+        # names, not this machine's paths: the card travels with the corpus
+        *(f"| {Path(str(f.get('path', '?'))).name} | {f.get('documents', 0):,} |" for f in manifest["inputs"]), "",
         "## Loading", "",
         "```python",
         "import datasets",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from gristmill import io
 from gristmill.config import ConfigError, load_config
@@ -151,6 +152,12 @@ def test_datasets_loads_a_language_by_its_card(corpora, fmt):
     out, m = (p_dir, p) if fmt == "parquet" else (a_dir, a)
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and CARD_MARK in card and m["config_sha256"] in card
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["license"] == "other" and "set `write.license`" in card
+    # the sources by name, with their documents; no path of this machine
+    for f in m["inputs"]:
+        assert f"| {Path(f['path']).name} | {f['documents']:,} |" in card
+    assert not [f["path"] for f in m["inputs"] if f["path"] in card]
     en = datasets.load_dataset(str(out), "en", split="train")
     assert en.num_rows == m["languages"]["en"]["kept"] and set(en["lang"]) == {"en"}
     assert en.features["lang_score"].dtype == "float32" and en.features["n_words"].dtype == "int32"
@@ -239,3 +246,18 @@ def test_refresh_of_a_parquet_corpus(corpora, tmp_path):
     assert c["kept"] == 0 and sum(n for r, n in c["dropped"].items() if r.endswith("published_duplicate")) > 0
     assert all(s["path"].endswith(".parquet") for s in m["rejected_shards"]) and m["rejected_shards"]
     assert [v["path"] for v in m["versions"]] == [str(p_dir), str(tmp_path / "v2")]
+
+
+def test_the_cards_licence_is_what_the_config_says():
+    from gristmill.config import GristmillConfig
+    from gristmill.pipelines.card import card_metadata, card_text
+
+    manifest = {"config": GristmillConfig.model_validate({"write": {"license": "odc-by"}}).model_dump(mode="json"),
+                "shards": [], "rejected_shards": [], "languages": {}, "gristmill_version": "x", "schema_version": 4,
+                "config_sha256": "y", "inputs": [{"path": "/data/crawl/a.warc.gz", "documents": 3}],
+                "counts": {"read": 3, "kept": 0, "dropped": {"langid:low_score": 3}, "input_files": 1}}
+    assert card_metadata(manifest)["license"] == "odc-by"
+    text = card_text(manifest)
+    assert "Licence: `odc-by`." in text and "| a.warc.gz | 3 |" in text and "/data/crawl" not in text
+    # at its default the key stays out of the config's dump: earlier manifests' fingerprints hold
+    assert "license" not in GristmillConfig().model_dump(mode="json")["write"]
