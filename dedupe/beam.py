@@ -356,8 +356,13 @@ class NearDedup(beam.PTransform):
     their clusters are computed; delete it after the pipeline has run). With
     ``with_round_changes=True`` the output is ``(documents, changes)``, ``changes`` holding
     ``("round-kk", n)`` for each connected-components round that changed n edges: a run converged
-    when the last of the ``max_rounds`` rounds changed nothing (``gristmill corpus`` checks this).
+    when the last of the ``max_rounds`` rounds changed nothing.
     ``published``: index rows of a published corpus to deduplicate against (a refresh).
+
+    ``gristmill corpus`` does not run this transform: it clusters with the driver loop of
+    :mod:`gristmill.dedupe.rounds` (the same candidate edges, rounds and marking, but a pipeline, or
+    the driver's memory, per round, stopping at the first round that changes nothing);
+    tests/test_near_dedup.py holds both clusterings to union-find's components.
     """
 
     def __init__(self, cfg, spill_dir: str, published=None, with_round_changes: bool = False,

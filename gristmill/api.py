@@ -18,23 +18,38 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.config import ConfigError, CustomFilterConfig, GristmillConfig, load_config
+from gristmill.errors import GristmillError
 from gristmill.log import quiet_library_noise
+from gristmill.sampling import SamplingConfig
 
 quiet_library_noise()  # the API prints what the CLI prints: not Beam's import-time noise, not gRPC's fork lines
 
 __all__ = [
+    "SamplingConfig",
+    "ablate",
     "add_filter",
+    "count_parameters",
+    "decode",
+    "demo_config_path",
     "evaluate",
     "export_hf",
     "finetune_cls",
     "generate",
+    "latest_checkpoint",
     "load_config",
     "load_tokenizer",
+    "plot",
     "pretrain",
+    "print_corpus_summary",
+    "print_training_summary",
+    "quality_params",
     "refresh",
+    "resolve_checkpoint",
     "run_corpus",
+    "sample_path",
     "sft",
     "tokenize",
+    "train_quality",
     "train_tokenizer",
     "verify",
 ]
@@ -99,6 +114,14 @@ def _check_apart(published: str, output: str) -> None:
                           "version a directory of its own")
 
 
+def print_corpus_summary(manifest: dict, seconds: float | None = None) -> None:
+    """What ``gristmill corpus`` prints when it ends: the funnel (read, kept, dropped by reason) and the
+    languages of a corpus's ``manifest`` (``RunResult.manifest``), as a table on standard output."""
+    from gristmill.pipelines.report import print_summary
+
+    print_summary(manifest, seconds)
+
+
 def add_filter(config: GristmillConfig | None, name: str, function: Callable | str, *,
                languages: Sequence[str] = ("*",), params: dict[str, Any] | None = None) -> GristmillConfig:
     """A copy of ``config`` with your own filter appended to the cleaning chain (``clean.custom_filters``).
@@ -142,6 +165,23 @@ def load_tokenizer(path: str):
     return load(path)
 
 
+def decode(tokenizer, ids: Sequence[int | str]) -> str:
+    """``gristmill tokenizer decode``: token ids → text. ``tokenizer``: a processor from
+    :func:`load_tokenizer`, or its path. An id that is not a whole number (ids given as text) or lies
+    outside the vocabulary raises ``TokenizerError`` naming it, before anything is decoded."""
+    from gristmill.tokenizer.train import TokenizerError
+
+    sp = load_tokenizer(str(tokenizer)) if isinstance(tokenizer, str | Path) else tokenizer
+    n, out = sp.get_piece_size(), []
+    for x in map(str, ids):
+        if not x.isdigit():
+            raise TokenizerError(f"{x!r} is not a token id: decode takes whole numbers 0..{n - 1}, separated by spaces")
+        if int(x) >= n:
+            raise TokenizerError(f"token id {x} is out of range: this tokenizer has {n:,} pieces (ids 0..{n - 1})")
+        out.append(int(x))
+    return sp.decode(out)
+
+
 def tokenize(corpus: str, tokenizer: str, output: str, config: GristmillConfig | None = None,
              beam_args: Sequence[str] | None = None, *, overwrite: bool = False, fresh: bool = False):
     """``gristmill tokenize``: a corpus → packed token shards (``config.tokenize``) under ``output``.
@@ -179,6 +219,37 @@ def finetune_cls(config: GristmillConfig, *, progress: bool = False):
     """``gristmill finetune-cls``: a classification head on ``config.finetune_cls.init_checkpoint``
     fine-tuned on ``config.finetune_cls.files``; validation accuracy and macro-F1 in the metrics."""
     return _train("cls", config, progress)
+
+
+def print_training_summary(task: str, result) -> None:
+    """What ``gristmill pretrain`` / ``sft`` / ``finetune-cls`` print when a run ends (``task``: pretrain,
+    sft or cls): its last metrics, the loss curve's ends, where the metrics and the checkpoint are."""
+    from gristmill.trainer.pretrain import print_summary
+
+    print_summary(task, result)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` if it is a complete checkpoint (a ``checkpoint_NNNNNNNN`` directory); anything else (a run
+    directory, an incomplete checkpoint, a typo) raises a ``GristmillError`` that says what it is and what
+    to give instead."""
+    from gristmill.trainer.checkpoint import resolve_checkpoint as _resolve
+
+    return _resolve(path)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a training run directory (``STORAGE_PATH/NAME``), or None."""
+    from gristmill.trainer.checkpoint import latest_checkpoint as _latest
+
+    return _latest(Path(run_dir))
+
+
+def count_parameters(checkpoint: str | Path) -> int:
+    """The number of parameters of the model a checkpoint holds."""
+    from gristmill.trainer.checkpoint import load_model
+
+    return load_model(checkpoint).num_params()
 
 
 def ablate(config: GristmillConfig, beam_args: Sequence[str] | None = None, *, overwrite: bool = False,
@@ -221,6 +292,61 @@ def _quality_inputs(model: str | None) -> list[tuple[str, str | None, object]]:
         out.append((path, entry.get("sha256"),
                     (lambda p=path: quality_model.read_documents(p)) if readable else None))
     return out
+
+
+# --- the quality classifier ---------------------------------------------------------------------------
+
+
+def quality_params(**values):
+    """The quality classifier's training parameters (``gristmill.pipelines.quality_model.TrainParams``:
+    seed, holdout, epochs, lr, dim, bucket, min_count, max_words, ...): the defaults, with ``values`` set."""
+    from gristmill.pipelines.quality_model import TrainParams
+
+    return TrainParams(**values)
+
+
+def train_quality(positive: Sequence[str], negative: Sequence[str], output: str, params=None, *,
+                  overwrite: bool = False, on_epoch: Callable[[int, int, float], None] | None = None) -> dict:
+    """``gristmill quality train``: a fastText-format quality classifier, high-quality ``positive`` files
+    against crawl ``negative`` files (paths or globs), written to ``output`` (model.bin, metadata.json,
+    report.md). ``params``: from :func:`quality_params`. ``on_epoch(epoch, epochs, loss)`` after each
+    epoch. Returns the metadata (counts, held-out precision, recall and ROC AUC)."""
+    from gristmill.outputs import begin_output, check_output
+    from gristmill.pipelines import quality_model
+
+    check_output(output, "quality", overwrite)
+    begin_output(output, "quality")
+    return quality_model.train_from_files(list(positive), list(negative), output,
+                                          params if params is not None else quality_model.TrainParams(), on_epoch)
+
+
+# --- what ships with gristmill --------------------------------------------------------------------------
+
+
+def _shipped(*parts: str) -> Path:
+    """A file or folder shipped with gristmill: package data of an installed wheel (gristmill/sample,
+    gristmill/configs: pyproject.toml's package-data), else the top-level folder of a checkout."""
+    from importlib.resources import files
+
+    packaged = Path(str(files("gristmill").joinpath(*parts)))
+    if packaged.exists():
+        return packaged
+    checkout = Path(__file__).resolve().parent.parent.joinpath(*parts)
+    if checkout.exists():
+        return checkout
+    raise GristmillError(f"{'/'.join(parts)} is not installed with gristmill (looked for {packaged} and {checkout}): "
+                         "reinstall gristmill from its wheel, or run from a checkout of the repository")
+
+
+def sample_path(*parts: str) -> Path:
+    """The bundled sample data (``sample_path("crawl")``: the sample crawl, every input format; ``"sft"``:
+    the demo's chat files), from an installed wheel or a checkout."""
+    return _shipped("sample", *parts)
+
+
+def demo_config_path() -> Path:
+    """The config of ``gristmill demo`` (configs/demo.yaml), from an installed wheel or a checkout."""
+    return _shipped("configs", "demo.yaml")
 
 
 def _device(name: str):
@@ -274,12 +400,12 @@ def evaluate(checkpoint: str, *, data: str | None = None, mc: Sequence[str] = ()
 def generate(checkpoint: str, prompt: str, sampling=None, *, chat: bool = False, system: str | None = None,
              on_text: Callable[[str], None] | None = None, device: str = "auto") -> str:
     """``gristmill generate``: a completion of ``prompt`` (with ``chat``: the assistant's answer to
-    it as a user message, through the ChatML template). ``sampling``: a
-    ``gristmill.trainer.generate.SamplingConfig`` (temperature, top-k, top-p, stops, seed).
+    it as a user message, through the ChatML template). ``sampling``: a :class:`SamplingConfig`
+    (``gristmill.api.SamplingConfig``: temperature, top-k, top-p, stops, seed; None: its defaults).
     ``on_text`` receives the text as it grows (streaming)."""
     from gristmill.trainer.checkpoint import load_model, require_causal
     from gristmill.trainer.finetune_data import encode_chat
-    from gristmill.trainer.generate import SamplingConfig, default_stop_ids, generate_text
+    from gristmill.trainer.generate import default_stop_ids, generate_text
     from gristmill.trainer.generate import load_tokenizer as checkpoint_tokenizer
 
     model = load_model(checkpoint, _device(device))
@@ -314,8 +440,6 @@ def verify(directory: str, beam_args: Sequence[str] | None = None) -> list[str]:
 
         marker = io.join(directory, io.OUTPUT_MARKER)
         if not (io.exists(marker) and io.read_bytes(marker) in (MARKERS["corpus"], MARKERS["tokens"])):
-            from gristmill.errors import GristmillError
-
             # not a corpus or token output at all (an export, a checkpoint, an ablation, a typo): a usage
             # error, not a damaged output
             raise GristmillError(f"{directory} is not a corpus or token directory (no manifest.json, no corpus or "
@@ -325,8 +449,6 @@ def verify(directory: str, beam_args: Sequence[str] | None = None) -> list[str]:
                 "or still be writing it; its run.json says)"]
     kind = io.read_json(path).get("kind")
     if kind not in ("corpus", "tokens"):
-        from gristmill.errors import GristmillError
-
         raise GristmillError(f"{path} is {json.dumps(kind)}, not a corpus or token directory: `gristmill verify` "
                              "checks what `gristmill corpus`, `refresh` or `tokenize` wrote")
     if kind == "corpus":
@@ -345,8 +467,6 @@ def plot(runs: Sequence[str], output: str = "training.png") -> Path:
 
     missing = [r for r in runs if not (Path(r) / "metrics.jsonl").is_file()]
     if missing:
-        from gristmill.errors import GristmillError
-
         raise GristmillError(f"no metrics.jsonl in {', '.join(missing)}: give training run directories "
                              "(STORAGE_PATH/NAME of a pretrain, sft or finetune-cls run)")
     return plot_runs(list(runs), output)

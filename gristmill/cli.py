@@ -1,7 +1,9 @@
 """``gristmill``: the one command line. ``gristmill <command> --help`` explains each step.
 
-A thin layer over :mod:`gristmill.api`: every command parses its arguments, calls one API function
-and prints what it returned. Stages are imported only when a command runs, so ``--help`` is quick.
+A thin layer over :mod:`gristmill.api`: every command parses its arguments, calls API functions
+and prints what they returned. This module imports no stage (gristmill.pipelines, .dedupe, .tokenizer,
+.trainer; tests/test_cli_layer.py holds it to that): the API imports a stage when one of its functions
+is called, so ``--help`` stays quick.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from gristmill.secrets import redact_argv
 
 log = logging.getLogger("gristmill")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_GLOB = str(REPO_ROOT / "sample" / "crawl" / "*")
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 CHECKPOINT_HELP = "a checkpoint_NNNNNNNN directory of a training run"
+#: the steps of `gristmill demo`, in order (--until STEP stops after one)
+DEMO_STEPS = ("corpus", "tokenizer", "tokenize", "pretrain", "sft")
 #: commands whose unknown arguments are Beam pipeline options
 BEAM_COMMANDS = ("corpus", "refresh", "tokenize", "demo", "ablate", "verify")
 
@@ -130,6 +131,13 @@ def _corpus_arguments(parser: argparse.ArgumentParser, output_help: str) -> None
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar on a terminal, no periodic progress lines in a log")
     add_logging_arguments(parser)
+
+
+def _sampling_defaults():
+    """`gristmill generate`'s option defaults: the API's SamplingConfig (gristmill/sampling.py), defined once."""
+    from gristmill import api
+
+    return api.SamplingConfig()
 
 
 def _training_arguments(parser: argparse.ArgumentParser, example: str, section: str = "pretrain") -> None:
@@ -285,13 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="*", help="the prompt (default: read standard input)")
     g.add_argument("--chat", action="store_true", help="treat the prompt as a user message of a chat")
     g.add_argument("--system", metavar="TEXT", help="a system message (with --chat)")
-    g.add_argument("--max-new-tokens", type=_number(int, 1), default=128, metavar="N",
+    sampling = _sampling_defaults()
+    g.add_argument("--max-new-tokens", type=_number(int, 1), default=sampling.max_new_tokens, metavar="N",
                    help="tokens to generate at most")
-    g.add_argument("--temperature", type=_number(float, 0.0), default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=_number(int, 0), default=50, help="0 = off")
-    g.add_argument("--top-p", type=_number(float, 0.0, 1.0, low_open=True), default=0.95, help="in (0, 1]; 1 = off")
+    g.add_argument("--temperature", type=_number(float, 0.0), default=sampling.temperature, help="0 = greedy")
+    g.add_argument("--top-k", type=_number(int, 0), default=sampling.top_k or 0, help="0 = off")
+    g.add_argument("--top-p", type=_number(float, 0.0, 1.0, low_open=True), default=sampling.top_p or 1.0,
+                   help="in (0, 1]; 1 = off")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed, the same text)")
+    g.add_argument("--seed", type=int, default=sampling.seed, help="sampling seed (the same seed, the same text)")
     g.add_argument("--no-cache", action="store_true",
                    help="recompute the whole sequence every token (slower; for checks)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -360,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     qt.add_argument("--output", required=True, metavar="DIR", help="where to write the model and its metadata")
     qt.add_argument("--overwrite", action="store_true",
                     help="write into a directory that holds something else (files gristmill did not write)")
-    from gristmill.pipelines.quality_model import TrainParams
+    from gristmill import api
 
-    defaults = TrainParams()
+    defaults = api.quality_params()
     for name, kind, what in (("seed", int, "seed of the split, the initialisation and the order"),
                              ("holdout", float, "share of each class held out for the metrics"),
                              ("epochs", int, "passes over the training documents"),
@@ -408,10 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline (OUTPUT/corpus), tokenizer training (OUTPUT/tokenizer), token shards (OUTPUT/tokens) and a short "
         "CPU pretraining of a small GPT with Ray Train (OUTPUT/pretrain/demo: checkpoints, metrics.jsonl, "
         "TensorBoard), a short instruction fine-tuning (OUTPUT/sft/demo) and a generated answer to a question. "
-        "Running it again resumes or repeats each step deterministically.",
+        "Running it again resumes or repeats each step deterministically. The sample and the config ship "
+        "inside the gristmill wheel (an installed gristmill needs no checkout).",
         epilog="example: gristmill demo --output runs/demo",
     )
     d.add_argument("--output", default="runs/demo", metavar="DIR", help="where to write (default: runs/demo)")
+    d.add_argument("--until", choices=DEMO_STEPS, default=DEMO_STEPS[-1], metavar="STEP",
+                   help=f"stop after this step: {', '.join(DEMO_STEPS)}")
     add_logging_arguments(d)
     _add_config_help({**sub.choices, **{f"tokenizer {k}": v for k, v in tsub.choices.items()}})
     return parser
@@ -423,10 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_corpus(result, quiet: bool) -> None:
-    from gristmill.pipelines.report import print_summary
+    from gristmill import api
 
     if not quiet:
-        print_summary(result.manifest, result.seconds)
+        api.print_corpus_summary(result.manifest, result.seconds)
         for v in result.manifest.get("versions", []):
             removed = sum(v["removed_as_duplicates_of_published"].values())
             print(f"version {v['path']}: read {v['read']:,}, added {v['added']:,}, "
@@ -496,16 +509,7 @@ def _cmd_tokenizer(args, beam_args: list[str]) -> int:
             out = sp.encode(text, out_type=str) if args.pieces else sp.encode(text)
             print(" ".join(map(str, out)))
         return 0
-    from gristmill.tokenizer.train import TokenizerError
-
-    ids, n = [], sp.get_piece_size()
-    for x in (x for item in items for x in item.split()):
-        if not x.isdigit():
-            raise TokenizerError(f"{x!r} is not a token id: decode takes whole numbers 0..{n - 1}, separated by spaces")
-        if int(x) >= n:
-            raise TokenizerError(f"token id {x} is out of range: this tokenizer has {n:,} pieces (ids 0..{n - 1})")
-        ids.append(int(x))
-    print(sp.decode(ids))
+    print(api.decode(sp, [x for item in items for x in item.split()]))
     return 0
 
 
@@ -524,11 +528,10 @@ def _cmd_tokenize(args, beam_args: list[str]) -> int:
 def _train_command(task: str):
     def command(args, beam_args: list[str]) -> int:
         from gristmill import api
-        from gristmill.trainer.pretrain import print_summary
 
         progress = sys.stderr.isatty() and not args.no_progress and not args.quiet
         run = {"pretrain": api.pretrain, "sft": api.sft, "cls": api.finetune_cls}[task]
-        print_summary(task, run(_config(args), progress=progress))
+        api.print_training_summary(task, run(_config(args), progress=progress))
         return 0
 
     return command
@@ -558,12 +561,10 @@ def _cmd_eval(args, beam_args: list[str]) -> int:
 
 def _cmd_generate(args, beam_args: list[str]) -> int:
     from gristmill import api
-    from gristmill.trainer.checkpoint import resolve_checkpoint
-    from gristmill.trainer.generate import SamplingConfig
 
-    resolve_checkpoint(args.checkpoint)  # before the prompt is echoed
+    api.resolve_checkpoint(args.checkpoint)  # before the prompt is echoed
     prompt = " ".join(args.prompt) if args.prompt else sys.stdin.read()
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    sampling = api.SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k or None, top_p=args.top_p if args.top_p < 1 else None,
                               stop=tuple(args.stop), use_cache=not args.no_cache, seed=args.seed)
     if not args.chat:
@@ -602,39 +603,45 @@ def _cmd_verify(args, beam_args: list[str]) -> int:
 
 
 def _cmd_demo(args, beam_args: list[str]) -> int:
-    """The demo: the API functions one after the other, printing what each command prints."""
+    """The demo: the API functions one after the other, printing what each command prints, on the
+    sample and config shipped with gristmill (package data of the wheel, or a checkout's folders)."""
     from gristmill import api
-    from gristmill.config import load_config
-    from gristmill.trainer.checkpoint import latest_checkpoint, load_model
-    from gristmill.trainer.generate import SamplingConfig
-    from gristmill.trainer.pretrain import print_summary
 
-    out = Path(args.output)
+    out, config, until = Path(args.output), api.demo_config_path(), DEMO_STEPS.index(args.until)
     corpus, tok, tokens = out / "corpus", out / "tokenizer", out / "tokens"
-    cfg = load_config(DEMO_CONFIG)
-    log.info("demo 1/5: corpus pipeline on %s", SAMPLE_GLOB)
-    _print_corpus(api.run_corpus([SAMPLE_GLOB], str(corpus), cfg, beam_args, progress=not args.quiet), args.quiet)
+    cfg = api.load_config(config)
+    sample = str(api.sample_path("crawl") / "*")
+    log.info("demo 1/5: corpus pipeline on %s", sample)
+    _print_corpus(api.run_corpus([sample], str(corpus), cfg, beam_args, progress=not args.quiet), args.quiet)
+    if until < 1:
+        return 0
     log.info("demo 2/5: tokenizer training on %s", corpus)
     _print_tokenizer(api.train_tokenizer(str(corpus), str(tok), cfg, progress=not args.quiet), cfg, str(tok))
+    if until < 2:
+        return 0
     log.info("demo 3/5: token shards")
     _print_tokens(api.tokenize(str(corpus), str(tok), str(tokens), cfg, beam_args), cfg)
+    if until < 3:
+        return 0
     log.info("demo 4/5: pretraining a small GPT on the token shards (Ray Train, CPU)")
     progress = sys.stderr.isatty() and not args.quiet
-    cfg = load_config(DEMO_CONFIG, [f"pretrain.data={tokens}", f"pretrain.storage_path={out / 'pretrain'}"])
-    print_summary("pretrain", api.pretrain(cfg, progress=progress))
-    pretrained = latest_checkpoint(out / "pretrain" / "demo")
+    cfg = api.load_config(config, [f"pretrain.data={tokens}", f"pretrain.storage_path={out / 'pretrain'}"])
+    api.print_training_summary("pretrain", api.pretrain(cfg, progress=progress))
+    pretrained = api.latest_checkpoint(out / "pretrain" / "demo")
+    if until < 4:
+        return 0
     log.info("demo 5/5: instruction fine-tuning (SFT) of %s, then an answer", pretrained)
-    sft_files = ", ".join(str(REPO_ROOT / "sample" / "sft" / f) for f in
+    sft_files = ", ".join(str(api.sample_path("sft", f)) for f in
                           ("oasst_en_100_rank0_conversations.jsonl", "self_instruct_seed_tasks.jsonl"))
-    cfg = load_config(DEMO_CONFIG, [f"sft.init_checkpoint={pretrained}", f"sft.files=[{sft_files}]",
-                                    f"sft.storage_path={out / 'sft'}"])
-    print_summary("sft", api.sft(cfg, progress=progress))
-    tuned = latest_checkpoint(out / "sft" / "demo")
+    cfg = api.load_config(config, [f"sft.init_checkpoint={pretrained}", f"sft.files=[{sft_files}]",
+                                   f"sft.storage_path={out / 'sft'}"])
+    api.print_training_summary("sft", api.sft(cfg, progress=progress))
+    tuned = api.latest_checkpoint(out / "sft" / "demo")
     question = "What is a mill used for?"
-    params = load_model(tuned).num_params() / 1e6
+    params = api.count_parameters(tuned) / 1e6
     print(f"\nuser: {question}\nassistant (a {params:.1f}M-parameter model trained for minutes on a CPU; "
           "expect little sense): ", end="")
-    sampling = SamplingConfig(max_new_tokens=48, temperature=1.0, top_k=100, top_p=0.95, seed=0)
+    sampling = api.SamplingConfig(max_new_tokens=48, temperature=1.0, top_k=100, top_p=0.95, seed=0)
     api.generate(str(tuned), question, sampling, chat=True, on_text=lambda t: print(t, end="", flush=True))
     print()
     return 0
@@ -658,19 +665,17 @@ def _cmd_ablate(args, beam_args: list[str]) -> int:
 def _cmd_quality(args, beam_args: list[str]) -> int:
     from dataclasses import fields
 
-    from gristmill.outputs import begin_output, check_output
-    from gristmill.pipelines import quality_model
+    from gristmill import api
 
-    check_output(args.output, "quality", args.overwrite)
-    params = quality_model.TrainParams(**{f.name: getattr(args, f.name) for f in fields(quality_model.TrainParams)
-                                          if hasattr(args, f.name)})
-    begin_output(args.output, "quality")
+    params = api.quality_params(**{f.name: getattr(args, f.name) for f in fields(api.quality_params())
+                                   if hasattr(args, f.name)})
 
     def progress(epoch, epochs, loss):
         if not args.quiet:
             print(f"epoch {epoch}/{epochs}: training loss {loss:.4f}", file=sys.stderr, flush=True)
 
-    meta = quality_model.train_from_files(args.positive, args.negative, args.output, params, progress)
+    meta = api.train_quality(args.positive, args.negative, args.output, params, overwrite=args.overwrite,
+                             on_epoch=progress)
     ho, c = meta["holdout"], meta["counts"]
     print(f"{args.output}/model.bin: {c['positive']:,} positive and {c['negative']:,} negative documents, "
           f"{c['holdout']:,} held out: precision {ho['precision']:.3f}, recall {ho['recall']:.3f}, "

@@ -111,6 +111,18 @@ def new_document(
     }
 
 
+def field_at(record, dotted: str):
+    """The value at a dotted path of a JSON record (``meta.url``: ``record["meta"]["url"]``), or None
+    where the path leads nowhere. Input records (``read.jsonl.*_field``) and evaluation records
+    (``decontaminate.fields``) name their fields this way."""
+    node = record
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
 def dropped(doc: dict, reason: str, detail: str | None = None) -> dict:
     doc["reason"] = reason
     if detail is not None:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 
+from gristmill.format import size
 from gristmill.secrets import redact_text
 
 
@@ -92,18 +93,10 @@ def disk_full_error(path: str, command: str = "") -> DiskFullError:
     if probe:
         with contextlib.suppress(OSError):
             usage = shutil.disk_usage(probe)
-            free = f" ({_size(usage.free)} free of {_size(usage.total)})"
+            free = f" ({size(usage.free)} free of {size(usage.total)})"
     again = f"`gristmill {command}` again" if command else "the same command again"
     return DiskFullError(f"no space left on the device of {path}{free}: free space there (or write elsewhere), "
                          f"then run {again}; it resumes from what was written")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 class Terminated(BaseException):

@@ -30,7 +30,7 @@ import apache_beam as beam
 from gristmill import io
 from gristmill.config import DecontaminateConfig
 from gristmill.dedupe.components import node_key
-from gristmill.documents import dropped
+from gristmill.documents import dropped, field_at
 from gristmill.errors import ExitCode, GristmillError
 from gristmill.ngrams import ngram_hash, ngram_hashes, words
 
@@ -80,19 +80,10 @@ def _strings(value, path: str):
             yield from _strings(v, f"{path}.{i}" if path else str(i))
 
 
-def _at(record: dict, dotted: str):
-    node = record
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def evaluation_texts(record, fields: tuple[str, ...]) -> list[tuple[str, str]]:
     """(field path, text) of each non-blank evaluation text of one record."""
     if fields:
-        found = [x for f in fields for x in _strings(_at(record, f) if isinstance(record, dict) else None, f)]
+        found = [x for f in fields for x in _strings(field_at(record, f) if isinstance(record, dict) else None, f)]
     else:
         found = list(_strings(record, ""))
     return [(f, t) for f, t in found if t.strip()]

@@ -20,6 +20,7 @@ import threading
 import time
 
 from gristmill import io
+from gristmill.format import duration
 
 log = logging.getLogger("gristmill.corpus")
 
@@ -153,7 +154,7 @@ class CorpusProgress:
             self._last_line = time.monotonic()
             eta = elapsed * (self.total_bytes - done_bytes) / done_bytes if done_bytes else None
             log.info("read + clean: %d/%d files, %s documents, %s documents/s, ETA %s", files, self.total_files,
-                     f"{docs:,}", f"{rate:,.0f}", _duration(eta) if eta is not None else "unknown yet")
+                     f"{docs:,}", f"{rate:,.0f}", duration(eta) if eta is not None else "unknown yet")
         if self.read_done_at is None and files >= self.total_files:
             self.read_done_at = time.monotonic()
             if self._bar is not None:
@@ -201,9 +202,3 @@ class CorpusProgress:
                 log.info("dedup + write: %.1f s", end - self.read_done_at)
         if self._bar is not None:
             self._bar.close()
-
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

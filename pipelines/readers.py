@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from gristmill.config import JsonlConfig, ReadConfig
-from gristmill.documents import dropped, new_document
+from gristmill.documents import dropped, field_at, new_document
 from gristmill.errors import ExitCode, GristmillError
 from gristmill.io import filesystems
 
@@ -268,18 +268,9 @@ def _is_empty(path: str) -> bool:
     return filesystems().match([path])[0].metadata_list[0].size_in_bytes == 0
 
 
-def _dig(record: dict, dotted: str):
-    node = record
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
 def _first(record: dict, names) -> str | None:
     for name in names:
-        v = _dig(record, name)
+        v = field_at(record, name)
         if v not in (None, ""):
             return repair_text(v if isinstance(v, str) else _as_text(v))
     return None
@@ -302,11 +293,11 @@ def document_id(value, source: str, index: int) -> str:
 def _record_to_doc(record, index: int, source: str, jcfg: JsonlConfig, max_bytes: int) -> dict:
     if not isinstance(record, dict):
         return dropped(new_document(f"{source}#{index}", "", source), "read:not_an_object")
-    raw_id = _dig(record, jcfg.id_field)
+    raw_id = field_at(record, jcfg.id_field)
     doc_id = document_id(raw_id, source, index)
     url = _first(record, (jcfg.url_field, *jcfg.url_fallbacks))
     date = _first(record, (jcfg.date_field, *jcfg.date_fallbacks))
-    text = _dig(record, jcfg.text_field)
+    text = field_at(record, jcfg.text_field)
     doc = new_document(doc_id, "", source, url, date)
     if raw_id not in (None, "") and raw_id != doc_id:
         # a string changed only by repairing surrogates is kept as escaped JSON text

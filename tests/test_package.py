@@ -173,7 +173,7 @@ def test_a_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
     import sysconfig
 
     src = tmp_path / "src"  # built from a copy: an in-tree build would leave build/ in the checkout
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "bench", "tests", "sample",
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "bench", "tests",
                                                              "*.egg-info", "__pycache__", ".*cache"))
     wheels = tmp_path / "wheels"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(src)],

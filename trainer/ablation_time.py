@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gristmill.format import duration
+
 log = logging.getLogger("gristmill.ablate")
 
 
@@ -104,16 +106,6 @@ def estimate(measured: Probe | None, runs: int, parallel: int, max_steps: int, s
     train = waves * (max_steps * measured.step_s + per_run_s)
     evaluation = runs * scored_tokens_per_run * measured.token_s
     return Estimate(train, evaluation / max(1, parallel), measured.step_s)
-
-
-def duration(seconds: float) -> str:
-    """12 s, 4 min 10 s, 2 h 05 min."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def last_step(run_dir: Path) -> int:

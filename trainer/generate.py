@@ -8,27 +8,13 @@ tokenizer_config.json, segment by segment, as fine-tuning saw it).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from gristmill.sampling import SamplingConfig
 from gristmill.trainer.finetune_data import IM_END
 from gristmill.trainer.model import GPT, KVCache
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    max_new_tokens: int = 128
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int | None = 50
-    top_p: float | None = 0.95
-    #: generation ends before any of these strings (they are not returned)
-    stop: tuple[str, ...] = ()
-    #: generation ends at these token ids (eos, <|im_end|>); filled from the tokenizer by default
-    stop_ids: tuple[int, ...] = field(default=())
-    use_cache: bool = True
-    seed: int = 0
 
 
 def load_tokenizer(checkpoint: str | Path):
