@@ -1,11 +1,19 @@
 """The corpus pipeline's steps as public Beam ``PTransform``s, to compose into your own pipelines.
 
-``gristmill corpus`` is these transforms in a row (see :func:`gristmill.pipelines.corpus.build_pipeline`)::
+Composed in a row they make a corpus pipeline::
 
     files | ReadFiles(cfg.read) | Clean(cfg)          # every document, dropped ones with a reason
     kept  | ExactDedup()                              # duplicates marked exact_dedup:duplicate
     kept  | NearDedup(cfg.near_dedup, spill_dir)      # near duplicates marked near_dedup:duplicate
     kept  | WriteShards(output, cfg.write)           # Arrow shards OUTPUT/lang=xx/part-NNNNN.arrow
+
+``gristmill corpus`` (:func:`gristmill.pipelines.corpus.build_pipeline`) uses :class:`ExactDedup` and
+:class:`WriteShards` as they are, but not the other two: it fuses reading and cleaning into one DoFn
+with a per-file resume (:class:`gristmill.pipelines.resume.ReadCleanFileFn`: the same reader and
+:class:`~gristmill.pipelines.clean.Cleaner`), and clusters near duplicates with the driver loop of
+:mod:`gristmill.dedupe.rounds` (one pipeline, or the driver's memory, per round) instead of
+:class:`NearDedup`'s rounds unrolled in one pipeline; both share the candidate edges and the marking.
+tests/test_extend.py holds the composition above to ``gristmill corpus``'s shards, byte for byte.
 
 A document is a dict (:func:`gristmill.documents.new_document`); a step never drops one from the
 stream, it sets ``reason`` (``stage:rule``) and the next steps are given only the documents still
