@@ -14,6 +14,7 @@ section's values (FineWeb's, for English), the language table's (FineWeb-2's) an
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 from types import MappingProxyType
 
@@ -118,6 +119,35 @@ class Cleaner:
         self.quality = quality.QualityScorer(c.quality.model) if c.quality.enabled else None
         self.functions = dict(RULES)
         self._rules: dict[str | None, list] = {}
+        #: per step: [documents it ran on, documents it dropped, seconds] since :meth:`take_steps`
+        self.steps: dict[str, list] = {}
+        self._open: list | None = None  # the accumulator of the step running now
+        self._since = 0.0
+
+    def _enter(self, stage: str) -> None:
+        """Step ``stage`` starts for the current document: the step before it ends (its time is
+        ``time.perf_counter`` between the two; a few hundred nanoseconds per step)."""
+        now = time.perf_counter()
+        if self._open is not None:
+            self._open[2] += now - self._since
+        acc = self.steps.get(stage)
+        if acc is None:
+            acc = self.steps[stage] = [0, 0, 0.0]
+        acc[0] += 1
+        self.stage, self._open, self._since = stage, acc, now
+
+    def _leave(self, dropped: bool) -> None:
+        if self._open is not None:
+            self._open[2] += time.perf_counter() - self._since
+            if dropped:
+                self._open[1] += 1
+            self._open = None
+
+    def take_steps(self) -> dict[str, list]:
+        """The steps' [documents, dropped, seconds] since the last call (then zero again), in
+        the order they first ran."""
+        steps, self.steps = self.steps, {}
+        return steps
 
     def rules(self, lang: str | None) -> list:
         """The built-in rules for ``lang`` with their settings (resolved once per language)."""
@@ -135,22 +165,24 @@ class Cleaner:
             return doc
         self.stage = "holdout"
         try:
-            return self._clean(doc)
+            doc = self._clean(doc)
         except Exception as e:  # noqa: BLE001 - one document never stops a run
             doc["reason"], doc["detail"] = f"{self.stage}:error", f"{type(e).__name__}: {e}"[:500]
-            return doc
+        self._leave(bool(doc["reason"]))
+        return doc
 
     def _clean(self, doc: dict) -> dict:
         c = self.cfg.clean
         signals = doc["signals"]
 
         if self.cfg.holdout.fraction:  # before any filter: the same documents whatever the recipe
+            self._enter("holdout")
             why = filters.holdout(doc["id"], self.cfg.holdout)
             if why:
                 doc["reason"] = f"holdout:{why}"
                 return doc
 
-        self.stage = "normalize"
+        self._enter("normalize")
         v = filters.normalize_text(doc["text"], c.normalize)
         doc["text"] = v.text
         signals.update(v.signals)
@@ -159,13 +191,13 @@ class Cleaner:
             return doc
 
         if c.url_blocklist.enabled and (self.block_domains or self.block_urls):
-            self.stage = "url_blocklist"
+            self._enter("url_blocklist")
             why = filters.url_blocked(doc["url"], self.block_domains, self.block_urls)
             if why:
                 doc["reason"] = f"url_blocklist:{why}"
                 return doc
 
-        self.stage = "langid"
+        self._enter("langid")
         lang, score = langid.predict(doc["text"], self.cfg.langid, self.model)
         doc["lang"], doc["lang_score"] = lang, round(score, 4)
         why = langid.decide(lang, score, self.cfg.langid)
@@ -178,7 +210,7 @@ class Cleaner:
                 doc[langid.TEXT_AT_LANGID] = doc["text"]
 
         for stage, rule_cfg in self.rules(lang):
-            self.stage = stage
+            self._enter(stage)
             text = doc["text"]
             if stage == "c4_lines":
                 v = filters.c4_lines(text, rule_cfg, words.line_words(lang), words.sentence_counter(lang))
@@ -193,7 +225,7 @@ class Cleaner:
         for f, fn, params in self.custom:
             if not f.applies_to(lang):
                 continue
-            self.stage = f.name
+            self._enter(f.name)
             v = fn(doc["text"], params)
             if not isinstance(v, filters.Verdict):
                 raise TypeError(f"custom filter {f.name} returned {type(v).__name__}, not a Verdict")
@@ -205,11 +237,11 @@ class Cleaner:
         if self.quality is not None and c.quality.applies_to(lang):
             # scored here (on every worker); whether it stays is decided per language once the scores
             # are known (pipelines/corpus.py: QualityCut), before decontamination and dedup
-            self.stage = "quality"
+            self._enter("quality")
             signals["quality_score"] = self.quality.score(doc["text"])
 
         if c.pii.enabled:
-            self.stage = "pii"
+            self._enter("pii")
             v = filters.redact_pii(doc["text"], c.pii)
             doc["text"] = v.text
             signals.update(v.signals)

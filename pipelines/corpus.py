@@ -34,7 +34,7 @@ from gristmill.documents import CORPUS_SCHEMA, SCHEMA_VERSION
 from gristmill.errors import ExitCode, GristmillError
 from gristmill.locks import directory_lock
 from gristmill.outputs import begin_output, check_output, recorded_run
-from gristmill.pipelines import langid, quality
+from gristmill.pipelines import langid, quality, report
 from gristmill.pipelines.card import write_card
 from gristmill.pipelines.clean import Cleaner, stages
 from gristmill.pipelines.decontaminate import REASON as DECONTAMINATED
@@ -64,7 +64,8 @@ log = logging.getLogger("gristmill.corpus")
 
 SPILL_DIR = "_spill"  # documents waiting for their near-dedup clusters; removed after the run
 #: the statistics the job hands the driver (see runner.collect_stats)
-STATS = ("counts", "shards", "rejected_shards", "index_shards", "files", "cc_rounds", "id_changes", "quality_hist")
+STATS = ("counts", "shards", "rejected_shards", "index_shards", "files", "cc_rounds", "id_changes", "quality_hist",
+         "report_samples", "report_clusters")
 
 
 class PipelineInputError(GristmillError):
@@ -194,6 +195,7 @@ def _count_keys(doc: dict, read: bool = True):
         yield "lang_kept\x00" + doc["lang"]
         if (doc.get("cluster_size") or 1) > 1:
             yield "near_dup_clusters"
+    yield from report.report_keys(doc)  # the report's per-file, per-language and histogram counters
 
 
 def _read_key(doc: dict):
@@ -307,6 +309,7 @@ def build_pipeline(
         written += [collect_stats("spill_files", spill_files, output),
                     collect_stats(_edges_stat(0), edge_files, output),
                     collect_stats("counts", counts, output),
+                    _report_samples(rejected, output, cfg, "report_samples"),
                     collect_stats("rejected_shards", _write_rejected(p, rejected, output, cfg), output)]
     else:
         written += _write_outputs(p, kept, rejected, output, cfg)
@@ -398,13 +401,40 @@ def _write_rejected(p, rejected, output: str, cfg: GristmillConfig):
     return p | "NoRejected" >> beam.Create([])
 
 
+def _report_samples(rejected, output: str, cfg: GristmillConfig, name: str):
+    """A few dropped documents per reason for report.html (pipelines/report.py): a bounded,
+    deterministic sample combined per reason, snippets redacted."""
+    samples = (
+        rejected
+        | f"{name}Entries" >> beam.Map(report.sample_entry)
+        | f"{name}PerReason" >> beam.combiners.Top.SmallestPerKey(report.SAMPLES_PER_REASON, key=report.sample_order)
+        | f"{name}Finish" >> beam.Map(report.finish_samples, cfg.clean.pii)
+    )
+    return collect_stats(name, samples, output)
+
+
+def _report_clusters(docs, output: str):
+    """The largest near-duplicate clusters with a few URLs each, for report.html: the first members
+    of each cluster (combined per cluster), then the largest clusters (combined globally)."""
+    largest = (
+        docs
+        | "ReportInCluster" >> beam.Filter(report.in_cluster)
+        | "ReportMembers" >> beam.Map(report.cluster_member)
+        | "ReportFirstMembers" >> beam.combiners.Top.SmallestPerKey(report.CLUSTER_URLS, key=report.member_order)
+        | "ReportClusterSummary" >> beam.Map(report.cluster_summary)
+        | "ReportLargest" >> beam.combiners.Top.Smallest(report.LARGEST_CLUSTERS, key=report.cluster_order)
+        | "ReportLargestEach" >> beam.FlatMap(lambda top: top)
+    )
+    return collect_stats("report_clusters", largest, output)
+
+
 def _write_outputs(p, kept, rejected, output: str, cfg: GristmillConfig, counted_as_read: bool = True) -> list:
     """Count, write the shards (kept, rejected, index) and hand their statistics to the driver.
     ``counted_as_read``: whether these documents are counted as read here (not when the first
     pipeline of a near-dedup run has counted them)."""
+    every = (kept, rejected) | "AllDocs" >> beam.Flatten()
     counts = (
-        (kept, rejected)
-        | "AllDocs" >> beam.Flatten()
+        every
         | "CountKeys" >> beam.FlatMap(_count_keys, counted_as_read)
         | "Count" >> beam.combiners.Count.PerElement()
     )
@@ -417,9 +447,12 @@ def _write_outputs(p, kept, rejected, output: str, cfg: GristmillConfig, counted
     else:
         index_shards = p | "NoIndex" >> beam.Create([])
     suffix = "" if counted_as_read else "_near"
+    report_stats = [_report_samples(rejected, output, cfg, "report_samples" + suffix)]
+    if cfg.near_dedup.enabled:
+        report_stats.append(_report_clusters(every, output))
     return [collect_stats(name, pcoll, output) for name, pcoll in (
         ("counts" + suffix, counts), ("shards", kept_shards), ("rejected_shards" + suffix, rejected_shards),
-        ("index_shards", index_shards))]
+        ("index_shards", index_shards))] + report_stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,9 +482,12 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
     counts: Counter[str] = Counter()
     dropped_by: dict[str, int] = {}
     langs: dict[str, dict[str, int]] = {}
+    report_counts: dict[str, int] = {}
     for key, n in raw.items():
         kind, _, arg = key.partition("\x00")
-        if kind == "dropped":
+        if kind in report.COUNT_KINDS:
+            report_counts[key] = n
+        elif kind == "dropped":
             dropped_by[arg] = n
         elif kind in ("lang_kept", "lang_dropped"):
             langs.setdefault(arg, {"kept": 0, "dropped": 0})[kind.split("_")[1]] = n
@@ -482,6 +518,13 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
     per_file_docs = sum(f["documents"] for f in stats["files"])
     if per_file_docs != read:
         raise AccountingError(f"files report {per_file_docs} documents, pipeline read {read}")
+    inputs = []
+    for f in stats["files"]:  # the clean steps' times stay out of the manifest (run.json has them)
+        entry = {k: v for k, v in f.items() if k != "clean_steps"}
+        entry["kept"], entry["dropped"] = report.file_counts(report_counts, f["source"])
+        inputs.append(entry)
+    steps = report.clean_steps([f.get("clean_steps") or {} for f in stats["files"]],
+                               tuple(f.name for f in cfg.clean.custom_filters))
     manifest = {
         "gristmill_version": __version__,
         "kind": "corpus",
@@ -489,7 +532,7 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
         "schema": {f.name: str(f.type) for f in CORPUS_SCHEMA},
         "config_sha256": cfg.fingerprint(),
         "config": cfg.model_dump(mode="json"),
-        "inputs": stats["files"],
+        "inputs": inputs,
         "skipped_inputs": plan.skipped,
         "duplicate_inputs": plan.duplicates,
         "counts": {
@@ -500,6 +543,8 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
             "skipped_files": len(plan.skipped),
         },
         "funnel": funnel(read, dropped_by, stages(cfg)),
+        # what the cleaning chain's steps did (their time is in run.json: this file is the same for the same input)
+        "clean_steps": [{k: v for k, v in s.items() if k != "seconds"} for s in steps],
         "near_dedup": near,
         # ids made unique: repeated within a file (#<record number>), or used in two files (@<source>)
         "ids_renamed": {"within_files": sum(f.get("renamed_ids", 0) for f in stats["files"]),
@@ -508,6 +553,9 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
         "shards": stats["shards"],
         "rejected_shards": stats["rejected_shards"],
         "index_shards": stats["index_shards"],
+        "report": report.report_entry(report_counts, report.merge_samples(stats.get("report_samples", []),
+                                                                          stats.get("report_samples_near", [])),
+                                      stats.get("report_clusters", [])),
     }
     if cfg.langid.auto or cfg.langid.per_language:  # only then: thresholds per language
         manifest["langid"] = langid.thresholds_entry(cfg.langid, stats.get("langid_thresholds"))
@@ -537,6 +585,8 @@ class RunResult:
     manifest_path: str
     report_path: str | None
     seconds: float
+    #: per clean step: documents, dropped, seconds (also in run.json; the manifest has all but the time)
+    clean_steps: list = field(default_factory=list)
 
 
 def read_run_stats(output: str, cc_rounds: list | None = None) -> dict:
@@ -548,6 +598,7 @@ def read_run_stats(output: str, cc_rounds: list | None = None) -> dict:
     counts.update(dict(read_stats(output, "counts_near")))
     stats["counts"] = dict(counts)
     stats["rejected_shards"] += read_stats(output, "rejected_shards_near")
+    stats["report_samples_near"] = read_stats(output, "report_samples_near")
     for name in ("shards", "rejected_shards", "index_shards", "files"):
         stats[name].sort(key=lambda x: x["path"])
     return stats
@@ -606,7 +657,8 @@ def run_corpus(
             io.remove_tree(io.join(output, SPILL_DIR))
             io.remove_temporaries(output)
         io.remove_tree(io.join(output, WORK_DIR))  # done: nothing left to resume
-        record.update(counts=result.manifest["counts"], inputs=len(plan.files), manifest=result.manifest_path)
+        record.update(counts=result.manifest["counts"], inputs=len(plan.files), manifest=result.manifest_path,
+                      clean_steps=result.clean_steps)
         if published is not None:
             record["versions"] = [v["path"] for v in result.manifest["versions"]]
         return result
@@ -707,6 +759,8 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
     stats["quality_cuts"] = cuts
     stats["langid_thresholds"] = estimated
     manifest = build_manifest(plan, stats, cfg, evaluation)
+    clean_steps = report.clean_steps([f.get("clean_steps") or {} for f in stats["files"]],
+                                     tuple(f.name for f in cfg.clean.custom_filters))
     if published is not None:
         manifest.update(published.lineage(output, manifest))
         io.write_json_atomic(io.join(output, "versions.json"), manifest["versions"])
@@ -723,4 +777,4 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
     # the manifest last: its presence is what says the output is complete
     manifest_path = io.join(output, "manifest.json")
     io.write_json_atomic(manifest_path, manifest)
-    return RunResult(manifest, manifest_path, report_path, time.time() - t0)
+    return RunResult(manifest, manifest_path, report_path, time.time() - t0, clean_steps)

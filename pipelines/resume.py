@@ -130,6 +130,8 @@ class ReadCleanFileFn(PooledWorkFn):
             return None
         if meta.get("fingerprint") != self.fingerprint:
             return None
+        if "clean_steps" not in meta["stats"]:
+            return None  # work of a gristmill that did not time the clean steps: the manifest counts them
         size, sha = _file_sha256(path)
         if (size, sha) != (meta["stats"]["size"], meta["stats"]["sha256"]):
             return None
@@ -138,6 +140,7 @@ class ReadCleanFileFn(PooledWorkFn):
     def _read_and_clean(self, path: str, source: str, docs_path: str, meta_path: str):
         writer = io.ArrowFileWriter(docs_path, _WORK_SCHEMA, BATCH, io.WORK_COMPRESSION)
         progress = FileProgress(meta_path[: -len(".json")] + PROGRESS_SUFFIX)  # what the driver shows
+        self.cleaner.take_steps()  # this file's clean steps (documents, dropped, seconds) go to its stats
         for out in read_file(path, source, self.cfg.read):
             if isinstance(out, FileStats):
                 if out.error:  # the documents before the break are kept
@@ -146,6 +149,7 @@ class ReadCleanFileFn(PooledWorkFn):
                     log.debug("read %s: %d documents", source, out.documents)
                 writer.close()
                 stats = out.to_json()
+                stats["clean_steps"] = self.cleaner.take_steps()
                 io.write_json_atomic(meta_path, {"fingerprint": self.fingerprint, "stats": stats})
                 yield {self.stats_key: stats}
             else:

@@ -42,6 +42,9 @@ __all__ = ["Clean", "ExactDedup", "NearDedup", "ReadFiles", "UniqueIds", "WriteS
 log = logging.getLogger("gristmill.corpus")
 
 FILE_STATS = "__file_stats__"
+#: the Beam metrics namespace of :class:`Clean`'s per-step counters (``<step>.documents``, ``.dropped``,
+#: ``.microseconds``); ``gristmill corpus`` records the same in manifest.json and run.json
+CLEAN_STEP_METRICS = "gristmill.clean_steps"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +117,13 @@ class _CleanFn(beam.DoFn):
         # per-reason counters show the funnel live in the runner's UI (Dataflow, Flink)
         Metrics.counter("gristmill", doc["reason"] or "kept").inc()
         yield doc
+
+    def finish_bundle(self):
+        # each clean step's documents, drops and time as counters (the runner's UI, ``result.metrics()``)
+        for step, (n, n_dropped, seconds) in self.cleaner.take_steps().items():
+            Metrics.counter(CLEAN_STEP_METRICS, f"{step}.documents").inc(n)
+            Metrics.counter(CLEAN_STEP_METRICS, f"{step}.dropped").inc(n_dropped)
+            Metrics.counter(CLEAN_STEP_METRICS, f"{step}.microseconds").inc(round(seconds * 1e6))
 
 
 class Clean(beam.PTransform):

@@ -1,10 +1,15 @@
-"""report.html on a large crawl's manifest: labels whole, languages and inputs bounded, percentages."""
+"""report.html on a large crawl's manifest: labels whole, languages and inputs bounded, percentages, one bar per
+funnel stage (the collection of the report's data: tests/test_report_data.py)."""
 
 from __future__ import annotations
 
 import re
 
 from gristmill.pipelines.report import TOP_INPUTS, TOP_LANGUAGES, render_html
+
+
+def _between(page: str, first: str, then: str) -> str:
+    return page[page.index(f"<h2>{first}</h2>"):page.index(f"<h2>{then}</h2>")]
 
 LONG = "clean:gopher_quality:alpha_words_low"
 
@@ -40,11 +45,29 @@ def test_languages_are_the_top_ones_and_one_row_for_the_rest():
     assert render_html(_manifest(n_langs=5)).count("more languages") == 0
 
 
-def test_values_show_their_share_of_the_documents_read():
+def test_values_show_their_share_of_the_documents_read_and_languages_of_the_kept():
     m = _manifest()
+    read, kept = m["counts"]["read"], m["counts"]["kept"]
     page = render_html(m)
-    assert f">100 ({100 / m['counts']['read']:.1%})</text>" in page  # the duplicates' bar
-    assert f">{m['counts']['read']:,} (100.0%)</text>" in page
+    assert f">100 ({100 / read:.1%})</text>" in page  # the duplicates' bar: a share of the documents read
+    # the funnel: the stage's output as a share of the documents read, and what it dropped
+    assert f">{kept:,} ({kept / read:.1%}), dropped {read - kept:,}</text>" in page
+    langs = page[page.index("<h2>Languages kept</h2>"):page.index("<h2>Inputs</h2>")]
+    assert f">1,000 ({1000 / kept:.1%})</text>" in langs  # l000 keeps 1,000: a share of the documents kept
+
+
+def test_the_funnel_has_one_bar_per_stage():
+    m = _manifest()
+    m["funnel"] = [{"stage": "read", "in": 100, "dropped": 2, "out": 98},
+                   {"stage": "extract", "in": 98, "dropped": 0, "out": 98},
+                   {"stage": "langid", "in": 98, "dropped": 48, "out": 50}]
+    m["counts"]["read"] = 100
+    funnel = _between(render_html(m), "Funnel", "Clean steps")
+    labels = re.findall(r'text-anchor="end" font-size="12">([^<]*)</text>', funnel)
+    assert labels == ["read", "extract", "langid"]  # one row each: no separate "read" bar before "after read"
+    assert "after " not in funnel
+    assert ">98 (98.0%), dropped 2</text>" in funnel and ">98 (98.0%)</text>" in funnel
+    assert ">50 (50.0%), dropped 48</text>" in funnel
 
 
 def test_the_inputs_table_is_bounded_with_errors_first_and_totals():
