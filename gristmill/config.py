@@ -575,12 +575,22 @@ class ModelConfig(_Section):
     objective: Literal["clm", "mlm"] = "clm"
     #: MLM: share of the tokens whose originals are predicted
     mask_rate: float = Field(default=0.15, gt=0.0, lt=1.0)
+    # speedrun options (modded-nanogpt; docs/trainer.md "Speedrun options"); bench/bench_speedrun.py measures them
+    #: RMSNorm of each head's queries and keys before RoPE (exports as Qwen3ForCausalLM)
+    qk_norm: bool = False
+    #: swiglu (Llama) or relu2: relu(x)² with two matrices, ffn_hidden 4 · d_model by default (no HF export)
+    mlp: Literal["swiglu", "relu2"] = "swiglu"
+    #: logits = cap · tanh(logits / cap); None = off (no HF export)
+    logit_softcap: float | None = Field(default=None, gt=0)
+    #: causal attention within each eos-closed document of a packed row (pretraining on token shards)
+    document_mask: bool = False
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
         # added after outputs were published: out of the dump (recorded in manifests, hashed as the
         # config's fingerprint) while at their defaults, so earlier outputs stay byte-identical
-        return _without_defaults(self, handler(self), ("objective", "mask_rate"))
+        return _without_defaults(self, handler(self), ("objective", "mask_rate", "qk_norm", "mlp", "logit_softcap",
+                                                       "document_mask"))
 
 
 class LoopConfig(_Section):
@@ -660,13 +670,19 @@ class PretrainConfig(LoopConfig):
     #: instead of ``data``: several token directories in chosen proportions (MassiveText-style), e.g.
     #: [{name: web, data: tok/web, weight: 0.7}, {name: books, data: tok/books, weight: 0.3, max_epochs: 4}]
     mixture: tuple[MixtureSourceConfig, ...] = ()
+    #: adamw, or muon: Muon (orthogonalised momentum) for the transformer blocks' matrices and AdamW for embeddings,
+    #: head and gains, at the same learning rate and schedule (trainer/muon.py; docs/trainer.md "Speedrun options")
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    #: muon: the peak learning rate of the Muon matrices (scheduled as ``lr``: warmup, cosine to min_lr/lr of it);
+    #: None = ``lr`` (Muon's updates are scaled to AdamW's RMS, so one rate serves both)
+    muon_lr: float | None = Field(default=None, gt=0)
 
     @model_serializer(mode="wrap")
     def _omit_no_mixture(self, handler):
-        data = handler(self)  # added later: out of the dump while empty (fingerprints unchanged)
+        data = handler(self)  # added later: out of the dump while empty / at the default (fingerprints unchanged)
         if not self.mixture:
             data.pop("mixture", None)
-        return data
+        return _without_defaults(self, data, ("optimizer", "muon_lr"))
 
 
 class _FinetuneConfig(LoopConfig):

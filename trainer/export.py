@@ -60,10 +60,23 @@ def _dimensions(args) -> dict:
     }
 
 
+def unexportable(args) -> list[str]:
+    """The model options transformers has no architecture for, with what to do instead (empty: exportable)."""
+    out = []
+    if args.mlp != "swiglu":
+        out.append(f"model.mlp: {args.mlp} (Llama and Qwen3 have SwiGLU MLPs)")
+    if args.logit_softcap:
+        out.append(f"model.logit_softcap: {args.logit_softcap} (only Gemma 2 caps logits, with a layout of its own)")
+    return out
+
+
 def llama_config(args, special: dict) -> dict:
+    """LlamaForCausalLM; with ``qk_norm``, Qwen3ForCausalLM: Llama's layout with an RMSNorm over each head's
+    queries and keys before RoPE (``self_attn.q_norm`` / ``k_norm``), which is gristmill's qk_norm."""
+    qwen3 = getattr(args, "qk_norm", False)
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen3 else "llama",
         **_dimensions(args),
         "rope_theta": args.rope_theta,
         "hidden_act": "silu",
@@ -71,6 +84,8 @@ def llama_config(args, special: dict) -> dict:
         "mlp_bias": False,
         "tie_word_embeddings": args.tie_embeddings,
         "torch_dtype": "float32",
+        **({"rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta}, "use_sliding_window": False}
+           if qwen3 else {}),
         **special,
     }
 
@@ -146,10 +161,15 @@ def _model_card(checkpoint: Path, args, state: dict, run: dict, special: dict, n
     # names, not this machine's absolute paths: the card travels with the model
     data = ", ".join(Path(str(d)).name for d in ([cfg["data"]] if cfg.get("data") else cfg.get("files") or [])) or "?"
     lines = [
-        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gristmill, llama]", "---", "",
+        "---", "library_name: transformers", "pipeline_tag: text-generation",
+        f"tags: [gristmill, {'qwen3' if args.qk_norm else 'llama'}]", "---", "",
         f"# {checkpoint.parent.name} (step {state.get('step')})", "",
-        "A decoder-only transformer trained with gristmill — Llama layout "
-        "(RoPE, RMSNorm, SwiGLU), exported from a native checkpoint; the logits equal the native model's.", "",
+        "A decoder-only transformer trained with gristmill — "
+        + ("Qwen3 layout (RoPE, RMSNorm, SwiGLU, RMSNorm of queries and keys)" if args.qk_norm else
+           "Llama layout (RoPE, RMSNorm, SwiGLU)")
+        + ", exported from a native checkpoint; the logits equal the native model's"
+        + (" on any one document (it was trained with attention kept within each document of a packed row)."
+           if args.document_mask else "."), "",
         "| | |", "|---|---|",
         f"| parameters | {n_params:,}: {args.n_layer} layers × {args.d_model} wide ({args.n_head} heads, "
         f"{args.n_kv_head} KV heads), embeddings {'tied' if args.tie_embeddings else 'untied'} |",
@@ -213,6 +233,11 @@ def export_hf(checkpoint: str | Path, output: str | Path, tokenizer: str | Path 
     if not run_path.is_file():
         run_path = checkpoint / "config.json"  # checkpoints written before run_config.json
     run = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    refused = unexportable(args)
+    if refused:
+        raise ExportError(f"{checkpoint} was trained with {'; '.join(refused)}: transformers has no architecture "
+                          "that gives its logits, so it is not exported. Use it with gristmill (generate, evaluate), "
+                          "or train without the option to export")
     weights = ckpt.load_weights(checkpoint, args)
     encoder = args.objective == "mlm"
     classes = state.get("classes") if encoder and args.n_classes else None

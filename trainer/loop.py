@@ -36,6 +36,7 @@ from gristmill.trainer import TrainingDivergedError
 from gristmill.trainer import checkpoint as ckpt
 from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_batch_start
 from gristmill.trainer.model import GPT, ModelArgs, build_model, flops_per_token, resolve_model_args
+from gristmill.trainer.optim import build_optimizer, lr_at
 from gristmill.trainer.tasks import TASK_SECTIONS, all_sum, build_task
 
 log = logging.getLogger("gristmill.trainer")
@@ -45,15 +46,6 @@ DIVERGED_FILE = "DIVERGED.json"
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (SXM parts).
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
                   "4090": 165e12}
-
-
-def lr_at(step: int, p: PretrainConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``."""
-    if step < p.warmup_steps:
-        return p.lr * (step + 1) / p.warmup_steps
-    span = max(1, p.max_steps - p.warmup_steps)
-    progress = min(1.0, (step - p.warmup_steps) / span)
-    return p.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (p.lr - p.min_lr)
 
 
 def peak_flops(device: torch.device, p: PretrainConfig, dtype: torch.dtype) -> tuple[float, str]:
@@ -238,7 +230,7 @@ def set_up(loop_config: dict) -> _Run:
             raise DataError(f"{init} does not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
     run.model = model.to(device)
     run.wrapped = _wrap(run.model, run, bf16)
-    run.opt = _optimizer(run.wrapped, p, device)
+    run.opt = build_optimizer(run.wrapped, p, device)
     return run
 
 
@@ -325,7 +317,7 @@ def train_step(run: _Run) -> tuple[float, float]:
     p, wrapped, plan = run.p, run.wrapped, run.plan
     lr = lr_at(run.step, p)
     for group in run.opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     loss_sum = torch.zeros((), device=run.device)
     is_ddp = hasattr(wrapped, "no_sync")
     for micro in range(plan.grad_accum):
@@ -540,15 +532,6 @@ def _wrap(model: GPT, run: _Run, bf16: bool):
     return DDP(model, device_ids=device_ids, find_unused_parameters=unused)
 
 
-def _optimizer(model, p: LoopConfig, device: torch.device) -> torch.optim.Optimizer:
-    # no weight decay on norms (1-d); embeddings and matrices decay (nanoGPT's rule)
-    decay = [q for q in model.parameters() if q.requires_grad and q.dim() >= 2]
-    no_decay = [q for q in model.parameters() if q.requires_grad and q.dim() < 2]
-    groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), eps=1e-8, **extra)
-
-
 def tensorboard_scalars(rec: dict) -> dict[str, float]:
     """A metrics record as TensorBoard tags: ``train/loss``, ``val/loss``, ``val/ppl`` ...; not the wall-clock
     time (a Unix timestamp as float32 is no curve) nor the step (TensorBoard's own axis)."""
@@ -719,6 +702,12 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
             log.warning("the tokenizer of %s (%s) was not found: checkpoints will not carry it", data, tok)
         if args.objective == "mlm":
             args = dataclasses.replace(args, mask_id=mask_token_id(extra["tokenizer_dir"]))
+        if args.document_mask:
+            eos = (manifest.get("special_tokens") or {}).get("eos", -1)
+            if eos is None or eos < 0:
+                raise DataError(f"model.document_mask needs the eos id of the tokenizer of {data}, and its token "
+                                "manifest names none: tokenize with a tokenizer that has an eos piece")
+            args = dataclasses.replace(args, eos_id=int(eos))
     else:
         if not p.init_checkpoint:
             raise DataError(f"{section}.init_checkpoint is not set: give a config with a {section}: section "

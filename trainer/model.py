@@ -11,7 +11,12 @@ vocabulary never occur in the data and their logits are never targets.
 Eager CPU work in fp32 (training without torch.compile) runs a few hand-written autograd functions, the
 same values up to rounding: RMSNorm, SwiGLU and the loss with fewer passes and temporaries, q/k/v as one matmul
 whose q and k rows are reordered per head so that RoPE is one complex multiplication. CUDA, torch.compile
-and autocast run the plain PyTorch ops (:func:`_eager_cpu`); the parameters are the same either way.
+and autocast run the plain PyTorch ops; the parameters are the same either way. The kernels live in
+trainer/cpu_ops.py.
+
+Options from the modded-nanogpt speedrun (docs/trainer.md, each off by default): ``qk_norm`` (RMSNorm of
+queries and keys per head, Qwen3's layout), ``mlp: relu2``, ``logit_softcap`` and ``document_mask``
+(attention stays within each eos-closed document of a packed row).
 
 ``GPT(idx)`` returns next-token logits; :func:`lm_loss` turns them into the training loss.
 ``GPTClassifier`` is the same network with a linear head on the hidden state at given positions
@@ -33,6 +38,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gristmill.trainer import cpu_ops
 
 # name → (n_layer, n_head, d_model, max_seq_len). "124M"/"350M" are GPT-2 small/medium shapes
 # (with a 32k vocabulary and tied embeddings the parameter counts are ~110M and ~340M).
@@ -69,6 +76,16 @@ class ModelArgs:
     mask_rate: float = 0.15
     #: the classifier's pooling: last (causal), first or mean (MLM encoder)
     pooling: str = "last"
+    #: RMSNorm of each head's queries and keys before RoPE (Qwen3, OLMo 2, the modded-nanogpt speedrun)
+    qk_norm: bool = False
+    #: swiglu: silu(gate) · up (Llama); relu2: relu(up)² with two matrices (Primer, the speedrun)
+    mlp: str = "swiglu"
+    #: > 0: logits = cap · tanh(logits / cap) (Gemma 2, the speedrun)
+    logit_softcap: float = 0.0
+    #: causal attention within each eos-closed document of a packed row (training; generation sees one prompt)
+    document_mask: bool = False
+    #: the tokenizer's eos id (document_mask)
+    eos_id: int = -1
 
     @property
     def head_dim(self) -> int:
@@ -97,7 +114,8 @@ def resolve_model_args(cfg, vocab_size: int, seq_len: int | None = None) -> Mode
     n_kv = cfg.n_kv_head or n_head
     if n_head % n_kv:
         raise ValueError(f"model: n_head {n_head} is not a multiple of n_kv_head {n_kv}")
-    ffn = cfg.ffn_hidden or 64 * math.ceil(8 * d_model / 3 / 64)
+    # relu² has two matrices where SwiGLU has three: 4·d_model wide for the same parameters
+    ffn = cfg.ffn_hidden or (4 * d_model if cfg.mlp == "relu2" else 64 * math.ceil(8 * d_model / 3 / 64))
     max_seq_len = cfg.max_seq_len or seq_len or max_len
     if seq_len is not None and max_seq_len < seq_len:
         raise ValueError(f"model.max_seq_len {max_seq_len} is shorter than the token shards' seq_len {seq_len}")
@@ -106,47 +124,9 @@ def resolve_model_args(cfg, vocab_size: int, seq_len: int | None = None) -> Mode
         vocab_size=vocab_size, padded_vocab_size=m * math.ceil(vocab_size / m), n_layer=n_layer, n_head=n_head,
         n_kv_head=n_kv, d_model=d_model, ffn_hidden=ffn, max_seq_len=max_seq_len, rope_theta=cfg.rope_theta,
         norm_eps=cfg.norm_eps, tie_embeddings=cfg.tie_embeddings, dropout=cfg.dropout,
-        objective=cfg.objective, mask_rate=cfg.mask_rate,
+        objective=cfg.objective, mask_rate=cfg.mask_rate, qk_norm=cfg.qk_norm, mlp=cfg.mlp,
+        logit_softcap=cfg.logit_softcap or 0.0, document_mask=cfg.document_mask,
     )
-
-
-def _eager_cpu(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether the hand-written CPU kernels below serve ``x``: eager (not traced by torch.compile, whose
-    fusion of the plain ops is better), on the CPU, outside autocast, in fp32 or fp64 (gradcheck) with
-    ``others`` of the same dtype. Elsewhere (CUDA, compiled, autocast, bf16) the plain PyTorch ops run."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and all(o.dtype == x.dtype for o in others)
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
-
-
-class _RMSNormCPU(torch.autograd.Function):
-    """RMSNorm with a hand-written backward: fewer passes over the activations and fewer temporaries
-    than autograd through pow/mean/rsqrt/mul (on CPU, ~2× faster forward + backward).
-
-    y = x̂ · w with x̂ = x · r, r = 1/√(mean(x²) + eps) per row. Saves x̂ and r; the backward is
-    dw = Σ_rows g · x̂ and dx = r · (g · w − x̂ · mean(g · w · x̂))."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        # the plain path's operations in its order (the same values), x²'s memory reused for x̂
-        sq = x.square()
-        r = sq.mean(-1, keepdim=True).add_(eps).rsqrt_()
-        xhat = torch.mul(x, r, out=sq)
-        ctx.save_for_backward(xhat, r, weight)
-        return xhat * weight
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        xhat, r, weight = ctx.saved_tensors
-        d = xhat.shape[-1]
-        gx = g * xhat
-        dw = gx.reshape(-1, d).sum(0) if ctx.needs_input_grad[1] else None
-        dx = None
-        if ctx.needs_input_grad[0]:
-            c = torch.mv(gx.reshape(-1, d), weight).view(r.shape).mul_(-1.0 / d)  # −mean(g · w · x̂)
-            dx = torch.mul(g, weight, out=gx)  # gx is spent: reuse its memory
-            dx.addcmul_(xhat, c).mul_(r)
-        return dx, dw, None
 
 
 class RMSNorm(nn.Module):
@@ -156,8 +136,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _eager_cpu(x, self.weight):
-            return _RMSNormCPU.apply(x, self.weight, self.eps)
+        if cpu_ops.eager_cpu(x, self.weight):
+            return cpu_ops.RMSNormCPU.apply(x, self.weight, self.eps)
         # in fp32 whatever the autocast dtype, as Llama does
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
@@ -170,28 +150,16 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
     return emb.cos(), emb.sin()
 
 
-def interleave_pairs(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Rows of a q or k projection (n_head · D, d_model) reordered in each head from rotate-half order
-    (0 … D/2 − 1, D/2 … D − 1) to pairs side by side (0, D/2, 1, D/2 + 1, …)."""
-    hd = w.shape[0] // n_head
-    return w.view(n_head, 2, hd // 2, -1).transpose(1, 2).reshape(w.shape)
-
-
-def rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on x (B, T, H, D) whose last dimension holds the rotate-half pairs (j, j + D/2) side by side
-    (:func:`interleave_pairs`): one complex multiplication rotates each pair. cos/sin: (T, D), rotate-half
-    layout. The result, in the same pair order, is :func:`apply_rope`'s with its dimensions reordered."""
-    B, T, H, D = x.shape
-    rot = torch.complex(cos[:, : D // 2], sin[:, : D // 2]).unsqueeze(1)  # (T, 1, D/2)
-    z = torch.view_as_complex(x.unflatten(-1, (D // 2, 2))) * rot
-    return torch.view_as_real(z).flatten(-2)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: (B, H, T, D); cos/sin: (T, D)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return (x * cos + rotated * sin).type_as(x)
+
+
+def _pair_order(gain: torch.Tensor) -> torch.Tensor:
+    """A per-head gain (D,) in :func:`~gristmill.trainer.cpu_ops.interleave_pairs` order."""
+    return cpu_ops.interleave_pairs(gain[:, None], 1)[:, 0]
 
 
 class Attention(nn.Module):
@@ -204,6 +172,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(a.n_head * self.hd, a.d_model, bias=False)
         self.dropout = a.dropout
         self.causal = a.objective != "mlm"
+        if a.qk_norm:
+            self.q_norm = RMSNorm(self.hd, a.norm_eps)
+            self.k_norm = RMSNorm(self.hd, a.norm_eps)
 
     def _qkv_pairs(self, x, cos, sin):
         """q, k, v (B, H, T, D) for eager CPU work: one matmul with the three projections stacked (as
@@ -212,32 +183,38 @@ class Attention(nn.Module):
         backward on CPU). q and k come out with their head dimensions in the same other order, so q · k and
         the attention output are unchanged (the dot products summed in another order)."""
         B, T, _ = x.shape
-        w = torch.cat((interleave_pairs(self.q_proj.weight, self.n_head),
-                       interleave_pairs(self.k_proj.weight, self.n_kv), self.v_proj.weight))
+        w = torch.cat((cpu_ops.interleave_pairs(self.q_proj.weight, self.n_head),
+                       cpu_ops.interleave_pairs(self.k_proj.weight, self.n_kv), self.v_proj.weight))
         q, k, v = F.linear(x, w).split((self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd), dim=-1)
-        q = rope_pairs(q.view(B, T, self.n_head, self.hd), cos, sin)
-        k = rope_pairs(k.view(B, T, self.n_kv, self.hd), cos, sin)
+        q, k = q.view(B, T, self.n_head, self.hd), k.view(B, T, self.n_kv, self.hd)
+        if hasattr(self, "q_norm"):  # the norms' gains in the same pair order as the heads' dimensions
+            q = cpu_ops.RMSNormCPU.apply(q, _pair_order(self.q_norm.weight), self.q_norm.eps)
+            k = cpu_ops.RMSNormCPU.apply(k, _pair_order(self.k_norm.weight), self.k_norm.eps)
+        q, k = cpu_ops.rope_pairs(q, cos, sin), cpu_ops.rope_pairs(k, cos, sin)
         return q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None):
         B, T, _ = x.shape
-        if cache is None and _eager_cpu(x, self.q_proj.weight):
+        if cache is None and cpu_ops.eager_cpu(x, self.q_proj.weight):
             q, k, v = self._qkv_pairs(x, cos, sin)
         else:
-            q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
-            k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+            q = self.q_proj(x).view(B, T, self.n_head, self.hd)
+            k = self.k_proj(x).view(B, T, self.n_kv, self.hd)
             v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if hasattr(self, "q_norm"):
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        if not self.causal:  # an encoder: every token sees every other one (of its document, with a mask)
-            if mask is not None and self.n_kv != self.n_head:
+        if mask is not None:  # an encoder's documents or padding, or a causal model's documents (causal within)
+            if self.n_kv != self.n_head:
                 # grouped-query heads repeated: the CUDA kernels that take a mask do not all take enable_gqa
                 k, v = (t.repeat_interleave(self.n_head // self.n_kv, dim=1) for t in (k, v))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        elif not self.causal:  # an encoder: every token sees every other one
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                enable_gqa=self.n_kv != self.n_head and mask is None,
-            )
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv != self.n_head)
         # with a cache and several new tokens, queries sit at the end: causal mask offset by the cached length
         elif cache is None or T == k.shape[2]:
             y = F.scaled_dot_product_attention(
@@ -251,34 +228,21 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-class _SwiGLUCPU(torch.autograd.Function):
-    """silu(a) · b saving only a and b (autograd also keeps silu(a), a third (B, T, ffn) tensor per layer,
-    recomputed here in the backward) and with fewer temporaries: less memory to fault in on CPU."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a, b)
-        return F.silu(a).mul_(b)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        a, b = ctx.saved_tensors
-        db = F.silu(a).mul_(g)
-        gb = g * b
-        da = torch.ops.aten.silu_backward.grad_input(gb, a, grad_input=gb)  # in place over g · b
-        return da, db
-
-
 class MLP(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
-        self.gate_proj = nn.Linear(a.d_model, a.ffn_hidden, bias=False)
+        if a.mlp not in ("swiglu", "relu2"):
+            raise ValueError(f"model.mlp is swiglu or relu2, not {a.mlp!r}")
+        if a.mlp == "swiglu":
+            self.gate_proj = nn.Linear(a.d_model, a.ffn_hidden, bias=False)
         self.up_proj = nn.Linear(a.d_model, a.ffn_hidden, bias=False)
         self.down_proj = nn.Linear(a.ffn_hidden, a.d_model, bias=False)
 
     def forward(self, x):
-        if _eager_cpu(x, self.gate_proj.weight):
-            return self.down_proj(_SwiGLUCPU.apply(self.gate_proj(x), self.up_proj(x)))
+        if not hasattr(self, "gate_proj"):  # relu²
+            return self.down_proj(F.relu(self.up_proj(x)).square())
+        if cpu_ops.eager_cpu(x, self.gate_proj.weight):
+            return self.down_proj(cpu_ops.SwiGLUCPU.apply(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -349,8 +313,8 @@ class GPT(nn.Module):
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) → the final normalised hidden states (B, T, d_model); with a cache, the new
-        tokens' states after the cached ones. ``mask`` (an encoder's): (B, 1, T, T) or (B, 1, 1, T),
-        True where a query may attend to a key."""
+        tokens' states after the cached ones. ``mask``: (B, 1, T, T) or (B, 1, 1, T), True where a query may
+        attend to a key (an encoder's documents or padding; with ``document_mask`` a causal model builds its own)."""
         T = idx.shape[1]
         if cache is not None and self.args.objective == "mlm":
             raise ValueError("an MLM encoder does not generate (no KV cache): generate from a causal (clm) checkpoint")
@@ -358,6 +322,8 @@ class GPT(nn.Module):
         if start + T > self.args.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.args.max_seq_len}")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if self.args.document_mask and mask is None and cache is None and self.args.objective == "clm":
+            mask = causal_document_mask(idx, self.args.eos_id)
         x = self.drop(self.embed(idx))
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i, mask)
@@ -371,7 +337,11 @@ class GPT(nn.Module):
         With ``select`` (B, T) bool, only the selected positions' logits (N, padded_vocab): MLM's loss needs
         the masked ~15 %, and the output projection is the largest matmul of a small model."""
         h = self.hidden(idx, cache, mask)
-        return self.lm_head(h if select is None else h[select])
+        logits = self.lm_head(h if select is None else h[select])
+        if self.args.logit_softcap:
+            cap = self.args.logit_softcap
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def num_params(self, embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
@@ -437,40 +407,20 @@ def document_mask(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (doc[:, :, None] == doc[:, None, :]).unsqueeze(1)
 
 
-class _CrossEntropyCPU(torch.autograd.Function):
-    """``F.cross_entropy`` (mean over the targets that are not ignored) with the same forward, whose
-    backward makes the gradient softmax · w − w · onehot (w = g / n on counted rows, 0 on ignored ones)
-    directly, without autograd's zero-filled logits-sized tensor. With ``inplace`` it writes the gradient
-    over the saved log-probabilities: no logits-sized tensor at all, where on CPU each fresh one is paid in
-    page faults (~80 ms at 4096 × 8000 in fp32); the graph can then be backpropagated once, as training
-    does (retain_graph=True fails with an error)."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, inplace: bool) -> torch.Tensor:
-        logp = torch.log_softmax(logits, -1)
-        ctx.save_for_backward(logp, targets)
-        ctx.ignore_index, ctx.inplace, ctx.spent = ignore_index, inplace, False
-        return F.nll_loss(logp, targets, ignore_index=ignore_index)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        if ctx.spent:
-            raise RuntimeError("lm_loss on CPU overwrote its saved log-probabilities with the gradient: its graph "
-                               "can be backpropagated only once (retain_graph=True is not supported)")
-        logp, targets = ctx.saved_tensors
-        ctx.spent = ctx.inplace
-        valid = targets != ctx.ignore_index
-        w = (valid.to(logp.dtype) * (g / valid.sum())).unsqueeze(1)  # (N, 1)
-        grad = (logp.exp_() if ctx.inplace else logp.exp()).mul_(w)
-        grad.scatter_add_(1, targets.where(valid, 0).unsqueeze(1), -w)
-        return grad, None, None, None
+def causal_document_mask(idx: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """:func:`document_mask` within the causal mask: a token sees the earlier tokens of its own document."""
+    if eos_id < 0:
+        raise ValueError("model.document_mask needs the tokenizer's eos id (ModelArgs.eos_id)")
+    T = idx.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    return document_mask(idx, eos_id) & causal
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean next-token cross-entropy (in fp32) over the targets that are not ``ignore_index``."""
     logits, targets = logits.float().view(-1, logits.size(-1)), targets.reshape(-1)
-    if _eager_cpu(logits):
-        return _CrossEntropyCPU.apply(logits, targets, ignore_index, True)
+    if cpu_ops.eager_cpu(logits):
+        return cpu_ops.CrossEntropyCPU.apply(logits, targets, ignore_index, True)
     return F.cross_entropy(logits, targets, ignore_index=ignore_index)
 
 
@@ -481,7 +431,7 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
     causal model and for the masked ones (mask_rate) of an MLM encoder."""
     a = args
     attn_params = a.d_model * a.head_dim * (2 * a.n_head + 2 * a.n_kv_head)
-    mlp_params = 3 * a.d_model * a.ffn_hidden
+    mlp_params = (2 if a.mlp == "relu2" else 3) * a.d_model * a.ffn_hidden
     head = a.d_model * a.padded_vocab_size * (a.mask_rate if a.objective == "mlm" else 1.0)
     matmul_params = a.n_layer * (attn_params + mlp_params) + head
     return 6.0 * matmul_params + 12.0 * a.n_layer * a.d_model * seq_len
