@@ -169,28 +169,12 @@ def test_a_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
     borrowed from this one's site-packages, without this one's editable gristmill), works away from the
     repository: the console script, every stage imported from the wheel, and a corpus run with the shipped
     quality classifier (package data)."""
-    import shutil
-    import sysconfig
+    from .test_wheel import build_wheel, install_fresh
 
-    src = tmp_path / "src"  # built from a copy: an in-tree build would leave build/ in the checkout
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "bench", "tests",
-                                                             "*.egg-info", "__pycache__", ".*cache"))
-    wheels = tmp_path / "wheels"
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(src)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (wheel,) = wheels.glob("gristmill-*.whl")
-
-    env_dir = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
-    python = env_dir / "bin" / "python"
+    bin_dir = install_fresh(build_wheel(tmp_path / "build"), tmp_path / "venv")
+    python = bin_dir / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                        "--no-index", str(wheel)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    # a path line only: this environment's .pth files (the editable gristmill's finder) are not run there
-    (site / "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -199,7 +183,7 @@ def test_a_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
     r = subprocess.run([str(python), "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert all(p.startswith(str(site)) for p in json.loads(r.stdout.strip().splitlines()[-1]))
-    gristmill = env_dir / "bin" / "gristmill"
+    gristmill = bin_dir / "gristmill"
     r = subprocess.run([str(gristmill), "corpus", "--input", str(REPO / "sample/crawl/ccnet-cc-main-2020-16.parquet"),
                         "--output", str(work / "corpus"), "-q", "--set", "clean.quality.enabled=true"],
                        cwd=work, capture_output=True, text=True, timeout=600)

@@ -31,16 +31,16 @@ def _copy_sources(dest: Path) -> None:
     """What a wheel is built from: pyproject.toml, README.md and every folder a package maps to."""
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {d.split("/")[0] for d in setuptools["package-dir"].values()}
-    dest.mkdir()
+    dest.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, dest / name)
     for folder in sorted(folders):
         shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("wheel")
+def build_wheel(tmp: Path) -> Path:
+    """The wheel of the repository as it is, built from a copy under ``tmp`` (offline: this environment's
+    setuptools, no build isolation)."""
     _copy_sources(tmp / "src")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                         "-w", str(tmp / "dist"), str(tmp / "src")], capture_output=True, text=True, timeout=300)
@@ -49,10 +49,9 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
-@pytest.fixture(scope="module")
-def installed(wheel, tmp_path_factory) -> Path:
-    """A fresh virtual environment outside the repository with the wheel installed: its bin/."""
-    env_dir = tmp_path_factory.mktemp("venv") / "env"
+def install_fresh(wheel: Path, env_dir: Path) -> Path:
+    """A fresh virtual environment at ``env_dir`` with ``wheel`` installed and this environment's
+    dependencies borrowed: its bin/."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
     python = env_dir / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -63,6 +62,17 @@ def installed(wheel, tmp_path_factory) -> Path:
     # a path line only: this environment's .pth files (the editable gristmill's finder) are not run there
     (site / "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return env_dir / "bin"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """A fresh virtual environment outside the repository with the wheel installed: its bin/."""
+    return install_fresh(wheel, tmp_path_factory.mktemp("venv") / "env")
 
 
 def _sha256(path: Path) -> str:
