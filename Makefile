@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup setup-bench demo test test-fast test-budget lint bench-clean bench-trainer constraints clean help
+.PHONY: setup setup-bench demo test test-fast test-budget lint chromium bench-clean bench-trainer constraints clean help
 
 help:
 	@echo "make demo    set up .venv and run the main job end to end on the bundled sample crawl"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-fast  the unit tests only (no Ray, no runs in other processes)"
 	@echo "make setup   only create .venv and install gristmill (+ test tools)"
 	@echo "make lint    ruff (configured in pyproject.toml; make test runs it first)"
+	@echo "make chromium  install headless Chromium when missing (make test needs it: report.html is checked in it)"
 	@echo "make bench-clean  benchmark the clean stage against datatrove (separate venv)"
 	@echo "make bench-trainer  Ray Train loop vs a bare PyTorch loop (needs make demo's token shards)"
 
@@ -37,8 +38,20 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
-test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=30 -m "not budget"
+# report.html is checked as a browser renders it (tests/test_report_browser.py): headless Chromium, installed
+# here when missing (as root; otherwise the command to run is printed). Under make test that test fails, not
+# skips, without it (GRISTMILL_REQUIRE_CHROMIUM).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	else \
+		echo "make test needs Chromium (report.html is checked in a headless browser): run" \
+		     "'sudo apt-get install -y chromium' (Debian/Ubuntu) and make test again" >&2; exit 1; \
+	fi
+
+test: lint chromium
+	GRISTMILL_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=30 -m "not budget"
 
 # the shipped configs at their full budget (the ablation's self-test: ~15 minutes on 2 cores)
 test-budget: $(STAMP)

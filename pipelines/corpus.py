@@ -422,8 +422,10 @@ def _report_clusters(docs, output: str):
         | "ReportMembers" >> beam.Map(report.cluster_member)
         | "ReportFirstMembers" >> beam.combiners.Top.SmallestPerKey(report.CLUSTER_URLS, key=report.member_order)
         | "ReportClusterSummary" >> beam.Map(report.cluster_summary)
-        | "ReportLargest" >> beam.combiners.Top.Smallest(report.LARGEST_CLUSTERS, key=report.cluster_order)
-        | "ReportLargestEach" >> beam.FlatMap(lambda top: top)
+        # one key, not CombineGlobally: that injects its default through a side input, which the DaskRunner lacks
+        | "ReportOneKey" >> beam.Map(lambda c: ("largest", c))
+        | "ReportLargest" >> beam.combiners.Top.SmallestPerKey(report.LARGEST_CLUSTERS, key=report.cluster_order)
+        | "ReportLargestEach" >> beam.FlatMap(lambda kv: kv[1])
     )
     return collect_stats("report_clusters", largest, output)
 

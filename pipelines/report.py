@@ -506,10 +506,15 @@ def _examples(manifest: dict) -> str:
                         f'<td>{html.escape(ex.get("lang") or "")}</td><td>{value}</td><td>{ex["chars"]:,}</td>'
                         f'<td class=snip>{html.escape(ex["snippet"]) or "<i>(empty)</i>"}</td></tr>')
         parts.append(f'<details{" open" if i < 3 else ""}><summary><code>{html.escape(reason)}</code>: '
-                     f"{dropped.get(reason, 0):,} dropped</summary><table class=examples><tr><th>document</th>"
-                     "<th>lang</th><th>measured</th><th>chars</th><th>snippet</th></tr>" + "".join(rows)
+                     f"{dropped.get(reason, 0):,} dropped</summary><table class=examples>{_EXAMPLE_COLUMNS}"
+                     "<tr><th>document</th><th>lang</th><th>measured</th><th>chars</th><th>snippet</th></tr>"
+                     + "".join(rows)
                      + "</table></details>")
     return "".join(parts)
+
+
+_EXAMPLE_COLUMNS = ('<colgroup><col style="width:25%"><col style="width:5%"><col style="width:17%">'
+                    '<col style="width:6%"><col style="width:47%"></colgroup>')
 
 
 def _by_language(manifest: dict) -> str:
@@ -625,8 +630,8 @@ table{border-collapse:collapse;margin:.3em 0 1em}tr:nth-child(even){background:#
 code{background:#eee;padding:1px 4px;font-size:90%}h2{border-bottom:1px solid #ccc;margin-top:1.6em}
 section{margin-bottom:1em}nav{font-size:90%;line-height:1.8}nav a{margin-right:1em;white-space:nowrap}
 details{margin:.4em 0}summary{cursor:pointer}.note{color:#555;font-size:90%}
-table.examples{font-size:85%;width:100%}td.snip{unicode-bidi:isolate;max-width:560px;overflow-wrap:anywhere}
-td.id{max-width:300px;overflow-wrap:anywhere}.src{color:#666;font-size:90%}
+table.examples{font-size:85%;width:100%;table-layout:fixed}td.snip{unicode-bidi:isolate;overflow-wrap:anywhere}
+td.id{overflow-wrap:anywhere}.src{color:#666;font-size:90%}
 .wide{overflow-x:auto}table.matrix td{text-align:right}table.matrix td:first-child{text-align:left}
 ul.urls{margin:0;padding-left:1.2em;font-size:90%;overflow-wrap:anywhere}"""
 

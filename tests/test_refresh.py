@@ -76,6 +76,16 @@ def test_new_version_holds_only_new_documents(published, refreshed):
             assert r["detail"] in pub_ids
 
 
+def test_the_refresh_report_in_chromium(refreshed, tmp_path):
+    """The refresh's report.html has every section, and its data adds up (tests/test_report_browser.py)."""
+    from .test_report_browser import check_rendered_report, check_report_data
+
+    out, m = refreshed
+    check_report_data(m)
+    dom = check_rendered_report(out / "report.html", tmp_path, m)
+    assert "<code>exact_dedup:published_duplicate</code>" in dom  # what the published version already held
+
+
 def test_versions_are_listed_with_what_each_added_and_removed(published, refreshed):
     out, m = refreshed
     versions = json.loads((out / "versions.json").read_text())
