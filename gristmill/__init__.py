@@ -14,8 +14,9 @@ On top: the Python API (:mod:`gristmill.api`, whose functions are also available
 
 __version__ = "0.1.0"
 
-_API = ("run_corpus", "refresh", "add_filter", "train_tokenizer", "load_tokenizer", "tokenize", "pretrain", "sft",
-        "finetune_cls", "evaluate", "generate", "export_hf", "load_config", "verify", "ablate")
+_API = ("run_corpus", "refresh", "add_filter", "train_tokenizer", "load_tokenizer", "decode", "tokenize", "pretrain",
+        "sft", "finetune_cls", "evaluate", "generate", "SamplingConfig", "export_hf", "load_config", "verify", "plot",
+        "ablate", "quality_params", "train_quality")
 
 __all__ = ["__version__", *_API]
 
