@@ -197,7 +197,7 @@ def tokenize(corpus: str, tokenizer: str, output: str, config: GristmillConfig |
 
 
 def _train(task: str, config: GristmillConfig, progress: bool):
-    from gristmill.trainer.loop import run_training
+    from gristmill.trainer.launch import run_training
 
     return run_training(config, task, progress=progress)
 

@@ -113,7 +113,7 @@ def test_the_tokenizer_reserves_a_mask_token_that_tokenizer_json_encodes_alike(t
 
 
 def test_objective_mlm_with_a_tokenizer_without_mask_says_what_to_do(tmp_path):
-    from gristmill.trainer.loop import mask_token_id
+    from gristmill.trainer.launch import mask_token_id
 
     old = _train_tokenizer(tmp_path / "old", reserve_mask=False)
     with pytest.raises(DataError, match=r"<mask> token.*has none.*tokenizer train.*objective: clm"):
@@ -294,7 +294,7 @@ def test_masked_perplexity_and_validation_agree(tokens, sp, tok, tmp_path):
 
 def test_causal_only_commands_refuse_an_mlm_checkpoint_and_say_what_to_use(tok, sp, tmp_path):
     from gristmill import api
-    from gristmill.trainer.loop import prepare
+    from gristmill.trainer.launch import prepare
 
     torch.manual_seed(0)
     path = _save(tmp_path / "checkpoint_00000001", GPT(_args(sp)), tok)
@@ -318,7 +318,7 @@ def test_causal_only_commands_refuse_an_mlm_checkpoint_and_say_what_to_use(tok, 
 
 
 def test_classification_pooling_is_checked_against_the_objective():
-    from gristmill.trainer.loop import cls_pooling
+    from gristmill.trainer.launch import cls_pooling
 
     assert cls_pooling("auto", "mlm", "c") == "mean" and cls_pooling("auto", "clm", "c") == "last"
     assert cls_pooling("first", "mlm", "c") == "first"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gristmill.trainer.loop import tensorboard_scalars
+from gristmill.trainer.metrics import tensorboard_scalars
 from gristmill.trainer.plots import read_metrics
 
 from .conftest import run_cli

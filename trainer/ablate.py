@@ -368,7 +368,7 @@ def train_and_evaluate_run(run_config: dict, heldout: dict[str, np.ndarray], mc:
 
     drop_known_noise()  # a Ray task: gristmill's logging is not set up here (before anything imports Beam)
     from gristmill.trainer.checkpoint import is_complete, read_state
-    from gristmill.trainer.loop import run_training
+    from gristmill.trainer.launch import run_training
 
     torch.set_num_threads(max(1, threads))
     tree = dict(run_config)
@@ -692,7 +692,7 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
     evaluated here too, and no Ray starts: local-mode runs share this process, so they cannot overlap."""
     from gristmill.tokenizer.train import load
     from gristmill.trainer.checkpoint import is_complete, read_state
-    from gristmill.trainer.loop import ensure_ray, run_training
+    from gristmill.trainer.launch import ensure_ray, run_training
 
     p = cfg.pretrain
     local, as_task = p.num_workers == 0, False
@@ -799,7 +799,7 @@ def _in_threads(fn, items: list, parallel: int) -> list:
     the runs' threads are not waited for: the command's stop path shuts Ray down and exits."""
     from concurrent.futures import FIRST_EXCEPTION, wait
 
-    from gristmill.trainer.loop import SIGNAL_POLL_SECONDS
+    from gristmill.trainer.launch import SIGNAL_POLL_SECONDS
 
     pool = ThreadPoolExecutor(parallel, thread_name_prefix="ablation-run")
     futures = [pool.submit(fn, x) for x in items]

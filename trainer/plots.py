@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
+
+log = logging.getLogger("gristmill.trainer")
 
 #: the plot a run keeps next to its metrics.jsonl
 PLOT_FILE = "training.png"
@@ -71,3 +75,20 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path, title: str | None 
         with contextlib.suppress(OSError):
             tmp.unlink()
     return output
+
+
+#: training.png is redrawn at a checkpoint at most this often (and always at the last one)
+PLOT_EVERY_S = 60.0
+
+
+def refresh_plot(run_dir: Path, title: str, final: bool, last_at: float) -> float:
+    """Redraw RUN_DIR/training.png from the metrics so far, at most every PLOT_EVERY_S seconds (``last_at``: the
+    monotonic time of the last redraw) and always when ``final``; returns the time of this one. A plot that fails
+    is a warning, never the run's end."""
+    if not final and time.monotonic() - last_at < PLOT_EVERY_S:
+        return last_at
+    try:
+        plot_runs([run_dir], run_dir / PLOT_FILE, title)
+    except Exception as e:  # noqa: BLE001 - a plot is never worth a run
+        log.warning("could not draw %s: %s: %s", run_dir / PLOT_FILE, type(e).__name__, e)
+    return time.monotonic()

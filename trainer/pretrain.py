@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbosity(args))
 
     def run() -> int:
-        from gristmill.trainer.loop import run_training
+        from gristmill.trainer.launch import run_training
 
         cfg = load_config(args.config, args.set)
         progress = sys.stderr.isatty() and not args.no_progress and not args.quiet
