@@ -33,8 +33,8 @@ def bare_loop(data: str, preset: str, steps: int, batch: int, threads: int) -> l
     from gristmill.config import ModelConfig, PretrainConfig
     from gristmill.tokenizer.tokens import TokenSplit, read_token_manifest
     from gristmill.trainer.data import SampleStream
-    from gristmill.trainer.optim import lr_at
     from gristmill.trainer.model import GPT, lm_loss, resolve_model_args
+    from gristmill.trainer.optim import lr_at
 
     torch.set_num_threads(threads)
     m = read_token_manifest(data)

@@ -224,7 +224,7 @@ def finetune_cls(config: GristmillConfig, *, progress: bool = False):
 def print_training_summary(task: str, result) -> None:
     """What ``gristmill pretrain`` / ``sft`` / ``finetune-cls`` print when a run ends (``task``: pretrain,
     sft or cls): its last metrics, the loss curve's ends, where the metrics and the checkpoint are."""
-    from gristmill.trainer.pretrain import print_summary
+    from gristmill.trainer.launch import print_summary
 
     print_summary(task, result)
 

@@ -41,7 +41,7 @@ PRETRAIN_DESCRIPTION = (
     "STORAGE_PATH/NAME/checkpoint_NNNNNNNN; metrics to STORAGE_PATH/NAME/metrics.jsonl and tensorboard/. "
     "Running the same name and storage_path again resumes from the last checkpoint, and a failed worker group "
     "restarts from it (pretrain.max_failures). On a cluster: ray job submit --address http://HEAD:8265 "
-    "--working-dir . -- python -m gristmill.trainer.pretrain --config FILE"
+    "--working-dir . -- python -m gristmill.trainer.job --config FILE"
 )
 
 

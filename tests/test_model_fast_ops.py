@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from gristmill.trainer import cpu_ops as C
-from gristmill.trainer import model as M
 from gristmill.trainer.model import GPT, KVCache, ModelArgs, RMSNorm, apply_rope, lm_loss, rope_tables
 
 

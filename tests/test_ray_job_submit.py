@@ -36,7 +36,7 @@ def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, demo_tok
                 r = subprocess.run(
                     [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.address,
                      "--working-dir", str(REPO), "--",
-                     "python", "-m", "gristmill.trainer.pretrain", "--config", str(config)],
+                     "python", "-m", "gristmill.trainer.job", "--config", str(config)],
                     capture_output=True, text=True, timeout=400, env=cluster.env(),
                 )
                 # the head's job agent registers some seconds after `ray start` returns (longer on a busy

@@ -17,8 +17,8 @@ from gristmill.tokenizer.tokens import TokenDataError, TokenSplit
 from gristmill.trainer import checkpoint as ckpt
 from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_batch_start, val_indices
 from gristmill.trainer.mfu import mfu, peak_flops
-from gristmill.trainer.optim import lr_at
 from gristmill.trainer.model import GPT, KVCache, ModelArgs, flops_per_token, lm_loss, resolve_model_args
+from gristmill.trainer.optim import lr_at
 
 
 def _args(**kw) -> ModelArgs:

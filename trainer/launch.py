@@ -377,3 +377,26 @@ def _check_diverged(run_dir: Path, result) -> None:
         last_good = info.get("last_good_checkpoint") or (result.checkpoint.path if result.checkpoint else None)
         raise TrainingDivergedError(f"{info['message']} ({last_good or 'no checkpoint was written before it'}); "
                                     "lower the learning rate, raise warmup_steps or check the data")
+
+
+def print_summary(task: str, result) -> None:
+    """What a finished training run printed: its last metrics, the loss curve's ends, where things are.
+    Under torchrun (Ray Train's local mode in several processes) rank 0 prints for all."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    m = result.metrics
+    loss = f", loss {m['loss']:.4f}" if "loss" in m else ""
+    val = f", val loss {m['val_loss']:.4f}" if "val_loss" in m else ""
+    ppl = f" (perplexity {m['val_ppl']:.2f})" if "val_ppl" in m else ""
+    # an MLM run's accuracy is over its masked tokens, a classifier's over its examples
+    acc = f", val accuracy {m['val_accuracy']:.3f}" if "val_accuracy" in m else ""
+    print(f"{task}: step {m.get('step', '?')}{loss}{val}{ppl}{acc} in {result.seconds:.0f} s")
+    print(f"final:      {json.dumps(m)}")
+    metrics_path = result.run_dir / "metrics.jsonl"
+    curve = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    curve = [r for r in curve if "loss" in r]
+    if len(curve) >= 2:
+        first, last = curve[0], curve[-1]
+        print(f"loss:       {first['loss']:.3f} at step {first['step']} → {last['loss']:.3f} at step {last['step']}")
+    print(f"metrics:    {metrics_path} (TensorBoard: {result.run_dir / 'tensorboard'})")
+    print(f"checkpoint: {result.checkpoint}")
