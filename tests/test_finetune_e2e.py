@@ -134,14 +134,7 @@ def test_export_chats_correctly_and_never_deletes_a_users_files(sft_checkpoint, 
     assert "sft" in card and "steps" in card and "apply_chat_template" in card
     assert str(REPO) not in card and str(tmp_path) not in card and "/tmp/" not in card  # the card travels
     # its snippet runs as written with the pinned transformers (PATH: where the model was saved)
-    import contextlib
-    import io
-
-    snippet = card.split("```python\n", 1)[1].split("```", 1)[0].replace("PATH", repr(str(out)))
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the card's own code, under test
-    assert printed.getvalue().endswith("\n")
+    assert training.run_card_snippet(out).endswith("\n")
 
     tok = transformers.AutoTokenizer.from_pretrained(out)
     model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

@@ -19,6 +19,7 @@ from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_bat
 from gristmill.trainer.model import GPT, ModelArgs, build_model, document_mask
 from gristmill.trainer.tasks import MLMTask
 
+from . import training
 from .conftest import REPO
 
 VOCAB = 400
@@ -385,6 +386,9 @@ def test_export_gives_a_masked_lm_with_the_native_logits_and_a_fill_mask_pipelin
         best = native(x)[0, pos].softmax(-1).topk(5)
     assert [p["token"] for p in preds] == best.indices.tolist()
     assert json.loads((out / "tokenizer_config.json").read_text())["padding_side"] == "right"
+    # the card's snippet runs as written: five fill-mask predictions printed
+    printed = training.run_card_snippet(out)
+    assert printed.count("'score'") == 5 and str(tmp_path) not in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("pooling", ["first", "mean"])
@@ -416,3 +420,5 @@ def test_an_encoder_classifier_exports_as_sequence_classification_with_equal_log
         theirs = hf(**enc).logits
     assert (mine - theirs).abs().max().item() <= 1e-4
     assert not torch.allclose(mine[0], mine[1])
+    printed = training.run_card_snippet(out)  # the card's snippet: one label of the three, with its score
+    assert "'label'" in printed and any(f"'{c}'" in printed for c in ("de", "en", "fr"))

@@ -124,3 +124,17 @@ def checkpoint_complete(run_dir: Path, step: int) -> bool:
     from gristmill.trainer import checkpoint as ckpt
 
     return ckpt.is_complete(run_dir / f"checkpoint_{step:08d}")
+
+
+def run_card_snippet(export_dir: Path) -> str:
+    """The Python snippet of an exported model card (README.md), run as written with PATH = ``export_dir``:
+    what it prints. The card's own code under test: a user copies it."""
+    import contextlib
+    import io
+
+    card = (export_dir / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0].replace("PATH", repr(str(export_dir)))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the card's own code, under test
+    return printed.getvalue()
