@@ -19,8 +19,7 @@ def test_defaults_are_the_published_thresholds():
     assert cfg.langid.threshold == 0.65
 
 
-@pytest.mark.parametrize("name", ["corpus.yaml", "demo.yaml", "books.yaml", "cls-lid.yaml", "mixture.yaml",
-                                  "ablate.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / name)
     assert isinstance(cfg, GristmillConfig)

@@ -194,3 +194,17 @@ def test_without_muon_groups_it_is_torchs_adamw():
             opt.step()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-6), n
+
+
+def test_generation_with_every_option_gives_the_full_forwards_logits():
+    """The KV-cache path (generate) runs the plain ops: with QK-norm, relu², the soft-cap and the document mask
+    (a prompt is one document) its logits are the full forward's, which ran the CPU kernels."""
+    from gristmill.trainer.model import KVCache
+
+    m = _model(qk_norm=True, mlp="relu2", ffn_hidden=256, logit_softcap=15.0, document_mask=True, eos_id=EOS).eval()
+    x = torch.cat([_ids(5, 24), _ids(6, 24)])
+    with torch.no_grad():
+        full = m(x)
+        cache = KVCache(m.args, 2, 64, "cpu", torch.float32)
+        steps = [m(x[:, :10], cache=cache)] + [m(x[:, t:t + 1], cache=cache) for t in range(10, 24)]
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-4
