@@ -42,7 +42,7 @@ from gristmill.pipelines.decontaminate import Decontaminate, EvaluationSets, loa
 from gristmill.pipelines.progress import CorpusProgress
 from gristmill.pipelines.readers import probe
 from gristmill.pipelines.refresh_index import PublishedCorpus, read_index_rows
-from gristmill.pipelines.resume import WORK_DIR, ReadCleanFileFn
+from gristmill.pipelines.resume import WORK_DIR
 from gristmill.pipelines.runner import (
     check_runner,
     collect_stats,
@@ -51,8 +51,8 @@ from gristmill.pipelines.runner import (
     run_pipeline,
 )
 from gristmill.pipelines.transforms import (
-    FILE_STATS,
     ExactDedup,
+    ReadClean,
     UniqueIds,
     WriteShards,
     apply_id_changes,
@@ -252,14 +252,7 @@ def build_pipeline(
             | "ReadPublishedIndex" >> beam.FlatMap(read_index_rows)
         )
     # read + clean (ReadFiles | Clean, fused so that each file's cleaned documents are kept for a rerun)
-    read = (
-        p
-        | "Inputs" >> beam.Create(plan.files)
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS, pool_workers))
-    )
-    file_stats = read | "FileStats" >> beam.Map(lambda x: x.get(FILE_STATS)) | "OnlyStats" >> beam.Filter(bool)
-    cleaned = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
+    cleaned, file_stats = _read_clean(p, plan, output, cfg, pool_workers)
     if cfg.langid.auto:
         cleaned = cleaned | "LangIdCut" >> beam.Map(langid.cut, dict(langid_thresholds or {}))
     kept = cleaned | "Kept" >> beam.Filter(_is_kept)
@@ -318,17 +311,19 @@ def build_pipeline(
     return written | "AllWritten" >> beam.Flatten()
 
 
+def _read_clean(p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig, pool_workers: int):
+    """The run's input files read and cleaned, each file's work in OUTPUT/_work/: (documents, file stats)."""
+    return p | "Inputs" >> beam.Create(plan.files) | "ReadClean" >> ReadClean(cfg, io.join(output, WORK_DIR),
+                                                                             pool_workers)
+
+
 def build_langid_prepass(p: beam.Pipeline, plan: InputPlan, output: str, cfg: GristmillConfig,
                          pool_workers: int = 1) -> beam.PCollection:
     """``langid.threshold: auto`` needs every language's scores first: read and clean (the per-file work
     lands in ``_work/``, which the main pipeline replays) and count each language's scores exactly
     (``langid_prepass``; pipelines/langid.py turns them into thresholds)."""
     counts = (
-        p
-        | "Inputs" >> beam.Create(plan.files)
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS, pool_workers))
-        | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
+        _read_clean(p, plan, output, cfg, pool_workers)[0]
         | "Scores" >> beam.FlatMap(langid.score_key)
         | "CountScores" >> beam.combiners.Count.PerElement()
     )
@@ -341,11 +336,7 @@ def build_quality_prepass(p: beam.Pipeline, plan: InputPlan, output: str, cfg: G
     lands in ``_work/``, which the main pipeline then replays instead of cleaning again) and count the
     scores into per-language histograms (``quality_prepass``)."""
     bins = (
-        p
-        | "Inputs" >> beam.Create(plan.files)
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadClean" >> beam.ParDo(ReadCleanFileFn(cfg, io.join(output, WORK_DIR), FILE_STATS, pool_workers))
-        | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
+        _read_clean(p, plan, output, cfg, pool_workers)[0]
         | "LangIdCut" >> beam.Map(lambda d: langid.cut(d, langid_thresholds) if langid_thresholds is not None else d)
         | "Kept" >> beam.Filter(_is_kept)
         | "ScoreBins" >> beam.FlatMap(quality.score_key)

@@ -7,12 +7,11 @@ Composed in a row they make a corpus pipeline::
     kept  | NearDedup(cfg.near_dedup, spill_dir)      # near duplicates marked near_dedup:duplicate
     kept  | WriteShards(output, cfg.write)           # Arrow shards OUTPUT/lang=xx/part-NNNNN.arrow
 
-``gristmill corpus`` (:func:`gristmill.pipelines.corpus.build_pipeline`) uses :class:`ExactDedup` and
-:class:`WriteShards` as they are, but not the other two: it fuses reading and cleaning into one DoFn
-with a per-file resume (:class:`gristmill.pipelines.resume.ReadCleanFileFn`: the same reader and
-:class:`~gristmill.pipelines.clean.Cleaner`), and clusters near duplicates with the driver loop of
-:mod:`gristmill.dedupe.rounds` (one pipeline, or the driver's memory, per round) instead of
-:class:`NearDedup`'s rounds unrolled in one pipeline; both share the candidate edges and the marking.
+``gristmill corpus`` (:func:`gristmill.pipelines.corpus.build_pipeline`) uses :class:`ReadClean` (the first two
+fused per file, resumable: the same reader and :class:`~gristmill.pipelines.clean.Cleaner`), :class:`ExactDedup`
+and :class:`WriteShards` as they are, and clusters near duplicates with the driver loop of
+:mod:`gristmill.dedupe.rounds` (one pipeline, or the driver's memory, per round) instead of :class:`NearDedup`'s
+rounds unrolled in one pipeline; both share the candidate edges and the marking.
 tests/test_extend.py holds the composition above to ``gristmill corpus``'s shards, byte for byte.
 
 A document is a dict (:func:`gristmill.documents.new_document`); a step never drops one from the
@@ -37,7 +36,7 @@ from gristmill.pipelines.clean import Cleaner
 from gristmill.pipelines.filters import dedup_key
 from gristmill.pipelines.readers import FileStats, read_file
 
-__all__ = ["Clean", "ExactDedup", "NearDedup", "ReadFiles", "UniqueIds", "WriteShards", "text_hash"]
+__all__ = ["Clean", "ExactDedup", "NearDedup", "ReadClean", "ReadFiles", "UniqueIds", "WriteShards", "text_hash"]
 
 log = logging.getLogger("gristmill.corpus")
 
@@ -90,6 +89,28 @@ class ReadFiles(beam.PTransform):
         docs = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
         if not self.with_file_stats:
             return docs
+        stats = read | "FileStats" >> beam.Map(lambda x: x.get(FILE_STATS)) | "OnlyStats" >> beam.Filter(bool)
+        return docs, stats
+
+
+class ReadClean(beam.PTransform):
+    """``ReadFiles | Clean`` fused per file, resumable: file paths (or (path, source) pairs) → every document read
+    and cleaned, as those two give them, with each file's cleaned documents kept under ``work_dir`` so that a run
+    started again after a crash reuses every file it finished (pipelines/resume.py; on the in-process runner,
+    ``pool_workers`` forked processes do the files). What ``gristmill corpus`` and ``refresh`` read with. Returns
+    ``(documents, file_stats)`` like ``ReadFiles(with_file_stats=True)``; kept documents also carry their
+    exact-dedup hash and, with ``cfg.near_dedup`` on, their MinHash signature (computed where the work is spread)."""
+
+    def __init__(self, cfg: GristmillConfig, work_dir: str, pool_workers: int = 1):
+        super().__init__()
+        self.cfg, self.work_dir, self.pool_workers = cfg, work_dir, pool_workers
+
+    def expand(self, files):
+        from gristmill.pipelines.resume import ReadCleanFileFn  # it uses this module's text hash
+
+        read = (files | "SpreadFiles" >> beam.Reshuffle()
+                | "ReadClean" >> beam.ParDo(ReadCleanFileFn(self.cfg, self.work_dir, FILE_STATS, self.pool_workers)))
+        docs = read | "Docs" >> beam.Filter(lambda x: FILE_STATS not in x)
         stats = read | "FileStats" >> beam.Map(lambda x: x.get(FILE_STATS)) | "OnlyStats" >> beam.Filter(bool)
         return docs, stats
 

@@ -13,7 +13,7 @@ from gristmill.config import ConfigError, GristmillConfig, load_config
 from gristmill.documents import new_document, open_corpus, read_manifest
 from gristmill.pipelines.clean import Cleaner, stages
 from gristmill.pipelines.corpus import run_corpus
-from gristmill.pipelines.transforms import Clean, ExactDedup, NearDedup, ReadFiles, WriteShards
+from gristmill.pipelines.transforms import Clean, ExactDedup, NearDedup, ReadClean, ReadFiles, WriteShards
 
 from . import extension_filters
 from .conftest import DEMO_CONFIG, REPO, SAMPLE, cli_env, run_cli
@@ -126,16 +126,21 @@ def _is_kept(d) -> bool:
 
 
 @pytest.mark.slow
-def test_public_transforms_compose_into_the_corpus_pipeline(tmp_path):
-    """ReadFiles | Clean | ExactDedup | NearDedup | WriteShards in a pipeline of one's own writes the
-    same kept shards, byte for byte, as `gristmill corpus` on the same files and config."""
+@pytest.mark.parametrize("read", ["ReadFiles | Clean", "ReadClean"])
+def test_public_transforms_compose_into_the_corpus_pipeline(tmp_path, read):
+    """ReadFiles | Clean (or ReadClean, what `gristmill corpus` reads with) | ExactDedup | NearDedup | WriteShards
+    in a pipeline of one's own writes the same kept shards, byte for byte, as `gristmill corpus` on the same
+    files and config."""
     cfg = load_config(DEMO_CONFIG)
     files = [PARQUET, str(SAMPLE / "cc-main-2024-22-whirlwind.warc.wet.gz"), str(SAMPLE / "wget-2024-04-25.warc.gz")]
     reference = run_corpus(files, str(tmp_path / "reference"), cfg, progress=False)
     own = tmp_path / "own"
     with beam.Pipeline(runner="DirectRunner") as p:
-        docs = (p | beam.Create([(f, f.rsplit("/", 1)[1]) for f in files])
-                | ReadFiles(cfg.read) | Clean(cfg))
+        paths = p | beam.Create([(f, f.rsplit("/", 1)[1]) for f in files])
+        if read == "ReadClean":
+            docs, _ = paths | ReadClean(cfg, str(tmp_path / "work"))
+        else:
+            docs = paths | ReadFiles(cfg.read) | Clean(cfg)
         kept = docs | "Kept" >> beam.Filter(_is_kept)
         unique = kept | ExactDedup() | "Unique" >> beam.Filter(_is_kept)
         distinct = unique | NearDedup(cfg.near_dedup, str(tmp_path / "spill")) | "Distinct" >> beam.Filter(_is_kept)
