@@ -676,13 +676,16 @@ class PretrainConfig(LoopConfig):
     #: muon: the peak learning rate of the Muon matrices (scheduled as ``lr``: warmup, cosine to min_lr/lr of it);
     #: None = ``lr`` (Muon's updates are scaled to AdamW's RMS, so one rate serves both)
     muon_lr: float | None = Field(default=None, gt=0)
+    #: where token shards on an object store (``data: s3://...``) are copied, once per node, to be memory-mapped;
+    #: None = $GRISTMILL_CACHE/tokens, else ~/.cache/gristmill/tokens (tokenizer/cache.py)
+    data_cache: str | None = None
 
     @model_serializer(mode="wrap")
     def _omit_no_mixture(self, handler):
         data = handler(self)  # added later: out of the dump while empty / at the default (fingerprints unchanged)
         if not self.mixture:
             data.pop("mixture", None)
-        return _without_defaults(self, data, ("optimizer", "muon_lr"))
+        return _without_defaults(self, data, ("optimizer", "muon_lr", "data_cache"))
 
 
 class _FinetuneConfig(LoopConfig):

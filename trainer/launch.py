@@ -22,7 +22,7 @@ import torch
 from gristmill.config import GristmillConfig, LoopConfig
 from gristmill.errors import at_stop, reinstall_stop_handlers
 from gristmill.outputs import recorded_run
-from gristmill.tokenizer.tokens import read_token_manifest
+from gristmill.tokenizer.cache import token_manifest
 from gristmill.trainer import TrainingDivergedError
 from gristmill.trainer import checkpoint as ckpt
 from gristmill.trainer.data import BatchPlan, DataError
@@ -89,7 +89,7 @@ def _prepare_mixture(p, section_tree: dict, section: str) -> tuple[str, dict]:
         path = _abs(src.data)
         section_tree["mixture"][k]["data"] = path
         try:
-            manifests[src.name] = read_token_manifest(path)
+            manifests[src.name] = token_manifest(path)
         except (OSError, ValueError) as e:
             raise DataError(f"{section}.mixture source {src.name!r}: {e}") from None
         sources.append(MixtureSource(src.name, src.weight, int(manifests[src.name]["splits"]["train"]["sequences"]),
@@ -124,7 +124,7 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
                             "or --set pretrain.data=TOKENS (a directory written by `gristmill tokenize`)")
         else:
             data = _abs(p.data)
-            manifest = read_token_manifest(data)
+            manifest = token_manifest(data)
             tree[section]["data"] = data
         args = resolve_model_args(cfg.model, vocab_size=int(manifest["vocab_size"]), seq_len=int(manifest["seq_len"]))
         if manifest["splits"]["train"]["sequences"] == 0:

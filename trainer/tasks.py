@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from gristmill.config import GristmillConfig, LoopConfig
+from gristmill.tokenizer.cache import local_tokens
 from gristmill.tokenizer.tokens import TokenSplit, read_token_manifest
 from gristmill.trainer.data import mlm_mask, val_indices
 from gristmill.trainer.model import ModelArgs, document_mask, lm_loss
@@ -177,12 +178,14 @@ def build_task(task: str, cfg: GristmillConfig, tokenizer_dir: str | None, args:
             from gristmill.trainer.mixture import MixedSplit
 
             names = [s.name for s in p.mixture]
-            train = MixedSplit([TokenSplit(s.data, "train") for s in p.mixture], names,
+            dirs = [local_tokens(s.data, p.data_cache) for s in p.mixture]  # an object store's: copied once per node
+            train = MixedSplit([TokenSplit(d, "train") for d in dirs], names,
                                [s.weight for s in p.mixture], [s.max_epochs for s in p.mixture])
-            val = MixedSplit([TokenSplit(s.data, "val") for s in p.mixture], names)
+            val = MixedSplit([TokenSplit(d, "val") for d in dirs], names)
         else:
-            manifest = read_token_manifest(p.data)
-            train, val = TokenSplit(p.data, "train", manifest), TokenSplit(p.data, "val", manifest)
+            data = local_tokens(p.data, p.data_cache)  # an object store's: copied once per node
+            manifest = read_token_manifest(data)
+            train, val = TokenSplit(data, "train", manifest), TokenSplit(data, "val", manifest)
         if args is not None and args.objective == "mlm":
             sp = spm.SentencePieceProcessor(model_file=str(Path(tokenizer_dir) / "tokenizer.model"))
             specials = tuple(i for i in (sp.bos_id(), sp.eos_id(), sp.pad_id()) if i >= 0)
