@@ -21,13 +21,11 @@ from types import MappingProxyType
 from gristmill.config import BUILTIN_CLEAN_STAGES, ConfigError, GopherQualityConfig, GristmillConfig
 from gristmill.pipelines import filters, langid, language_table, quality, words
 
-#: the built-in rules after language ID, in order: (stage = config section, filter function)
-RULES = (
-    ("gopher_repetition", filters.gopher_repetition),
-    ("gopher_quality", filters.gopher_quality),
-    ("c4_lines", filters.c4_lines),
-    ("fineweb_quality", filters.fineweb_quality),
-)
+#: the built-in rules after language ID: (stage = config section, filter function), in the order the config
+#: states once for every stage (gristmill.config.BUILTIN_CLEAN_STAGES)
+_RULE_FUNCTIONS = {"gopher_repetition": filters.gopher_repetition, "gopher_quality": filters.gopher_quality,
+                   "c4_lines": filters.c4_lines, "fineweb_quality": filters.fineweb_quality}
+RULES = tuple((stage, _RULE_FUNCTIONS[stage]) for stage in BUILTIN_CLEAN_STAGES if stage in _RULE_FUNCTIONS)
 _ENGLISH_STOP_WORDS = GopherQualityConfig.model_fields["stop_words"].default
 
 #: funnel order of the stages a document can be dropped in (reason = "<stage>:<rule>"); custom
