@@ -179,3 +179,35 @@ def test_chinese_spam_mojibake_and_porn_pages_of_a_real_crawl_are_dropped():
     assert sum(1 for d in zh_before if d["reason"] is None) >= 5
     assert [d["reason"] for d in zh_now if d["reason"] is None] == []
     assert {d["reason"].split(":")[0] for d in zh_now} >= {"gopher_quality", "fineweb_quality"}
+
+
+def _spam_pages(sentences: list[str], lang: str) -> dict[str, str]:
+    """Pages of the kinds a crawl's spam is made of, built from a language's real sentences: keyword stuffing (the
+    same few words over and over), a link farm (a menu of short word lines), and mojibake (the text in its legacy
+    encoding read as Windows-1252, which Unicode repair cannot undo)."""
+    toks = [t for t in words.tokens_of(" ".join(sentences[:40]), lang) if any(c.isalpha() for c in t)]
+    keywords = toks[:6]
+    sep = "" if lang in ("zh", "ja") else " "
+    stuffed = "\n".join(sep.join(keywords) for _ in range(30))
+    menu = "\n".join(sep.join(toks[i:i + 2]) for i in range(0, 120, 2))
+    legacy = {"ja": "shift_jis", "zh": "gb18030", "ko": "euc_kr", "th": "tis_620"}[lang]
+    body = "\n".join(sentences[40:56])
+    mojibake = body.encode(legacy, "replace").decode("cp1252", "replace")
+    return {"keyword stuffing": stuffed, "link farm": menu, "mojibake": mojibake}
+
+
+@pytest.mark.parametrize("lang", ["zh", "ja", "th", "ko"])
+def test_spam_and_mojibake_pages_are_dropped_and_prose_kept_in_scripts_without_latin_words(lang):
+    """Built from the language's real sentences (Leipzig): stuffed keywords, a link farm and mojibake are each
+    dropped, with a reason, while the same sentences as prose are kept."""
+    sentences = []
+    with open(shared("lid/lingua_testdata_sentences.tsv"), encoding="utf-8") as f:
+        next(f)
+        sentences = [r.rstrip("\n").partition("\t")[2] for r in f if r.startswith(lang + "\t")]
+    cleaner = Cleaner(GristmillConfig())
+    sep = "" if lang in ("zh", "ja") else " "
+    prose = "\n".join(sep.join(sentences[56 + 4 * i: 60 + 4 * i]) for i in range(4))
+    assert cleaner.process(new_document("prose", prose, "t"))["reason"] is None
+    for kind, text in _spam_pages(sentences, lang).items():
+        doc = cleaner.process(new_document(kind, text, "t"))
+        assert doc["reason"], (lang, kind, text[:80])
