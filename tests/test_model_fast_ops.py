@@ -151,3 +151,11 @@ def test_compile_and_autocast_take_the_plain_ops():
         assert torch.equal(y, _rms_reference(h, model.layers[0].attn_norm.weight, model.args.norm_eps))
         logits = model(x)
         assert logits.dtype == torch.bfloat16 and lm_loss(logits, x).grad_fn.name() != "CrossEntropyCPUBackward"
+
+
+def test_softcap_in_place_gives_the_plain_values_and_gradients():
+    torch.manual_seed(0)
+    z = (torch.randn(6, 50, dtype=torch.float64) * 40).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: C.SoftcapCPU.apply(t * 1.0, 15.0), (z,))  # t * 1: not a leaf
+    y = C.SoftcapCPU.apply(z * 1.0, 15.0)
+    assert torch.allclose(y, 15.0 * torch.tanh(z / 15.0)) and y.abs().max() < 15.0

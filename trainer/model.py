@@ -340,7 +340,8 @@ class GPT(nn.Module):
         logits = self.lm_head(h if select is None else h[select])
         if self.args.logit_softcap:
             cap = self.args.logit_softcap
-            logits = torch.tanh(logits / cap) * cap
+            logits = (cpu_ops.SoftcapCPU.apply(logits, cap) if cpu_ops.eager_cpu(logits)
+                      else torch.tanh(logits / cap) * cap)
         return logits
 
     def num_params(self, embedding: bool = True) -> int:
