@@ -58,13 +58,13 @@ def sft_documents(sft: Path):
         yield f"gsm8k_train/{k:05d}", f"User: {rec['question']}\n\nAssistant: {rec['answer']}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data" / "text"))
     ap.add_argument("--output", default=str(REPO / "runs" / "books" / "books.jsonl"))
     ap.add_argument("--chars", type=int, default=6000)
     ap.add_argument("--sft-output", help="also write SFT-style text (../shared/data/sft) as documents here")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.sft_output:
         sft_out = Path(a.sft_output)
         sft_out.parent.mkdir(parents=True, exist_ok=True)
