@@ -55,6 +55,11 @@ def test_muon_with_every_option_learns_and_resumes_exactly_on_one_and_two_ranks(
     api.pretrain(cfg)
     assert training.resumed_from(one) == [4]
     _assert_equal(training.final_weights(one, 8), whole)
+    # resubmitted for more steps with another optimizer: refused, saying how to resume
+    other = _tree(tmp_path, "one", demo_tokens64, max_steps=12)
+    other["pretrain"]["optimizer"] = "adamw"
+    with pytest.raises(Exception, match="trained with optimizer muon and the config says adamw"):
+        api.pretrain(training.load(training.write_config(tmp_path / "other.yaml", other)))
 
     fsdp_cfg = training.write_config(tmp_path / "fsdp.yaml", _tree(tmp_path, "fsdp", demo_tokens64, parallel="fsdp"))
     r = training.torchrun("pretrain", fsdp_cfg)

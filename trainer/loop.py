@@ -34,7 +34,7 @@ from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_bat
 from gristmill.trainer.metrics import MetricsLog, progress_bar
 from gristmill.trainer.mfu import cpu_has_native_bf16, mfu, peak_flops
 from gristmill.trainer.model import GPT, ModelArgs, build_model, flops_per_token
-from gristmill.trainer.optim import build_optimizer, lr_at
+from gristmill.trainer.optim import build_optimizer, check_same_optimizer, lr_at
 from gristmill.trainer.parallel import node_ip, quiet_ray_train_reports, wrap
 from gristmill.trainer.plots import refresh_plot
 from gristmill.trainer.tasks import TASK_SECTIONS, ClsTask, LMTask, MLMTask, all_sum, build_task
@@ -160,6 +160,8 @@ def resume(run: _Run) -> None:
         for why in skipped:
             log.warning("not resuming from %s; taking an older checkpoint", why)
     newest_step = ckpt.read_state(newest)["step"] if newest is not None else -1
+    if newest is not None:
+        check_same_optimizer(ckpt.read_state(newest), newest, p)
     checkpoint = ray.train.get_checkpoint() if not run.local_mode else None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -333,6 +335,7 @@ def save(run: _Run) -> None:
     name = f"checkpoint_{run.step:08d}"
     state = {"step": run.step, "samples": run.samples, "tokens_seen": run.tokens_seen, "batch_size": p.batch_size,
              "seed": p.seed, "world_size": run.world, "scheduler": {"step": run.step, "lr": lr_at(run.step, p)},
+             "optimizer": getattr(p, "optimizer", "adamw"),
              "metrics": metrics_now, "task": run.task_name, "init_checkpoint": run.init_checkpoint,
              "classes": getattr(run.task, "classes", None)}
     config, tok_dir = run.loop_config["config"], run.loop_config.get("tokenizer_dir")

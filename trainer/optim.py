@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from gristmill.config import LoopConfig
+from gristmill.trainer.data import DataError
 
 
 def lr_at(step: int, p: LoopConfig) -> float:
@@ -35,3 +37,13 @@ def build_optimizer(model: torch.nn.Module, p: LoopConfig, device: torch.device)
     groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), eps=1e-8, **extra)
+
+
+def check_same_optimizer(state: dict, path: Path, p: LoopConfig) -> None:
+    """A run resumes with the optimizer it started with: another one's state does not fit (checkpoints before
+    ``pretrain.optimizer`` existed are AdamW's)."""
+    was, now = state.get("optimizer", "adamw"), getattr(p, "optimizer", "adamw")
+    if was != now:
+        raise DataError(f"{path} was trained with optimizer {was} and the config says {now}: its optimizer state "
+                        f"cannot continue under another optimizer. Set pretrain.optimizer: {was} to resume this run, "
+                        "or start a new one (another pretrain.name, or init from it with a fine-tuning command)")
