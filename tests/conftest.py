@@ -172,8 +172,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 #: test modules by their time in a fresh-clone run (docs/development.md: `.ci/durations.py`), longest first
-LONGEST_MODULES = ("test_trainer_e2e", "test_ablate", "test_near_dedup", "test_trainer_kill", "test_ray_job_submit",
-                   "test_object_store", "test_ops_refresh", "test_mlm_e2e", "test_parquet_output", "test_corpus_e2e")
+LONGEST_MODULES = ("test_trainer_e2e", "test_ablate", "test_ray_job_submit", "test_trainer_kill", "test_object_store",
+                   "test_near_dedup", "test_mlm_e2e", "test_ops_refresh", "test_dask_cluster", "test_corpus_e2e",
+                   "test_parquet_output", "test_docs", "test_langid_auto", "test_speedrun_e2e", "test_decontaminate",
+                   "test_wheel", "test_package")
 
 
 def shared(rel: str) -> Path:

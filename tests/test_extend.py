@@ -125,15 +125,26 @@ def _is_kept(d) -> bool:
     return not d["reason"]
 
 
+COMPOSED_FILES = [PARQUET, str(SAMPLE / "cc-main-2024-22-whirlwind.warc.wet.gz"),
+                  str(SAMPLE / "wget-2024-04-25.warc.gz")]
+
+
+@pytest.fixture(scope="module")
+def reference_corpus(tmp_path_factory):
+    """`gristmill corpus` on three of the sample's files with the demo config: what a composition must equal."""
+    out = tmp_path_factory.mktemp("reference") / "corpus"
+    return out, run_corpus(COMPOSED_FILES, str(out), load_config(DEMO_CONFIG), progress=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("read", ["ReadFiles | Clean", "ReadClean"])
-def test_public_transforms_compose_into_the_corpus_pipeline(tmp_path, read):
+def test_public_transforms_compose_into_the_corpus_pipeline(tmp_path, read, reference_corpus):
     """ReadFiles | Clean (or ReadClean, what `gristmill corpus` reads with) | ExactDedup | NearDedup | WriteShards
     in a pipeline of one's own writes the same kept shards, byte for byte, as `gristmill corpus` on the same
     files and config."""
     cfg = load_config(DEMO_CONFIG)
-    files = [PARQUET, str(SAMPLE / "cc-main-2024-22-whirlwind.warc.wet.gz"), str(SAMPLE / "wget-2024-04-25.warc.gz")]
-    reference = run_corpus(files, str(tmp_path / "reference"), cfg, progress=False)
+    files = COMPOSED_FILES
+    reference_dir, reference = reference_corpus
     own = tmp_path / "own"
     with beam.Pipeline(runner="DirectRunner") as p:
         paths = p | beam.Create([(f, f.rsplit("/", 1)[1]) for f in files])
@@ -148,4 +159,4 @@ def test_public_transforms_compose_into_the_corpus_pipeline(tmp_path, read):
     ours = sorted(p.relative_to(own) for p in own.rglob("*.arrow"))
     assert ours and ours == [type(ours[0])(s["path"]) for s in reference.manifest["shards"]]
     for rel in ours:
-        assert (own / rel).read_bytes() == (tmp_path / "reference" / rel).read_bytes(), rel
+        assert (own / rel).read_bytes() == (reference_dir / rel).read_bytes(), rel

@@ -308,7 +308,7 @@ def test_non_convergence_is_a_clear_error():
     cfg = load_config(None, ["near_dedup.max_rounds=3"])
     stats = {
         "counts": {"read": 1, "kept": 1, "lang_kept\x00en": 1},
-        "files": [{"documents": 1}],
+        "files": [{"documents": 1, "source": "a.jsonl"}],
         "shards": [], "rejected_shards": [], "index_shards": [], "id_changes": [],
         "cc_rounds": [["round-01", 10], ["round-02", 4], ["round-03", 1]],
     }

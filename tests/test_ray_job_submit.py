@@ -29,6 +29,7 @@ def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, demo_tok
         def cfg_file(steps: int) -> Path:
             tree = training.small_pretrain(tmp_path, "cluster", data=str(demo_tokens64), num_workers=2,
                                            placement_strategy="SPREAD", max_steps=steps, log_every=5, eval_every=10)
+            tree["model"] = {"preset": "tiny"}  # the cluster is under test, not the model
             return training.write_config(tmp_path / f"cluster-{steps}.yaml", tree)
 
         def submit(config: Path) -> None:

@@ -110,6 +110,30 @@ def test_the_demo_runs_its_first_step_from_an_installed_wheel(installed, tmp_pat
     assert not (elsewhere / "demo" / "tokenizer").exists()  # --until corpus: the first step only
 
 
+@pytest.mark.slow
+def test_the_installed_wheel_imports_every_stage_from_itself_and_scores_with_its_quality_model(installed, tmp_path):
+    """The wheel in a fresh virtual environment (its dependencies borrowed from this one's site-packages, without
+    this one's editable gristmill) works away from the repository: every stage imported from the wheel, and a
+    corpus run with the shipped quality classifier (package data)."""
+    python = installed / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    code = ("import json, gristmill, gristmill.pipelines.corpus, gristmill.dedupe.minhash, gristmill.tokenizer.train, "
+            "gristmill.trainer.loop; print(json.dumps([gristmill.__file__, gristmill.pipelines.corpus.__file__]))")
+    r = subprocess.run([str(python), "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert all(p.startswith(str(site)) for p in json.loads(r.stdout.strip().splitlines()[-1]))
+    r = subprocess.run([str(installed / "gristmill"), "corpus", "--input",
+                        str(REPO / "sample/crawl/ccnet-cc-main-2020-16.parquet"), "--output", str(work / "corpus"),
+                        "-q", "--set", "clean.quality.enabled=true"], cwd=work, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((work / "corpus" / "manifest.json").read_text())
+    assert manifest["counts"]["read"] == 20 and manifest["quality"]["languages"]  # the shipped model scored them
+
+
 @pytest.mark.budget
 def test_the_whole_demo_runs_from_an_installed_wheel(installed, tmp_path):
     elsewhere = tmp_path / "elsewhere"
