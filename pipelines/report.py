@@ -415,13 +415,17 @@ KEPT, DROPPED, STAGE = "#54a24b", "#e45756", "#4c78a8"
 TOP_DROP_LANGUAGES = 10
 
 
-def _share_bar(part: int, whole: int, width: int = 80) -> str:
-    """A small inline bar: the kept share of a file's documents (green) against the dropped (red)."""
-    if not whole:
-        return ""
+def _svg_bar(part: float, whole: float, width: int, fill: str, background: str, label: str | None = None) -> str:
+    """A small inline bar: ``part`` of ``whole`` in ``fill`` over ``background``."""
     w = round(width * part / whole)
-    return (f'<svg width="{width}" height="10" aria-label="{part / whole:.0%} kept"><rect width="{width}" '
-            f'height="10" fill="{DROPPED}"/><rect width="{w}" height="10" fill="{KEPT}"/></svg>')
+    aria = f' aria-label="{label}"' if label else ""
+    return (f'<svg width="{width}" height="10"{aria}><rect width="{width}" height="10" fill="{background}"/>'
+            f'<rect width="{w}" height="10" fill="{fill}"/></svg>')
+
+
+def _share_bar(part: int, whole: int, width: int = 80) -> str:
+    """The kept share of a file's documents (green) against the dropped (red)."""
+    return _svg_bar(part, whole, width, KEPT, DROPPED, f"{part / whole:.0%} kept") if whole else ""
 
 
 def _section(anchor: str, title: str, body: str) -> str:
@@ -478,11 +482,7 @@ def _clean_steps(manifest: dict, timings: list[dict] | None) -> str:
 
 
 def _share_bar_time(sec: float, total: float, width: int = 120) -> str:
-    if not total:
-        return ""
-    w = round(width * sec / total)
-    return (f'<svg width="{width}" height="10"><rect width="{width}" height="10" fill="#eee"/>'
-            f'<rect width="{w}" height="10" fill="{STAGE}"/></svg> {sec / total:.0%}')
+    return f"{_svg_bar(sec, total, width, STAGE, '#eee')} {sec / total:.0%}" if total else ""
 
 
 def _examples(manifest: dict) -> str:
