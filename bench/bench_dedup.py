@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -141,9 +140,8 @@ def lsh_replica(docs: list[dict], cfg: NearDedupConfig, jac: dict, max_members: 
 def beam_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args=("--runner", "DirectRunner")) -> list[dict]:
     """gristmill's near_dedup on Beam; returns id, source, cluster_id, cluster_size, reason per doc."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    from gristmill.dedupe.beam import near_dedup
+    from gristmill.pipelines.near_dedup import near_dedup
 
     fd, path = tempfile.mkstemp(suffix=".jsonl")
     os.close(fd)
@@ -157,10 +155,9 @@ def beam_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args=("--runner
                 f.write(json.dumps({k: d[k] for k in ("id", "source", "cluster_id", "cluster_size", "reason")}) + "\n")
 
     inputs = [{k: v for k, v in d.items() if not k.startswith("_")} for d in docs]
-    with tempfile.TemporaryDirectory() as spill_dir:
-        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
-            clustered, _ = near_dedup(p | beam.Create(inputs, reshuffle=False), cfg, spill_dir)
-            _ = clustered | beam.ParDo(Collect(path))
+    # what gristmill corpus runs: NearDedupEdges, the rounds until converged, MarkNearDuplicates
+    near_dedup(lambda p: p | beam.Create(inputs, reshuffle=False), lambda marked: marked | beam.ParDo(Collect(path)),
+               cfg, tempfile.mkdtemp(prefix="near-dedup-"), list(beam_args))
     with open(path) as f:
         out = [json.loads(line) for line in f]
     os.unlink(path)
@@ -422,7 +419,7 @@ def cmd_scale_run(args) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from gristmill.dedupe.beam import near_dedup
+    from gristmill.pipelines.near_dedup import near_dedup
 
     # the in-process runner logs each bundle's stage at DEBUG: the parent reads progress and per-stage times from it
     handler = logging.StreamHandler(sys.stderr)
@@ -447,18 +444,22 @@ def cmd_scale_run(args) -> None:
     print(f"{time.time():.3f} CONFIG bands x rows {mh.lsh_params(cfg)}, verify {cfg.verify}, "
           f"all_pairs_max {all_pairs_max(cfg)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner", *args.beam_args]))
-    docs = (p | beam.io.ReadFromText(str(Path(args.data) / "part-*.jsonl")) | "Parse" >> beam.Map(json.loads)
-            | "Progress" >> beam.Map(_progress))
-    spill_dir = tempfile.mkdtemp(prefix="spill-", dir=out.parent)
+    beam_args = ["--runner", "DirectRunner", *args.beam_args]
+
+    def read(p):
+        return (p | beam.io.ReadFromText(str(Path(args.data) / "part-*.jsonl")) | "Parse" >> beam.Map(json.loads)
+                | "Progress" >> beam.Map(_progress))
+
+    def count(docs, summary):
+        _ = docs | beam.FlatMap(summary) | beam.CombinePerKey(sum) | beam.combiners.ToList() | beam.Map(write)
+
     if args.baseline:
-        counted = docs | beam.Map(lambda d: ("docs", 1))
-    else:
-        clustered, _ = near_dedup(docs, cfg, spill_dir)
-        counted = clustered | beam.FlatMap(summarise)
-    _ = counted | beam.CombinePerKey(sum) | beam.combiners.ToList() | beam.Map(write)
-    p.run().wait_until_finish()
-    shutil.rmtree(spill_dir)
+        p = beam.Pipeline(options=PipelineOptions(beam_args))
+        count(read(p), lambda d: [("docs", 1)])
+        p.run().wait_until_finish()
+    else:  # what gristmill corpus runs: NearDedupEdges, the rounds until converged, MarkNearDuplicates
+        near_dedup(read, lambda marked: count(marked, summarise), cfg,
+                   tempfile.mkdtemp(prefix="near-dedup-", dir=out.parent), beam_args)
     wall = time.perf_counter() - t0
     ru_self = resource.getrusage(resource.RUSAGE_SELF)
     ru_children = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -3,7 +3,8 @@
 
 signatures → (band, band key) buckets → edges to each bucket's smallest member → optional exact
 Jaccard verification (one join of the edges with the documents' compressed texts, one group of the
-candidates' shingle sets) → connected components by alternating large-star / small-star rounds →
+candidates' shingle sets) → connected components by alternating large-star / small-star rounds
+(:mod:`~gristmill.dedupe.rounds`; pipelines/near_dedup.py runs the whole) →
 cluster sizes from the labels alone → (cluster, size) routed to the spill file holding each
 document → each file's documents marked: all but each cluster's smallest member are
 ``near_dedup:duplicate``.
@@ -154,10 +155,11 @@ def _cluster_info(item):
 SPILL_FILE_DOCS = 4096
 
 
-class _SpillDocumentsFn(beam.DoFn):
+class SpillFilesFn(beam.DoFn):
     """Writes the documents, packed, to temporary Arrow files of at most ``docs_per_file`` as they
-    arrive, and yields (node, ("f", file)) for each: the documents wait on disk, not in the runner,
-    until their clusters are known. A file is written (atomically) before its bundle's outputs are
+    arrive, and outputs each file's path once, with its first document: the documents wait on disk,
+    not in the runner, until their clusters are known, and the nodes are read back from the files
+    (:func:`spill_locations`). A file is written (atomically) before its bundle's outputs are
     committed, so every file named downstream exists; a retried bundle leaves an unnamed orphan,
     removed with the directory."""
 
@@ -170,10 +172,9 @@ class _SpillDocumentsFn(beam.DoFn):
     def process(self, doc):
         if self._path is None:
             self._path = io.join(self.spill_dir, f"{uuid.uuid4().hex}.arrow")
-        node = _node(doc)
-        self._nodes.append(node)
+            yield self._path
+        self._nodes.append(_node(doc))
         self._docs.append(pack_document(doc))
-        yield node, ("f", self._path)
         if len(self._nodes) >= self.docs_per_file:
             self._flush()
 
@@ -185,6 +186,13 @@ class _SpillDocumentsFn(beam.DoFn):
         table = pa.table({"node": pa.array(self._nodes, pa.string()), "doc": pa.array(self._docs, pa.binary())})
         io.write_bytes_atomic(self._path, io.table_bytes(table, "file", io.WORK_COMPRESSION))
         self._path, self._nodes, self._docs = None, [], []
+
+
+def spill_locations(path: str):
+    """One spill file → (node, ("f", path)) for each document in it."""
+    for batch in io.iter_batches(path, ["node"]):
+        for node in batch.column("node").to_pylist():
+            yield node, ("f", path)
 
 
 def _route_to_file(item):
@@ -218,19 +226,6 @@ def _mark_file(item):
 def _round_key(marker):
     _, (r, _step, _node, n) = marker
     return f"round-{r:02d}", n
-
-
-def connected_components(edges, max_rounds: int, label: str = "CC"):
-    """Alternating large-star / small-star, ``max_rounds`` rounds in one linear chain.
-
-    Returns (labels, changes): labels are (node, component minimum) for every node with an edge
-    but the minimum; changes are ("round-kk", n) for the rounds that changed n > 0 edges, so the
-    driver can check that the last round changed nothing (converged) and say so if not.
-    """
-    current = edges | f"{label}Norm0" >> beam.Map(cc.larger_first) | f"{label}Distinct0" >> beam.Distinct()
-    for r in range(1, max_rounds + 1):
-        current = star_round(current, r, label)
-    return split_markers(current, label)
 
 
 def star_round(edges, r: int, label: str):
@@ -322,56 +317,3 @@ def mark_documents(labels, locations, label: str = "NearDedup"):
         | f"{label}FileGroup" >> beam.GroupByKey()
         | f"{label}Mark" >> beam.FlatMap(_mark_file)
     )
-
-
-def near_dedup(docs, cfg, spill_dir: str, label: str = "NearDedup", published=None,
-               spill_file_docs: int = SPILL_FILE_DOCS):
-    """Returns (documents with cluster_id/cluster_size, near duplicates marked; round changes), in
-    one pipeline (``cfg.max_rounds`` clustering rounds in its graph: see :mod:`gristmill.dedupe.rounds`
-    for the form ``gristmill corpus`` runs, which stops when the clustering has converged).
-
-    ``spill_dir``: a directory (local or any Beam filesystem every worker reaches) where the
-    documents wait, packed, while their clusters are computed; the caller removes it after the
-    pipeline has run. ``spill_file_docs``: documents per spill file (what the last step holds
-    the labels of).
-
-    ``published``: index rows of a published corpus (refresh). Its documents join the buckets and
-    the clustering but are never output; a new document clustered with one is marked
-    ``near_dedup:published_duplicate``. Their signatures stand in for their shingles when a
-    candidate pair is verified (estimated instead of exact Jaccard): a refresh never reads or
-    re-signs the published text.
-    """
-    docs, edges = candidate_edges(docs, cfg, published, label)
-    labels, changes = connected_components(edges, cfg.max_rounds, f"{label}CC")
-    locations = docs | f"{label}SpillDocs" >> beam.ParDo(_SpillDocumentsFn(spill_dir, spill_file_docs))
-    return mark_documents(labels, locations, label), changes
-
-
-class NearDedup(beam.PTransform):
-    """Public transform: documents → the same documents with ``cluster_id`` and ``cluster_size``,
-    all but the smallest (id, source) of each cluster marked ``near_dedup:duplicate``.
-
-    Give it the documents still kept (``reason`` None): each gets a MinHash signature from its
-    ``text``. ``spill_dir`` is a directory every worker can write (the documents wait there while
-    their clusters are computed; delete it after the pipeline has run). With
-    ``with_round_changes=True`` the output is ``(documents, changes)``, ``changes`` holding
-    ``("round-kk", n)`` for each connected-components round that changed n edges: a run converged
-    when the last of the ``max_rounds`` rounds changed nothing.
-    ``published``: index rows of a published corpus to deduplicate against (a refresh).
-
-    ``gristmill corpus`` does not run this transform: it clusters with the driver loop of
-    :mod:`gristmill.dedupe.rounds` (the same candidate edges, rounds and marking, but a pipeline, or
-    the driver's memory, per round, stopping at the first round that changes nothing);
-    tests/test_near_dedup.py holds both clusterings to union-find's components.
-    """
-
-    def __init__(self, cfg, spill_dir: str, published=None, with_round_changes: bool = False,
-                 spill_file_docs: int = SPILL_FILE_DOCS):
-        super().__init__()
-        self.cfg, self.spill_dir, self.published = cfg, spill_dir, published
-        self.with_round_changes, self.spill_file_docs = with_round_changes, spill_file_docs
-
-    def expand(self, docs):
-        out, changes = near_dedup(docs, self.cfg, self.spill_dir, label="", published=self.published,
-                                  spill_file_docs=self.spill_file_docs)
-        return (out, changes) if self.with_round_changes else out

@@ -1,25 +1,17 @@
-"""Near-dedup as ``gristmill corpus`` runs it: clustering rounds that stop when converged.
+"""Near-dedup's clustering rounds, one at a time (pipelines/near_dedup.py runs them, for
+``gristmill corpus`` and for any caller).
 
-A Beam graph is fixed before it runs, so a one-pipeline clustering (:func:`~gristmill.dedupe.beam.near_dedup`)
-must contain ``max_rounds`` rounds of large-star / small-star, three shuffles each, whether the
-graph needs them or not (web crawls typically converge in 2–4 of the 8). Here the work is split at
-the clustering instead, into pipelines the driver runs one after the other:
+A Beam graph is fixed before it runs, so the clustering is split from the pipelines around it: the
+first one writes the verified candidate edges to edge files (:class:`WriteEdgesFn`); then each round
+of large-star / small-star (:func:`one_round`, the markers of :mod:`~gristmill.dedupe.components`
+counting the edges it changed) reads the last round's edge files and writes the next round's, as a
+small pipeline of its own, or, while the graph is small (at most :data:`IN_MEMORY_MAX_EDGES` edges), in
+the driver's memory (:func:`one_round_in_memory`: the same functions on the same groups, so the same
+labels and change counts). The driver stops after the first round that changed nothing (its output
+equals its input: the fixed point, whose edges are the labels).
 
-1. the main pipeline signs the documents, spills them to files (:class:`SpillFilesFn`) and writes
-   the verified candidate edges to edge files (:class:`WriteEdgesFn`);
-2. one small pipeline per round reads the last round's edge files and writes the next round's,
-   with the number of edges the round changed (the markers of :mod:`~gristmill.dedupe.components`);
-   the driver stops after the first round that changed nothing (its output equals its input: the
-   fixed point the unrolled graph reaches too, so the labels are the same), or fails after
-   ``max_rounds`` as before;
-   while the graph is small (at most :data:`IN_MEMORY_MAX_EDGES` edges) the driver runs the same
-   rounds in its own memory instead (:func:`one_round_in_memory`: the same functions on the same
-   groups, so the same labels and change counts), sparing a pipeline's start per round;
-3. a last pipeline joins the final labels with the spilled documents, marks them and writes.
-
-Every step is the same streamed, bounded-memory Beam step as in the one-pipeline form; only
-what is light crosses between pipelines (edge files: two node names per edge; the spill files'
-names). The files live under the run's spill directory, which the driver removes.
+Every step is a streamed, bounded-memory Beam step; only what is light crosses between pipelines
+(edge files: two node names per edge; the spill files' names).
 """
 
 from __future__ import annotations
@@ -32,7 +24,7 @@ import pyarrow as pa
 
 from gristmill import io
 from gristmill.dedupe import components as cc
-from gristmill.dedupe.beam import SPILL_FILE_DOCS, _SpillDocumentsFn, split_markers, star_round
+from gristmill.dedupe.beam import split_markers, star_round
 
 _EDGE_SCHEMA = pa.schema([pa.field("u", pa.string(), nullable=False), pa.field("v", pa.string(), nullable=False)])
 #: edges per record batch of an edge file
@@ -69,25 +61,6 @@ class WriteEdgesFn(beam.DoFn):
 def read_edges(path: str):
     for batch in io.iter_batches(path):
         yield from zip(batch.column("u").to_pylist(), batch.column("v").to_pylist())
-
-
-class SpillFilesFn(_SpillDocumentsFn):
-    """The documents packed into spill files (as :class:`~gristmill.dedupe.beam._SpillDocumentsFn`,
-    which writes each file before its bundle's outputs are committed); outputs each file's path
-    once, with its first document: the nodes are read back from the files."""
-
-    def process(self, doc):
-        new_file = self._path is None
-        for _node, (_, path) in super().process(doc):
-            if new_file:
-                yield path
-
-
-def spill_locations(path: str):
-    """One spill file → (node, ("f", path)) for each document in it."""
-    for batch in io.iter_batches(path, ["node"]):
-        for node in batch.column("node").to_pylist():
-            yield node, ("f", path)
 
 
 def files_of(p, name: str, paths: list[str]):
@@ -148,6 +121,5 @@ def write_edges_file(path: str, edges) -> None:
     writer.close()
 
 
-__all__ = ["IN_MEMORY_MAX_EDGES", "SPILL_FILE_DOCS", "SpillFilesFn", "WriteEdgesFn", "files_of",
-           "normalised_edges", "one_round", "one_round_in_memory", "read_edges", "read_edges_up_to",
-           "spill_locations", "write_edges_file"]
+__all__ = ["IN_MEMORY_MAX_EDGES", "WriteEdgesFn", "files_of", "normalised_edges", "one_round", "one_round_in_memory",
+           "read_edges", "read_edges_up_to", "write_edges_file"]

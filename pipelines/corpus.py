@@ -26,8 +26,6 @@ import apache_beam as beam
 
 from gristmill import __version__, io
 from gristmill.config import GristmillConfig, ReadConfig
-from gristmill.dedupe import rounds
-from gristmill.dedupe.beam import candidate_edges, mark_documents
 from gristmill.dedupe.minhash import SCHEME as MINHASH_SCHEME
 from gristmill.dedupe.minhash import lsh_params
 from gristmill.documents import CORPUS_SCHEMA, SCHEMA_VERSION
@@ -39,6 +37,7 @@ from gristmill.pipelines.card import write_card
 from gristmill.pipelines.clean import Cleaner, stages
 from gristmill.pipelines.decontaminate import REASON as DECONTAMINATED
 from gristmill.pipelines.decontaminate import Decontaminate, EvaluationSets, load_evaluation_sets
+from gristmill.pipelines.near_dedup import Clustering, MarkNearDuplicates, NearDedupEdges, cluster
 from gristmill.pipelines.progress import CorpusProgress
 from gristmill.pipelines.readers import probe
 from gristmill.pipelines.refresh_index import PublishedCorpus, read_index_rows
@@ -242,7 +241,7 @@ def build_pipeline(
 
     With near-dedup on, this is the first of the run's pipelines: it ends with the documents still
     kept spilled to files and their candidate edges written for the clustering rounds
-    (dedupe/rounds.py; :func:`build_round_pipeline`, :func:`build_write_pipeline`)."""
+    (pipelines/near_dedup.py's three steps; :func:`build_write_pipeline` holds the third)."""
     published = None
     if published_index:
         published = (
@@ -287,21 +286,16 @@ def build_pipeline(
                  | "SumIdChanges" >> beam.CombinePerKey(sum))
     written += [collect_stats("files", file_stats, output), collect_stats("id_changes", n_changes, output)]
     if cfg.near_dedup.enabled:
-        spill = io.join(output, SPILL_DIR)
         # ReadCleanFileFn gave every kept document its text hash and signature
-        signed, edges = candidate_edges(kept, cfg.near_dedup, published, "NearDedup", signed=True)
-        spill_files = signed | "NearDedupSpillDocs" >> beam.ParDo(rounds.SpillFilesFn(spill))
-        edge_files = (rounds.normalised_edges(edges, "NearDedupCC")
-                      | "WriteEdges" >> beam.ParDo(rounds.WriteEdgesFn(_round_dir(output, 0))))
+        written.append(kept | "NearDedupEdges" >> NearDedupEdges(cfg.near_dedup, io.join(output, SPILL_DIR),
+                                                                 published, signed=True))
         counts = (
             ((kept | "CountRead" >> beam.FlatMap(_read_key)),
              (rejected | "CountRejected" >> beam.FlatMap(_count_keys)))
             | "AllKeys" >> beam.Flatten()
             | "Count" >> beam.combiners.Count.PerElement()
         )
-        written += [collect_stats("spill_files", spill_files, output),
-                    collect_stats(_edges_stat(0), edge_files, output),
-                    collect_stats("counts", counts, output),
+        written += [collect_stats("counts", counts, output),
                     _report_samples(rejected, output, cfg, "report_samples"),
                     collect_stats("rejected_shards", _write_rejected(p, rejected, output, cfg), output)]
     else:
@@ -345,34 +339,11 @@ def build_quality_prepass(p: beam.Pipeline, plan: InputPlan, output: str, cfg: G
     return collect_stats("quality_prepass", bins, output)
 
 
-def _round_dir(output: str, r: int) -> str:
-    return io.join(output, SPILL_DIR, "cc", f"r{r:02d}")
-
-
-def _edges_stat(r: int) -> str:
-    return f"cc_edges_{r:02d}"
-
-
-def _changes_stat(r: int) -> str:
-    return f"cc_changes_{r:02d}"
-
-
-def build_round_pipeline(p: beam.Pipeline, output: str, edge_files: list[str], r: int) -> beam.PCollection:
-    """Clustering round ``r``: the edge files of round r-1 → those of round r, and its changes."""
-    edges = rounds.files_of(p, "LastEdges", edge_files) | "ReadEdges" >> beam.FlatMap(rounds.read_edges)
-    out, changes = rounds.one_round(edges, r, "NearDedupCC")
-    files = out | "WriteEdges" >> beam.ParDo(rounds.WriteEdgesFn(_round_dir(output, r)))
-    written = [collect_stats(_edges_stat(r), files, output), collect_stats(_changes_stat(r), changes, output)]
-    return written | "AllWritten" >> beam.Flatten()
-
-
-def build_write_pipeline(p: beam.Pipeline, output: str, cfg: GristmillConfig, label_files: list[str],
-                         spill_files: list[str]) -> beam.PCollection:
-    """The last pipeline of a run with near-dedup: the converged labels + the spilled documents →
-    documents marked → shards, index, the near duplicates' rejected shards and their counts."""
-    labels = rounds.files_of(p, "Labels", label_files) | "ReadLabels" >> beam.FlatMap(rounds.read_edges)
-    locations = rounds.files_of(p, "Spilled", spill_files) | "ReadSpilled" >> beam.FlatMap(rounds.spill_locations)
-    clustered = mark_documents(labels, locations, "NearDedup")
+def build_write_pipeline(p: beam.Pipeline, output: str, cfg: GristmillConfig,
+                         clustering: Clustering) -> beam.PCollection:
+    """The last pipeline of a run with near-dedup: the spilled documents marked by their clusters
+    (pipelines/near_dedup.py) → shards, index, the near duplicates' rejected shards and their counts."""
+    clustered = p | "MarkNearDuplicates" >> MarkNearDuplicates(clustering)
     kept = clustered | "NearUnique" >> beam.Filter(_is_kept)
     near_dups = clustered | "NearDuplicates" >> beam.Filter(_is_dropped)
     return _write_outputs(p, kept, near_dups, output, cfg, counted_as_read=False) | "AllWritten" >> beam.Flatten()
@@ -657,39 +628,6 @@ def run_corpus(
         return result
 
 
-def _cluster(output: str, cfg: GristmillConfig, beam_args,
-             in_memory_max_edges: int = rounds.IN_MEMORY_MAX_EDGES) -> tuple[list, list[str]]:
-    """The clustering rounds until one changes nothing (converged) or ``near_dedup.max_rounds``
-    have run: in the driver's memory while the graph has at most ``in_memory_max_edges`` edges,
-    else one small pipeline each (dedupe/rounds.py). Returns (("round-kk", edges changed) for each
-    round that changed edges, the edge files of the last round: the labels)."""
-    edge_files = read_stats(output, _edges_stat(0))
-    edges = rounds.read_edges_up_to(edge_files, in_memory_max_edges) if edge_files else None
-    changed: list = []
-    r = 0
-    while (edge_files or edges) and r < cfg.near_dedup.max_rounds:
-        r += 1
-        started = time.monotonic()
-        if edges is not None:
-            edges, n = rounds.one_round_in_memory(set(edges), r)
-            where = "in memory"
-        else:
-            run_pipeline(lambda p, r=r, files=edge_files: build_round_pipeline(p, output, files, r), beam_args)
-            n = sum(x for _, x in read_stats(output, _changes_stat(r)))
-            io.remove_tree(_round_dir(output, r - 1))
-            edge_files = read_stats(output, _edges_stat(r))
-            where = "a pipeline"
-        log.info("near-dedup clustering: round %d changed %s edges (%s, %.1f s)", r, f"{n:,}", where,
-                 time.monotonic() - started)
-        if not n:
-            break
-        changed.append((f"round-{r:02d}", n))
-    if edges is not None:  # the labels, for the last pipeline
-        edge_files = [io.join(_round_dir(output, r), "labels.arrow")]
-        rounds.write_edges_file(edge_files[0], edges)
-    return changed, edge_files
-
-
 def _published_thresholds(published: PublishedCorpus | None, cfg: GristmillConfig) -> dict[str, dict] | None:
     """A refresh with ``threshold: auto`` uses the thresholds the published version estimated (unless
     ``langid.auto_in_refresh: recompute``): a month's crawl is judged as the corpus it joins was."""
@@ -744,10 +682,10 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
                                               thresholds), beam_args)
         if cfg.near_dedup.enabled:
             watch.read_finished()
-            cc_rounds, labels = _cluster(output, cfg, beam_args)
+            clustering = cluster(io.join(output, SPILL_DIR), cfg.near_dedup, beam_args)
+            cc_rounds = clustering.rounds
             watch.phase("writing shards")
-            run_pipeline(lambda p: build_write_pipeline(p, output, cfg, labels, read_stats(output, "spill_files")),
-                         beam_args)
+            run_pipeline(lambda p: build_write_pipeline(p, output, cfg, clustering), beam_args)
     stats = read_run_stats(output, cc_rounds)
     stats["quality_cuts"] = cuts
     stats["langid_thresholds"] = estimated

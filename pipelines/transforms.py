@@ -1,18 +1,20 @@
-"""The corpus pipeline's steps as public Beam ``PTransform``s, to compose into your own pipelines.
+"""The corpus pipeline's steps as public Beam ``PTransform``s: what ``gristmill corpus`` runs, to
+compose into your own pipelines.
 
-Composed in a row they make a corpus pipeline::
+In a row they make a corpus pipeline::
 
-    files | ReadFiles(cfg.read) | Clean(cfg)          # every document, dropped ones with a reason
-    kept  | ExactDedup()                              # duplicates marked exact_dedup:duplicate
-    kept  | NearDedup(cfg.near_dedup, spill_dir)      # near duplicates marked near_dedup:duplicate
+    files | ReadClean(cfg, work_dir)                 # every document, dropped ones with a reason (per file
+                                                     # resumable; or ReadFiles(cfg.read) | Clean(cfg))
+    kept  | ExactDedup()                             # duplicates marked exact_dedup:duplicate
+    kept  | NearDedupEdges(cfg.near_dedup, spill)    # near-dedup, step 1 of 3 (pipelines/near_dedup.py):
+    clustering = cluster(spill, cfg.near_dedup)      #   2, between pipelines: the rounds until converged
+    p | MarkNearDuplicates(clustering)               #   3: the documents, near duplicates marked
     kept  | WriteShards(output, cfg.write)           # Arrow shards OUTPUT/lang=xx/part-NNNNN.arrow
 
-``gristmill corpus`` (:func:`gristmill.pipelines.corpus.build_pipeline`) uses :class:`ReadClean` (the first two
-fused per file, resumable: the same reader and :class:`~gristmill.pipelines.clean.Cleaner`), :class:`ExactDedup`
-and :class:`WriteShards` as they are, and clusters near duplicates with the driver loop of
-:mod:`gristmill.dedupe.rounds` (one pipeline, or the driver's memory, per round) instead of :class:`NearDedup`'s
-rounds unrolled in one pipeline; both share the candidate edges and the marking.
-tests/test_extend.py holds the composition above to ``gristmill corpus``'s shards, byte for byte.
+``gristmill corpus`` (:func:`gristmill.pipelines.corpus.build_pipeline`,
+:func:`~gristmill.pipelines.corpus.build_write_pipeline`) is these objects with its bookkeeping around
+them (statistics, rejected shards, manifest, report); tests/test_extend.py holds the composition above
+to its shards, byte for byte.
 
 A document is a dict (:func:`gristmill.documents.new_document`); a step never drops one from the
 stream, it sets ``reason`` (``stage:rule``) and the next steps are given only the documents still
@@ -29,14 +31,15 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from gristmill.config import GristmillConfig, ReadConfig, WriteConfig
-from gristmill.dedupe.beam import NearDedup
 from gristmill.dedupe.components import is_published, node_id, node_key
 from gristmill.documents import dropped, write_shard
 from gristmill.pipelines.clean import Cleaner
 from gristmill.pipelines.filters import dedup_key
+from gristmill.pipelines.near_dedup import Clustering, MarkNearDuplicates, NearDedupEdges, cluster, near_dedup
 from gristmill.pipelines.readers import FileStats, read_file
 
-__all__ = ["Clean", "ExactDedup", "NearDedup", "ReadClean", "ReadFiles", "UniqueIds", "WriteShards", "text_hash"]
+__all__ = ["Clean", "Clustering", "ExactDedup", "MarkNearDuplicates", "NearDedupEdges", "ReadClean", "ReadFiles",
+           "UniqueIds", "WriteShards", "cluster", "near_dedup", "text_hash"]
 
 log = logging.getLogger("gristmill.corpus")
 

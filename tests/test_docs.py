@@ -37,6 +37,8 @@ def test_api_doc_examples_run(tmp_path):
     assert "training sequences" in out and "perplexity" in out and "exported to" in out
     assert re.search(r"caps:shouting dropped [1-9]\d* documents", out)  # the example filter drops something
     assert len(list((tmp_path / "runs/api/own").rglob("*.arrow"))) >= 1
+    assert re.search(r"near-dedup converged after \d+ round", out)
+    assert not (tmp_path / "runs/api/near-dedup-work").exists()  # near_dedup removed its work directory
     assert (tmp_path / "runs/api/hf/config.json").is_file()
 
 

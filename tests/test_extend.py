@@ -13,7 +13,16 @@ from gristmill.config import ConfigError, GristmillConfig, load_config
 from gristmill.documents import new_document, open_corpus, read_manifest
 from gristmill.pipelines.clean import Cleaner, stages
 from gristmill.pipelines.corpus import run_corpus
-from gristmill.pipelines.transforms import Clean, ExactDedup, NearDedup, ReadClean, ReadFiles, WriteShards
+from gristmill.pipelines.transforms import (
+    Clean,
+    ExactDedup,
+    MarkNearDuplicates,
+    NearDedupEdges,
+    ReadClean,
+    ReadFiles,
+    WriteShards,
+    cluster,
+)
 
 from . import extension_filters
 from .conftest import DEMO_CONFIG, REPO, SAMPLE, cli_env, run_cli
@@ -130,22 +139,41 @@ COMPOSED_FILES = [PARQUET, str(SAMPLE / "cc-main-2024-22-whirlwind.warc.wet.gz")
 
 
 @pytest.fixture(scope="module")
-def reference_corpus(tmp_path_factory):
-    """`gristmill corpus` on three of the sample's files with the demo config: what a composition must equal."""
+def composed_files(tmp_path_factory) -> list[str]:
+    """Three of the sample's files (Parquet, WET, wget WARC) and two near duplicates (one word apart), so
+    that the composition clusters and marks as well; all in one directory (a document's source is its
+    file's path under the inputs' common directory)."""
+    import json
+    import shutil
+
+    crawl = tmp_path_factory.mktemp("composed")
+    for f in COMPOSED_FILES:
+        shutil.copy(f, crawl)
+    twins = [PROSE, PROSE.replace("Saturday", "Sunday")]
+    (crawl / "near-duplicates.jsonl").write_text(
+        "".join(json.dumps({"id": f"twin-{i}", "text": t}) + "\n" for i, t in enumerate(twins)))
+    return sorted(str(p) for p in crawl.iterdir())
+
+
+@pytest.fixture(scope="module")
+def reference_corpus(tmp_path_factory, composed_files):
+    """`gristmill corpus` on those files with the demo config: what a composition must equal."""
     out = tmp_path_factory.mktemp("reference") / "corpus"
-    return out, run_corpus(COMPOSED_FILES, str(out), load_config(DEMO_CONFIG), progress=False)
+    result = run_corpus(composed_files, str(out), load_config(DEMO_CONFIG), progress=False)
+    assert result.manifest["counts"]["dropped"]["near_dedup:duplicate"] == 1  # the twins
+    return out, result
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("read", ["ReadFiles | Clean", "ReadClean"])
-def test_public_transforms_compose_into_the_corpus_pipeline(tmp_path, read, reference_corpus):
-    """ReadFiles | Clean (or ReadClean, what `gristmill corpus` reads with) | ExactDedup | NearDedup | WriteShards
-    in a pipeline of one's own writes the same kept shards, byte for byte, as `gristmill corpus` on the same
-    files and config."""
+def test_public_transforms_compose_into_the_corpus_pipeline(tmp_path, read, reference_corpus, composed_files):
+    """ReadFiles | Clean (or ReadClean, what `gristmill corpus` reads with) | ExactDedup | NearDedupEdges, cluster,
+    MarkNearDuplicates | WriteShards — the objects `gristmill corpus` runs — in pipelines of one's own write the
+    same kept shards, byte for byte, as `gristmill corpus` on the same files and config."""
     cfg = load_config(DEMO_CONFIG)
-    files = COMPOSED_FILES
+    files = composed_files
     reference_dir, reference = reference_corpus
-    own = tmp_path / "own"
+    own, work = tmp_path / "own", str(tmp_path / "near-dedup")
     with beam.Pipeline(runner="DirectRunner") as p:
         paths = p | beam.Create([(f, f.rsplit("/", 1)[1]) for f in files])
         if read == "ReadClean":
@@ -154,8 +182,11 @@ def test_public_transforms_compose_into_the_corpus_pipeline(tmp_path, read, refe
             docs = paths | ReadFiles(cfg.read) | Clean(cfg)
         kept = docs | "Kept" >> beam.Filter(_is_kept)
         unique = kept | ExactDedup() | "Unique" >> beam.Filter(_is_kept)
-        distinct = unique | NearDedup(cfg.near_dedup, str(tmp_path / "spill")) | "Distinct" >> beam.Filter(_is_kept)
-        distinct | WriteShards(str(own), cfg.write)
+        unique | NearDedupEdges(cfg.near_dedup, work)
+    clustering = cluster(work, cfg.near_dedup, ["--runner", "DirectRunner"])
+    assert clustering.spill_files and clustering.label_files  # the twins are clustered
+    with beam.Pipeline(runner="DirectRunner") as p:
+        p | MarkNearDuplicates(clustering) | "Distinct" >> beam.Filter(_is_kept) | WriteShards(str(own), cfg.write)
     ours = sorted(p.relative_to(own) for p in own.rglob("*.arrow"))
     assert ours and ours == [type(ours[0])(s["path"]) for s in reference.manifest["shards"]]
     for rel in ours:

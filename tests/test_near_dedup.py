@@ -1,6 +1,8 @@
-"""Near-dedup clustering on Beam equals an in-memory reference (datasketch MinHashLSH +
-union-find over the same signatures), on the DirectRunner and the DaskRunner; every grouping
-step reads its group once (a corpus of identical documents never sits in one worker's memory)."""
+"""Near-dedup as `gristmill corpus` runs it (pipelines/near_dedup.py: NearDedupEdges, cluster,
+MarkNearDuplicates) equals an in-memory reference (datasketch MinHashLSH + union-find over the same
+signatures) on the DirectRunner (on a two-host Dask cluster: tests/test_dask_cluster.py, the whole
+corpus job); every grouping step reads its group once (a corpus of identical documents never sits in
+one worker's memory)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import gzip
 import itertools
 import json
 import os
-import shutil
 import tracemalloc
 import zlib
 
@@ -16,13 +17,13 @@ import apache_beam as beam
 import datasketch
 import numpy as np
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from gristmill.config import NearDedupConfig, load_config
 from gristmill.dedupe import components as cc
 from gristmill.dedupe import minhash as mh
-from gristmill.dedupe.beam import SPILL_FILE_DOCS, connected_components, near_dedup
+from gristmill.dedupe.beam import SPILL_FILE_DOCS
 from gristmill.documents import new_document
+from gristmill.pipelines import near_dedup as nd
 from gristmill.pipelines.corpus import build_manifest
 
 from .conftest import SAMPLE, shared
@@ -70,20 +71,17 @@ def run_near_dedup(docs: list[dict], cfg: NearDedupConfig, beam_args: list[str],
     import tempfile
 
     path = tempfile.mktemp(suffix=".jsonl")
-    spill_dir = tempfile.mkdtemp(prefix="spill-")
-    p = beam.Pipeline(options=PipelineOptions(beam_args))
-    clustered, _ = near_dedup(p | beam.Create(docs), cfg, spill_dir, spill_file_docs=spill_file_docs)
-    _ = (
-        clustered
-        | beam.Map(lambda d: {k: d[k] for k in ("id", "source", "cluster_id", "cluster_size", "reason")})
-        | beam.ParDo(Collect(path))
-    )
-    result = p.run()
-    result.wait_until_finish()
-    if getattr(result, "client", None) is not None:
-        result.client.close()
-    assert len(os.listdir(spill_dir)) >= len(docs) / spill_file_docs, "the documents waited in spill files"
-    shutil.rmtree(spill_dir)
+    work_dir = tempfile.mkdtemp(prefix="near-dedup-")
+
+    def write(marked):
+        return (marked | beam.Map(lambda d: {k: d[k] for k in ("id", "source", "cluster_id", "cluster_size", "reason")})
+                | beam.ParDo(Collect(path)))
+
+    clustering = nd.near_dedup(lambda p: p | beam.Create(docs), write, cfg, work_dir, beam_args,
+                               spill_file_docs=spill_file_docs)
+    spilled = clustering.spill_files
+    assert len(spilled) >= len(docs) / spill_file_docs, "the documents waited in spill files"
+    assert not os.path.exists(work_dir)  # near_dedup removed its work directory
     with open(path) as f:
         out = [json.loads(line) for line in f]
     return out
@@ -222,53 +220,34 @@ def _graph():
     return nodes, edges
 
 
-def test_connected_components_on_random_graphs_equal_union_find():
-    nodes, edges = _graph()
-    ref = cc.union_find_components(nodes, edges)
-    import tempfile
-
-    path = tempfile.mktemp()
-    with beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"])) as p:
-        labels, changes = connected_components(p | beam.Create(sorted(edges)), max_rounds=12)
-        rounds = changes | beam.Map(lambda kv: ("round", kv))
-        _ = ((labels, rounds) | beam.Flatten() | beam.combiners.ToList()
-             | beam.Map(lambda xs: open(path, "w").write(json.dumps(xs))))
-    items = json.load(open(path))
-    labels = {u: m for u, m in (x for x in items if x[0] != "round")}
-    rounds = dict(x[1] for x in items if x[0] == "round")
-    for node, root in ref.items():
-        assert labels.get(node, node) == root
-    assert "round-12" not in rounds and rounds, "converged, after at least one changing round"
-
-
 def _write_first_round(output, edges):
+    """Round 0 of the clustering as NearDedupEdges leaves it: the candidate edges in edge files, listed."""
     from gristmill.dedupe import rounds
-    from gristmill.pipelines import corpus
     from gristmill.pipelines.runner import collect_stats, run_pipeline
 
     def build(p):
         files = (rounds.normalised_edges(p | beam.Create(sorted(edges)), "T")
-                 | beam.ParDo(rounds.WriteEdgesFn(corpus._round_dir(output, 0))))
-        return collect_stats(corpus._edges_stat(0), files, output)
+                 | beam.ParDo(rounds.WriteEdgesFn(nd.round_dir(output, 0))))
+        return collect_stats(nd.edges_stat(0), files, output)
 
     run_pipeline(build, ["--runner", "DirectRunner"])
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_clustering_rounds_stop_when_converged(tmp_path, caplog, in_memory):
-    """gristmill corpus's clustering (dedupe/rounds.py): one small pipeline per round, or the same
+    """gristmill corpus's clustering (pipelines/near_dedup.cluster): one small pipeline per round, or the same
     rounds in the driver's memory for a small graph; the first round that changes nothing is the
-    last; the labels equal union-find's."""
+    last; the labels equal union-find's (on a random graph with a long path)."""
     from gristmill.dedupe import rounds
-    from gristmill.pipelines import corpus
 
     nodes, edges = _graph()
     output = str(tmp_path)
     _write_first_round(output, edges)
     cfg = load_config(None, ["near_dedup.max_rounds=12"])
     with caplog.at_level("INFO", logger="gristmill"):
-        changed, label_files = corpus._cluster(output, cfg, ["--runner", "DirectRunner"],
-                                               in_memory_max_edges=10**6 if in_memory else 10)
+        clustering = nd.cluster(output, cfg.near_dedup, ["--runner", "DirectRunner"],
+                                in_memory_max_edges=10**6 if in_memory else 10)
+    changed, label_files = clustering.rounds, clustering.label_files
     assert all(("in memory" if in_memory else "a pipeline") in m for m in caplog.messages if "changed" in m)
     labels = dict(itertools.chain.from_iterable(rounds.read_edges(f) for f in label_files))
     for node, root in cc.union_find_components(nodes, edges).items():
@@ -288,15 +267,14 @@ def test_clustering_rounds_stop_when_converged(tmp_path, caplog, in_memory):
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_clustering_rounds_that_do_not_converge_fail_the_run(tmp_path, in_memory):
-    from gristmill.pipelines import corpus
     from gristmill.pipelines.corpus import InputPlan
 
     _, edges = _graph()
     output = str(tmp_path)
     _write_first_round(output, edges)
     cfg = load_config(None, ["near_dedup.max_rounds=2"])
-    changed, _ = corpus._cluster(output, cfg, ["--runner", "DirectRunner"],
-                                 in_memory_max_edges=10**6 if in_memory else 10)
+    changed = nd.cluster(output, cfg.near_dedup, ["--runner", "DirectRunner"],
+                         in_memory_max_edges=10**6 if in_memory else 10).rounds
     assert [k for k, _ in changed] == ["round-01", "round-02"]
     stats = {"counts": {"read": 0, "kept": 0}, "files": [], "shards": [], "rejected_shards": [], "index_shards": [],
              "id_changes": [], "cc_rounds": changed}
@@ -336,13 +314,12 @@ def test_itertools_pairs_in_small_buckets():
 
 def test_in_memory_rounds_count_the_changes_the_pipelines_count(tmp_path):
     """The manifest's rounds_to_converge must not depend on where the rounds ran."""
-    from gristmill.pipelines import corpus
 
     _, edges = _graph()
     got = {}
     for in_memory in (True, False):
         output = str(tmp_path / str(in_memory))
         _write_first_round(output, edges)
-        got[in_memory] = corpus._cluster(output, load_config(None, ["near_dedup.max_rounds=12"]),
-                                         ["--runner", "DirectRunner"], 10**6 if in_memory else 10)[0]
+        got[in_memory] = nd.cluster(output, load_config(None, ["near_dedup.max_rounds=12"]).near_dedup,
+                                    ["--runner", "DirectRunner"], 10**6 if in_memory else 10).rounds
     assert got[True] == got[False] and len(got[True]) >= 2

@@ -140,3 +140,22 @@ def test_a_nan_loss_or_gradient_stops_the_run_and_keeps_the_last_good_checkpoint
     assert info["last_good_checkpoint"] == str(kept[-1])
 
 
+
+
+def test_every_file_gristmill_writes_follows_the_umask(demo_corpus, demo_tokenizer, demo_tokens64, pretrained_run,
+                                                        tmp_path):
+    """A corpus, a tokenizer, token shards, a training run (checkpoints, metrics, plot) and a Hugging Face
+    export are read by colleagues on shared storage: each file has the mode any file gets under the umask
+    (0644 under 022), none the 0600 of a temporary file renamed into place or of safetensors' own writer."""
+    from gristmill import api
+
+    export = api.export_hf(str(pretrained_run / "checkpoint_00000040"), str(tmp_path / "hf"), str(demo_tokenizer))
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    files = [p for root in (demo_corpus, demo_tokenizer, demo_tokens64, pretrained_run, export)
+             for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert len(files) > 50 and any(p.suffix == ".safetensors" for p in files) and any(
+        p.suffix == ".arrow" for p in files)
+    wrong = {str(p): oct(p.stat().st_mode & 0o777) for p in files if p.stat().st_mode & 0o777 != expected}
+    assert wrong == {}, f"expected {oct(expected)}"
