@@ -38,7 +38,7 @@ def encoder(demo_tokens64, tmp_path_factory) -> Path:
     """An MLM encoder pretrained for 40 steps on the command line (Ray Train's local mode; on Ray Train
     workers: test_mlm_under_ddp_and_fsdp_on_two_workers_alike)."""
     root = tmp_path_factory.mktemp("mlm")
-    cfg = _yaml(root / "mlm.yaml", {"model": {"preset": "small", "objective": "mlm"}, "pretrain": {
+    cfg = _yaml(root / "mlm.yaml", {"model": {"preset": "tiny", "objective": "mlm"}, "pretrain": {
         "data": str(demo_tokens64), **_loop(root / "runs", "mlm", max_steps=40, warmup_steps=5, eval_every=20,
                                           eval_batches=4, checkpoint_every=20)}})
     r = run_cli("pretrain", "--config", cfg, check=True, timeout=600)

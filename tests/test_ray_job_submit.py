@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(can_make_netns() is not None, reason=str(can_make_netns()))
 def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, demo_tokens64):
     """`ray start --head` + a second node in a network namespace, token authentication on; the job is
-    submitted with `ray job submit --working-dir .` and runs one training worker on each node."""
+    submitted with `ray job submit --working-dir .` and runs one training worker on each node, whose
+    checkpoints land in the shared storage."""
     cluster = TwoNodeCluster()
     try:
         cluster.start()
@@ -48,8 +49,8 @@ def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, demo_tok
             assert r.returncode == 0 and "succeeded" in r.stdout + r.stderr, (r.stdout + r.stderr)[-5000:]
 
         submit(cfg_file(20))
-        # the same run submitted again (here with more steps) resumes from the checkpoint Ray Train recorded
-        submit(cfg_file(25))
+        # (a run submitted again resumes from its newest complete checkpoint: tests/test_trainer_kill.py, whose
+        # resubmission goes through the same Ray Train run as a job's does)
         # without the token the dashboard refuses the submission
         denied = subprocess.run(
             [str(Path(sys.executable).parent / "ray"), "job", "list", "--address", cluster.address],
@@ -63,8 +64,7 @@ def test_ray_job_submit_on_a_two_node_cluster_with_token_auth(tmp_path, demo_tok
     ips = {json.loads(p.read_text())["ip"] for p in (run_dir / "workers").glob("rank*.json")}
     assert ips == {cluster.head_ip, cluster.node_ip}  # one worker per node
     assert (run_dir / "checkpoint_00000020" / "model.safetensors").is_file()
-    assert (run_dir / "checkpoint_00000025" / "model.safetensors").is_file()
     m = training.metrics(run_dir)
-    assert [x["step"] for x in m if "loss" in x] == [5, 10, 15, 20, 25]
-    assert [x["checkpoint"].rsplit("/", 1)[-1] for x in m if x.get("event") == "resumed"] == ["checkpoint_00000020"]
+    assert [x["step"] for x in m if "loss" in x] == [5, 10, 15, 20]
+    assert not [x for x in m if x.get("event") == "resumed"]
     assert any("val_loss" in x for x in m)

@@ -6,7 +6,9 @@ given peak instead of the CPU matmul benchmark, which runs in one test only (tes
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -38,10 +40,12 @@ def load(path: Path):
 
 
 def small_pretrain(tmp_path: Path, name: str, **pretrain) -> dict:
-    """The small causal run most training tests use: 40 steps of 16 rows of 64 tokens, checkpoints every
-    10 steps, validation at 20 and 40, in this process (Ray Train's local mode) unless told otherwise."""
+    """The small causal run most training tests use: the tiny preset (2 layers, width 64: a 40-step run takes a
+    fifth of the small preset's time and still learns, loss 9.0 → 7.9), 40 steps of 16 rows of 64 tokens,
+    checkpoints every 10 steps, validation at 20 and 40, in this process (Ray Train's local mode) unless told
+    otherwise."""
     return {
-        "model": {"preset": "small"},
+        "model": {"preset": "tiny"},
         "pretrain": {"storage_path": str(tmp_path / "runs"), "name": name, "num_workers": 0, "batch_size": 16,
                      "micro_batch_size": 8, "max_steps": 40, "warmup_steps": 5, "log_every": 1, "eval_every": 20,
                      "eval_batches": 4, "checkpoint_every": 10, **pretrain},
@@ -116,8 +120,24 @@ def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeo
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the run and everything it started (its Ray included): a crash."""
+    """SIGKILL the run and everything it started, its Ray included: a crash. Ray starts its raylet and
+    workers in sessions of their own, out of reach of the run's process group: each descendant is killed
+    too, at once, so that none of them goes on writing (a worker outliving the kill for a moment once
+    completed the next checkpoint)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGSTOP)  # none of them acts (or forks) while the others are being killed
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     kill_process_group(proc)
+    psutil.wait_procs(family, timeout=60)
 
 
 def checkpoint_complete(run_dir: Path, step: int) -> bool:
