@@ -432,13 +432,16 @@ class WriteConfig(_Section):
     #: the dataset card's ``license:`` (a Hugging Face licence identifier: odc-by, cc-by-4.0, ...); "other"
     #: until you set the one your crawl's terms allow (FineWeb publishes Common Crawl text as odc-by)
     license: str = Field(default="other", pattern=r"^[a-z0-9][a-z0-9.+-]*$", max_length=64)
+    #: the run's time and each clean step's in manifest.json (``timings``) and report.html (marked
+    #: spans); off, those two files are the same bytes for the same input and config as well
+    timings: bool = True
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
         # keys added after outputs were published stay out of the dump (recorded in manifests, hashed
         # as the config's fingerprint) while at their defaults: earlier outputs stay byte-identical
         data = handler(self)
-        for key in ("format", "parquet_row_group_bytes", "license"):
+        for key in ("format", "parquet_row_group_bytes", "license", "timings"):
             if data.get(key) == type(self).model_fields[key].default:
                 data.pop(key, None)
         return data

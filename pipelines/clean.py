@@ -44,6 +44,17 @@ def stages(cfg: GristmillConfig) -> tuple[str, ...]:
     return STAGES[:first] + holdout + STAGES[first:at] + custom + quality + decontaminate + STAGES[at:]
 
 
+#: funnel stages that are not steps of the cleaning chain (before it, or transforms after it)
+_NOT_CLEAN_STEPS = ("read", "extract", "decontaminate", "exact_dedup", "near_dedup")
+
+
+def step_order(cfg: GristmillConfig) -> tuple[str, ...]:
+    """The steps of the cleaning chain in the order :class:`Cleaner` runs them (the order the
+    manifest and report list them in): the funnel's cleaning stages, then PII redaction (a step
+    that drops nothing)."""
+    return (*(s for s in stages(cfg) if s not in _NOT_CLEAN_STEPS), "pii")
+
+
 def rules_for(cfg: GristmillConfig, lang: str | None) -> list[tuple[str, object]]:
     """(stage, settings) of each built-in rule that applies to ``lang``, resolved for it."""
     c = cfg.clean

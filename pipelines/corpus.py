@@ -34,7 +34,7 @@ from gristmill.locks import directory_lock
 from gristmill.outputs import begin_output, check_output, recorded_run
 from gristmill.pipelines import langid, quality, report
 from gristmill.pipelines.card import write_card
-from gristmill.pipelines.clean import Cleaner, stages
+from gristmill.pipelines.clean import Cleaner, stages, step_order
 from gristmill.pipelines.decontaminate import REASON as DECONTAMINATED
 from gristmill.pipelines.decontaminate import Decontaminate, EvaluationSets, load_evaluation_sets
 from gristmill.pipelines.near_dedup import Clustering, MarkNearDuplicates, NearDedupEdges, cluster
@@ -483,12 +483,11 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
     if per_file_docs != read:
         raise AccountingError(f"files report {per_file_docs} documents, pipeline read {read}")
     inputs = []
-    for f in stats["files"]:  # the clean steps' times stay out of the manifest (run.json has them)
+    for f in stats["files"]:  # the clean steps' times: in the manifest's ``timings`` (_run)
         entry = {k: v for k, v in f.items() if k != "clean_steps"}
         entry["kept"], entry["dropped"] = report.file_counts(report_counts, f["source"])
         inputs.append(entry)
-    steps = report.clean_steps([f.get("clean_steps") or {} for f in stats["files"]],
-                               tuple(f.name for f in cfg.clean.custom_filters))
+    steps = report.clean_steps([f.get("clean_steps") or {} for f in stats["files"]], step_order(cfg))
     manifest = {
         "gristmill_version": __version__,
         "kind": "corpus",
@@ -507,7 +506,7 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
             "skipped_files": len(plan.skipped),
         },
         "funnel": funnel(read, dropped_by, stages(cfg)),
-        # what the cleaning chain's steps did (their time is in run.json: this file is the same for the same input)
+        # what the cleaning chain's steps did (their times are in ``timings``: all that differs between runs)
         "clean_steps": [{k: v for k, v in s.items() if k != "seconds"} for s in steps],
         "near_dedup": near,
         # ids made unique: repeated within a file (#<record number>), or used in two files (@<source>)
@@ -530,6 +529,14 @@ def build_manifest(plan: InputPlan, stats: dict, cfg: GristmillConfig,
         ev = evaluation or load_evaluation_sets(cfg.decontaminate)
         manifest["decontamination"] = ev.manifest_entry(cfg.decontaminate, dropped_by.get(DECONTAMINATED, 0))
     return manifest
+
+
+def timings_entry(seconds: float, clean_steps: list[dict]) -> dict:
+    """The manifest's ``timings``: the run's wall-clock seconds up to writing the manifest, and per
+    clean step the seconds it took (summed over the workers; a rerun counts the files a crashed run
+    cleaned at that run's times) — the one section that differs between two runs of the same input."""
+    return {"seconds": round(seconds, 3),
+            "clean_steps": [{"step": s["step"], "seconds": s["seconds"]} for s in clean_steps]}
 
 
 def _remove_stale(output: str, manifest: dict) -> list[str]:
@@ -690,8 +697,9 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
     stats["quality_cuts"] = cuts
     stats["langid_thresholds"] = estimated
     manifest = build_manifest(plan, stats, cfg, evaluation)
-    clean_steps = report.clean_steps([f.get("clean_steps") or {} for f in stats["files"]],
-                                     tuple(f.name for f in cfg.clean.custom_filters))
+    clean_steps = report.clean_steps([f.get("clean_steps") or {} for f in stats["files"]], step_order(cfg))
+    if cfg.write.timings:
+        manifest["timings"] = timings_entry(time.time() - t0, clean_steps)
     if published is not None:
         manifest.update(published.lineage(output, manifest))
         io.write_json_atomic(io.join(output, "versions.json"), manifest["versions"])
@@ -703,7 +711,7 @@ def _run(plan: InputPlan, output: str, cfg: GristmillConfig, beam_args, publishe
         from gristmill.pipelines.report import write_html_report
 
         report_path = io.join(output, "report.html")
-        write_html_report(manifest, report_path)  # no timings: the whole directory is deterministic
+        write_html_report(manifest, report_path)
     write_card(output, manifest)
     # the manifest last: its presence is what says the output is complete
     manifest_path = io.join(output, "manifest.json")

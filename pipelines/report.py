@@ -247,17 +247,11 @@ def file_counts(counts: dict[str, int], source: str) -> tuple[int, int]:
     return counts.get(f"file\x00kept\x00{source}", 0), counts.get(f"file\x00dropped\x00{source}", 0)
 
 
-#: the order of the clean steps in the manifest (a step not listed, e.g. a custom filter, by name in
-#: the order of ``clean.custom_filters``, after the built-in rules and before quality scoring and PII)
-_STEP_HEAD = ("holdout", "normalize", "url_blocklist", "langid", "gopher_repetition", "gopher_quality", "c4_lines",
-              "fineweb_quality")
-_STEP_TAIL = ("quality", "pii")
-
-
-def clean_steps(per_file: list[dict], custom: tuple[str, ...] = ()) -> list[dict]:
+def clean_steps(per_file: list[dict], order: tuple[str, ...] = ()) -> list[dict]:
     """The clean steps of a run from each file's ``{step: [documents, dropped, seconds]}``: per step
     the documents it ran on, dropped, and seconds (summed over the files; the time a step took,
-    in the run that cleaned the file: a rerun reuses the cleaned files of a crashed one)."""
+    in the run that cleaned the file: a rerun reuses the cleaned files of a crashed one), in
+    ``order`` (the chain's: ``clean.step_order(cfg)``; a step not in it last, by name)."""
     total: dict[str, list] = {}
     for steps in per_file:
         for step, (n, dropped, seconds) in steps.items():
@@ -265,9 +259,9 @@ def clean_steps(per_file: list[dict], custom: tuple[str, ...] = ()) -> list[dict
             acc[0] += n
             acc[1] += dropped
             acc[2] += seconds
-    order = {s: i for i, s in enumerate((*_STEP_HEAD, *custom, *_STEP_TAIL))}
+    rank = {s: i for i, s in enumerate(order)}
     return [{"step": step, "documents": n, "dropped": d, "seconds": round(sec, 3)}
-            for step, (n, d, sec) in sorted(total.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))]
+            for step, (n, d, sec) in sorted(total.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))]
 
 
 def print_summary(manifest: dict, seconds: float | None = None, console=None) -> None:
@@ -458,11 +452,12 @@ def _funnel(manifest: dict) -> str:
     return "".join(out)
 
 
-def _clean_steps(manifest: dict, timings: list[dict] | None) -> str:
+def _clean_steps(manifest: dict) -> str:
     steps = manifest.get("clean_steps")
     if steps is None:
         return "<p>(not recorded in this manifest)</p>"
-    seconds = {t["step"]: t["seconds"] for t in timings or []}
+    timings = manifest.get("timings")
+    seconds = {t["step"]: t["seconds"] for t in timings["clean_steps"]} if timings else {}
     total = sum(seconds.values())
     head = "<th>step</th><th>documents in</th><th>dropped</th><th>dropped %</th>"
     head += "<th>seconds</th><th>share of time</th><th>µs per document</th>" if timings else ""
@@ -472,13 +467,41 @@ def _clean_steps(manifest: dict, timings: list[dict] | None) -> str:
         cells = [f"<code>{html.escape(st['step'])}</code>", f"{n:,}", f"{d:,}", f"{d / n:.1%}" if n else ""]
         if timings:
             sec = seconds.get(st["step"], 0.0)
-            cells += [f"{sec:.2f}", _share_bar_time(sec, total), f"{1e6 * sec / n:,.0f}" if n else ""]
+            cells += [_timing(f"{sec:.2f}"), _timing(_share_bar_time(sec, total)),
+                      _timing(f"{1e6 * sec / n:,.0f}" if n else "")]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    note = ("" if timings else "<p class=note>Time per step: <code>clean_steps</code> in <code>run.json</code> "
-            "beside this page (this page and manifest.json are the same bytes for the same input and config, "
-            "so they hold no timings).</p>")
+    note = ("" if timings else "<p class=note>Time per step: not recorded (<code>write.timings: false</code>, "
+            "or an older manifest); <code>clean_steps</code> in <code>run.json</code> has it.</p>")
     return (f"<p>The cleaning chain per document, in order: the documents each step ran on (rules that do "
-            f"not apply to a language skip it) and dropped.</p><table><tr>{head}</tr>{''.join(rows)}</table>{note}")
+            f"not apply to a language skip it), dropped, and the time each step took (summed over the "
+            f"workers that cleaned the files).</p><table><tr>{head}</tr>{''.join(rows)}</table>{note}")
+
+
+#: what marks a time on the page (the one part of it that differs between two runs of the same
+#: input and config): :func:`without_timings` cuts these spans out
+TIMING_OPEN, TIMING_CLOSE = "<!--timing-->", "<!--/timing-->"
+_TIMING_SPAN = re.compile(re.escape(TIMING_OPEN) + ".*?" + re.escape(TIMING_CLOSE), re.S)
+
+
+def _timing(text: str) -> str:
+    return f"{TIMING_OPEN}{text}{TIMING_CLOSE}"
+
+
+def without_timings(name: str, data: bytes) -> bytes:
+    """A corpus output file as it would be without its timings, for comparing two runs byte for byte:
+    ``manifest.json`` without its ``timings`` section, ``report.html`` without its marked times, any
+    other file as it is. (Everything in a corpus directory but ``run.json`` and these is the same
+    bytes for the same input and config; with ``write.timings: false`` these are too.)"""
+    base = name.rsplit("/", 1)[-1]
+    if base == "manifest.json":
+        import json
+
+        manifest = json.loads(data)
+        manifest.pop("timings", None)
+        return json.dumps(manifest, sort_keys=True).encode()
+    if base == "report.html":
+        return _TIMING_SPAN.sub("", data.decode()).encode()
+    return data
 
 
 def _share_bar_time(sec: float, total: float, width: int = 120) -> str:
@@ -649,20 +672,20 @@ SECTIONS = (
 )
 
 
-def render_html(manifest: dict, seconds: float | None = None, timings: list[dict] | None = None) -> str:
-    """The report page: a pure function of the manifest. ``seconds`` (the run's) and ``timings``
-    (``run.json``'s ``clean_steps``: per step its seconds) add times; ``gristmill corpus`` gives neither,
-    so that the page is the same bytes for the same input and config."""
+def render_html(manifest: dict) -> str:
+    """The report page: a pure function of the manifest (its times, when it has ``timings``, are
+    marked so that :func:`without_timings` can take them out)."""
     c = manifest["counts"]
     read, kept = c["read"], c["kept"]
     reason_rows = [(r, n, DROPPED) for r, n in sorted(c["dropped"].items(), key=lambda kv: (-kv[1], kv[0]))]
     lang_rows = _language_rows(manifest["languages"])
-    timing = f" in {seconds:.1f} s" if seconds is not None else ""
+    timings = manifest.get("timings")
+    timing = _timing(f" in {timings['seconds']:.1f} s") if timings else ""
     config_id = manifest["config_sha256"][:12]
     body = {
         "funnel": "<p>Each stage in pipeline order: the bar is the documents that reached it, blue the ones it "
                   "passed on (share of the documents read), red the ones it dropped.</p>" + _funnel(manifest),
-        "clean-steps": _clean_steps(manifest, timings),
+        "clean-steps": _clean_steps(manifest),
         "reasons": "<p>Share of the documents read.</p>" + _bars(reason_rows, read),
         "examples": _examples(manifest),
         "by-language": _by_language(manifest),
@@ -688,6 +711,5 @@ Config <code>{config_id}</code>.</p>
 """
 
 
-def write_html_report(manifest: dict, path: str, seconds: float | None = None,
-                      timings: list[dict] | None = None) -> None:
-    io.write_bytes_atomic(path, render_html(manifest, seconds, timings).encode())
+def write_html_report(manifest: dict, path: str) -> None:
+    io.write_bytes_atomic(path, render_html(manifest).encode())

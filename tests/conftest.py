@@ -224,8 +224,11 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of an output but run.json (when and where the run ran: the one file that differs)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+    """Every file of an output but run.json (when and where the run ran), the manifest and report
+    without their timings (what differs between two runs of the same input and config)."""
+    from gristmill.pipelines.report import without_timings
+
+    return {str(p.relative_to(root)): without_timings(p.name, p.read_bytes()) for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != "run.json"}
 
 

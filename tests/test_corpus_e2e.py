@@ -21,6 +21,7 @@ from gristmill.documents import SCHEMA_VERSION, open_corpus
 from gristmill.pipelines import filters
 from gristmill.pipelines.corpus import PipelineInputError, run_corpus
 from gristmill.pipelines.filters import dedup_key
+from gristmill.pipelines.report import without_timings
 
 from . import badinputs
 from .conftest import (
@@ -60,8 +61,10 @@ def test_output_is_byte_identical_to_the_recorded_run(direct):
     files = {str(p.relative_to(out)): p for p in out.rglob("*.arrow")}
     assert sorted(files) == sorted(golden["files"])
     assert {rel: hashlib.sha256(p.read_bytes()).hexdigest() for rel, p in files.items()} == golden["files"]
-    assert hashlib.sha256((out / "report.html").read_bytes()).hexdigest() == golden["report.html"]
+    report_bytes = without_timings("report.html", (out / "report.html").read_bytes())
+    assert hashlib.sha256(report_bytes).hexdigest() == golden["report.html"]
     m = json.loads(json.dumps(m))  # a copy: the fixture is shared
+    assert m.pop("timings")["seconds"] > 0  # the one section that differs between runs
     for f in m["inputs"]:
         f.pop("path")  # absolute: where this checkout is
     assert hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest() == golden["manifest_without_input_paths"]
@@ -336,3 +339,24 @@ def test_cli_corpus_prints_the_funnel(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "funnel" in r.stdout and "gopher_quality" in r.stdout and "balanced" in r.stdout
     assert os.path.exists(tmp_path / "o" / "manifest.json")
+
+
+def test_without_timings_manifest_and_report_are_the_same_bytes_outright(tmp_path):
+    """``write.timings: false``: no times in manifest.json and report.html, so two runs of the same input
+    are the same bytes in every file but run.json, with nothing taken out before comparing."""
+    inputs = [str(SAMPLE / "ccnet-cc-main-2020-16.parquet")]
+    untimed = ["write.timings=false"]
+    run(tmp_path / "a", inputs=inputs, overrides=untimed)
+    run(tmp_path / "b", inputs=inputs, overrides=untimed, beam_args=["--runner", "DirectRunner",
+                                                                     "--direct_num_workers", "1"])
+
+    def raw(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "run.json"}
+
+    a = raw(tmp_path / "a")
+    assert a == raw(tmp_path / "b") and "manifest.json" in a and "report.html" in a
+    assert b'"timings"' not in a["manifest.json"].replace(b'"timings": false', b"")
+    assert b"<!--timing-->" not in a["report.html"] and b"write.timings: false" in a["report.html"]
+    # the run's times are still in run.json
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["clean_steps"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,7 @@ from gristmill.pipelines.decontaminate import (
     words,
 )
 
-from .conftest import DEMO_CONFIG, SAMPLE, run_cli, shared
+from .conftest import DEMO_CONFIG, SAMPLE, run_cli, shared, tree_bytes
 
 GSM8K_TEST = "sft/gsm8k_test.jsonl"
 
@@ -219,10 +218,6 @@ def test_dask_runner_decontaminates_the_same_bytes(planted, tmp_path):
                    ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner",
                     "--dask_client_address", cluster.scheduler_address], progress=False)
 
-    def tree(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-                if p.is_file() and p.name != "run.json"}
-
-    got = tree(tmp_path / "dask")
+    got = tree_bytes(tmp_path / "dask")
     assert Counter(k.split("/")[0] for k in got)["_rejected"] >= 1
-    assert got == tree(out)
+    assert got == tree_bytes(out)

@@ -4,7 +4,6 @@ the pool and one process write the same bytes, and a wrong model stops the run b
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +14,7 @@ from gristmill.config import load_config
 from gristmill.pipelines import quality
 from gristmill.pipelines.corpus import run_corpus
 
-from .conftest import DEMO_CONFIG, SAMPLE_GLOB, run_cli
+from .conftest import DEMO_CONFIG, SAMPLE_GLOB, run_cli, tree_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -106,11 +105,7 @@ def test_the_pool_and_one_process_write_the_same_bytes(by_fraction, tmp_path):
     pool, _ = by_fraction
     run(tmp_path / "one", TOP_FRACTION, ["--direct_num_workers", "1"])
 
-    def digest(root: Path) -> dict:
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file() and p.name != "run.json"}
-
-    assert digest(pool) == digest(tmp_path / "one")
+    assert tree_bytes(pool) == tree_bytes(tmp_path / "one")
 
 
 def test_a_model_that_is_not_a_quality_classifier_stops_the_run_before_any_work(tmp_path):

@@ -101,9 +101,17 @@ def test_demo_report_in_chromium(demo_corpus, tmp_path):
     funnel_drops = {row["stage"]: row["dropped"] for row in manifest["funnel"]}
     for step in manifest["clean_steps"]:
         assert step["dropped"] == funnel_drops.get(step["step"], 0), step
+    # and the time each took: in the manifest's timings (as in run.json) and on the page
     run = json.loads((demo_corpus / "run.json").read_text())
-    assert [s["step"] for s in run["clean_steps"]] == [s["step"] for s in manifest["clean_steps"]]
-    assert all(s["seconds"] >= 0 for s in run["clean_steps"])
+    timed = manifest["timings"]["clean_steps"]
+    assert [s["step"] for s in timed] == [s["step"] for s in manifest["clean_steps"]]
+    assert timed == [{"step": s["step"], "seconds": s["seconds"]} for s in run["clean_steps"]]
+    assert all(s["seconds"] >= 0 for s in timed) and sum(s["seconds"] for s in timed) > 0
+    steps_section = re.search(r'<section id="clean-steps">(.*?)</section>', dom, re.S).group(1)
+    assert "µs per document" in steps_section
+    for s in timed:  # the seconds cell follows documents in, dropped and dropped %
+        row = rf"<code>{s['step']}</code></td>(<td>[^<]*</td>){{3}}<td>(<!--timing-->)?{s['seconds']:.2f}<"
+        assert re.search(row, steps_section, re.S), s
 
 
 def test_clean_step_drops_add_up_to_the_cleaning_stages(demo_corpus):

@@ -4,6 +4,7 @@ and the page made from them (hostile text escaped, old manifests still rendered)
 
 from __future__ import annotations
 
+import json
 import random
 
 import apache_beam as beam
@@ -11,7 +12,7 @@ import apache_beam as beam
 from gristmill.config import GristmillConfig, PiiConfig
 from gristmill.documents import new_document
 from gristmill.pipelines import report
-from gristmill.pipelines.clean import Cleaner
+from gristmill.pipelines.clean import Cleaner, step_order
 from gristmill.pipelines.corpus import _report_samples
 from gristmill.pipelines.runner import read_stats
 
@@ -165,11 +166,27 @@ def test_the_cleaner_counts_and_times_each_step():
     assert cleaner.take_steps() == {}  # taken: the next file starts from zero
 
 
+def test_the_step_order_is_the_order_the_cleaner_runs_them():
+    """One statement of the chain's order (clean.step_order, from the config's stages): a document that
+    passes every step meets them in that order, holdout and a custom filter included."""
+    cfg = GristmillConfig.model_validate({
+        "holdout": {"fraction": 0.001},
+        "clean": {"url_blocklist": {"domains": ["blocked.example"]},
+                  "custom_filters": [{"name": "mine", "function": "tests.extension_filters:drop_keyword",
+                                      "params": {"words": ["zzzz"]}}]}})
+    cleaner = Cleaner(cfg)
+    doc = cleaner.process(new_document("a", ENGLISH, "s", "https://example.org/"))
+    assert doc["reason"] is None
+    order = step_order(cfg)
+    assert list(cleaner.take_steps()) == list(order)
+    assert order[:3] == ("holdout", "normalize", "url_blocklist") and order[-2:] == ("mine", "pii")
+
+
 def test_clean_steps_add_up_files_in_the_chain_order():
     per_file = [{"pii": [2, 0, 0.5], "normalize": [3, 1, 1.0], "mine": [2, 0, 0.25]},
-                {"normalize": [4, 0, 2.0], "langid": [4, 1, 1.0]}]
-    steps = report.clean_steps(per_file, custom=("mine",))
-    assert [s["step"] for s in steps] == ["normalize", "langid", "mine", "pii"]
+                {"normalize": [4, 0, 2.0], "langid": [4, 1, 1.0], "unknown": [1, 0, 0.0]}]
+    steps = report.clean_steps(per_file, ("normalize", "langid", "mine", "pii"))
+    assert [s["step"] for s in steps] == ["normalize", "langid", "mine", "pii", "unknown"]
     assert steps[0] == {"step": "normalize", "documents": 7, "dropped": 1, "seconds": 3.0}
 
 
@@ -211,8 +228,29 @@ def test_every_section_is_on_the_page_and_an_old_manifest_still_renders():
     assert page.count("(not recorded in this manifest)") == 5
 
 
-def test_times_show_only_when_given():
+def test_times_show_when_the_manifest_has_them_and_are_all_that_without_timings_removes():
     m = _manifest_with_report()
-    assert "µs per document" not in report.render_html(m)
-    page = report.render_html(m, timings=[{"step": "c4_lines", "documents": 2, "dropped": 1, "seconds": 0.5}])
-    assert "µs per document" in page and "<td>250,000</td>" in page
+    untimed = report.render_html(m)
+    assert "µs per document" not in untimed and "write.timings: false" in untimed
+    m["timings"] = {"seconds": 12.25, "clean_steps": [{"step": "c4_lines", "seconds": 0.5}]}
+    page = report.render_html(m)
+    assert "µs per document" in page and "<td><!--timing-->250,000<!--/timing--></td>" in page
+    assert "<!--timing--> in 12.2 s<!--/timing-->;" in page
+    m["timings"] = {"seconds": 99.0, "clean_steps": [{"step": "c4_lines", "seconds": 7.0}]}
+    other = report.render_html(m)
+    assert other != page
+    assert report.without_timings("report.html", other.encode()) == report.without_timings("x/report.html",
+                                                                                          page.encode())
+    # what is left is the page with its time columns, without numbers
+    stripped = report.without_timings("report.html", page.encode()).decode()
+    assert "µs per document" in stripped and "250,000" not in stripped and "12.2 s" not in stripped
+
+
+def test_without_timings_drops_the_manifests_timings_only():
+    a = {"counts": {"read": 1}, "timings": {"seconds": 1.0, "clean_steps": []}}
+    b = {"timings": {"seconds": 2.0, "clean_steps": []}, "counts": {"read": 1}}
+    ja, jb = json.dumps(a).encode(), json.dumps(b, indent=1).encode()
+    assert report.without_timings("manifest.json", ja) == report.without_timings("out/manifest.json", jb)
+    assert report.without_timings("manifest.json", ja) != report.without_timings(
+        "manifest.json", json.dumps({"counts": {"read": 2}}).encode())
+    assert report.without_timings("shard.arrow", ja) == ja
