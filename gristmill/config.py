@@ -808,6 +808,10 @@ class AblateConfig(_Section):
     #: on GPUs, runs of one worker sharing each GPU (Ray tasks with 1/N of a GPU each): an ablation's small
     #: models leave most of a GPU idle
     runs_per_gpu: int = Field(default=1, ge=1)
+    #: runs of one worker trained at once in one process, a thread each, without Ray Train per run (on a GPU:
+    #: one process and CUDA context for all of them); each run's weights are those it gets alone. Needs
+    #: model.dropout 0 (its random stream is the process's). On CPUs the runs share the process's cores.
+    runs_per_process: int = Field(default=1, ge=1)
     #: a source holding more than this share of a held-out set's 13-grams is a leak (trainer/leaks.py)
     max_heldout_overlap: float = Field(default=0.01, ge=0.0, le=1.0)
     #: a leak is reported and the ablation goes on (the CLI's --allow-overlap)

@@ -89,14 +89,17 @@ def _config(tmp_path: Path, **ablate) -> Path:
         "tokenizer": {"vocab_size": 1000, "input_sentence_size": 200_000},
         "tokenize": {"seq_len": 64, "val_fraction": 0.05},
         "model": {"preset": "tiny"},
-        # Ray Train's local mode: the runs one after another in this process (on Ray: test_ablate_on_ray_...)
+        # no Ray: the runs two at a time in threads of this process (on Ray: test_ablate_on_ray_...)
         "pretrain": {"num_workers": 0, "cpus_per_worker": 1, "batch_size": 8, "micro_batch_size": 8,
                      "warmup_steps": 2, "log_every": 5, "eval_batches": 2, "peak_tflops": 1.0},
         "ablate": {"output": str(tmp_path / "ablation"), "inputs": [str(CRAWL)],
                    "variants": [{"name": "raw", "base": "raw"}, {"name": "default"}],
                    "seeds": [0, 1], "tokens": 10_240, "eval_points": 2,
                    "heldout": [str(shared("text/pg84_frankenstein.txt"))], "heldout_max_tokens": 4000,
-                   "mc": [str(MC)], **ablate},
+                   "mc": [str(MC)],
+                   # two runs at a time in threads of this process (each trains what it would alone:
+                   # test_ablate_threads.py; the Ray test below compares its numbers with a run per Ray task)
+                   "runs_per_process": 2, **ablate},
     }
     path = tmp_path / "ablate.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -132,7 +135,7 @@ def _ablate(config: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_ablation(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The tiny ablation on the command line, its runs in Ray Train's local mode: (config, first invocation)."""
+    """The tiny ablation on the command line, its runs in threads of its process: (config, first invocation)."""
     config = _config(tmp_path_factory.mktemp("ablate"))
     return config, _ablate(config)
 
@@ -143,7 +146,7 @@ def test_ablate_end_to_end_on_a_tiny_budget(tiny_ablation):
     assert first.returncode == 0, first.stderr[-4000:]
     out = config.parent / "ablation"
     assert "| raw |" in first.stdout and "| default |" in first.stdout
-    assert "4 training run(s), 1 at once (in this process)" in first.stderr
+    assert "4 training run(s), 2 at once (in this process), 2 per process in threads" in first.stderr
     # said before the first run trains: how long it will take; then progress over all runs as each ends
     assert 0 <= first.stderr.index("estimated time: ") < first.stderr.index(": training")
     assert "1/4 runs evaluated, ETA" in first.stderr and "4/4 runs evaluated" in first.stderr
@@ -232,9 +235,9 @@ def _manifest_counts(corpus: Path) -> dict:
 
 @pytest.mark.slow
 def test_ablate_on_ray_trains_in_parallel_and_gives_the_in_process_numbers(tiny_ablation, tmp_path):
-    """The same ablation (seed 0, the variants' corpora and tokenizer from the in-process one) with a Ray Train
-    worker per run, two runs at once, checkpoints evaluated as Ray tasks: the same curves as in process (a
-    local-mode run and a one-worker Ray Train run compute the same weights)."""
+    """The same ablation (seed 0, the variants' corpora and tokenizer from the in-process one) with a Ray task
+    per run (Ray Train's local mode in it, the default), two runs at once: the same curves as in process (runs
+    sharing a process in threads compute the weights each computes alone)."""
     config, first = tiny_ablation
     assert first.returncode == 0, first.stderr[-4000:]
     local = config.parent / "ablation"
@@ -242,7 +245,7 @@ def test_ablate_on_ray_trains_in_parallel_and_gives_the_in_process_numbers(tiny_
     tree = yaml.safe_load(config.read_text())
     tree["pretrain"]["num_workers"] = 1
     tree["ablate"].update(output=str(tmp_path / "ablation"), variants=variants, seeds=[0], crawl_heldout=0,
-                          tokenizer=str(local / "tokenizer"))
+                          tokenizer=str(local / "tokenizer"), runs_per_process=1)
     ray_config = tmp_path / "ray.yaml"
     ray_config.write_text(yaml.safe_dump(tree))
     # stopped by the scheduler while its runs train in driver threads: it ends at once and cleanly ...

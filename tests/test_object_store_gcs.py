@@ -95,3 +95,27 @@ def test_an_output_in_a_missing_gcs_bucket_is_refused_with_what_to_check(gcs, gs
     assert r.returncode == 2, r.stderr[-2000:]
     assert "cannot list and write the output gs://no-such-bucket/corpus" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_token_shards_on_gcs_are_copied_to_the_node_cache_verified(gcs, demo_tokens64, tmp_path, monkeypatch):
+    """`pretrain.data: gs://...` reads through tokenizer/cache.py, as on S3 (where a whole pretraining run is
+    tested): every shard copied and checked against the manifest's SHA-256; a damaged copy completed."""
+    import hashlib
+
+    from gristmill.tokenizer.cache import local_tokens
+
+    for k, v in gcs.env({}).items():
+        monkeypatch.setenv(k, v)
+    gcs.create_bucket("tok")
+    gcs.upload_dir(demo_tokens64, "tok", "demo64")
+    copy = local_tokens("gs://tok/demo64", tmp_path / "cache")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest == json.loads((demo_tokens64 / "manifest.json").read_text())
+    shards = [s for split in manifest["splits"].values() for s in split["shards"]]
+    assert len(shards) >= 2
+    for s in shards:
+        assert hashlib.sha256((copy / s["path"]).read_bytes()).hexdigest() == s["sha256"]
+    (copy / shards[0]["path"]).write_bytes(b"damaged")  # a copy killed midway
+    (copy / "manifest.json").unlink()
+    assert local_tokens("gs://tok/demo64", tmp_path / "cache") == copy
+    assert hashlib.sha256((copy / shards[0]["path"]).read_bytes()).hexdigest() == shards[0]["sha256"]

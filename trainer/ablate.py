@@ -362,26 +362,53 @@ def train_and_evaluate_run(run_config: dict, heldout: dict[str, np.ndarray], mc:
     from its newest checkpoint), then its checkpoints evaluated here, on its GPU when it has one. No Ray
     Train run starts per run (a controller and a worker group: ~10 s each on the development machine), and
     on a GPU several such tasks share the device (``ablate.runs_per_gpu``)."""
+    from gristmill.trainer.launch import run_training
+
+    return train_and_evaluate_runs([run_config], heldout, mc, seq_len, threads, run_training)[0]
+
+
+def _train_and_evaluate_one_task(run_configs: list[dict], heldout: dict[str, np.ndarray], mc: dict[str, list[dict]],
+                                 seq_len: int, threads: int) -> list[list[dict]]:
+    """:func:`train_and_evaluate_run` as a Ray task of a group of one (what ``runs_per_process: 1`` runs)."""
+    (run_config,) = run_configs
+    return [train_and_evaluate_run(run_config, heldout, mc, seq_len, threads)]
+
+
+def train_and_evaluate_runs(run_configs: list[dict], heldout: dict[str, np.ndarray], mc: dict[str, list[dict]],
+                            seq_len: int, threads: int, train: Callable | None = None) -> list[list[dict]]:
+    """Several runs of one worker in this process at once, a thread each (``ablate.runs_per_process``): each
+    trained without Ray Train (``launch.train_in_this_thread``: its newest checkpoint resumed), then its
+    checkpoints evaluated in its thread, on the GPU when there is one — several small models sharing one
+    process and its device. ``train``: another way to train one run (one run as one Ray task: Ray Train's
+    local mode). Returns each run's evaluation rows, in order."""
     import torch
 
     from gristmill.log import drop_known_noise
 
     drop_known_noise()  # a Ray task: gristmill's logging is not set up here (before anything imports Beam)
     from gristmill.trainer.checkpoint import is_complete, read_state
-    from gristmill.trainer.launch import run_training
+    from gristmill.trainer.launch import train_in_this_thread
 
+    train = train or train_in_this_thread
     torch.set_num_threads(max(1, threads))
-    tree = dict(run_config)
-    tree["pretrain"] = {**tree["pretrain"], "num_workers": 0}
-    cfg = GristmillConfig.model_validate(tree)
-    p = cfg.pretrain
-    run_dir = Path(p.storage_path) / p.name
-    if not is_complete(run_dir / f"checkpoint_{p.max_steps:08d}"):
-        run_training(cfg, "pretrain")
-    checkpoints = sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
-                         and read_state(d)["step"] <= p.max_steps)
-    device = "cuda" if p.use_gpu and torch.cuda.is_available() else "cpu"
-    return evaluate_checkpoints(checkpoints, heldout, mc, seq_len, threads, device)
+
+    def one(run_config: dict) -> list[dict]:
+        tree = dict(run_config)
+        tree["pretrain"] = {**tree["pretrain"], "num_workers": 0}
+        cfg = GristmillConfig.model_validate(tree)
+        p = cfg.pretrain
+        run_dir = Path(p.storage_path) / p.name
+        if not is_complete(run_dir / f"checkpoint_{p.max_steps:08d}"):
+            train(cfg, "pretrain")
+        checkpoints = sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
+                             and read_state(d)["step"] <= p.max_steps)
+        device = "cuda" if p.use_gpu and torch.cuda.is_available() else "cpu"
+        return evaluate_checkpoints(checkpoints, heldout, mc, seq_len, threads, device)
+
+    if len(run_configs) == 1:
+        return [one(run_configs[0])]
+    with ThreadPoolExecutor(len(run_configs), thread_name_prefix="ablation-model") as pool:
+        return list(pool.map(one, run_configs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,6 +723,11 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
 
     p = cfg.pretrain
     local, as_task = p.num_workers == 0, False
+    # runs of one worker trained together in one process, a thread each (ablate.runs_per_process)
+    together = a.runs_per_process if p.num_workers <= 1 else 1
+    if together > 1 and any(c.model.dropout for _, _, c in train_cfgs):
+        raise AblationError("ablate.runs_per_process > 1 needs model.dropout: 0 (dropout draws from the process's "
+                            "random stream, which runs in threads of one process would share: not reproducible)")
     if not local:
         ensure_ray(p)
     sp = load(tokenizer)
@@ -724,13 +756,15 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
             # a task whose process dies (OOM, node lost) is retried as pretrain.max_failures says, and resumes
             # from the run's newest checkpoint, as a Ray Train run restarts its worker group
             run_task = ray.remote(num_cpus=p.cpus_per_worker, num_gpus=1 / share if p.use_gpu else 0,
-                                  max_retries=p.max_failures)(train_and_evaluate_run)
+                                  max_retries=p.max_failures)(
+                train_and_evaluate_runs if together > 1 else _train_and_evaluate_one_task)
 
         def evaluate(checkpoints: list[str]) -> list[dict]:
             return ray.get(remote.remote(checkpoints, heldout_ref, mc_ref, seq_len))
-    parallel = min(parallel, len(train_cfgs))
-    log.info("%d training run(s), %d at once%s", len(train_cfgs), parallel, " (in this process)" if local else
-             (" (Ray tasks" + (f", {share} per GPU" if p.use_gpu else "") + ")") if as_task else " (Ray Train runs)")
+    parallel = min(parallel, math.ceil(len(train_cfgs) / together))
+    log.info("%d training run(s), %d at once%s%s", len(train_cfgs), parallel * together,
+             " (in this process)" if local else (" (Ray tasks" + (f", {share} per GPU" if p.use_gpu else "") + ")")
+             if as_task else " (Ray Train runs)", f", {together} per process in threads" if together > 1 else "")
     max_steps = train_cfgs[0][2].pretrain.max_steps
     every = train_cfgs[0][2].pretrain.checkpoint_every
     import torch
@@ -740,7 +774,8 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
                   for _, _, c in train_cfgs)  # by an earlier invocation
     # the last checkpoint on every held-out token, the curve's earlier ones on every CURVE_STRIDE-th window
     scored = sum(len(t) for t in heldout.values()) * (1 + (math.ceil(max_steps / every) - 1) / CURVE_STRIDE)
-    guess = ablation_time.estimate(measured, len(train_cfgs), parallel, max_steps, scored,
+    at_once = parallel * together if p.use_gpu else parallel  # threads on CPUs share the same cores
+    guess = ablation_time.estimate(measured, len(train_cfgs), at_once, max_steps, scored,
                                    runs_to_train=len(train_cfgs) - trained,
                                    per_run_s=ablation_time.RUN_OVERHEAD_S[
                                        "local" if local else "ray_task" if as_task else "ray_train"])
@@ -755,41 +790,56 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
         log.info("estimated time: after the first steps (the runs train on GPUs; the progress gives an ETA)")
     t_runs = time.time()
 
-    def one(item):
-        name, seed, run_cfg = item
-        rp = run_cfg.pretrain
+    def start(item) -> None:
+        rp = item[2].pretrain
         run_dir = Path(rp.storage_path) / rp.name
-        final = run_dir / f"checkpoint_{rp.max_steps:08d}"
         # a run directory resumes only the run it was started for: another model, data or budget starts over
-        fp = _sha({"config": run_cfg.model_dump(mode="json"), "data": _manifest_sha(rp.data)})
+        fp = _sha({"config": item[2].model_dump(mode="json"), "data": _manifest_sha(rp.data)})
         if not steps.finished(f"run:{rp.name}", fp):
             if run_dir.exists():
                 log.warning("run %s: its directory holds a run with other settings or data; starting it over",
                             rp.name)
                 shutil.rmtree(run_dir)
             steps.record(f"run:{rp.name}", fp)
-        if not is_complete(final):
+        if not is_complete(run_dir / f"checkpoint_{rp.max_steps:08d}"):
             log.info("run %s: training", rp.name)
-        if as_task:
-            rows = ray.get(run_task.remote(run_cfg.model_dump(mode="json"), heldout_ref, mc_ref, seq_len,
-                                           p.cpus_per_worker))
-        else:
-            if not is_complete(final):
-                run_training(run_cfg, "pretrain")
-            checkpoints = sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
-                                 and read_state(d)["step"] <= rp.max_steps)
-            rows = evaluate(checkpoints)
+
+    def finish(item, rows: list[dict]) -> dict:
+        name, seed, run_cfg = item
+        rp = run_cfg.pretrain
         log.info("run %s: %s", rp.name, "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items()
                                                   if isinstance(v, float)))
         tracker.run_finished(rp.name)
-        return {"variant": name, "seed": seed, "run": str(run_dir), "curve": rows}
+        return {"variant": name, "seed": seed, "run": str(Path(rp.storage_path) / rp.name), "curve": rows}
 
+    def one_group(group: list) -> list[dict]:
+        for item in group:
+            start(item)
+        trees = [c.model_dump(mode="json") for _, _, c in group]
+        if as_task:
+            rows = ray.get(run_task.remote(trees, heldout_ref, mc_ref, seq_len, p.cpus_per_worker))
+        elif together > 1:  # threads of this process
+            rows = train_and_evaluate_runs(trees, heldout, mc, seq_len, torch.get_num_threads())
+        else:
+            (_, _, run_cfg), = group
+            rp = run_cfg.pretrain
+            run_dir = Path(rp.storage_path) / rp.name
+            if not is_complete(run_dir / f"checkpoint_{rp.max_steps:08d}"):
+                run_training(run_cfg, "pretrain")
+            rows = [evaluate(sorted(str(d) for d in run_dir.glob("checkpoint_*") if is_complete(d)
+                                    and read_state(d)["step"] <= rp.max_steps))]
+        return [finish(item, r) for item, r in zip(group, rows)]
+
+    groups = [train_cfgs[i:i + together] for i in range(0, len(train_cfgs), together)]
     run_dirs = [Path(c.pretrain.storage_path) / c.pretrain.name for _, _, c in train_cfgs]
     bar = progress and sys.stderr.isatty()
     with ablation_time.RunsProgress(run_dirs, max_steps, guess.total_s if guess else None, bar) as tracker:
-        out = [one(item) for item in train_cfgs] if parallel == 1 else _in_threads(one, train_cfgs, parallel)
+        if parallel == 1:
+            done = [one_group(g) for g in groups]
+        else:
+            done = _in_threads(one_group, groups, parallel)
     timing["train_and_evaluate_s"] = round(time.time() - t_runs, 1)
-    return out
+    return [r for group in done for r in group]
 
 
 def _in_threads(fn, items: list, parallel: int) -> list:

@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from gristmill.errors import GristmillError
 from gristmill.io import follow_umask
-from gristmill.trainer.model import GPT, ModelArgs, build_model
+from gristmill.trainer.model import GPT, RNG_LOCK, ModelArgs, build_model
 
 STATE_FILE = "trainer_state.json"
 #: in a checkpoint directory: the run diverged right after resuming from it (its content is why)
@@ -227,9 +227,10 @@ def restore(path: Path, model, optimizer, rank: int) -> dict:
         set_optimizer_state_dict(model, optimizer, osd, options=full)
     rng = load_file(path / "rng.safetensors")
     if f"rank{rank}.cpu" in rng:  # a run resumed on more workers than it saved starts the new ranks fresh
-        torch.set_rng_state(rng[f"rank{rank}.cpu"])
-        if f"rank{rank}.cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng[f"rank{rank}.cuda"])
+        with RNG_LOCK:  # not while another run in this process seeds and builds its model
+            torch.set_rng_state(rng[f"rank{rank}.cpu"])
+            if f"rank{rank}.cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng[f"rank{rank}.cuda"])
     return read_state(path)
 
 

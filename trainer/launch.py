@@ -370,11 +370,35 @@ def wait_interruptibly(fn):
     return box["result"]
 
 
+def train_in_this_thread(cfg: GristmillConfig, task: str = "pretrain") -> TrainResult:
+    """One run of one worker in the calling thread, without Ray Train (no controller, no worker group, no
+    Ray at all): what trains several small models in one process, one thread each, sharing its device
+    (``ablate.runs_per_process``). Resumes from the newest verified checkpoint on disk as local mode does;
+    a failure is the caller's to retry. Each run's initial weights are those it gets alone (the global RNG
+    is taken in turns); dropout's stream is not per thread, so runs that share a process need dropout 0."""
+    t0 = time.time()
+    cfg, args, extra = prepare(cfg, task)
+    p = getattr(cfg, TASK_SECTIONS[task])
+    run_dir = Path(p.storage_path) / p.name
+    finished = _finished(run_dir, p.max_steps)
+    if finished is not None:
+        return TrainResult(run_dir, finished, ckpt.read_state(finished).get("metrics") or {}, time.time() - t0)
+    loop_config = {"config": cfg.model_dump(mode="json"), "model_args": args.to_dict(), "local_mode": True,
+                   "plain": True, "progress": False, **extra}
+    with recorded_run(str(run_dir), task) as record:
+        metrics = train_loop(loop_config)
+        _check_diverged(run_dir, None)
+        checkpoint = ckpt.latest_checkpoint(run_dir)
+        record.update(checkpoint=str(checkpoint) if checkpoint else None)
+    return TrainResult(run_dir, checkpoint, metrics, time.time() - t0)
+
+
 def _check_diverged(run_dir: Path, result) -> None:
     diverged = run_dir / DIVERGED_FILE
     if diverged.exists():
         info = json.loads(diverged.read_text())
-        last_good = info.get("last_good_checkpoint") or (result.checkpoint.path if result.checkpoint else None)
+        reported = result.checkpoint.path if result is not None and result.checkpoint else None
+        last_good = info.get("last_good_checkpoint") or reported
         raise TrainingDivergedError(f"{info['message']} ({last_good or 'no checkpoint was written before it'}); "
                                     "lower the learning rate, raise warmup_steps or check the data")
 

@@ -32,8 +32,8 @@ from gristmill.config import GristmillConfig, LoopConfig
 from gristmill.trainer import checkpoint as ckpt
 from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_batch_start
 from gristmill.trainer.metrics import MetricsLog, progress_bar
-from gristmill.trainer.mfu import cpu_has_native_bf16, mfu, peak_flops
-from gristmill.trainer.model import GPT, ModelArgs, build_model, flops_per_token
+from gristmill.trainer.mfu import mfu, run_peak, use_bf16
+from gristmill.trainer.model import GPT, RNG_LOCK, ModelArgs, build_model, flops_per_token
 from gristmill.trainer.optim import build_optimizer, check_same_optimizer, lr_at
 from gristmill.trainer.parallel import node_ip, quiet_ray_train_reports, wrap
 from gristmill.trainer.plots import refresh_plot
@@ -97,9 +97,14 @@ def set_up(loop_config: dict) -> _Run:
     quiet_ray_train_reports()
     task_name = loop_config.get("task", "pretrain")
     p = getattr(cfg, TASK_SECTIONS[task_name])
-    local_mode = loop_config["local_mode"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # plain: a run of one worker without Ray Train (ablate.runs_per_process: several in threads of one process)
+    plain = loop_config.get("plain", False)
+    local_mode = loop_config["local_mode"] or plain
+    if plain:
+        rank, world = 0, 1
+    else:
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if p.use_gpu and torch.cuda.is_available():
         import ray.train.torch
 
@@ -118,13 +123,7 @@ def set_up(loop_config: dict) -> _Run:
     (run_dir / "workers").mkdir(exist_ok=True)
     (run_dir / "workers" / f"rank{rank}.json").write_text(json.dumps(
         {"pid": os.getpid(), "rank": rank, "world": world, "host": os.uname().nodename, "ip": node_ip()}))
-    bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
-    if bf16 and device.type == "cpu" and not cpu_has_native_bf16():
-        if rank == 0:
-            log.warning("pretrain.precision is bf16 but this CPU has no native bf16 (no avx512_bf16 or amx_bf16): "
-                        "PyTorch emulates it, and a bf16 step ran 27x slower than fp32 on an AVX2 EPYC (83 s "
-                        "against 3 s); training in fp32. Set pretrain.precision: fp32 to silence this.")
-        bf16 = False
+    bf16 = use_bf16(p, device, rank == 0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     run = _Run(loop_config, task_name, p, rank, world, device, local_mode, run_dir,
                ModelArgs.from_dict(loop_config["model_args"]), plan, task,
@@ -132,8 +131,9 @@ def set_up(loop_config: dict) -> _Run:
                task.train.stream(p.seed) if hasattr(task.train, "stream") else SampleStream(len(task.train), p.seed),
                autocast, bf16)
 
-    torch.manual_seed(p.seed)  # same initial weights on every rank
-    model = build_model(run.args)
+    with RNG_LOCK:  # same initial weights on every rank (whatever other runs share this process)
+        torch.manual_seed(p.seed)
+        model = build_model(run.args)
     if run.init_checkpoint:  # fine-tuning starts from a trained model (a new classification head stays as initialised)
         init = Path(run.init_checkpoint)
         missing, unexpected = model.load_state_dict(ckpt.load_weights(init, ckpt.load_model_args(init)), strict=False)
@@ -182,7 +182,8 @@ def resume(run: _Run) -> None:
                  run.samples)
         run.resumed_checkpoint, run.resumed_step = run.run_dir / Path(resumed_from).name, run.step
     else:
-        torch.manual_seed(p.seed + 1 + run.rank)  # per-rank stream for dropout
+        with RNG_LOCK:
+            torch.manual_seed(p.seed + 1 + run.rank)  # per-rank stream for dropout
     if run.rank == 0:
         (run.run_dir / DIVERGED_FILE).unlink(missing_ok=True)
     run.loss = functools.partial(run.task.loss, run.wrapped, autocast=run.autocast)
@@ -202,12 +203,7 @@ def start_logging(run: _Run) -> None:
     p = run.p
     run.fpt = flops_per_token(run.args, run.task.seq_len)
     dtype = torch.bfloat16 if run.bf16 else torch.float32
-    measured = run.loop_config.get("cpu_peak")
-    if (run.device.type == "cpu" and not p.peak_tflops and measured and measured["host"] == os.uname().nodename
-            and measured["threads"] == torch.get_num_threads() and measured["dtype"] == str(dtype)):
-        run.peak, peak_source = measured["flops"], measured["source"]
-    else:
-        run.peak, peak_source = peak_flops(run.device, p, dtype)
+    run.peak, peak_source = run_peak(run.device, p, dtype, run.loop_config.get("cpu_peak"))
     if run.rank == 0:
         log.info("model %.2fM parameters (%.2fM without embeddings), %.3g FLOPs/token; %d workers × %d micro-batch "
                  "× %d accumulation = %d sequences of %d tokens per step; MFU against %.3g FLOP/s (%s)",
@@ -350,7 +346,8 @@ def save(run: _Run) -> None:
                 done = sorted(d for d in run.run_dir.glob("checkpoint_*") if ckpt.is_complete(d))
                 for old in done[: -p.keep_checkpoints]:
                     shutil.rmtree(old, ignore_errors=True)
-        ray.train.report(metrics_now, checkpoint=checkpoint)
+        if not run.loop_config.get("plain"):  # a plain run has no Ray Train session to report to
+            ray.train.report(metrics_now, checkpoint=checkpoint)
         if run.world > 1:
             dist.barrier()
     else:

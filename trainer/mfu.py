@@ -3,12 +3,15 @@ and the share of it a run's tokens per second use (PaLM's definition; FLOPs per 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import torch
 
 from gristmill.config import LoopConfig
+
+log = logging.getLogger("gristmill.trainer")
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (SXM parts).
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
@@ -32,7 +35,8 @@ def peak_flops(device: torch.device, p: LoopConfig, dtype: torch.dtype) -> tuple
     key = (dtype, torch.get_num_threads())
     if key not in _CPU_PEAK:
         n = 2048
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        g = torch.Generator().manual_seed(0)  # not the global RNG: another run may be drawing its weights
+        a, b = torch.randn(n, n, dtype=dtype, generator=g), torch.randn(n, n, dtype=dtype, generator=g)
         a @ b
         best = 0.0
         for _ in range(5):
@@ -54,6 +58,28 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def use_bf16(p: LoopConfig, device: torch.device, speaks: bool) -> bool:
+    """Whether a run computes in bf16: as ``precision`` says (auto: on GPUs), but never on a CPU that only
+    emulates it (``speaks``: this rank says why)."""
+    bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
+    if bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        if speaks:
+            log.warning("pretrain.precision is bf16 but this CPU has no native bf16 (no avx512_bf16 or amx_bf16): "
+                        "PyTorch emulates it, and a bf16 step ran 27x slower than fp32 on an AVX2 EPYC (83 s "
+                        "against 3 s); training in fp32. Set pretrain.precision: fp32 to silence this.")
+        return False
+    return bf16
+
+
+def run_peak(device: torch.device, p: LoopConfig, dtype: torch.dtype, measured: dict | None) -> tuple[float, str]:
+    """A worker's peak FLOP/s for MFU: the driver's measurement (:func:`driver_cpu_peak`) when it was taken
+    on this host with this thread count and dtype, else :func:`peak_flops`."""
+    if (device.type == "cpu" and not p.peak_tflops and measured and measured["host"] == os.uname().nodename
+            and measured["threads"] == torch.get_num_threads() and measured["dtype"] == str(dtype)):
+        return measured["flops"], measured["source"]
+    return peak_flops(device, p, dtype)
 
 
 def driver_cpu_peak(p: LoopConfig, threads: int) -> dict:

@@ -33,6 +33,7 @@ linear).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass
 
 import torch
@@ -392,11 +393,18 @@ class EncoderClassifier(GPT):
         return self.cls_head(F.gelu(self.cls_dense(pooled)))
 
 
+#: torch's global RNG draws a new model's weights. Whoever seeds it or sets its state holds this lock (a
+#: run seeding and building its model, a resume restoring it), and so does every build: runs in threads of
+#: one process (``ablate.runs_per_process``) then get the weights each gets alone
+RNG_LOCK = threading.RLock()
+
+
 def build_model(args: ModelArgs) -> GPT:
     """The model a checkpoint's dimensions describe: a classifier when it has classes."""
-    if args.n_classes:
-        return EncoderClassifier(args) if args.objective == "mlm" else GPTClassifier(args)
-    return GPT(args)
+    with RNG_LOCK:
+        if args.n_classes:
+            return EncoderClassifier(args) if args.objective == "mlm" else GPTClassifier(args)
+        return GPT(args)
 
 
 def document_mask(idx: torch.Tensor, eos_id: int) -> torch.Tensor:

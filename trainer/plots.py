@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ log = logging.getLogger("gristmill.trainer")
 
 #: the plot a run keeps next to its metrics.jsonl
 PLOT_FILE = "training.png"
+#: pyplot's state is global: runs that train in threads of one process (an ablation's) draw one at a time
+_PYPLOT = threading.Lock()
 
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
@@ -40,6 +43,11 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
 def plot_runs(run_dirs: list[str | Path], output: str | Path, title: str | None = None) -> Path:
     """One figure of every run (a colour each): loss (thin) and validation loss (dots), learning rate and
     tokens per second, all against tokens seen. Written atomically (a reader never sees half a PNG)."""
+    with _PYPLOT:
+        return _draw(run_dirs, output, title)
+
+
+def _draw(run_dirs: list[str | Path], output: str | Path, title: str | None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
