@@ -599,8 +599,8 @@ class ModelConfig(_Section):
 class LoopConfig(_Section):
     """The training loop shared by pretraining and fine-tuning (trainer/loop.py; docs/trainer.md)."""
 
-    #: Ray Train storage_path: checkpoints, metrics.jsonl and TensorBoard logs go to STORAGE/NAME/.
-    #: Multi-node runs need a path every node can reach (NFS, or s3:// / gs:// for checkpoints).
+    #: checkpoints, metrics.jsonl and TensorBoard logs go to STORAGE/NAME/: a local path, a shared mount, or an
+    #: object store (s3://, gs://: the run works in a local mirror pushed at every checkpoint; trainer/run_store.py)
     storage_path: str = "runs/pretrain"
     #: run name; submitting a run with the same name and storage_path resumes it from its last checkpoint
     name: str = "gpt"

@@ -204,3 +204,55 @@ def test_pretraining_on_token_shards_on_s3_copies_them_once_per_node_verified_an
         assert training.logged_steps(tmp_path / "runs" / run)[-1] == 4
         for f in (tmp_path / "runs" / run).rglob("*"):
             assert not f.is_file() or not _secrets_in(f.read_bytes()), f
+
+
+def test_a_training_run_whose_storage_path_is_on_s3_resumes_from_the_store_on_another_node(s3, demo_tokens64,
+                                                                                            tmp_path, monkeypatch):
+    """`storage_path: s3://...`: the run works in a local mirror (trainer/run_store.py) and pushes each checkpoint,
+    its metrics and run.json to the store. A node lost after checkpoint 8 (the store has 4 and 8): the run
+    resubmitted on another node (an empty cache) pulls the store's run, resumes from step 8 and ends with the
+    weights of the run that was not interrupted; checkpoints it prunes leave the store too."""
+    import hashlib
+
+    from gristmill import api
+
+    from . import training
+    from .s3server import REGION
+
+    for k, v in {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+                 "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY, "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(k, v)
+    s3.client().create_bucket(Bucket="runs")
+
+    def pretrain(node: str, **extra) -> None:
+        monkeypatch.setenv("GRISTMILL_CACHE", str(tmp_path / node))
+        tree = training.small_pretrain(tmp_path, "remote", data=str(demo_tokens64), storage_path="s3://runs/pre",
+                                       max_steps=12, eval_every=12, checkpoint_every=4, tensorboard=False, **extra)
+        api.pretrain(training.load(training.write_config(tmp_path / f"{node}.yaml", tree)))
+
+    pretrain("node1")
+    stored = s3.keys("runs", "pre/remote/")
+    for step in (4, 8, 12):  # every checkpoint whole on the store, its files as its state lists them
+        state = json.loads(stored[f"checkpoint_{step:08d}/trainer_state.json"])
+        for name, digest in state["sha256"].items():
+            assert hashlib.sha256(stored[f"checkpoint_{step:08d}/{name}"]).hexdigest() == digest, (step, name)
+    assert json.loads(stored["run.json"])["status"] == "succeeded"
+    assert [json.loads(x)["step"] for x in stored["metrics.jsonl"].decode().splitlines()
+            if "loss" in json.loads(x)][-1] == 12
+    assert not [k for k in stored if k.startswith(".") or "/." in k or k.endswith((".tmp", ".part"))]
+    (mirror1,) = (tmp_path / "node1" / "runs").iterdir()
+    uninterrupted = training.final_weights(mirror1 / "remote", 12)
+
+    # the node is lost after it pushed checkpoint 8: the store holds the run up to there
+    c = s3.client()
+    for k in [k for k in stored if k.startswith("checkpoint_00000012/")]:
+        c.delete_object(Bucket="runs", Key=f"pre/remote/{k}")
+    pretrain("node2", keep_checkpoints=2)
+    (mirror2,) = (tmp_path / "node2" / "runs").iterdir()
+    assert training.resumed_from(mirror2 / "remote") == [8]
+    assert training.max_abs_diff(training.final_weights(mirror2 / "remote", 12), uninterrupted) < 1e-6
+    stored = s3.keys("runs", "pre/remote/")
+    assert sorted({k.split("/")[0] for k in stored if k.startswith("checkpoint_")}) == [
+        "checkpoint_00000008", "checkpoint_00000012"]  # 4 pruned on the node and on the store
+    for f in (tmp_path / "node2").rglob("*"):
+        assert not f.is_file() or not _secrets_in(f.read_bytes()), f

@@ -23,7 +23,7 @@ from gristmill.config import GristmillConfig, LoopConfig
 from gristmill.errors import at_stop, reinstall_stop_handlers
 from gristmill.outputs import recorded_run
 from gristmill.tokenizer.cache import token_manifest
-from gristmill.trainer import TrainingDivergedError
+from gristmill.trainer import TrainingDivergedError, run_store
 from gristmill.trainer import checkpoint as ckpt
 from gristmill.trainer.data import BatchPlan, DataError
 from gristmill.trainer.loop import DIVERGED_FILE, train_loop
@@ -111,11 +111,13 @@ def prepare(cfg: GristmillConfig, task: str = "pretrain") -> tuple[GristmillConf
     Returns the resolved config, the model dimensions and what else the workers need."""
     section = TASK_SECTIONS[task]
     p = getattr(cfg, section)
-    if "://" in p.storage_path:
-        raise DataError(f"{section}.storage_path must be a filesystem path (local or a shared mount such as NFS)")
     tree = cfg.model_dump(mode="json")
-    tree[section]["storage_path"] = _abs(p.storage_path)
-    extra: dict = {"task": task, "tokenizer_dir": None, "init_checkpoint": None}
+    extra: dict = {"task": task, "tokenizer_dir": None, "init_checkpoint": None, "remote_run": None}
+    if "://" in p.storage_path:  # an object store: the run works in a local mirror (trainer/run_store.py)
+        tree[section]["storage_path"] = str(run_store.mirror_of(p.storage_path))
+        extra["remote_run"] = p.storage_path.rstrip("/") + "/" + p.name
+    else:
+        tree[section]["storage_path"] = _abs(p.storage_path)
     if task == "pretrain":
         if p.mixture:
             data, manifest = _prepare_mixture(p, tree[section], section)
@@ -274,15 +276,23 @@ def ensure_ray(p: LoopConfig) -> None:
 
 def run_training(cfg: GristmillConfig, task: str = "pretrain", progress: bool = False) -> TrainResult:
     """Launch the loop with Ray Train: on the cluster of RAY_ADDRESS (``ray job submit``), or a Ray started
-    in-process."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+    in-process. A ``storage_path`` on an object store: the run works in a local mirror, pulled from the store
+    first and pushed to it at every checkpoint and at the end (trainer/run_store.py)."""
     t0 = time.time()
     if not is_rank_zero():  # under torchrun, rank 0 speaks for the run; the others only warn
         log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
     cfg, args, extra = prepare(cfg, task)
+    p = getattr(cfg, TASK_SECTIONS[task])
+    run_dir = Path(p.storage_path) / p.name
+    with run_store.mirrored(extra["remote_run"], run_dir, pushes=is_rank_zero()):
+        return _fit(cfg, args, extra, task, progress, t0)
+
+
+def _fit(cfg: GristmillConfig, args: ModelArgs, extra: dict, task: str, progress: bool, t0: float) -> TrainResult:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     p = getattr(cfg, TASK_SECTIONS[task])
     run_dir = Path(p.storage_path) / p.name
     finished = _finished(run_dir, p.max_steps)
@@ -380,16 +390,17 @@ def train_in_this_thread(cfg: GristmillConfig, task: str = "pretrain") -> TrainR
     cfg, args, extra = prepare(cfg, task)
     p = getattr(cfg, TASK_SECTIONS[task])
     run_dir = Path(p.storage_path) / p.name
-    finished = _finished(run_dir, p.max_steps)
-    if finished is not None:
-        return TrainResult(run_dir, finished, ckpt.read_state(finished).get("metrics") or {}, time.time() - t0)
-    loop_config = {"config": cfg.model_dump(mode="json"), "model_args": args.to_dict(), "local_mode": True,
-                   "plain": True, "progress": False, **extra}
-    with recorded_run(str(run_dir), task) as record:
-        metrics = train_loop(loop_config)
-        _check_diverged(run_dir, None)
-        checkpoint = ckpt.latest_checkpoint(run_dir)
-        record.update(checkpoint=str(checkpoint) if checkpoint else None)
+    with run_store.mirrored(extra["remote_run"], run_dir):
+        finished = _finished(run_dir, p.max_steps)
+        if finished is not None:
+            return TrainResult(run_dir, finished, ckpt.read_state(finished).get("metrics") or {}, time.time() - t0)
+        loop_config = {"config": cfg.model_dump(mode="json"), "model_args": args.to_dict(), "local_mode": True,
+                       "plain": True, "progress": False, **extra}
+        with recorded_run(str(run_dir), task) as record:
+            metrics = train_loop(loop_config)
+            _check_diverged(run_dir, None)
+            checkpoint = ckpt.latest_checkpoint(run_dir)
+            record.update(checkpoint=str(checkpoint) if checkpoint else None)
     return TrainResult(run_dir, checkpoint, metrics, time.time() - t0)
 
 

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from gristmill.config import GristmillConfig, LoopConfig
 from gristmill.trainer import checkpoint as ckpt
+from gristmill.trainer import run_store
 from gristmill.trainer.data import BatchPlan, DataError, SampleStream, micro_batch_start
 from gristmill.trainer.metrics import MetricsLog, progress_bar
 from gristmill.trainer.mfu import mfu, run_peak, use_bf16
@@ -154,6 +155,8 @@ def resume(run: _Run) -> None:
     # the newest complete checkpoint in storage wins over Ray Train's record: the controller learns of
     # a reported checkpoint by polling, so a run killed right after one completed may not know of it
     # newest that verifies (checksums, not marked suspect): a damaged one is passed over, with why
+    if run.loop_config.get("remote_run") and not run.local_mode:  # a worker on any node: the store's checkpoints
+        run_store.pull(run.loop_config["remote_run"], run.run_dir)
     skipped: list[str] = []
     newest = ckpt.newest_verified_checkpoint(run.run_dir, skipped)
     if skipped and run.rank == 0:
@@ -362,6 +365,8 @@ def save(run: _Run) -> None:
     if run.rank == 0 and run.metrics.enabled:  # RUN_DIR/training.png: a look at the run without TensorBoard
         run.plotted_at = refresh_plot(run.run_dir, f"{run.run_dir.name}: {run.task_name}", run.step == p.max_steps,
                                       run.plotted_at)
+    if run.rank == 0 and run.loop_config.get("remote_run"):  # storage_path on an object store
+        run_store.push(run.run_dir, run.loop_config["remote_run"])
     run.window_t += time.perf_counter() - paused  # as in validate
 
 
