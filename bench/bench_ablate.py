@@ -12,6 +12,8 @@ Holm-corrected intervals (docs/trainer.md):
   MinHash dedup) — English kept;
 * ``quality``: the defaults + the model-based quality classifier (top fraction per language), with a
   classifier trained *here* without the held-out texts (the shipped one saw every shared book);
+* ``old_default``: gristmill's default before it became FineWeb's recipe (C4's terminal-punctuation line
+  rule on, no FineWeb quality filter);
 * ``datatrove``: what datatrove's FineWeb-style recipe keeps of the same crawl (its example:
   URLFilter, Trafilatura on the HTML, LanguageFilter en, Gopher repetition + quality, C4 (no terminal-
   punctuation rule), FineWeb quality filters, 4-stage MinHash), read back as JSONL (``base: raw``: no
@@ -222,6 +224,10 @@ def ablate_config(crawl: Path, quality_model: Path, dt_output: str, args) -> Pat
                                             "clean.quality.model": str(quality_model / "model.bin"),
                                             "clean.quality.top_fraction": args.quality_top_fraction}},
                 {"name": "datatrove", "base": "raw", "inputs": [f"{dt_output}/*.jsonl.gz"]},
+                # gristmill's default before FineWeb's recipe (issue 28): C4 with its terminal-punctuation
+                # line rule, no FineWeb quality filter (its English-only rule sets: the same here, English kept)
+                {"name": "old_default", "set": {"clean.c4_lines.require_terminal_punctuation": True,
+                                                "clean.fineweb_quality.enabled": False}},
                 # the ablation's own power check: the default with half its documents word-shuffled
                 {"name": "damaged", "damage": 0.5},
             ],

@@ -12,7 +12,9 @@ from gristmill.secrets import RedactSecrets
 
 # Harmless import-time warnings of Beam's optional cloud extras, printed on every run.
 _KNOWN_NOISE = ("Failed to import GCSFileSystem", "apitools not found", "Missing pipeline option (runner)",
-                "Finished listing ")
+                "Finished listing ", "ReadFromBigQuery transform *CANNOT*")
+#: chatty at INFO (botocore: "Found credentials in environment variables" on every client); their warnings kept
+_CHATTY_LOGGERS = ("apache_beam", "distributed", "urllib3", "absl", "trafilatura", "botocore", "google")
 
 
 class _DropKnownNoise(logging.Filter):
@@ -66,6 +68,8 @@ def drop_known_noise() -> None:
             target.addFilter(_DropKnownNoise())
             target.addFilter(RedactSecrets())
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    for noisy in _CHATTY_LOGGERS[1:]:
+        logging.getLogger(noisy).setLevel(max(logging.getLogger(noisy).level, logging.WARNING))
 
 
 class _AboveProgressBars(logging.Handler):
@@ -106,7 +110,7 @@ def setup_logging(verbosity: int = 0) -> None:
     root.addHandler(_AboveProgressBars(handler))
     root.setLevel(level)
     # Beam and friends are chatty at INFO; keep their warnings
-    for noisy in ("apache_beam", "distributed", "urllib3", "absl", "trafilatura"):
+    for noisy in _CHATTY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from gristmill import io
+from gristmill.log import drop_known_noise
 from gristmill.tokenizer.tokens import TokenDataError
 
 log = logging.getLogger("gristmill.tokenizer")
@@ -38,6 +39,7 @@ def default_cache_root() -> Path:
 
 def read_remote_manifest(uri: str) -> tuple[dict, bytes]:
     """The token manifest of a directory on an object store, and its bytes."""
+    drop_known_noise()  # in a Ray worker, whose logging is not gristmill's: Beam's import-time lines
     io.configure([])  # the filesystem's client from the environment (no Beam arguments in training)
     path = io.join(uri, "manifest.json")
     try:

@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 
 from gristmill import io
+from gristmill.log import drop_known_noise
 
 log = logging.getLogger("gristmill.trainer")
 
@@ -79,6 +80,7 @@ def pull(remote: str, local: Path) -> int:
     """Copy into ``local`` every file under ``remote`` that it lacks or holds at another size (one process
     per node copies; the others wait on the lock). Returns how many files were copied."""
     local.mkdir(parents=True, exist_ok=True)
+    drop_known_noise()  # in a Ray worker, whose logging is not gristmill's: Beam's import-time lines
     io.configure([])  # the store's client from the environment (no Beam arguments in training)
     with open(local / LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -113,6 +115,7 @@ def _remote_sizes(remote: str) -> dict[str, int]:
 def push(local: Path, remote: str) -> int:
     """Send ``local``'s new and changed files to ``remote`` (each checkpoint's state file after the rest of
     it), and delete from ``remote`` the checkpoints no longer in ``local``. Returns how many files were sent."""
+    drop_known_noise()
     io.configure([])
     pushed = _pushed(local)
     files = _local_files(local)
