@@ -341,3 +341,35 @@ def test_a_damaged_variant_is_the_variant_with_the_damage_filter_last(tmp_path):
     assert (f.name, f.function, f.params) == ("planted_damage", "gristmill.pipelines.damage:shuffle_words",
                                               {"fraction": 0.5})
     assert not v["custom"].cfg.clean.pii.enabled and v["custom"].cfg.clean.custom_filters[-1].params["fraction"] == 0.2
+
+
+def test_a_run_directory_of_other_settings_is_started_over_before_anything_counts_it(tmp_path):
+    """A run directory holding a run of another config or data is removed up front: its checkpoints would
+    otherwise count as trained in the estimate and the progress (seen: "ETA 1 min" with 24 of 30 runs to go)."""
+    from gristmill.config import GristmillConfig
+    from gristmill.trainer.ablate import _start_over_if_stale, _Steps
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    (tokens / "manifest.json").write_text('{"a": 1}')
+    steps = _Steps(str(tmp_path))
+
+    def cfg(lr: float) -> GristmillConfig:
+        return GristmillConfig.model_validate({"pretrain": {"storage_path": str(tmp_path / "runs"), "name": "r",
+                                                            "data": str(tokens), "lr": lr}})
+
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint_00000010").mkdir()  # an earlier invocation's, of unknown settings
+    _start_over_if_stale(cfg(1e-3), steps)
+    assert not run_dir.exists()
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    _start_over_if_stale(cfg(1e-3), _Steps(str(tmp_path)))  # the same run, a later invocation: kept
+    assert (run_dir / "metrics.jsonl").exists()
+    _start_over_if_stale(cfg(2e-3), _Steps(str(tmp_path)))  # another learning rate: started over
+    assert not run_dir.exists()
+    (run_dir).mkdir(parents=True)
+    (tokens / "manifest.json").write_text('{"a": 2}')  # the same settings, other data: started over
+    _start_over_if_stale(cfg(2e-3), _Steps(str(tmp_path)))
+    assert not run_dir.exists()

@@ -769,6 +769,8 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
     every = train_cfgs[0][2].pretrain.checkpoint_every
     import torch
 
+    for _, _, run_cfg in train_cfgs:  # before the estimate and the progress count what earlier invocations trained
+        _start_over_if_stale(run_cfg, steps)
     measured = ablation_time.probe(cfg, sp.get_piece_size(), torch.get_num_threads() if local else p.cpus_per_worker)
     trained = sum(is_complete(Path(c.pretrain.storage_path) / c.pretrain.name / f"checkpoint_{max_steps:08d}")
                   for _, _, c in train_cfgs)  # by an earlier invocation
@@ -792,16 +794,7 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
 
     def start(item) -> None:
         rp = item[2].pretrain
-        run_dir = Path(rp.storage_path) / rp.name
-        # a run directory resumes only the run it was started for: another model, data or budget starts over
-        fp = _sha({"config": item[2].model_dump(mode="json"), "data": _manifest_sha(rp.data)})
-        if not steps.finished(f"run:{rp.name}", fp):
-            if run_dir.exists():
-                log.warning("run %s: its directory holds a run with other settings or data; starting it over",
-                            rp.name)
-                shutil.rmtree(run_dir)
-            steps.record(f"run:{rp.name}", fp)
-        if not is_complete(run_dir / f"checkpoint_{rp.max_steps:08d}"):
+        if not is_complete(Path(rp.storage_path) / rp.name / f"checkpoint_{rp.max_steps:08d}"):
             log.info("run %s: training", rp.name)
 
     def finish(item, rows: list[dict]) -> dict:
@@ -840,6 +833,19 @@ def _train_and_evaluate(train_cfgs, heldout_docs, mc, tokenizer, a, cfg, steps: 
             done = _in_threads(one_group, groups, parallel)
     timing["train_and_evaluate_s"] = round(time.time() - t_runs, 1)
     return [r for group in done for r in group]
+
+
+def _start_over_if_stale(run_cfg: GristmillConfig, steps: _Steps) -> None:
+    """A run directory resumes only the run it was started for: one holding another model's, data's or budget's
+    run is removed (else its checkpoints would count as done in the estimate and the progress, and be resumed)."""
+    rp = run_cfg.pretrain
+    run_dir = Path(rp.storage_path) / rp.name
+    fp = _sha({"config": run_cfg.model_dump(mode="json"), "data": _manifest_sha(rp.data)})
+    if not steps.finished(f"run:{rp.name}", fp):
+        if run_dir.exists():
+            log.warning("run %s: its directory holds a run with other settings or data; starting it over", rp.name)
+            shutil.rmtree(run_dir)
+        steps.record(f"run:{rp.name}", fp)
 
 
 def _in_threads(fn, items: list, parallel: int) -> list:
