@@ -5,7 +5,6 @@ sends every request to ``STORAGE_EMULATOR_HOST`` when it is set, anonymously."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .netns import free_port
+from .s3server import stop_server
 
 
 @dataclass
@@ -52,13 +52,7 @@ class GcsServer:
         return self.log.read_text().count(" HTTP/1.1\"")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_server(self.process)
 
 
 def start_gcs_server(log: Path) -> GcsServer:

@@ -56,13 +56,18 @@ class S3Server:
             return {k[len(prefix):].lstrip("/"): b for k, b in zip(keys, bodies)}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_server(self.process)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM a loopback server the tests started; SIGKILL it if it has not gone in 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def start_s3_server(log: Path) -> S3Server:

@@ -31,21 +31,21 @@ from pathlib import Path
 
 from gristmill import io
 from gristmill.log import drop_known_noise
+from gristmill.tokenizer.cache import default_cache_root
+from gristmill.trainer.checkpoint import STATE_FILE
 
 log = logging.getLogger("gristmill.trainer")
 
 #: what the mirror keeps for itself (never pushed): what was pushed, and the node's copy lock
 PUSHED_FILE, LOCK_FILE = ".pushed.json", ".pull.lock"
-#: a checkpoint's state file: pushed after the checkpoint's other files (trainer/checkpoint.py STATE_FILE)
-STATE_NAME = "trainer_state.json"
 CHUNK = 1 << 22
 
 
 def mirror_of(storage_path: str) -> Path:
     """The local directory standing for ``storage_path`` on this node (its runs are subdirectories, as on the
-    store): ``$GRISTMILL_CACHE/runs/KEY``, else ``~/.cache/gristmill/runs/KEY``."""
-    root = os.environ.get("GRISTMILL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gristmill")
-    return Path(root) / "runs" / hashlib.sha256(storage_path.rstrip("/").encode()).hexdigest()[:16]
+    store): ``runs/KEY`` in gristmill's cache, beside the token copies (tokenizer/cache.py)."""
+    key = hashlib.sha256(storage_path.rstrip("/").encode()).hexdigest()[:16]
+    return default_cache_root().parent / "runs" / key
 
 
 def _pushed(local: Path) -> dict[str, list[int]]:
@@ -121,7 +121,7 @@ def push(local: Path, remote: str) -> int:
     files = _local_files(local)
     changed = [f for f in files if pushed.get(f) != _stamp(local / f)]
     # a checkpoint's state file last: until it is there (with every file at its listed size) it is not one
-    changed.sort(key=lambda f: (Path(f).name == STATE_NAME, f))
+    changed.sort(key=lambda f: (Path(f).name == STATE_FILE, f))
     for rel in changed:
         stamp = _stamp(local / rel)
         with open(local / rel, "rb") as src, io.filesystems().create(io.join(remote, rel)) as out:
