@@ -106,7 +106,7 @@ def test_demo_report_in_chromium(demo_corpus, tmp_path):
     timed = manifest["timings"]["clean_steps"]
     assert [s["step"] for s in timed] == [s["step"] for s in manifest["clean_steps"]]
     assert timed == [{"step": s["step"], "seconds": s["seconds"]} for s in run["clean_steps"]]
-    assert all(s["seconds"] >= 0 for s in timed) and sum(s["seconds"] for s in timed) > 0
+    assert all(isinstance(s["seconds"], float) and s["seconds"] >= 0 for s in timed)  # a state, not a speed
     steps_section = re.search(r'<section id="clean-steps">(.*?)</section>', dom, re.S).group(1)
     assert "µs per document" in steps_section
     for s in timed:  # the seconds cell follows documents in, dropped and dropped %
