@@ -1,4 +1,4 @@
-"""Tokens to a target loss: nanoGPT's recipe against gristmill's default and its speedrun options, in one run.
+"""Tokens to a target loss: nanoGPT's recipe against gristmill with AdamW, with Muon and with the speedrun options.
 
     .venv/bin/python bench/bench_speedrun.py                         # the issue's size (~14M parameters), 3 seeds
     .venv/bin/python bench/bench_speedrun.py --shape small --steps 300 --seeds 0,1,2
@@ -15,15 +15,21 @@ Variants (all the same shape: n_layer × d_model, heads, vocabulary, context):
   tied embeddings), its own ``configure_optimizers`` (AdamW, weight decay 0.1 on matrices) with the hyperparameters
   nanoGPT publishes for models of this size (config/train_shakespeare_char.py: lr 1e-3 → 1e-4, betas 0.9/0.99,
   clip 1.0). The baseline: its final validation loss is each seed's target.
-- ``gristmill``: gristmill's model and optimizer at their defaults (Llama blocks, AdamW lr 3e-3 → 3e-4, betas
-  0.9/0.95, weight decay 0.1, clip 1.0), built by trainer/model.py and trainer/optim.py as `gristmill pretrain` does.
-- ``speedrun``: gristmill with the speedrun options (configs/speedrun.yaml's model and optimizer section: Muon,
-  QK-norm, relu², logit soft-cap, document mask, untied embeddings).
-- ``muon``, ``options``: Muon alone and the model options alone (to attribute the gain; --variants adds them).
+- ``adamw``: gristmill's model (Llama blocks) with AdamW, lr 3e-3 → 3e-4, betas 0.9/0.95, weight decay 0.1, clip
+  1.0, built by trainer/model.py and trainer/optim.py as `gristmill pretrain` does: gristmill's default until this
+  benchmark.
+- ``muon``: the same with Muon for the blocks' matrices (``muon_lr`` 0.02) and AdamW for the rest: gristmill's
+  default since this benchmark measured it.
+- ``speedrun``: Muon and the model options (configs/speedrun.yaml: QK-norm, relu², logit soft-cap, document mask,
+  untied embeddings).
+- ``options``: the model options with AdamW; ``gristmill``: gristmill at whatever its defaults are (--variants
+  adds them).
 
 Per variant and seed: validation loss every --eval-every steps; tokens (and training seconds, validation excluded)
 at which it first reaches the seed's target, interpolated between evaluations; ``tokens_to_target_ratio`` = those
-tokens ÷ the baseline's tokens. Prints a table, writes JSON (--output) and the curves (--plot).
+tokens ÷ the baseline's tokens. The final validation losses are compared paired by seed, Holm-corrected
+(:func:`verdicts`). Prints a table and the verdicts, writes JSON (--output) and the curves (--plot);
+``--summarise JSON`` recomputes the summary of a written result.
 """
 
 from __future__ import annotations
@@ -213,10 +219,11 @@ def make(name: str, args, data: Data, seed: int) -> Variant:
     if name == "nanogpt":
         return make_nanogpt(args, data, seed)
     model_over, opt_over = {
-        "gristmill": ({}, {}),
-        "speedrun": (SPEEDRUN_MODEL, SPEEDRUN_OPT),
+        "gristmill": ({}, {}),  # whatever gristmill's defaults are at the time
+        "adamw": ({}, {"optimizer": "adamw"}),
         "muon": ({}, SPEEDRUN_OPT),
-        "options": (SPEEDRUN_MODEL, {}),
+        "speedrun": (SPEEDRUN_MODEL, SPEEDRUN_OPT),
+        "options": (SPEEDRUN_MODEL, {"optimizer": "adamw"}),
     }[name]
     return make_gristmill(name, args, data, seed, model_over, opt_over)
 
@@ -266,6 +273,7 @@ def summarise(runs: dict, variants: list[str], baseline: str) -> dict:
         out[name] = {
             "tokens_to_target_ratio": round(statistics.fmean(reached), 4) if len(reached) == len(ratios) else None,
             "tokens_to_target_ratio_per_seed": [round(r, 4) if r is not None else None for r in ratios],
+            "tokens_to_target_ratio_interval": ratio_interval(ratios),
             "seconds_to_target_ratio": (round(statistics.fmean(seconds), 4) if None not in seconds else None),
             "seconds_to_target_ratio_per_seed": [round(s, 4) if s is not None else None for s in seconds],
             "final_val_loss_mean": round(statistics.fmean(finals), 4),
@@ -276,6 +284,43 @@ def summarise(runs: dict, variants: list[str], baseline: str) -> dict:
                     if runs[name][seeds[0]]["mfu"] is not None else None),
         }
     return out
+
+
+def verdicts(runs: dict, variants: list[str], baseline: str) -> dict:
+    """The final validation loss paired by seed: each variant against ``baseline``; each of gristmill's other
+    variants against gristmill with AdamW (the comparison that decides the default optimizer); the speedrun
+    against Muon alone (what the model options add). Student's t-interval of the per-seed differences,
+    Holm-corrected within each family (trainer/ablation_stats.py, as `gristmill ablate` does); a verdict only
+    where the corrected interval excludes zero."""
+    from gristmill.trainer.ablation_stats import compare
+
+    seeds = sorted(runs[baseline])
+    finals = {n: {"final_val_loss": [runs[n][s]["curve"][-1][1] for s in seeds]} for n in variants}
+    families = {baseline: variants}
+    if "adamw" in variants and baseline != "adamw":  # AdamW was the default until this benchmark
+        families["adamw"] = ["adamw", *(n for n in variants if n not in (baseline, "adamw"))]
+    if "muon" in variants and "speedrun" in variants and baseline != "muon":  # what the model options add to Muon
+        families["muon"] = ["muon", "speedrun"]
+    out = {}
+    for against, names in families.items():
+        if len(names) < 2:
+            continue
+        for (name, _), c in compare({n: finals[n] for n in names}, against, {"final_val_loss": True}).items():
+            out[f"{name} vs {against}"] = {"difference": round(c["difference"], 4),
+                                           "interval": [round(float(x), 4) for x in c["interval"]],
+                                           "confidence": round(c["confidence"], 4), "p_holm": c["p_holm"],
+                                           "n_seeds": c["n_seeds"], "verdict": c["verdict"]}
+    return out
+
+
+def ratio_interval(per_seed: list, confidence: float = 0.95) -> list | None:
+    """Student's t-interval of the mean tokens-to-target ratio over seeds (None unless every seed reached it)."""
+    from gristmill.trainer.ablation_stats import paired
+
+    if None in per_seed or len(per_seed) < 2:
+        return None
+    lo, hi = paired(per_seed, [0.0] * len(per_seed)).interval(confidence)
+    return [round(float(lo), 4), round(float(hi), 4)]
 
 
 def plot(runs: dict, variants: list[str], baseline: str, path: Path) -> None:
@@ -302,6 +347,42 @@ def plot(runs: dict, variants: list[str], baseline: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def print_summary(summary: dict, verdict: dict) -> None:
+    print(f"\n{'variant':<10}{'params':>11}{'final val':>11}{'tokens→target':>15}{'seconds→target':>16}"
+          f"{'tokens/s':>10}   per seed")
+    for name, s in summary.items():
+        ratio, secs = (float("nan") if x is None else x for x in (s["tokens_to_target_ratio"],
+                                                                   s["seconds_to_target_ratio"]))
+        print(f"{name:<10}{s['parameters']:>11,}{s['final_val_loss_mean']:>11.4f}{ratio:>15.3f}{secs:>16.3f}"
+              f"{s.get('tokens_per_s', float('nan')):>10,.0f}   {s['tokens_to_target_ratio_per_seed']}"
+              f"  95% {s['tokens_to_target_ratio_interval']}")
+    print("\nfinal validation loss, paired by seed (Holm-corrected within each comparison family):")
+    for key, c in verdict.items():
+        lo, hi = c["interval"]
+        print(f"  {key:<24}{c['difference']:+.3f}  [{lo:+.3f}, {hi:+.3f}] at {c['confidence']:.3f}  {c['verdict']}")
+
+
+def resummarise(path: Path) -> int:
+    """The summary and verdicts of a result written by this script, recomputed from its curves."""
+    result = json.loads(path.read_text())
+    old = result["variants"]
+    runs = {n: {int(seed): {"curve": curve, "params": old[n]["parameters"],
+                            "tokens_per_s": old[n].get("tokens_per_s", float("nan")), "mfu": old[n].get("mfu")}
+                for seed, curve in per_seed.items()} for n, per_seed in result["curves"].items()}
+    variants = list(result["curves"])
+    result["variants"] = summarise(runs, variants, result["baseline"])
+    for name, summary in result["variants"].items():  # what the result did not hold stays out
+        for key in ("tokens_per_s", "mfu"):
+            if key not in old[name]:
+                summary.pop(key)
+    result["final_val_loss_verdicts"] = verdicts(runs, variants, result["baseline"])
+    print_summary(result["variants"], result["final_val_loss_verdicts"])
+    path.write_text(json.dumps(result, indent=1))
+    plot(runs, variants, result["baseline"], path.with_suffix(".png"))
+    print(f"\n{path}, {path.with_suffix('.png')}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -309,8 +390,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", help="token shards (gristmill tokenize); default: built under --work")
     ap.add_argument("--work", default=str(ROOT / "bench" / "work" / "speedrun"))
     ap.add_argument("--shape", choices=sorted(SHAPES), default="issue")
-    ap.add_argument("--variants", default="nanogpt,gristmill,speedrun",
-                    help="comma-separated, the first is the baseline: nanogpt, gristmill, speedrun, muon, options")
+    ap.add_argument("--variants", default="nanogpt,adamw,muon,speedrun",
+                    help="comma-separated, the first is the baseline: nanogpt, adamw, muon, speedrun, options, "
+                         "gristmill (at its defaults)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=30)
@@ -325,7 +407,12 @@ def main(argv=None) -> int:
     ap.add_argument("--nanogpt", default=str(ROOT.parent / "shared" / "ref" / "nanogpt_model.py"))
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "speedrun.json"))
     ap.add_argument("--plot", default=str(ROOT / "bench" / "results" / "speedrun.png"))
+    ap.add_argument("--summarise", metavar="JSON",
+                    help="train nothing: recompute the summary, verdicts and plot (JSON's name .png) of a result this "
+                         "script wrote, in place")
     args = ap.parse_args(argv)
+    if args.summarise:
+        return resummarise(Path(args.summarise))
     torch.set_num_threads(args.threads)
     args.device = torch.device(args.device)
     args.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.device.type == "cuda"
@@ -350,20 +437,14 @@ def main(argv=None) -> int:
     for seed in seeds:  # variants interleaved per seed: a change of machine load falls on all of them alike
         for name in variants:
             runs[name][seed] = train(make(name, args, data, seed), data, seed, args)
-    summary = summarise(runs, variants, variants[0])
-    print(f"\n{'variant':<10}{'params':>11}{'final val':>11}{'tokens→target':>15}{'seconds→target':>16}"
-          f"{'tokens/s':>10}   per seed")
-    for name, s in summary.items():
-        ratio, secs = (float("nan") if x is None else x for x in (s["tokens_to_target_ratio"],
-                                                                   s["seconds_to_target_ratio"]))
-        print(f"{name:<10}{s['parameters']:>11,}{s['final_val_loss_mean']:>11.4f}{ratio:>15.3f}{secs:>16.3f}"
-              f"{s['tokens_per_s']:>10,.0f}"
-              f"   {s['tokens_to_target_ratio_per_seed']}")
+    summary, verdict = summarise(runs, variants, variants[0]), verdicts(runs, variants, variants[0])
+    print_summary(summary, verdict)
     result = {"baseline": variants[0], "shape": args.shape, "steps": args.steps, "batch": args.batch,
               "seq_len": data.seq_len, "warmup": args.warmup, "seeds": seeds, "threads": args.threads,
               "device": str(args.device), "compile": args.compile,
               "tokens": str(tokens), "train_rows": len(data.train), "val_rows": len(data.val),
               "speedrun_model": SPEEDRUN_MODEL, "speedrun_optimizer": SPEEDRUN_OPT, "variants": summary,
+              "final_val_loss_verdicts": verdict,
               "curves": {n: {str(s): r["curve"] for s, r in v.items()} for n, v in runs.items()},
               "wall_s": round(time.time() - started, 1), "torch": torch.__version__}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

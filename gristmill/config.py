@@ -665,6 +665,11 @@ class MixtureSourceConfig(_Section):
     max_epochs: float | None = Field(default=None, gt=0.0)
 
 
+#: Muon's default peak rate for the blocks' matrices: the rate bench/bench_speedrun.py measured, at widths 192 and
+#: 384 (other rates unmeasured; how it carries to much wider models is for a GPU run to show)
+MUON_LR = 0.02
+
+
 class PretrainConfig(LoopConfig):
     """Pretraining on token shards with Ray Train (``gristmill pretrain``)."""
 
@@ -673,12 +678,14 @@ class PretrainConfig(LoopConfig):
     #: instead of ``data``: several token directories in chosen proportions (MassiveText-style), e.g.
     #: [{name: web, data: tok/web, weight: 0.7}, {name: books, data: tok/books, weight: 0.3, max_epochs: 4}]
     mixture: tuple[MixtureSourceConfig, ...] = ()
-    #: adamw, or muon: Muon (orthogonalised momentum) for the transformer blocks' matrices and AdamW for embeddings,
-    #: head and gains, at the same learning rate and schedule (trainer/muon.py; docs/trainer.md "Speedrun options")
-    optimizer: Literal["adamw", "muon"] = "adamw"
+    #: muon: Muon (orthogonalised momentum) for the transformer blocks' matrices, AdamW (``lr``) for embeddings,
+    #: head and gains, one schedule (trainer/muon.py; docs/trainer.md "Speedrun options"); adamw: AdamW for all.
+    #: The default since bench/bench_speedrun.py measured it on CPU: nanoGPT's final loss in 0.31× its tokens at
+    #: 3M parameters and 0.35× at 14M, where AdamW (the default before) ended no better than nanoGPT
+    optimizer: Literal["adamw", "muon"] = "muon"
     #: muon: the peak learning rate of the Muon matrices (scheduled as ``lr``: warmup, cosine to min_lr/lr of it);
-    #: None = ``lr`` (Muon's updates are scaled to AdamW's RMS, so one rate serves both)
-    muon_lr: float | None = Field(default=None, gt=0)
+    #: MUON_LR by default; None = ``lr``
+    muon_lr: float | None = Field(default=MUON_LR, gt=0)
     #: where token shards on an object store (``data: s3://...``) are copied, once per node, to be memory-mapped;
     #: None = $GRISTMILL_CACHE/tokens, else ~/.cache/gristmill/tokens (tokenizer/cache.py)
     data_cache: str | None = None

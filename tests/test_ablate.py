@@ -373,3 +373,27 @@ def test_a_run_directory_of_other_settings_is_started_over_before_anything_count
     (tokens / "manifest.json").write_text('{"a": 2}')  # the same settings, other data: started over
     _start_over_if_stale(cfg(2e-3), _Steps(str(tmp_path)))
     assert not run_dir.exists()
+
+
+def test_a_run_recorded_when_adamw_was_the_default_is_started_over_under_muon(tmp_path):
+    """A config dump leaves the optimizer out at its default, so an ablation recorded when AdamW was the default
+    has the fingerprint a Muon run's dump would give: its AdamW runs must not count as this version's runs."""
+    from gristmill.config import GristmillConfig
+    from gristmill.trainer.ablate import _manifest_sha, _sha, _start_over_if_stale, _Steps
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    (tokens / "manifest.json").write_text('{"a": 1}')
+    cfg = GristmillConfig.model_validate({"pretrain": {"storage_path": str(tmp_path / "runs"), "name": "r",
+                                                       "data": str(tokens)}})
+    assert cfg.pretrain.optimizer == "muon" and "optimizer" not in cfg.model_dump(mode="json")["pretrain"]
+    before = _sha({"config": cfg.model_dump(mode="json"), "data": _manifest_sha(str(tokens))})  # as recorded then
+    _Steps(str(tmp_path)).record("run:r", before)
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    _start_over_if_stale(cfg, _Steps(str(tmp_path)))
+    assert not run_dir.exists()
+    run_dir.mkdir(parents=True)
+    _start_over_if_stale(cfg, _Steps(str(tmp_path)))  # recorded now under Muon: kept
+    assert run_dir.exists()

@@ -55,8 +55,10 @@ def test_a_run_that_diverges_right_after_resuming_does_not_bless_that_checkpoint
     # damage the checksums cannot see (it happened before they were taken): NaN in the optimizer's state,
     # which loads, and turns the weights into NaN at the first update
     osd = torch.load(ckpt40 / "optimizer.pt", weights_only=True)
-    for entry in osd["state"].values():
-        entry["exp_avg"].fill_(float("nan"))
+    for entry in osd["state"].values():  # every moment of every parameter (Muon's momentum, AdamW's averages)
+        for value in entry.values():
+            if torch.is_tensor(value) and value.dim() > 0:
+                value.fill_(float("nan"))
     torch.save(osd, ckpt40 / "optimizer.pt")
     state = json.loads((ckpt40 / "trainer_state.json").read_text())
     state["files"]["optimizer.pt"] = (ckpt40 / "optimizer.pt").stat().st_size

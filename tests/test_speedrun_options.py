@@ -44,18 +44,21 @@ def tok(tmp_path_factory):
     return _train_tokenizer(tmp_path_factory.mktemp("tok") / "t")
 
 
-def test_the_options_are_off_by_default_and_out_of_the_config_dump():
+def test_the_model_options_are_off_and_muon_is_on_by_default_and_defaults_stay_out_of_the_dump():
     cfg = GristmillConfig()
     args = resolve_model_args(cfg.model, vocab_size=VOCAB, seq_len=64)
     assert (args.qk_norm, args.mlp, args.logit_softcap, args.document_mask) == (False, "swiglu", 0.0, False)
-    assert cfg.pretrain.optimizer == "adamw"
+    assert (cfg.pretrain.optimizer, cfg.pretrain.muon_lr) == ("muon", 0.02)  # what bench_speedrun.py measured
     dump = cfg.model_dump(mode="json")
     assert not {"qk_norm", "mlp", "logit_softcap", "document_mask"} & dump["model"].keys()
-    assert "optimizer" not in dump["pretrain"]
+    assert not {"optimizer", "muon_lr"} & dump["pretrain"].keys()
     on = GristmillConfig.model_validate({"model": {"qk_norm": True, "mlp": "relu2", "logit_softcap": 15,
-                                                   "document_mask": True}, "pretrain": {"optimizer": "muon"}})
+                                                   "document_mask": True}, "pretrain": {"optimizer": "adamw"}})
     assert on.model_dump(mode="json")["model"]["mlp"] == "relu2"
-    assert on.model_dump(mode="json")["pretrain"]["optimizer"] == "muon"
+    assert on.model_dump(mode="json")["pretrain"]["optimizer"] == "adamw"
+    # a dump reads back as the same config, the optimizer included
+    assert GristmillConfig.model_validate(on.model_dump(mode="json")).pretrain.optimizer == "adamw"
+    assert GristmillConfig.model_validate(dump).pretrain.optimizer == "muon"
     relu2 = resolve_model_args(on.model, vocab_size=VOCAB, seq_len=64)
     assert relu2.ffn_hidden == 4 * relu2.d_model and relu2.logit_softcap == 15.0
 

@@ -840,7 +840,10 @@ def _start_over_if_stale(run_cfg: GristmillConfig, steps: _Steps) -> None:
     run is removed (else its checkpoints would count as done in the estimate and the progress, and be resumed)."""
     rp = run_cfg.pretrain
     run_dir = Path(rp.storage_path) / rp.name
-    fp = _sha({"config": run_cfg.model_dump(mode="json"), "data": _manifest_sha(rp.data)})
+    key = {"config": run_cfg.model_dump(mode="json"), "data": _manifest_sha(rp.data)}
+    if rp.optimizer == "muon":  # a dump without `optimizer` meant AdamW before Muon became the default: not one run
+        key["optimizer"] = ["muon", rp.muon_lr]
+    fp = _sha(key)
     if not steps.finished(f"run:{rp.name}", fp):
         if run_dir.exists():
             log.warning("run %s: its directory holds a run with other settings or data; starting it over", rp.name)
