@@ -77,6 +77,8 @@ def test_two_ray_workers_survive_a_killed_worker_with_identical_weights(ddp_run,
     assert len(resumed) == 1 and resumed[0] >= 10, out[-3000:]
     assert training.logged_steps(run_dir) == list(range(1, 31))  # the steps the group repeated are logged once
     assert training.max_abs_diff(training.final_weights(ddp_run, 30), training.final_weights(run_dir, 30)) <= 1e-6
+    # the default optimizer: Muon's state restored exactly on two workers after a kill (issue 32)
+    assert json.loads((run_dir / "checkpoint_00000030" / "trainer_state.json").read_text())["optimizer"] == "muon"
 
 
 def test_fsdp_trains_like_ddp_and_its_checkpoint_is_the_full_model(ddp_run, demo_tokens64, tmp_path):

@@ -56,3 +56,5 @@ def test_a_killed_run_resubmitted_resumes_exactly(mixture_run, mixture_sources, 
     assert training.logged_steps(run_dir) == list(range(1, 41))
     assert training.max_abs_diff(training.final_weights(mixture_run, 40), training.final_weights(run_dir, 40)) <= 1e-6
     assert json.loads((run_dir / "run.json").read_text())["status"] == "succeeded"
+    # the default optimizer, so this is Muon's state resumed exactly after a kill (issue 32)
+    assert json.loads((run_dir / "checkpoint_00000040" / "trainer_state.json").read_text())["optimizer"] == "muon"
